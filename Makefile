@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv and install graft into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: the CPU wheel of torch. Override on a GPU machine: make TORCH_SPEC=torch demo
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+
+.PHONY: venv demo test lint format check-java clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+venv: $(BIN)/.installed
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "warning: Java (17+) not found: METEOR and PTB tokenization (pycocoevalcap) need it."; \
+	  echo "         install it with: apt-get install -y openjdk-17-jre-headless"; }
+
+demo: venv check-java
+	$(BIN)/graft demo --out $(DEMO_OUT)
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: venv
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+test: venv check-java lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

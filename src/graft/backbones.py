@@ -1,0 +1,138 @@
+"""Load pretrained parts through transformers' Auto classes and graft them together.
+
+Everything takes a local folder or a hub id, exactly as transformers does; nothing here knows
+whether it is loading Vicuna or the shapes world's tiny Llama.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from graft.config import DEFAULT_IMAGE_TOKEN, GraftConfig
+from graft.connectors import build_connector
+from graft.modeling import GraftForConditionalGeneration
+
+logger = logging.getLogger(__name__)
+
+
+def load_vision_tower(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A vision encoder whose hidden states can be selected: a vision model (``CLIPVisionModel``,
+    ``SiglipVisionModel`` ...) or the vision half of a composite checkpoint (a full CLIP folder)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    vision_config = getattr(config, "vision_config", None)
+    if vision_config is None:
+        return AutoModel.from_pretrained(name_or_path, dtype=dtype)
+    # composite checkpoint (CLIP, SigLIP, BLIP-2 ...): build only its vision half
+    try:
+        vision_class = MODEL_MAPPING[type(vision_config)]
+    except KeyError:
+        raise ValueError(
+            f"{name_or_path}: no transformers vision model for {type(vision_config).__name__}"
+        ) from None
+    return vision_class.from_pretrained(name_or_path, dtype=dtype)
+
+
+def load_image_processor(name_or_path: str) -> Any:
+    # the PIL backend, explicitly: torchvision may be absent (or not importable) beside torch
+    return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+
+
+def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{name_or_path}: graft needs a fast tokenizer (label masks use offset mappings)")
+    return tokenizer
+
+
+def add_image_token(
+    tokenizer: PreTrainedTokenizerBase, llm: PreTrainedModel, image_token: str = DEFAULT_IMAGE_TOKEN
+) -> int:
+    """Make ``image_token`` one special token and give the LLM an embedding row for it."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    if tokenizer.pad_token is None:
+        # pad with unk or eos: padded positions are masked out of attention and loss anyway
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id >= llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return token_id
+
+
+def compose(
+    vision_tower: PreTrainedModel,
+    llm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    connector: dict[str, Any] | str = "mlp2x_gelu",
+    vision_feature_layer: int = -2,
+    vision_feature_select_strategy: str = "default",
+    image_token: str = DEFAULT_IMAGE_TOKEN,
+) -> GraftForConditionalGeneration:
+    """Graft ``vision_tower`` onto ``llm`` through a fresh connector.
+
+    The backbones' own modules are moved into the new model (no copy of a 7B state dict);
+    only the connector is newly initialised.
+    """
+    image_token_id = add_image_token(tokenizer, llm, image_token)
+    config = GraftConfig(
+        vision_config=vision_tower.config,
+        text_config=llm.config,
+        connector=connector,
+        image_token=image_token,
+        image_token_id=image_token_id,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with init_empty_weights():
+        model = GraftForConditionalGeneration(config)
+    model.vision_tower = vision_tower
+    model.language_model = llm
+    model.connector = build_connector(
+        config.connector, vision_tower.config.hidden_size, llm.config.hidden_size
+    ).to(device=llm.device, dtype=llm.dtype)
+    model.connector.attach(llm)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def compose_from_pretrained(
+    vision_name_or_path: str,
+    llm_name_or_path: str,
+    connector: dict[str, Any] | str = "mlp2x_gelu",
+    tokenizer_name_or_path: str | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> tuple[GraftForConditionalGeneration, PreTrainedTokenizerBase, Any]:
+    """Load both backbones and their preprocessing, graft them: (model, tokenizer, image processor)."""
+    tokenizer = load_tokenizer(tokenizer_name_or_path or llm_name_or_path)
+    model = compose(
+        load_vision_tower(vision_name_or_path, dtype),
+        load_llm(llm_name_or_path, dtype),
+        tokenizer,
+        connector=connector,
+        **kwargs,
+    )
+    return model, tokenizer, load_image_processor(vision_name_or_path)

@@ -1,0 +1,62 @@
+"""``GraftConfig``: one transformers config that holds the vision and text configs, the
+connector spec and how image features are selected and placed.
+
+It is a ``PreTrainedConfig`` so a graft model saves, loads and registers with the Auto classes
+like any transformers model. Training recipes live in ``graft.train.recipe`` (plain dataclasses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+
+DEFAULT_IMAGE_TOKEN = "<image>"
+SELECT_STRATEGIES = ("default", "full")  # "default" drops the CLS token, as LLaVA does
+
+
+def _as_config(value: Any) -> PreTrainedConfig | None:
+    if value is None or isinstance(value, PreTrainedConfig):
+        return value
+    if isinstance(value, dict):
+        if "model_type" not in value:
+            raise ValueError("a sub-config given as a dict needs a 'model_type' field")
+        value = dict(value)
+        return AutoConfig.for_model(value.pop("model_type"), **value)
+    raise TypeError(f"expected a config or dict, got {type(value).__name__}")
+
+
+class GraftConfig(PreTrainedConfig):
+    model_type = "graft"
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: PreTrainedConfig | dict | None = None,
+        text_config: PreTrainedConfig | dict | None = None,
+        connector: dict[str, Any] | str | None = None,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        image_token_id: int | None = None,
+        vision_feature_layer: int = -2,
+        vision_feature_select_strategy: str = "default",
+        image_seq_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(connector, str):
+            connector = {"name": connector}
+        if vision_feature_select_strategy not in SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}, "
+                f"got {vision_feature_select_strategy!r}"
+            )
+        self.vision_config = _as_config(vision_config)
+        self.text_config = _as_config(text_config)
+        self.connector = dict(connector or {"name": "mlp2x_gelu"})
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        # soft tokens per image after the connector; filled in by the model at construction
+        self.image_seq_length = image_seq_length
+        super().__init__(**kwargs)
+

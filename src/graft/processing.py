@@ -1,0 +1,236 @@
+"""Images -> pixel tensors; conversations -> token ids and labels with image placeholders.
+
+``GraftProcessor`` bundles the tokenizer, the vision backbone's image processor, the
+conversation template and the number of soft tokens per image. Every ``<image>`` marker in the
+text becomes ``image_seq_length`` copies of the image token id, so the model's
+``masked_scatter`` finds exactly one block per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import PreTrainedTokenizerBase
+
+from graft.config import DEFAULT_IMAGE_TOKEN
+from graft.templates import Message, Template, get_template
+
+IGNORE_INDEX = -100
+PROCESSOR_FILE = "graft_processor.json"
+
+
+class ImageMarkerError(ValueError):
+    """A sample's ``<image>`` markers do not match its images."""
+
+
+class TokenizationMismatchError(ValueError):
+    """A token straddles a supervised span: the labels would be wrong, so we refuse."""
+
+
+class SampleTooLongError(ValueError):
+    """A sample does not fit the context; truncating it could cut an image's token block."""
+
+
+class ImageLoadError(ValueError):
+    """An image file is missing or cannot be decoded."""
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageLoadError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageLoadError(f"cannot read image {path}: {err}") from None
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """LLaVA-1.5's 'pad' aspect mode: centre the image on a square of the mean colour."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    return ImageOps.pad(image, (side, side), color=fill, centering=(0.5, 0.5))
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None  # [num_images, 3, H, W]
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
+
+
+class GraftProcessor:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Any,
+        image_seq_length: int,
+        template: str | Template = "vicuna_v1",
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        pad_to_square: bool = False,
+        max_length: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_seq_length = image_seq_length
+        self.template = get_template(template) if isinstance(template, str) else template
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {image_token!r} token; compose the model first")
+        self.pad_to_square = pad_to_square
+        self.max_length = max_length or getattr(tokenizer, "model_max_length", None)
+
+    # --- images -------------------------------------------------------------------------------
+    def image_fill(self) -> tuple[int, int, int]:
+        mean = getattr(self.image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        return tuple(int(round(255 * m)) for m in mean)  # type: ignore[return-value]
+
+    def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
+        if self.pad_to_square:
+            images = [pad_to_square(img, self.image_fill()) for img in images]
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    # --- text ---------------------------------------------------------------------------------
+    def encode(
+        self,
+        messages: list[Message],
+        images: list[Image.Image] | None = None,
+        add_generation_prompt: bool = False,
+        where: str = "sample",
+    ) -> EncodedSample:
+        """Token ids, labels (-100 where unsupervised) and pixel values for one conversation."""
+        images = images or []
+        markers = sum(m.content.count(self.image_token) for m in messages)
+        if markers != len(images):
+            raise ImageMarkerError(f"{where}: {markers} {self.image_token} marker(s) but {len(images)} image(s)")
+        rendered = self.template.render(messages, add_generation_prompt=add_generation_prompt)
+        enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        supervised = self._supervised_tokens(enc["offset_mapping"], rendered.supervised, ids, where)
+
+        input_ids: list[int] = []
+        labels: list[int] = []
+        if self.template.add_bos and self.tokenizer.bos_token_id is not None:
+            input_ids.append(self.tokenizer.bos_token_id)
+            labels.append(IGNORE_INDEX)
+        for token, sup in zip(ids, supervised, strict=True):
+            if token == self.image_token_id:
+                if sup:
+                    raise ImageMarkerError(f"{where}: {self.image_token} inside an assistant turn")
+                input_ids.extend([token] * self.image_seq_length)
+                labels.extend([IGNORE_INDEX] * self.image_seq_length)
+            else:
+                input_ids.append(token)
+                labels.append(token if sup else IGNORE_INDEX)
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            raise SampleTooLongError(f"{where}: {len(input_ids)} tokens, longer than max_length={self.max_length}")
+        pixel_values = self.preprocess_images(images) if images else None
+        return EncodedSample(input_ids, labels, pixel_values)
+
+    def _supervised_tokens(
+        self,
+        offsets: list[tuple[int, int]],
+        spans: list[tuple[int, int]],
+        ids: list[int],
+        where: str,
+    ) -> list[bool]:
+        flags = [False] * len(offsets)
+        for a, b in spans:
+            hit = False
+            for i, (s, e) in enumerate(offsets):
+                if e <= a or s >= b or s == e:
+                    continue
+                if s < a or e > b:
+                    piece = self.tokenizer.decode([ids[i]])
+                    raise TokenizationMismatchError(
+                        f"{where}: token {piece!r} at characters {s}-{e} straddles the supervised span {a}-{b}; "
+                        "the template and tokenizer disagree on turn boundaries"
+                    )
+                flags[i] = hit = True
+            if not hit:
+                raise TokenizationMismatchError(f"{where}: the supervised span {a}-{b} holds no token")
+        return flags
+
+    # --- batches --------------------------------------------------------------------------------
+    def collate(self, samples: list[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad a list of samples into a batch; images concatenated in order of appearance."""
+        return collate_samples(samples, self.tokenizer.pad_token_id, padding_side)
+
+    def prompts(
+        self, conversations: list[list[Message]], images: list[list[Image.Image]]
+    ) -> dict[str, torch.Tensor]:
+        """A left-padded generation batch (each conversation ends with a user turn)."""
+        samples = [
+            self.encode(msgs, imgs, add_generation_prompt=True, where=f"prompt {i}")
+            for i, (msgs, imgs) in enumerate(zip(conversations, images, strict=True))
+        ]
+        batch = self.collate(samples, padding_side="left")
+        batch.pop("labels")
+        return batch
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.template.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            self.tokenizer.chat_template = self.template.chat_template
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+        settings = {
+            "template": self.template.name,
+            "image_token": self.image_token,
+            "image_seq_length": self.image_seq_length,
+            "pad_to_square": self.pad_to_square,
+            "max_length": self.max_length,
+        }
+        tmp = directory / (PROCESSOR_FILE + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        os.replace(tmp, directory / PROCESSOR_FILE)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> GraftProcessor:
+        from graft.backbones import load_image_processor, load_tokenizer
+
+        directory = Path(directory)
+        path = directory / PROCESSOR_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: is {directory} a graft model folder?")
+        settings = json.loads(path.read_text())
+        settings.update(overrides)
+        return cls(load_tokenizer(str(directory)), load_image_processor(str(directory)), **settings)
+
+
+def collate_samples(
+    samples: list[EncodedSample], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    length = max(len(s.input_ids) for s in samples)
+    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for i, s in enumerate(samples):
+        n = len(s.input_ids)
+        cols = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        input_ids[i, cols] = torch.tensor(s.input_ids)
+        labels[i, cols] = torch.tensor(s.labels)
+        attention_mask[i, cols] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch

@@ -1,0 +1,246 @@
+"""Single questions with exact answers: yes/no, 4-way multiple choice and short answer.
+
+The same generators feed stage-2 instruction data, the evaluation files and the LLM's text
+corpus, so a question is worded identically wherever it appears. Families (`qtype`):
+existence, color, shape, count, position.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from .describe import number_word
+from .scene import COLORS, SHAPES, Obj, Scene
+
+SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+LETTERS = "ABCD"
+FAMILIES = ("existence", "color", "shape", "count", "position")
+MARGIN = 0.08  # centres closer than this along an axis are not called left/right (above/below)
+
+
+@dataclass
+class QA:
+    question: str  # full text as the model sees it, suffix included, no <image>
+    answer: str
+    qtype: str  # one of FAMILIES
+    fmt: str  # "yesno" | "mcq" | "short"
+    choices: list[str] | None = None
+    hard: bool = False  # a yes/no negative built from attributes present in the image
+
+
+def plural(shape: str) -> str:
+    return shape + "s"
+
+
+def refer(scene: Scene, obj: Obj) -> str | None:
+    """Shortest phrase naming `obj` uniquely in the scene ('circle', 'red object', 'red circle', ...)."""
+    objs = scene.objects
+    for phrase, key in (
+        (obj.shape, lambda o: o.shape),
+        (f"{obj.color} object", lambda o: o.color),
+        (obj.category, lambda o: (o.color, o.shape)),
+        (f"{obj.size} {obj.category}", lambda o: (o.size, o.color, o.shape)),
+    ):
+        if sum(key(o) == key(obj) for o in objs) == 1:
+            return phrase
+    return None
+
+
+def relation(a: Obj, b: Obj) -> str | None:
+    """Where a is relative to b along the dominant axis, only when it is unambiguous."""
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dx) >= MARGIN and abs(dy) <= abs(dx) / 2:
+        return "left" if dx < 0 else "right"
+    if abs(dy) >= MARGIN and abs(dx) <= abs(dy) / 2:
+        return "above" if dy < 0 else "below"
+    return None
+
+
+REL_PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def _pairs(scene: Scene) -> list[tuple[Obj, Obj, str, str, str]]:
+    """Ordered pairs of uniquely nameable objects in a clear relation: (a, b, ref_a, ref_b, rel)."""
+    out = []
+    for a in scene.objects:
+        for b in scene.objects:
+            if a is b:
+                continue
+            ra, rb, rel = refer(scene, a), refer(scene, b), relation(a, b)
+            if ra and rb and rel:
+                out.append((a, b, ra, rb, rel))
+    return out
+
+
+# ---------------------------------------------------------------- yes / no
+
+
+def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | None:
+    """A yes/no question of family `qtype` whose answer is `answer`; None if the scene cannot make one."""
+    objs = scene.objects
+    present = {(o.color, o.shape) for o in objs}
+    colors, shapes = {o.color for o in objs}, {o.shape for o in objs}
+    hard = False
+    if qtype == "existence":
+        if answer:
+            o = rng.choice(objs)
+            color, shape = o.color, o.shape
+        else:
+            combos = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+            hard_combos = [(c, s) for c, s in combos if c in colors and s in shapes]
+            # Half the negatives are hard (both attributes are in the image, not together).
+            hard = bool(hard_combos) and rng.random() < 0.5
+            color, shape = rng.choice(hard_combos if hard else combos)
+        q = f"Is there a {color} {shape} in the image?"
+    elif qtype in ("color", "shape"):
+        cands = [(o, refer(scene, o)) for o in objs]
+        if qtype == "color":
+            cands = [(o, r) for o, r in cands if r and o.color not in r]
+        else:
+            cands = [(o, r) for o, r in cands if r and o.shape not in r]
+        if not cands:
+            return None
+        o, ref = rng.choice(cands)
+        truth, pool, seen = (o.color, list(COLORS), colors) if qtype == "color" else (o.shape, SHAPES, shapes)
+        if answer:
+            value = truth
+        else:
+            others = [v for v in pool if v != truth]
+            hard_others = [v for v in others if v in seen]
+            hard = bool(hard_others) and rng.random() < 0.5
+            value = rng.choice(hard_others if hard else others)
+        q = f"Is the {ref} {value}?" if qtype == "color" else f"Is the {ref} a {value}?"
+    elif qtype == "count":
+        if rng.random() < 0.5:
+            noun_of, n = (lambda k: "objects" if k != 1 else "object"), len(objs)
+        else:
+            shape = rng.choice(SHAPES)
+            noun_of, n = (lambda k, s=shape: plural(s) if k != 1 else s), sum(o.shape == shape for o in objs)
+        if answer:
+            k = n
+        else:
+            near = [v for v in (n - 1, n + 1) if v >= 1]
+            hard = rng.random() < 0.5
+            k = rng.choice(near if hard else [v for v in range(1, 6) if v != n])
+        q = f"Is there exactly one {noun_of(k)} in the image?" if k == 1 else (
+            f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
+        )
+    elif qtype == "position":
+        pairs = _pairs(scene)
+        if not pairs:
+            return None
+        _, _, ra, rb, rel = rng.choice(pairs)
+        hard = not answer
+        q = f"Is the {ra} {REL_PHRASE[rel if answer else OPPOSITE[rel]]} the {rb}?"
+    else:
+        raise ValueError(qtype)
+    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard)
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def _mcq(rng: random.Random, stem: str, correct: str, distractors: list[str], qtype: str) -> QA:
+    options = rng.sample(distractors, 3)
+    pos = rng.randrange(4)  # uniform answer position
+    options.insert(pos, correct)
+    body = "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
+    return QA(f"{stem}\n{body}{MCQ_SUFFIX}", LETTERS[pos], qtype, "mcq", choices=options)
+
+
+def mcq(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
+    objs = scene.objects
+    if qtype == "existence":
+        present = {o.category for o in objs}
+        absent = [f"{c} {s}" for c in COLORS for s in SHAPES if f"{c} {s}" not in present]
+        colors, shapes = {o.color for o in objs}, {o.shape for o in objs}
+        # Prefer recombinations of what is in the image: only binding tells them apart.
+        hard = [a for a in absent if a.split()[0] in colors and a.split()[1] in shapes]
+        pool = hard if len(hard) >= 3 else absent
+        return _mcq(rng, "Which of these objects is in the image?", rng.choice(sorted(present)), pool, qtype)
+    if qtype == "color":
+        cands = [(o, r) for o in objs if (r := refer(scene, o)) and o.color not in r]
+        if not cands:
+            return None
+        o, ref = rng.choice(cands)
+        others = [c for c in COLORS if c != o.color]
+        return _mcq(rng, f"What color is the {ref}?", o.color, others, qtype)
+    if qtype == "shape":
+        cands = [(o, r) for o in objs if (r := refer(scene, o)) and o.shape not in r]
+        if not cands:
+            return None
+        o, ref = rng.choice(cands)
+        return _mcq(rng, f"What shape is the {ref}?", o.shape, [s for s in SHAPES if s != o.shape], qtype)
+    if qtype == "count":
+        if rng.random() < 0.5:
+            stem, n = "How many objects are there in the image?", len(objs)
+            pool = [str(v) for v in range(1, 7) if v != n]
+        else:
+            shape = rng.choice(sorted({o.shape for o in objs}))
+            stem, n = f"How many {plural(shape)} are there in the image?", sum(o.shape == shape for o in objs)
+            pool = [str(v) for v in range(0, 6) if v != n]
+        return _mcq(rng, stem, str(n), pool, qtype)
+    if qtype == "position":
+        pairs = _pairs(scene)
+        if not pairs:
+            return None
+        _, _, ra, rb, rel = rng.choice(pairs)
+        opts = [REL_PHRASE[r] + f" the {rb}" for r in ("left", "right", "above", "below")]
+        correct = REL_PHRASE[rel] + f" the {rb}"
+        return _mcq(rng, f"Where is the {ra}?", correct, [o for o in opts if o != correct], qtype)
+    raise ValueError(qtype)
+
+
+# ---------------------------------------------------------------- short answer
+
+
+def short(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
+    objs = scene.objects
+    if qtype == "count":
+        if rng.random() < 0.5:
+            q, a = "How many objects are there in the image?", len(objs)
+        else:
+            shape = rng.choice(SHAPES)
+            q, a = f"How many {plural(shape)} are there in the image?", sum(o.shape == shape for o in objs)
+        return QA(q + SHORT_SUFFIX, str(a), qtype, "short")
+    if qtype in ("color", "shape"):
+        attr = (lambda o: o.color) if qtype == "color" else (lambda o: o.shape)
+        cands = [(o, r) for o in objs if (r := refer(scene, o)) and attr(o) not in r]
+        if not cands:
+            return None
+        o, ref = rng.choice(cands)
+        return QA(f"What {qtype} is the {ref}?" + SHORT_SUFFIX, attr(o), qtype, "short")
+    if qtype == "existence":
+        counts = Counter(o.color for o in objs)
+        color = rng.choice(sorted(counts))
+        kinds = sorted({o.shape for o in objs if o.color == color})
+        q = f"Which shape{'s are' if len(kinds) > 1 else ' is'} {color} in the image?"
+        return QA(q + SHORT_SUFFIX, " and ".join(kinds), qtype, "short")
+    if qtype == "position":
+        pairs = [p for p in _pairs(scene) if p[4] in ("left", "right")]
+        if not pairs:
+            return None
+        _, _, ra, rb, rel = rng.choice(pairs)
+        q = f"Is the {ra} to the left or to the right of the {rb}?"
+        return QA(q + SHORT_SUFFIX, rel, qtype, "short")
+    raise ValueError(qtype)
+
+
+def sample_qa(scene: Scene, rng: random.Random, fmt: str, answer: bool | None = None) -> QA:
+    """A question of format `fmt`, family drawn uniformly among those the scene supports."""
+    families = list(FAMILIES)
+    rng.shuffle(families)
+    for qtype in families:
+        if fmt == "yesno":
+            qa = yesno(scene, rng, rng.random() < 0.5 if answer is None else answer, qtype)
+        elif fmt == "mcq":
+            qa = mcq(scene, rng, qtype)
+        else:
+            qa = short(scene, rng, qtype)
+        if qa is not None:
+            return qa
+    raise AssertionError("existence and count questions always exist")
