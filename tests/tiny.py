@@ -1,0 +1,116 @@
+"""Tiny backbones built from configs, for tests: seconds to build, no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from graft.backbones import compose
+from graft.modeling import GraftForConditionalGeneration
+from graft.processing import GraftProcessor
+
+CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "USER: Is there a red circle? ASSISTANT: Yes. No. The image shows a blue square and a green triangle.",
+    "Answer the question using a single word or phrase. Answer with the option's letter. A B C D",
+    "How many objects are there? There are 3 objects on the left and right, above and below.",
+]
+IMAGE_SIZE = 32
+
+
+def tiny_tokenizer(extra_special: list[str] | None = None) -> PreTrainedTokenizerFast:
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=extra_special or [],
+        model_max_length=512,
+    )
+
+
+def tiny_vision(seed: int = 0) -> CLIPVisionModel:
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+    )
+    return CLIPVisionModel(cfg).eval()
+
+
+def tiny_image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+
+
+def tiny_llm(vocab_size: int, seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_model_and_processor(
+    connector: dict | str = "mlp2x_gelu", template: str = "vicuna_v1", seed: int = 0
+) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
+    tokenizer = tiny_tokenizer()
+    model = compose(tiny_vision(seed), tiny_llm(len(tokenizer) + 1, seed), tokenizer, connector=connector)
+    torch.manual_seed(seed)
+    model.connector.apply(model._init_weights)
+    processor = GraftProcessor(
+        tokenizer, tiny_image_processor(), model.config.image_seq_length, template=template
+    )
+    return model.eval(), processor
+
+
+def save_tiny_backbones(directory: Path) -> tuple[Path, Path]:
+    """Write a tiny vision tower (+ image processor) and LLM (+ tokenizer) like real checkpoints."""
+    vision_dir, llm_dir = Path(directory) / "vision", Path(directory) / "llm"
+    tiny_vision().save_pretrained(vision_dir)
+    tiny_image_processor().save_pretrained(vision_dir)
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(llm_dir)
+    tiny_llm(len(tokenizer)).save_pretrained(llm_dir)
+    return vision_dir, llm_dir
+
+
+def random_image(seed: int = 0, size: int = IMAGE_SIZE) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
