@@ -1,0 +1,57 @@
+"""The typer application and what every verb shares (logging switches, errors, overrides)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="graft",
+    help="Build, instruction-tune, evaluate and export multimodal LLMs (vision encoder + VPG + LLM).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _setup(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    if quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"
+    # transformers' own chatter (weight loading bars, advisory warnings) follows the same switch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error() if not verbose else hf_logging.set_verbosity_info()
+    if quiet or not verbose:
+        hf_logging.disable_progress_bar()
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``key.sub=value`` pairs; values parsed as YAML so numbers, booleans and lists work."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            fail(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out

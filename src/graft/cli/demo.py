@@ -1,0 +1,182 @@
+"""``graft demo``: the whole job on the embedded default, the shapes world.
+
+world -> tiny backbones -> compose -> stage 1 (alignment) -> stage 2 (instruction tuning)
+-> held-out evaluation (with and without the images) -> summary.json / summary.md.
+
+Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
+each took when it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from graft.cli.app import app
+
+STEPS = ("world", "backbones", "compose", "stage1", "stage2", "eval")
+
+
+class StepClock:
+    """Wall time per step, persisted so that a rerun that reuses a step still reports it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.reused: set[str] = set()
+
+    def run(self, name: str, done: Callable[[], bool], work: Callable[[], Any]) -> None:
+        if done() and name in self.times:
+            self.reused.add(name)
+            typer.echo(f"[{name}] reused ({self.times[name]:.1f}s when it ran)")
+            return
+        typer.echo(f"[{name}] running ...")
+        start = time.perf_counter()
+        work()
+        self.times[name] = round(time.perf_counter() - start, 2)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.times, indent=2))
+        os.replace(tmp, self.path)
+        typer.echo(f"[{name}] done in {self.times[name]:.1f}s")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_demo(
+    out: Path,
+    images: int,
+    seed: int,
+    connector: str,
+    reduction: str,
+    eval_limit: int | None,
+) -> dict[str, float]:
+    from graft.backbones import compose_from_pretrained
+    from graft.processing import GraftProcessor
+    from graft.train import load_recipe, train
+    from graft.train.recipe import packaged_recipe
+    from graft.world import build_world
+    from graft.world.pretrain import backbones_finished, pretrain_backbones
+
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StepClock(out / "steps.json")
+    world, backbones = out / "world", out / "backbones"
+    composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
+
+    clock.run(
+        "world",
+        lambda: (world / "world.json").exists(),
+        lambda: build_world(world, num_images=images, seed=seed),
+    )
+    clock.run(
+        "backbones",
+        lambda: backbones_finished(backbones),
+        lambda: pretrain_backbones(world, backbones, seed=seed),
+    )
+
+    def do_compose() -> None:
+        spec: dict[str, Any] = {"name": connector}
+        if reduction != "none":
+            spec.update(reduction=reduction, reduction_factor=2)
+        model, tokenizer, image_processor = compose_from_pretrained(
+            str(backbones / "vision"), str(backbones / "llm"), connector=spec
+        )
+        processor = GraftProcessor(
+            tokenizer, image_processor, model.config.image_seq_length, template="vicuna_v1"
+        )
+        model.save_pretrained(composed)
+        processor.save_pretrained(composed)
+
+    clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
+
+    cache = str(out / "feature_cache")
+    for name, src, dst, data in (
+        ("stage1", composed, stage1, world / "stage1.json"),
+        ("stage2", stage1, stage2, world / "stage2.json"),
+    ):
+        overrides = {
+            "model.init_from": str(src),
+            "data.train": [str(data)],
+            "data.image_root": str(world),
+            "output_dir": str(dst),
+            "feature_cache.dir": cache,
+            "seed": seed,
+            "resume": True,
+        }
+        recipe = load_recipe(packaged_recipe(f"shapes-{name}"), overrides)
+        clock.run(name, lambda dst=dst: (dst / "config.json").exists(), lambda recipe=recipe: train(recipe))
+
+    summary_path = out / "summary.json"
+
+    def do_eval() -> None:
+        summary = evaluate_demo(stage2, world, eval_limit)
+        _write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+
+    clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
+    summary = json.loads((out / "metrics.json").read_text())
+    summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
+    summary["time/total_s"] = round(sum(clock.times.values()), 2)
+    _write_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    _write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
+    return summary
+
+
+def evaluate_demo(model_dir: Path, world: Path, limit: int | None) -> dict[str, float]:
+    """Held-out binary and multiple-choice accuracy, with and without the images."""
+    from graft.cli.inference import load_for_inference
+    from graft.eval.questions import evaluate_questions
+
+    model, processor = load_for_inference(model_dir)
+    metrics: dict[str, float] = {}
+    for family in ("binary", "mcq"):
+        path = world / "eval" / f"{family}.jsonl"
+        for blind in (False, True):
+            res = evaluate_questions(model, processor, path, world, blind=blind, limit=limit)
+            suffix = "_blind" if blind else ""
+            metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
+            metrics[f"{family}/n"] = res["n"]
+            for key, value in res.items():
+                if key.startswith("qtype/") and not blind:
+                    metrics[key] = value
+    return metrics
+
+
+def summary_markdown(summary: dict[str, float], reused: set[str]) -> str:
+    lines = ["# graft demo: shapes world", "", "| metric | with images | images blanked |", "|---|---|---|"]
+    for family in ("binary", "mcq"):
+        seen, blind = summary.get(f"{family}/accuracy"), summary.get(f"{family}/accuracy_blind")
+        lines.append(f"| {family}/accuracy | {seen:.3f} | {blind:.3f} |")
+    lines += ["", "| question type | accuracy |", "|---|---|"]
+    lines += [
+        f"| {k.split('/')[1]} | {v:.3f} |" for k, v in sorted(summary.items()) if k.startswith("qtype/")
+    ]
+    lines += ["", "| step | wall time (s) |", "|---|---|"]
+    for key, value in summary.items():
+        if key.startswith("time/"):
+            step = key.removeprefix("time/").removesuffix("_s")
+            lines.append(f"| {step}{' (reused)' if step in reused else ''} | {value:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for every artefact of the run.")] = Path("runs/demo"),
+    images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 12000,
+    seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
+    connector: Annotated[str, typer.Option(help="Connector to graft with.")] = "mlp2x_gelu",
+    reduction: Annotated[str, typer.Option(help="Token reduction: none, pool, pixel_shuffle.")] = "pool",
+    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N questions per file.")] = None,
+) -> None:
+    """World, tiny backbones, stage 1, stage 2, held-out evaluation; prints the results table."""
+    summary = run_demo(out, images, seed, connector, reduction, eval_limit)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

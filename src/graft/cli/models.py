@@ -1,0 +1,111 @@
+"""Verbs that build, train and convert models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.cli.app import app, fail, parse_overrides
+
+
+@app.command("compose")
+def compose_cmd(
+    vision: Annotated[str, typer.Option(help="Vision tower: local folder or hub id (CLIP, SigLIP ...).")],
+    llm: Annotated[str, typer.Option(help="Causal LM: local folder or hub id.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the grafted (untrained-connector) model.")],
+    connector: Annotated[str, typer.Option(help="Connector name: linear, mlp2x_gelu.")] = "mlp2x_gelu",
+    reduction: Annotated[
+        str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
+    ] = "none",
+    reduction_factor: Annotated[int, typer.Option(help="k for k x k token reduction.")] = 2,
+    template: Annotated[
+        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml.")
+    ] = "vicuna_v1",
+    feature_layer: Annotated[int, typer.Option(help="Vision layer whose features are used.")] = -2,
+    pad_to_square: Annotated[bool, typer.Option(help="Pad images to square with the mean colour.")] = False,
+) -> None:
+    """Graft a vision tower onto an LLM through a fresh connector and save the result."""
+    from graft.backbones import compose_from_pretrained
+    from graft.processing import GraftProcessor
+    from graft.templates import get_template
+
+    get_template(template)  # fail before loading any weights
+    spec = {"name": connector}
+    if reduction != "none":
+        spec.update(reduction=reduction, reduction_factor=reduction_factor)
+    model, tokenizer, image_processor = compose_from_pretrained(
+        vision, llm, connector=spec, vision_feature_layer=feature_layer
+    )
+    processor = GraftProcessor(
+        tokenizer,
+        image_processor,
+        model.config.image_seq_length,
+        template=template,
+        pad_to_square=pad_to_square,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    typer.echo(f"saved {out} ({model.config.image_seq_length} tokens per image)")
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Annotated[Path, typer.Argument(help="A YAML recipe (see configs/).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (overrides the recipe's output_dir).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe field: --set optim.lr=1e-4 (repeatable)."),
+    ] = None,
+) -> None:
+    """Train a stage of a recipe (alignment, instruction tuning, LoRA ...) through accelerate."""
+    from graft.train import load_recipe, train
+
+    overrides = parse_overrides(set_ or [])
+    if out is not None:
+        overrides["output_dir"] = str(out)
+    if resume:
+        overrides["resume"] = True
+    try:
+        result = train(load_recipe(recipe, overrides))
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    typer.echo(json.dumps(result.summary(), indent=2))
+
+
+@app.command("export-hf")
+def export_hf_cmd(
+    model: Annotated[Path, typer.Option(help="A graft model folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the transformers LLaVA checkpoint.")],
+) -> None:
+    """Write transformers' LlavaForConditionalGeneration layout (config, weights, processor)."""
+    from graft.export import export_hf
+
+    try:
+        export_hf(model, out)
+    except ValueError as err:
+        fail(str(err))
+    typer.echo(f"exported {model} -> {out} (LlavaForConditionalGeneration)")
+
+
+@app.command("import-hf")
+def import_hf_cmd(
+    llava: Annotated[Path, typer.Option(help="A transformers LLaVA checkpoint folder (llava-hf layout).")],
+    out: Annotated[Path, typer.Option(help="Folder for the graft model.")],
+    template: Annotated[str, typer.Option(help="Conversation template of that checkpoint.")] = "vicuna_v1",
+) -> None:
+    """Turn a transformers LLaVA checkpoint into a graft model folder, ready to fine-tune."""
+    from graft.export import import_from_llava
+
+    try:
+        import_from_llava(llava, out_dir=out, template=template)
+    except ValueError as err:
+        fail(str(err))
+    typer.echo(f"imported {llava} -> {out}")

@@ -1,0 +1,42 @@
+"""Verbs of the shapes world: build it, pretrain tiny backbones on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.cli.app import app
+
+
+@app.command("world")
+def world_cmd(
+    out: Annotated[Path, typer.Option(help="Folder to write the world into.")],
+    images: Annotated[
+        int, typer.Option(help="Number of images (split by image into train/val/test).")
+    ] = 10000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Side of the square images, in pixels.")] = 64,
+) -> None:
+    """Render a shapes world: images, symbolic descriptions, stage-1/2 data and held-out questions."""
+    from graft.world import build_world
+
+    manifest = build_world(out, num_images=images, seed=seed, image_size=image_size)
+    typer.echo(json.dumps(manifest, indent=2))
+
+
+@app.command("backbones")
+def backbones_cmd(
+    world: Annotated[Path, typer.Option(help="A folder written by `graft world`.")],
+    out: Annotated[Path, typer.Option(help="Writes tokenizer/, vision/ and llm/ here.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Pretrain tiny backbones on a world: a BPE tokenizer, a CLIP vision tower, a Llama LM.
+
+    Each is saved with save_pretrained and loads like a real checkpoint afterwards."""
+    from graft.world.pretrain import pretrain_backbones
+
+    paths = pretrain_backbones(world, out, seed=seed)
+    typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

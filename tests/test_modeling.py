@@ -1,0 +1,117 @@
+import pytest
+import torch
+from tiny import random_image, tiny_model_and_processor
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from graft.connectors import TokenReduction, UnknownConnectorError, build_connector
+from graft.modeling import GraftForConditionalGeneration, ImageTokenMismatchError
+from graft.processing import GraftProcessor, ImageMarkerError
+from graft.templates import Message
+
+
+def _batch(processor, turns, images):
+    sample = processor.encode(turns, images)
+    return processor.collate([sample])
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    model, processor = tiny_model_and_processor()
+    batch = _batch(
+        processor,
+        [Message("user", "<image>\nWhat is it?"), Message("assistant", "A circle.")],
+        [random_image()],
+    )
+    with torch.no_grad():
+        before = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, GraftForConditionalGeneration)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "graft"
+    batch2 = _batch(
+        GraftProcessor.from_pretrained(tmp_path),
+        [Message("user", "<image>\nWhat is it?"), Message("assistant", "A circle.")],
+        [random_image()],
+    )
+    assert torch.equal(batch["input_ids"], batch2["input_ids"])
+    with torch.no_grad():
+        after = loaded(**batch2).logits
+    assert torch.equal(before, after)
+
+
+def test_images_anywhere_in_any_turn_each_get_their_own_block():
+    model, processor = tiny_model_and_processor()
+    turns = [
+        Message("user", "Compare <image> with"),
+        Message("assistant", "Which one?"),
+        Message("user", "this one: <image>. And <image>?"),
+        Message("assistant", "They differ."),
+    ]
+    images = [random_image(1), random_image(2), random_image(3)]
+    batch = _batch(processor, turns, images)
+    assert batch["pixel_values"].shape[0] == 3
+    ids = batch["input_ids"][0]
+    mask = ids == model.config.image_token_id
+    assert int(mask.sum()) == 3 * model.config.image_seq_length
+    with torch.no_grad():
+        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"])
+        soft = model.get_image_features(batch["pixel_values"])
+    # blocks appear in marker order: block k holds image k's soft tokens
+    assert torch.allclose(embeds[0][mask], soft.reshape(-1, soft.shape[-1]))
+
+
+def test_marker_and_image_count_must_agree():
+    model, processor = tiny_model_and_processor()
+    with pytest.raises(ImageMarkerError, match="2 <image> marker"):
+        processor.encode([Message("user", "<image><image> hi"), Message("assistant", "yo")], [random_image()])
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    with pytest.raises(ImageTokenMismatchError):
+        model(input_ids=batch["input_ids"], pixel_values=torch.cat([batch["pixel_values"]] * 2))
+    with pytest.raises(ImageTokenMismatchError, match="no images"):
+        model(input_ids=batch["input_ids"])
+
+
+@pytest.mark.parametrize("kind,channels", [("pool", 1), ("pixel_shuffle", 4)])
+def test_token_reduction_shapes(kind, channels):
+    reduction = TokenReduction(kind, 2)
+    features = torch.randn(3, 16, 8)
+    out = reduction(features)
+    assert out.shape == (3, 4, 8 * channels)
+    assert reduction.num_tokens(16) == 4
+    if kind == "pool":  # the top-left 2x2 block averages patches 0, 1, 4, 5
+        assert torch.allclose(out[:, 0], features[:, [0, 1, 4, 5]].mean(1))
+    else:  # the top-left block concatenates them
+        assert torch.equal(out[:, 0], features[:, [0, 1, 4, 5]].reshape(3, -1))
+
+
+def test_reduced_connector_model_runs_with_fewer_tokens():
+    model, processor = tiny_model_and_processor({"name": "mlp2x_gelu", "reduction": "pixel_shuffle"})
+    assert model.config.image_seq_length == model.num_patches // 4
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_unknown_connector_lists_valid_names():
+    with pytest.raises(UnknownConnectorError, match="valid connectors: linear, mlp2x_gelu"):
+        build_connector({"name": "mlp3x"}, 8, 8)
+    with pytest.raises(ValueError, match="unknown options: depth"):
+        build_connector({"name": "linear", "depth": 3}, 8, 8)
+    with pytest.raises(ValueError, match="unknown token reduction"):
+        build_connector({"name": "linear", "reduction": "avg"}, 8, 8)
+
+
+def test_text_only_sample_needs_no_images():
+    model, processor = tiny_model_and_processor()
+    batch = _batch(processor, [Message("user", "hello"), Message("assistant", "hi")], [])
+    assert "pixel_values" not in batch
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_cached_features_equal_pixels():
+    model, processor = tiny_model_and_processor()
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    with torch.no_grad():
+        from_pixels = model(**batch).logits
+        features = model.select_vision_features(batch.pop("pixel_values"))
+        from_cache = model(**batch, vision_features=features).logits
+    assert torch.equal(from_pixels, from_cache)
