@@ -59,4 +59,3 @@ class GraftConfig(PreTrainedConfig):
         # soft tokens per image after the connector; filled in by the model at construction
         self.image_seq_length = image_seq_length
         super().__init__(**kwargs)
-

@@ -116,7 +116,9 @@ class GraftProcessor:
         images = images or []
         markers = sum(m.content.count(self.image_token) for m in messages)
         if markers != len(images):
-            raise ImageMarkerError(f"{where}: {markers} {self.image_token} marker(s) but {len(images)} image(s)")
+            raise ImageMarkerError(
+                f"{where}: {markers} {self.image_token} marker(s) but {len(images)} image(s)"
+            )
         rendered = self.template.render(messages, add_generation_prompt=add_generation_prompt)
         enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = enc["input_ids"]
@@ -137,7 +139,9 @@ class GraftProcessor:
                 input_ids.append(token)
                 labels.append(token if sup else IGNORE_INDEX)
         if self.max_length is not None and len(input_ids) > self.max_length:
-            raise SampleTooLongError(f"{where}: {len(input_ids)} tokens, longer than max_length={self.max_length}")
+            raise SampleTooLongError(
+                f"{where}: {len(input_ids)} tokens, longer than max_length={self.max_length}"
+            )
         pixel_values = self.preprocess_images(images) if images else None
         return EncodedSample(input_ids, labels, pixel_values)
 

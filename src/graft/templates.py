@@ -169,7 +169,9 @@ TEMPLATES: dict[str, Template] = {
     "plain": PlainTemplate("plain", add_bos=True),
     "vicuna_v1": VicunaTemplate("vicuna_v1", system=VICUNA_SYSTEM, chat_template=_VICUNA_JINJA),
     "llama_2": Llama2Template("llama_2", system=VICUNA_SYSTEM),
-    "chatml": ChatMLTemplate("chatml", system="You are a helpful assistant.", add_bos=False, stop="<|im_end|>"),
+    "chatml": ChatMLTemplate(
+        "chatml", system="You are a helpful assistant.", add_bos=False, stop="<|im_end|>"
+    ),
 }
 
 
@@ -177,12 +179,20 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown template {name!r}; valid templates: {', '.join(sorted(TEMPLATES))}") from None
+        raise ValueError(
+            f"unknown template {name!r}; valid templates: {', '.join(sorted(TEMPLATES))}"
+        ) from None
 
 
 def messages_from_llava(conversations: list[dict], where: str = "record") -> list[Message]:
     """LLaVA's ``[{"from": "human"|"gpt"|"system", "value": ...}]`` to messages."""
-    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+    roles = {
+        "human": "user",
+        "user": "user",
+        "gpt": "assistant",
+        "assistant": "assistant",
+        "system": "system",
+    }
     out = []
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
