@@ -1,7 +1,8 @@
 import torch
-from tiny import random_image, tiny_model_and_processor
 
 from graft.templates import Message
+
+from tiny import random_image, tiny_model_and_processor
 
 
 def test_forward_with_image_gives_finite_loss():

@@ -1,12 +1,13 @@
 import pytest
 import torch
-from tiny import random_image, tiny_model_and_processor
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from graft.connectors import TokenReduction, UnknownConnectorError, build_connector
 from graft.modeling import GraftForConditionalGeneration, ImageTokenMismatchError
 from graft.processing import GraftProcessor, ImageMarkerError
 from graft.templates import Message
+
+from tiny import random_image, tiny_model_and_processor
 
 
 def _batch(processor, turns, images):

@@ -29,16 +29,21 @@ def compose_cmd(
 ) -> None:
     """Graft a vision tower onto an LLM through a fresh connector and save the result."""
     from graft.backbones import compose_from_pretrained
+    from graft.connectors import connector_class
     from graft.processing import GraftProcessor
     from graft.templates import get_template
 
-    get_template(template)  # fail before loading any weights
     spec = {"name": connector}
     if reduction != "none":
         spec.update(reduction=reduction, reduction_factor=reduction_factor)
-    model, tokenizer, image_processor = compose_from_pretrained(
-        vision, llm, connector=spec, vision_feature_layer=feature_layer
-    )
+    try:  # names first, so a typo fails before any weights load
+        get_template(template)
+        connector_class(connector)
+        model, tokenizer, image_processor = compose_from_pretrained(
+            vision, llm, connector=spec, vision_feature_layer=feature_layer
+        )
+    except (ValueError, OSError) as err:
+        fail(str(err))
     processor = GraftProcessor(
         tokenizer,
         image_processor,

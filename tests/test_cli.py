@@ -1,0 +1,89 @@
+import pytest
+from typer.testing import CliRunner
+
+from graft.cli import app
+
+VERBS = [
+    "world",
+    "backbones",
+    "compose",
+    "train",
+    "chat",
+    "predict",
+    "evaluate",
+    "export-hf",
+    "import-hf",
+    "demo",
+]
+
+
+def test_top_level_help_lists_every_verb():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for verb in VERBS:
+        assert verb in result.output
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb):
+    result = CliRunner().invoke(app, [verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_compose_unknown_template_fails_before_loading(tmp_path):
+    result = CliRunner().invoke(
+        app, ["compose", "--vision", "x", "--llm", "y", "--out", str(tmp_path), "--template", "vicuna"]
+    )
+    assert result.exit_code != 0
+    assert "unknown template 'vicuna'" in result.output
+
+
+def test_compose_unknown_connector_names_valid_ones(tmp_path):
+    from tiny import save_tiny_backbones
+
+    vision, llm = save_tiny_backbones(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "compose",
+            "--vision",
+            str(vision),
+            "--llm",
+            str(llm),
+            "--out",
+            str(tmp_path / "m"),
+            "--connector",
+            "mlp9",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "valid connectors" in result.output
+
+
+def test_compose_then_chat_round_trip(tmp_path):
+    from tiny import random_image, save_tiny_backbones
+
+    vision, llm = save_tiny_backbones(tmp_path)
+    out = tmp_path / "m"
+    result = CliRunner().invoke(
+        app, ["compose", "--vision", str(vision), "--llm", str(llm), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    image = tmp_path / "a.png"
+    random_image().save(image)
+    result = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            "--model",
+            str(out),
+            "--image",
+            str(image),
+            "--prompt",
+            "What is it?",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
