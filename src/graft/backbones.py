@@ -115,6 +115,7 @@ def compose(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model._suppress_image_token()
     return model
 
 

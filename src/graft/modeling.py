@@ -69,6 +69,12 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         self.num_patches = positions - 1 if config.vision_feature_select_strategy == "default" else positions
         config.image_seq_length = self.connector.num_tokens(self.num_patches)
         self.post_init()
+        self._suppress_image_token()
+
+    def _suppress_image_token(self) -> None:
+        # a generated image placeholder would be read back as an image slot with no image
+        if self.config.image_token_id is not None and self.generation_config is not None:
+            self.generation_config.suppress_tokens = [self.config.image_token_id]
 
     # --- embeddings: the LLM's -------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:

@@ -1,0 +1,227 @@
+"""A JSONL file of questions -> a JSONL file of answers, resumable.
+
+Input rows: ``{"id", "image" | "images", "question" | "text"}``; image paths are relative to
+``image_root``; a question may place its images with ``<image>`` markers, otherwise they are
+put first. Output rows: ``{"id", "prediction"}``, appended and flushed after every batch. A
+rerun skips the ids already written, so a run killed at any moment loses at most the batch in
+flight and never writes an id twice (a half-written last line is cut off before resuming).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from graft.generate import generate_answers
+from graft.processing import GraftProcessor, ImageLoadError, load_image
+from graft.templates import Message
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BadRecordError(ValueError):
+    """A row of a JSONL file is malformed or points at a missing image; the message names file:line."""
+
+
+def load_records(
+    path: str | os.PathLike, parse: Callable[[dict, str], T], skip_bad: bool = False
+) -> tuple[list[T], int]:
+    """Parse every non-blank line of a JSONL file with ``parse(record, where)``.
+
+    ``where`` is ``"file:line"``; ``parse`` raises ``BadRecordError`` for a bad row. Returns the
+    parsed rows and how many bad rows were skipped (always 0 unless ``skip_bad``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file not found: {path}")
+    rows: list[T] = []
+    bad = 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise BadRecordError(
+                        f"{where}: not valid JSON ({err.msg} at column {err.colno})"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise BadRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                rows.append(parse(record, where))
+            except BadRecordError as err:
+                if not skip_bad:
+                    raise
+                bad += 1
+                logger.warning("skipping bad row: %s", err)
+    return rows, bad
+
+
+def field_str(record: dict, key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise BadRecordError(f"{where}: field {key!r} must be a string, got {value!r}")
+    return value
+
+
+def check_id(record: dict, where: str) -> str | int:
+    rid = record.get("id")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise BadRecordError(f"{where}: field 'id' must be a string or an integer, got {rid!r}")
+    return rid
+
+
+@dataclass
+class PromptRow:
+    id: str | int
+    text: str  # the user turn, one <image> marker per image
+    images: list[Path] = field(default_factory=list)
+    where: str = ""
+
+
+def place_images(text: str, n_images: int, where: str, marker: str = "<image>") -> str:
+    """The user turn with one marker per image: the text's own markers, or images first."""
+    markers = text.count(marker)
+    if markers == 0:
+        return f"{marker}\n" * n_images + text
+    if markers != n_images:
+        raise BadRecordError(
+            f"{where}: the question holds {markers} {marker} marker(s) but {n_images} image(s)"
+        )
+    return text
+
+
+def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> PromptRow:
+    rid = check_id(record, where)
+    if "image" in record and "images" in record:
+        raise BadRecordError(f"{where}: give 'image' or 'images', not both")
+    names = record.get("images", [record["image"]] if "image" in record else [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BadRecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
+    key = "question" if "question" in record else "text"
+    text = place_images(field_str(record, key, where), len(names), where, marker)
+    paths = [image_root / n for n in names]
+    for p in paths:
+        if not p.is_file():
+            raise BadRecordError(f"{where}: image not found: {p}")
+    return PromptRow(rid, text, paths, where)
+
+
+def _done_ids(out_path: Path) -> set[str | int]:
+    """Ids already answered; a half-written last line (a run killed mid-write) is cut off."""
+    if not out_path.exists():
+        return set()
+    data = out_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a half-written last line left by an interrupted run", out_path)
+        with out_path.open("r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    done: set[str | int] = set()
+    for lineno, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{out_path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise BadRecordError(
+                f"{where}: the existing output is corrupt (not JSON); move it away to restart"
+            ) from None
+        done.add(check_id(record, where))
+    return done
+
+
+def predict_jsonl(
+    model: Any,
+    processor: GraftProcessor,
+    questions_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    skip_bad: bool = False,
+    progress: bool = True,
+    **gen: Any,
+) -> dict[str, int]:
+    """Answer every question of ``questions_path`` into ``out_path``; resumes where a run stopped.
+
+    ``image_root`` defaults to the question file's folder. ``gen`` goes to ``generate_answers``
+    (``do_sample``, ``temperature``, ``top_p``, ``seed``). Returns counts: ``total`` rows read,
+    ``already_done``, ``written`` now, ``bad`` rows skipped.
+    """
+    questions_path, out_path = Path(questions_path), Path(out_path)
+    root = Path(image_root) if image_root is not None else questions_path.parent
+    marker = processor.image_token
+    rows, bad = load_records(questions_path, lambda r, w: _parse_prompt_row(r, w, root, marker), skip_bad)
+    seen: dict[str | int, str] = {}
+    unique = []
+    for row in rows:
+        if row.id in seen:
+            # ids key the resume: a repeated one would be answered once and silently dropped once
+            message = f"{row.where}: id {row.id!r} already used at {seen[row.id]}; ids must be unique"
+            if not skip_bad:
+                raise BadRecordError(message)
+            bad += 1
+            logger.warning("skipping bad row: %s", message)
+            continue
+        seen[row.id] = row.where
+        unique.append(row)
+    rows = unique
+
+    done = _done_ids(out_path)
+    pending = [row for row in rows if row.id not in done]
+    if done:
+        logger.info(
+            "%s: %d of %d questions already answered, resuming", out_path, len(rows) - len(pending), len(rows)
+        )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    bar = tqdm(total=len(pending), desc=f"predict {questions_path.name}", unit="q", disable=not progress)
+    with out_path.open("a", encoding="utf-8") as out:
+        for start in range(0, len(pending), batch_size):
+            batch, images = [], []
+            for row in pending[start : start + batch_size]:
+                try:
+                    images.append([load_image(p) for p in row.images])
+                except ImageLoadError as err:
+                    if not skip_bad:
+                        raise BadRecordError(f"{row.where}: {err}") from None
+                    bad += 1
+                    logger.warning("skipping bad row: %s: %s", row.where, err)
+                    continue
+                batch.append(row)
+            if batch:
+                convs = [[Message("user", row.text)] for row in batch]
+                answers = generate_answers(
+                    model,
+                    processor,
+                    convs,
+                    images,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    **gen,
+                )
+                lines = [
+                    json.dumps({"id": r.id, "prediction": a}) + "\n"
+                    for r, a in zip(batch, answers, strict=True)
+                ]
+                out.write("".join(lines))
+                # flushed and synced per batch: a kill loses at most the batch in flight
+                out.flush()
+                os.fsync(out.fileno())
+                written += len(batch)
+            bar.update(len(pending[start : start + batch_size]))
+    bar.close()
+    return {"total": len(rows), "already_done": len(rows) - len(pending), "written": written, "bad": bad}

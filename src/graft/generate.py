@@ -1,0 +1,192 @@
+"""Batched generation helpers and a multi-turn chat session.
+
+``generate_answers`` is the one place prompts become answers: evaluation, prediction files and
+the chat session all go through it. Prompts are left-padded (``GraftProcessor.prompts``) so
+every row's last prompt token sits in the same column and the KV cache is shared by the batch;
+greedy answers do not depend on the batch they were generated in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from graft.processing import GraftProcessor, ImageMarkerError, load_image
+from graft.templates import Message
+
+logger = logging.getLogger(__name__)
+
+
+def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], str | None, bool]:
+    """Token ids that end an answer, the template's stop string, and whether that string needs a
+    text-level stopping criterion (it is not a single token)."""
+    ids: set[int] = set()
+    configured = model.generation_config.eos_token_id
+    if configured is not None:
+        ids.update([configured] if isinstance(configured, int) else configured)
+    tokenizer = processor.tokenizer
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    stop = processor.template.stop
+    needs_criteria = False
+    if stop:
+        # a stop marker that is one token (ChatML's <|im_end|> in real tokenizers) is just another EOS
+        stop_id = tokenizer.convert_tokens_to_ids(stop)
+        if stop_id is not None and stop_id != tokenizer.unk_token_id:
+            ids.add(stop_id)
+        else:
+            needs_criteria = True
+    return sorted(ids), stop, needs_criteria
+
+
+def _decode(tokens: list[int], eos_ids: list[int], stop: str | None, processor: GraftProcessor) -> str:
+    for i, tok in enumerate(tokens):
+        if tok in eos_ids:
+            tokens = tokens[:i]
+            break
+    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    if stop and stop in text:
+        text = text[: text.index(stop)]
+    return text.strip()
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's global RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout off while generating; a model borrowed from a training loop goes back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def generate_answers(
+    model: Any,
+    processor: GraftProcessor,
+    conversations: list[list[Message]],
+    images: list[list[Image.Image]],
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    seed: int | None = None,
+    progress: bool = False,
+    use_cache: bool = True,
+) -> list[str]:
+    """One answer per conversation (each ends with a user turn), in order.
+
+    Only the new tokens are decoded; an answer ends at EOS or at the template's stop string.
+    With ``do_sample`` and a ``seed`` the answers are reproducible for the same batching.
+    """
+    if len(conversations) != len(images):
+        raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    eos_ids, stop, needs_criteria = _stop_setup(model, processor)
+    tokenizer = processor.tokenizer
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "eos_token_id": eos_ids or None,
+        "pad_token_id": tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else next(iter(eos_ids), None),
+        "use_cache": use_cache,
+        # a generated placeholder would be fed back as an image slot with no image behind it
+        "suppress_tokens": [processor.image_token_id],
+    }
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
+    if needs_criteria:
+        gen_kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
+
+    answers: list[str] = []
+    starts = range(0, len(conversations), batch_size)
+    bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) <= 1)
+    with _eval_mode(model), torch.inference_mode(), _seeded(seed, model.device):
+        for start in bar:
+            batch = processor.prompts(
+                conversations[start : start + batch_size], images[start : start + batch_size]
+            )
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            out = model.generate(**batch, **gen_kwargs)
+            new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
+            answers.extend(_decode(row, eos_ids, stop, processor) for row in new_tokens)
+    return answers
+
+
+ImageLike = Image.Image | str | os.PathLike
+
+
+class ChatSession:
+    """A multi-turn conversation with a model; every turn sees all earlier turns and images.
+
+    ``ask("What is in <image>?", images=[img])`` puts the image where the marker is; without
+    a marker the images go first, one ``<image>\\n`` each. The whole history is re-encoded each
+    turn, so the answer is exactly what ``processor.encode`` of the history would give.
+    """
+
+    def __init__(
+        self, model: Any, processor: GraftProcessor, system: str | None = None, **generation: Any
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.system = system
+        self.generation = {"max_new_tokens": 256, **generation}
+        self.messages: list[Message] = []
+        self.images: list[Image.Image] = []
+
+    def reset(self) -> None:
+        self.messages, self.images = [], []
+
+    def conversation(self) -> list[Message]:
+        """The history as the model sees it (system message first when one was given)."""
+        head = [Message("system", self.system)] if self.system is not None else []
+        return head + self.messages
+
+    def ask(self, text: str, images: list[ImageLike] | None = None, **generation: Any) -> str:
+        marker = self.processor.image_token
+        loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images or []]
+        markers = text.count(marker)
+        if markers == 0 and loaded:
+            text = f"{marker}\n" * len(loaded) + text
+        elif markers != len(loaded):
+            raise ImageMarkerError(
+                f"turn {len(self.messages) // 2 + 1}: the text holds {markers} {marker} marker(s) but "
+                f"{len(loaded)} image(s) were given; use one marker per image, or none to put them first"
+            )
+        user = Message("user", text)
+        answer = generate_answers(
+            self.model,
+            self.processor,
+            [self.conversation() + [user]],
+            [self.images + loaded],
+            **{**self.generation, **generation, "batch_size": 1},
+        )[0]
+        # a literal marker in an answer would claim an image that does not exist on re-encoding
+        said = answer.replace(marker, "")
+        # history only grows once the turn succeeded: a failed turn can be retried cleanly
+        self.messages += [user, Message("assistant", said)]
+        self.images += loaded
+        return answer
