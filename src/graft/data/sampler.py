@@ -1,0 +1,121 @@
+"""``GroupedBatchSampler``: LLaVA's ``group_by_modality_length``, as a resumable, shardable
+batch sampler.
+
+Each batch holds only image samples or only text-only samples (a text-only sample in an image
+batch would make the vision tower's work uneven and, with some connectors, change the loss);
+within a modality, samples are shuffled, cut into mega-batches of
+``mega_batch_factor * batch_size * num_replicas`` samples, each mega-batch sorted by length
+and cut into batches, so a batch wastes little padding. The batches of one optimisation step
+(one per rank) are taken side by side from the same mega-batch, so the ranks of a step have
+similar lengths and nobody waits; the steps are then shuffled. The order depends only on
+``seed + epoch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices.
+
+    Every sample appears exactly once per epoch, except that with ``drop_last`` incomplete
+    batches are dropped, and without it, when the batches do not divide evenly among
+    ``num_replicas`` ranks, the first batches are repeated so every rank gets the same count
+    (as ``DistributedSampler`` does; unequal counts would hang DDP).
+
+    ``len()`` and iteration cover this rank's batches from ``start_batch`` on: set it (or pass
+    it to ``set_epoch``) to resume an epoch after the batches already done.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        has_image: Sequence[bool],
+        batch_size: int,
+        seed: int = 0,
+        drop_last: bool = False,
+        group_by_modality: bool = True,
+        mega_batch_factor: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+        start_batch: int = 0,
+    ) -> None:
+        if len(lengths) != len(has_image):
+            raise ValueError(f"{len(lengths)} lengths but {len(has_image)} has_image flags")
+        if batch_size < 1 or mega_batch_factor < 1 or num_replicas < 1:
+            raise ValueError("batch_size, mega_batch_factor and num_replicas must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.has_image = np.asarray(has_image, dtype=bool)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.group_by_modality = group_by_modality
+        self.mega_batch_factor = mega_batch_factor
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_batch = start_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch's order; ``start_batch`` skips this rank's first batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    # --- the order ----------------------------------------------------------------------------
+    def _groups(self) -> list[np.ndarray]:
+        if not self.group_by_modality:
+            return [np.arange(len(self.lengths))]
+        return [np.flatnonzero(self.has_image), np.flatnonzero(~self.has_image)]
+
+    def _all_batches(self, rng: np.random.Generator) -> list[list[int]]:
+        """Length-sorted batches, mega-batch by mega-batch, modality by modality."""
+        mega = self.mega_batch_factor * self.batch_size * self.num_replicas
+        batches: list[list[int]] = []
+        for group in self._groups():
+            order = group[rng.permutation(len(group))]
+            for start in range(0, len(order), mega):
+                chunk = order[start : start + mega]
+                # longest first; stable so equal lengths keep their shuffled order
+                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                for b in range(0, len(chunk), self.batch_size):
+                    batch = chunk[b : b + self.batch_size].tolist()
+                    if len(batch) == self.batch_size or not self.drop_last:
+                        batches.append(batch)
+        return batches
+
+    def rank_batches(self) -> list[list[int]]:
+        """All of this rank's batches for the current epoch (``start_batch`` not applied)."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = self._all_batches(rng)
+        n = self.num_replicas
+        if len(batches) % n:
+            if self.drop_last:
+                batches = batches[: len(batches) - len(batches) % n]
+            else:
+                batches += batches[: n - len(batches) % n]
+        steps = [batches[i : i + n] for i in range(0, len(batches), n)]
+        return [steps[s][self.rank] for s in rng.permutation(len(steps))]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """This rank's batch count in a whole epoch, whatever ``start_batch`` is."""
+        # mega-batches are whole multiples of batch_size: only a group's last batch is partial
+        total = 0
+        for group in self._groups():
+            full, rest = divmod(len(group), self.batch_size)
+            total += full + int(rest > 0 and not self.drop_last)
+        if self.drop_last:
+            return total // self.num_replicas
+        return -(-total // self.num_replicas)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.rank_batches()[self.start_batch :]
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start_batch)
