@@ -97,7 +97,7 @@ class GraftProcessor:
     # --- images -------------------------------------------------------------------------------
     def image_fill(self) -> tuple[int, int, int]:
         mean = getattr(self.image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
-        return tuple(int(round(255 * m)) for m in mean)  # type: ignore[return-value]
+        return tuple(int(255 * m) for m in mean)  # rounded down, as LLaVA does  # type: ignore[return-value]
 
     def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
         if self.pad_to_square:

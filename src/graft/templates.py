@@ -10,6 +10,7 @@ Each template also carries the equivalent Jinja ``chat_template`` for exported c
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -151,7 +152,7 @@ class ChatMLTemplate(Template):
 
 
 _VICUNA_JINJA = (
-    "{% set ns = namespace(system='" + VICUNA_SYSTEM + "') %}"
+    "{% set ns = namespace(system=" + json.dumps(VICUNA_SYSTEM) + ") %}"
     "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}{% endif %}"
     "{% endfor %}{{ ns.system + ' ' }}"
     "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'USER: ' }}"
