@@ -141,8 +141,9 @@ def test_image_key_is_content_plus_preprocessing(folder):
     changed = ds[0].image_keys[0]
     assert changed != key
     # the preprocessing changes: pad to square, or another image size
-    ds.processor.pad_to_square = True
-    assert ds[0].image_keys[0] not in (key, changed)
+    padded = _tiny_processor()
+    padded.pad_to_square = True
+    assert LlavaDataset(folder / "data.json", folder, padded)[0].image_keys[0] not in (key, changed)
     other = _tiny_processor()
     other.image_processor.crop_size = {"height": 24, "width": 24}
     assert LlavaDataset(folder / "data.json", folder, other)[0].image_keys[0] != changed

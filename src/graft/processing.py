@@ -114,10 +114,26 @@ class GraftProcessor:
     ) -> EncodedSample:
         """Token ids, labels (-100 where unsupervised) and pixel values for one conversation."""
         images = images or []
+        input_ids, labels = self.encode_text(messages, len(images), add_generation_prompt, where)
+        pixel_values = self.preprocess_images(images) if images else None
+        return EncodedSample(input_ids, labels, pixel_values)
+
+    def encode_text(
+        self,
+        messages: list[Message],
+        num_images: int,
+        add_generation_prompt: bool = False,
+        where: str = "sample",
+        max_length: int | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """``encode`` without pixels: ids and labels, each image marker expanded to its block.
+
+        Checks that the markers match ``num_images`` and that the sample fits ``max_length``
+        (default: the processor's)."""
         markers = sum(m.content.count(self.image_token) for m in messages)
-        if markers != len(images):
+        if markers != num_images:
             raise ImageMarkerError(
-                f"{where}: {markers} {self.image_token} marker(s) but {len(images)} image(s)"
+                f"{where}: {markers} {self.image_token} marker(s) but {num_images} image(s)"
             )
         rendered = self.template.render(messages, add_generation_prompt=add_generation_prompt)
         enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
@@ -138,12 +154,10 @@ class GraftProcessor:
             else:
                 input_ids.append(token)
                 labels.append(token if sup else IGNORE_INDEX)
-        if self.max_length is not None and len(input_ids) > self.max_length:
-            raise SampleTooLongError(
-                f"{where}: {len(input_ids)} tokens, longer than max_length={self.max_length}"
-            )
-        pixel_values = self.preprocess_images(images) if images else None
-        return EncodedSample(input_ids, labels, pixel_values)
+        limit = max_length or self.max_length
+        if limit is not None and len(input_ids) > limit:
+            raise SampleTooLongError(f"{where}: {len(input_ids)} tokens, longer than max_length={limit}")
+        return input_ids, labels
 
     def _supervised_tokens(
         self,
@@ -161,7 +175,8 @@ class GraftProcessor:
                 if s < a or e > b:
                     piece = self.tokenizer.decode([ids[i]])
                     raise TokenizationMismatchError(
-                        f"{where}: token {piece!r} at characters {s}-{e} straddles the supervised span {a}-{b}; "
+                        f"{where}: token {piece!r} at characters {s}-{e} straddles the supervised span "
+                        f"{a}-{b}; "
                         "the template and tokenizer disagree on turn boundaries"
                     )
                 flags[i] = hit = True

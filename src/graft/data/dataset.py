@@ -9,13 +9,11 @@ would cost gigabytes on LLaVA-665K); ``__getitem__`` tokenizes again, which is c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -49,23 +47,6 @@ class TrainSample:
     image_keys: list[str]
 
 
-def _no_pixels(images: list[Any]) -> None:
-    return None
-
-
-def text_only(processor: GraftProcessor, max_length: int | None = None) -> GraftProcessor:
-    """A shallow copy of ``processor`` whose ``encode`` tokenizes without touching pixels.
-
-    Pass ``[None] * num_images`` as images: the marker count is still checked, the image
-    preprocessing is skipped and ``pixel_values`` comes back as None.
-    """
-    view = copy.copy(processor)
-    view.preprocess_images = _no_pixels  # type: ignore[method-assign]
-    if max_length is not None:
-        view.max_length = max_length
-    return view
-
-
 def preprocessing_signature(processor: GraftProcessor) -> str:
     """A short hash of everything that turns an image file into pixel values."""
     settings = {
@@ -89,7 +70,8 @@ class LlavaDataset(Dataset):
         self.image_root = str(image_root)
         self.processor = processor
         self.skip_bad = skip_bad
-        self._text = text_only(processor, max_length)
+        self.max_length = max_length
+        self._signature = preprocessing_signature(processor)
         #: set to False once every image's vision features are cached: items then skip pixels
         self.load_pixels = True
         self.skipped: dict[str, int] = {}
@@ -148,7 +130,10 @@ class LlavaDataset(Dataset):
 
     def _encode_text(self, record: Record) -> EncodedSample:
         where = f"{record.source} (id {record.id!r})"
-        return self._text.encode(record.messages, [None] * len(record.images), where=where)
+        ids, labels = self.processor.encode_text(
+            record.messages, len(record.images), where=where, max_length=self.max_length
+        )
+        return EncodedSample(ids, labels, None)
 
     # --- items ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -158,9 +143,8 @@ class LlavaDataset(Dataset):
         record = self.records[i]
         encoded = self._encode_text(record)
         paths = [self.image_path(p) for p in record.images]
-        signature = preprocessing_signature(self.processor)
         try:
-            keys = [f"{self._file_hash(p)}-{signature}" for p in paths]
+            keys = [f"{self._file_hash(p)}-{self._signature}" for p in paths]
             if self.load_pixels and paths:
                 encoded.pixel_values = self.processor.preprocess_images([load_image(p) for p in paths])
         except ImageLoadError as err:
