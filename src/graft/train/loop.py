@@ -1,0 +1,352 @@
+"""``train(recipe)``: one plain training loop through ``accelerate``.
+
+Build (or load) the model, apply the stage, read the data, optionally fill the vision feature
+cache, then: accumulate ``grad_accum`` micro-batches, clip, step AdamW and the warmup + decay
+schedule, log, checkpoint. At the end the model and its processor are saved into
+``output_dir`` so the folder reloads with ``GraftForConditionalGeneration.from_pretrained``.
+
+The loss of a step is the mean over every supervised token of the step, on every process:
+each micro-batch's summed token loss is divided by the step's global token count (transformers'
+``num_items_in_batch``), so long and short samples count per token, as they would in one big
+batch, whatever the accumulation and the process count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+from graft.data import GroupedBatchSampler, LlavaDataset, TrainCollator
+from graft.data.feature_cache import FeatureCache
+from graft.modeling import GraftForConditionalGeneration
+from graft.processing import IGNORE_INDEX, GraftProcessor
+from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
+from graft.train.metrics_log import MetricsLogger, StepWindow
+from graft.train.recipe import Recipe, save_recipe
+from graft.train.stages import (
+    apply_stage,
+    build_model,
+    describe_stage,
+    enable_gradient_checkpointing,
+    merge_lora,
+    param_groups,
+    parameter_counts,
+    set_train_mode,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEDULES = {
+    "cosine": get_cosine_schedule_with_warmup,
+    "linear": get_linear_schedule_with_warmup,
+    "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup),
+}
+
+
+@dataclass
+class TrainResult:
+    final_loss: float
+    steps: int
+    output_dir: Path
+    #: loss of every optimizer step this call ran (a resumed run: only the new ones)
+    losses: list[float] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    #: processes that trained together (DDP)
+    processes: int = 1
+    #: the trained model (LoRA merged), still on the training device
+    model: GraftForConditionalGeneration | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "final_loss": self.final_loss,
+            "steps": self.steps,
+            "output_dir": str(self.output_dir),
+            "checkpoints": [str(p) for p in self.checkpoints],
+            "seconds": round(self.seconds, 2),
+            "processes": self.processes,
+        }
+
+
+# --- set-up ---------------------------------------------------------------------------------------
+def _accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
+    mixed = "bf16" if recipe.precision == "bf16" else "no"
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != mixed:
+        # a second run in one process (a notebook, the demo) with another precision: accelerate
+        # keeps its state in a singleton that refuses the change unless reset
+        AcceleratorState._reset_state()
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(mixed_precision=mixed, cpu=_multi_cpu(), kwargs_handlers=[ddp])
+
+
+def _multi_cpu() -> bool:
+    """Several processes and no accelerator: accelerate runs them together (gloo) only when told
+    ``cpu=True``; without it, torchrun's processes would each train alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    current = getattr(torch, "accelerator", None)
+    if current is not None and hasattr(current, "current_accelerator"):
+        return current.current_accelerator() is None
+    return not torch.cuda.is_available()
+
+
+def _grad_accum(recipe: Recipe, num_processes: int) -> int:
+    if recipe.global_batch_size is None:
+        return recipe.grad_accum or 1
+    per_step = recipe.batch_size * num_processes
+    accum, rest = divmod(recipe.global_batch_size, per_step)
+    if rest or accum < 1:
+        raise ValueError(
+            f"global_batch_size {recipe.global_batch_size} is not a multiple of batch_size "
+            f"{recipe.batch_size} x {num_processes} process(es)"
+        )
+    return accum
+
+
+def _fill_feature_cache(
+    recipe: Recipe, model: GraftForConditionalGeneration, dataset: LlavaDataset, accelerator: Accelerator
+) -> FeatureCache:
+    spec = recipe.feature_cache
+    directory = spec.dir or Path(recipe.output_dir) / "feature_cache"
+    cache = FeatureCache.for_model(directory, model, spec.dtype, spec.in_memory)
+    info = cache.fill(
+        model,
+        dataset,
+        spec.batch_size,
+        accelerator.device,
+        accelerator.process_index,
+        accelerator.num_processes,
+        barrier=accelerator.wait_for_everyone,
+    )
+    accelerator.wait_for_everyone()
+    cache.load([k for k in info["keys"] if k in cache])
+    if accelerator.is_main_process:
+        logger.info(
+            "feature cache %s: %d images, %d computed by this process",
+            cache.root,
+            info["images"],
+            info["computed"],
+        )
+    dataset.load_pixels = False  # items now skip image decoding; the loop feeds vision_features
+    return cache
+
+
+def _data(
+    recipe: Recipe, processor: GraftProcessor, accelerator: Accelerator, dataset: LlavaDataset
+) -> tuple[DataLoader, GroupedBatchSampler]:
+    sampler = GroupedBatchSampler(
+        dataset.lengths,
+        dataset.has_image,
+        recipe.batch_size,
+        seed=recipe.seed,
+        group_by_modality=recipe.data.group_by_modality,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=TrainCollator(processor.tokenizer.pad_token_id),
+        num_workers=recipe.data.num_workers,
+        # its own generator: a new epoch's iterator draws a seed from it, and drawing from the
+        # global RNG would shift dropout masks between a straight and a resumed run
+        generator=torch.Generator().manual_seed(recipe.seed + accelerator.process_index),
+    )
+    return loader, sampler
+
+
+# --- the data stream -------------------------------------------------------------------------------
+def _stream(loader: DataLoader, sampler: GroupedBatchSampler, epoch: int, done: int) -> Iterator[tuple]:
+    """Batches forever, epoch after epoch, with the position after each: (epoch, batches done, batch)."""
+    while True:
+        sampler.set_epoch(epoch, done)
+        for batch in loader:
+            done += 1
+            if batch is not None:  # every sample of it was skipped (corrupt images)
+                yield epoch, done, batch
+        epoch, done = epoch + 1, 0
+
+
+def _model_inputs(batch: dict[str, Any], cache: FeatureCache | None, device: torch.device) -> dict | None:
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+    if cache is not None and batch["image_keys"]:
+        if not all(k in cache for k in batch["image_keys"]):
+            logger.warning("skipping a batch with an image that could not be cached (ids %s)", batch["ids"])
+            return None
+        inputs["vision_features"] = cache.batch(batch["image_keys"], device)
+    elif "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"].to(device)
+    return inputs
+
+
+# --- one optimizer step ----------------------------------------------------------------------------------
+def _step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainable: list[torch.nn.Parameter],
+    max_grad_norm: float,
+) -> dict[str, Any]:
+    local = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
+    num_tokens = accelerator.reduce(local.to(accelerator.device), reduction="sum").clamp(min=1)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for i, inputs in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            out = model(**inputs, num_items_in_batch=num_tokens, use_cache=False)
+            loss = out.loss
+            if not loss.requires_grad:
+                # nothing trainable in this batch's graph (text only, connector-only stage): a zero
+                # term keeps it in the step, so every process still joins DDP's gradient exchange
+                loss = loss + sum(p.sum() for p in trainable) * 0.0
+            # DDP averages gradients over processes; the loss is already a share of the global mean
+            accelerator.backward(loss * accelerator.num_processes)
+        loss_sum += out.loss.detach().float()
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step used
+    grad_norm = None
+    if max_grad_norm > 0:
+        grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    counts = torch.tensor(
+        [
+            float(sum(b["input_ids"].shape[0] for b in micro_batches)),
+            float(sum(b["attention_mask"].sum() for b in micro_batches)),
+        ],
+        device=accelerator.device,
+    )
+    totals = accelerator.reduce(torch.cat([loss_sum.reshape(1), counts]), reduction="sum")
+    stats = {"loss": totals[0].item(), "samples": totals[1].item(), "tokens": totals[2].item(), "lrs": lrs}
+    if grad_norm is not None:
+        stats["grad_norm"] = float(grad_norm)
+    return stats
+
+
+# --- train -----------------------------------------------------------------------------------------------
+def train(recipe: Recipe) -> TrainResult:
+    """Run one stage of a recipe; returns the final loss, step count and paths."""
+    started = time.perf_counter()
+    output_dir = Path(recipe.output_dir)
+    # the process group is set up here, before anything asks which process is the main one
+    is_main = PartialState(cpu=_multi_cpu()).is_main_process
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+    set_seed(recipe.seed)
+
+    model, processor = build_model(recipe)
+    apply_stage(model, recipe)
+    if recipe.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if is_main:
+        logger.info("stage: %s", describe_stage(recipe, parameter_counts(model)))
+    d = recipe.data
+    image_root = d.image_root or str(Path(d.train[0]).parent)
+    dataset = LlavaDataset(d.train, image_root, processor, skip_bad=d.skip_bad, max_length=d.max_length)
+    # a text-only batch leaves the connector (and vision tower) out of the graph: DDP must know
+    accelerator = _accelerator(recipe, find_unused_parameters=not all(dataset.has_image))
+    model.to(accelerator.device)
+    cache = _fill_feature_cache(recipe, model, dataset, accelerator) if recipe.feature_cache.enabled else None
+    loader, sampler = _data(recipe, processor, accelerator, dataset)
+
+    grad_accum = _grad_accum(recipe, accelerator.num_processes)
+    total_steps = recipe.max_steps or math.ceil(recipe.epochs * sampler.batches_per_epoch / grad_accum)
+    o = recipe.optim
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), betas=tuple(o.betas), eps=o.eps)
+    scheduler = SCHEDULES[o.scheduler](optimizer, round(o.warmup_ratio * total_steps), total_steps)
+    state = TrainState()
+    resume_from = resolve_resume(recipe.resume, output_dir)
+    if resume_from is not None:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world)
+    # only the model and optimizer go through prepare: the sampler already shards by rank, and a
+    # prepared scheduler would step once per process
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if is_main:
+        logger.info(
+            "%d samples, %d batches/epoch/process, %d process(es), grad_accum %d: %d steps (from step %d)",
+            *(len(dataset), sampler.batches_per_epoch, accelerator.num_processes, grad_accum),
+            *(total_steps, state.step),
+        )
+
+    metrics = MetricsLogger(output_dir, enabled=is_main, tensorboard=recipe.tensorboard)
+    window = StepWindow()
+    stream = _stream(loader, sampler, state.epoch, state.batch)
+    set_train_mode(model, recipe)
+    # disable=None: a bar on a terminal only; other processes never draw one
+    bar = tqdm(
+        total=total_steps, initial=state.step, desc="train", unit="step", disable=None if is_main else True
+    )
+    losses: list[float] = []
+    checkpoints: list[Path] = []
+    try:
+        while state.step < total_steps:
+            micro_batches = []
+            while len(micro_batches) < grad_accum:
+                state.epoch, state.batch, batch = next(stream)
+                inputs = _model_inputs(batch, cache, accelerator.device)
+                if inputs is not None:
+                    micro_batches.append(inputs)
+            stats = _step(
+                accelerator, ddp_model, micro_batches, optimizer, scheduler, trainable, o.max_grad_norm
+            )
+            state.step += 1
+            losses.append(stats["loss"])
+            window.add(stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if state.step % recipe.log_every == 0 or state.step == total_steps:
+                epoch = state.epoch + state.batch / max(sampler.batches_per_epoch, 1)
+                metrics.log(state.step, window.record(epoch=epoch))
+            if recipe.save_every and state.step % recipe.save_every == 0:
+                keep = recipe.keep_checkpoints
+                checkpoints.append(
+                    save_checkpoint(output_dir, state, model, optimizer, scheduler, accelerator, keep)
+                )
+    finally:
+        bar.close()
+        metrics.close()
+
+    # without accelerate's wrapper on forward (autocast under bf16): a plain model from here on
+    model = accelerator.unwrap_model(ddp_model, keep_fp32_wrapper=False).eval()
+    merge_lora(model)  # the saved folder is a plain graft model, whatever the stage
+    if recipe.precision == "bf16":
+        model.to(torch.bfloat16)  # what a bf16 run is released as (LLaVA's checkpoints are bf16)
+    if is_main:
+        save_final(model, processor, output_dir)
+        logger.info("saved the trained model to %s", output_dir)
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        final_loss=losses[-1] if losses else float("nan"),
+        steps=state.step,
+        output_dir=output_dir,
+        losses=losses,
+        checkpoints=checkpoints,
+        seconds=time.perf_counter() - started,
+        processes=accelerator.num_processes,
+        model=model,
+    )

@@ -1,0 +1,370 @@
+"""Recipes, stages, the training loop and the vision feature cache, on tiny backbones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.utils import set_seed
+
+from graft.data import LlavaDataset
+from graft.data.feature_cache import FeatureCache
+from graft.modeling import GraftForConditionalGeneration
+from graft.processing import GraftProcessor
+from graft.train import (
+    apply_stage,
+    build_model,
+    load_recipe,
+    merge_lora,
+    param_groups,
+    parameter_counts,
+    train,
+)
+from graft.train.metrics_log import read_log
+from graft.train.recipe import CONFIGS_DIR, RecipeError, recipe_from_dict
+
+from tiny import random_image, save_tiny_backbones
+
+torch.set_num_threads(1)
+
+
+# --- helpers (the lead may move these to a shared module) ------------------------------------------
+def _tiny_world(root: Path, n_images: int = 6) -> dict[str, str]:
+    """Tiny backbones + a LLaVA JSON with a few random images, one two-image record and one text-only."""
+    root.mkdir(parents=True, exist_ok=True)
+    vision, llm = save_tiny_backbones(root / "backbones")
+    (root / "images").mkdir(exist_ok=True)
+    for i in range(n_images):
+        random_image(i).save(root / "images" / f"{i}.png")
+    answers = ["Yes", "No", "There are 3 objects.", "A blue square and a green triangle.", "No. Yes."]
+    records = [
+        {
+            "id": f"s{i}",
+            "image": f"images/{i}.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nIs there a red circle?"},
+                {"from": "gpt", "value": answers[i % len(answers)]},
+            ],
+        }
+        for i in range(n_images)
+    ]
+    records.append(
+        {
+            "id": "pair",
+            "images": ["images/0.png", "images/1.png"],
+            "conversations": [
+                {"from": "human", "value": "<image> and <image>: how many objects are there?"},
+                {"from": "gpt", "value": "There are 3 objects on the left and right."},
+            ],
+        }
+    )
+    records.append(
+        {
+            "id": "text",
+            "conversations": [
+                {"from": "human", "value": "Answer with the option's letter. A B C D"},
+                {"from": "gpt", "value": "B"},
+            ],
+        }
+    )
+    data = root / "data.json"
+    data.write_text(json.dumps(records))
+    return {"vision": str(vision), "llm": str(llm), "data": str(data), "root": str(root)}
+
+
+def _tiny_recipe(world: dict[str, str], out: Path, **overrides) -> dict:
+    """A raw recipe (mapping) that trains quickly on the tiny world; dotted keys override."""
+    raw = {
+        "model": {"vision": world["vision"], "llm": world["llm"]},
+        "data": {"train": [world["data"]], "image_root": world["root"]},
+        "template": "vicuna_v1",
+        "connector": {"mode": "full", "lr": 1e-2},
+        "llm": {"mode": "full", "lr": 1e-3},
+        "optim": {"warmup_ratio": 0.25},
+        "batch_size": 2,
+        "grad_accum": 2,
+        "max_steps": 4,
+        "log_every": 1,
+        "output_dir": str(out),
+        "tensorboard": False,
+    }
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return raw
+
+
+def _write_recipe(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    return _tiny_world(tmp_path_factory.mktemp("world"))
+
+
+# --- recipes ---------------------------------------------------------------------------------------
+def test_unknown_key_names_the_key_the_file_and_the_valid_keys(tmp_path, world):
+    raw = _tiny_recipe(world, tmp_path / "out")
+    raw["llm"]["lrr"] = 1e-4
+    path = _write_recipe(tmp_path / "bad.yaml", raw)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert "'llm.lrr'" in str(err.value) and str(path) in str(err.value)
+    assert "lora, lr, mode" in str(err.value)
+
+    raw = _tiny_recipe(world, tmp_path / "out", epoch=2)
+    with pytest.raises(RecipeError, match="unknown key 'epoch'.*epochs"):
+        load_recipe(_write_recipe(tmp_path / "bad2.yaml", raw))
+
+
+def test_unknown_override_key_is_an_error(tmp_path, world):
+    path = _write_recipe(tmp_path / "r.yaml", _tiny_recipe(world, tmp_path / "out"))
+    with pytest.raises(RecipeError, match="unknown override key 'optim.learning_rate'"):
+        load_recipe(path, {"optim.learning_rate": 1e-4})
+    with pytest.raises(RecipeError, match="has no sub-keys"):
+        load_recipe(path, {"seed.x": 1})
+
+
+def test_paths_are_relative_to_the_recipe_and_overrides_to_the_working_dir(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "vision").mkdir()
+    raw = {
+        "model": {"vision": "vision", "llm": "lmsys/vicuna-7b-v1.5", "tokenizer": "../tok"},
+        "data": {"train": ["d/a.json"]},
+        "optim": {"lr": "1e-3"},  # YAML 1.1 reads 1e-3 as a string
+        "output_dir": "out",
+    }
+    recipe = load_recipe(_write_recipe(tmp_path / "cfg" / "r.yaml", raw))
+    assert recipe.model.vision == str(tmp_path / "cfg" / "vision")  # exists beside the recipe
+    assert recipe.model.llm == "lmsys/vicuna-7b-v1.5"  # a hub id stays one
+    assert recipe.model.tokenizer == str(tmp_path / "tok")  # ../ marks a path
+    assert recipe.data.train == [str(tmp_path / "cfg" / "d" / "a.json")]
+    assert recipe.output_dir == str(tmp_path / "cfg" / "out")
+    assert recipe.optim.lr == pytest.approx(1e-3)
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(tmp_path / "cfg" / "r.yaml", {"output_dir": "elsewhere", "connector.lr": 0.5})
+    assert recipe.output_dir == str(tmp_path / "elsewhere")
+    assert recipe.connector.lr == 0.5 and recipe.connector.mode == "full"  # merged, not replaced
+
+
+def test_recipe_checks_values(tmp_path, world):
+    for overrides, message in [
+        ({"llm.mode": "half"}, "valid modes"),
+        ({"precision": "fp16"}, "precision"),
+        ({"connector.mode": "frozen", "llm.mode": "frozen"}, "nothing to train"),
+        ({"vision.mode": "full", "feature_cache.enabled": True}, "frozen vision tower"),
+        ({"grad_accum": 2, "global_batch_size": 8}, "not both"),
+        ({"batch_size": "two"}, "batch_size"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict(_tiny_recipe(world, tmp_path, **overrides))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(CONFIGS_DIR / f"{name}.yaml")
+    assert recipe.vision.mode == "frozen"
+    if name.startswith("llava-1.5-7b"):
+        assert recipe.precision == "bf16" and recipe.gradient_checkpointing
+        assert recipe.optim.warmup_ratio == 0.03
+        if recipe.model.init_from is None:  # stage 1
+            assert recipe.model.vision == "openai/clip-vit-large-patch14-336"
+            assert recipe.model.llm == "lmsys/vicuna-7b-v1.5"
+            assert (recipe.connector.lr, recipe.global_batch_size, recipe.template) == (1e-3, 256, "plain")
+        else:
+            assert (recipe.llm.lr, recipe.global_batch_size, recipe.llm.mode) == (2e-5, 128, "full")
+
+
+# --- stages ----------------------------------------------------------------------------------------
+def test_stage_modes_counts_and_param_groups(tmp_path, world):
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "frozen"}))
+    model, _ = build_model(recipe)
+    apply_stage(model, recipe)
+    counts = parameter_counts(model)
+    assert counts["connector"]["trainable"] == counts["connector"]["total"] > 0
+    assert counts["vision"]["trainable"] == counts["llm"]["trainable"] == 0
+    groups = param_groups(model, recipe)
+    assert {g["name"] for g in groups} == {"connector", "connector/no_decay"}
+    assert all(p.ndim == 1 for g in groups if g["name"].endswith("no_decay") for p in g["params"])
+
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
+    model, _ = build_model(recipe)
+    apply_stage(model, recipe)
+    trainable = [n for n, p in model.language_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {g["lr"] for g in param_groups(model, recipe) if g["name"] == "llm"} == {1e-3}
+
+
+def test_merged_lora_model_reloads_to_the_same_logits(tmp_path, world):
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
+    model, processor = build_model(recipe)
+    apply_stage(model, recipe)
+    batch = processor.collate([LlavaDataset(world["data"], world["root"], processor)[0].encoded])
+    model.eval()
+    with torch.no_grad():
+        base = model(**batch).logits
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # zero-initialised: make the adapters matter
+            p.data.normal_(0, 0.02)
+    with torch.no_grad():
+        before = model(**batch).logits
+    assert (before - base).abs().max() > 1e-2
+    merge_lora(model)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        after = reloaded(**batch).logits
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+def test_train_saves_a_reloadable_model_and_logs(tmp_path, world):
+    result_recipe = recipe_from_dict(_tiny_recipe(world, tmp_path / "out", max_steps=6))
+    result = train(result_recipe)
+    assert result.steps == 6 and len(result.losses) == 6
+    assert result.losses[-1] < result.losses[0]
+    out = tmp_path / "out"
+    rows = read_log(out)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert {"loss", "lr", "samples_per_s", "tokens_per_s", "lr/llm", "grad_norm"} <= set(rows[0])
+    assert rows[-1]["loss"] == pytest.approx(result.final_loss)
+    assert not (out / ".final.tmp").exists()
+    assert load_recipe(out / "recipe.yaml").to_dict() == result_recipe.to_dict()  # the run, as run
+
+    reloaded = GraftForConditionalGeneration.from_pretrained(out).eval()
+    processor = GraftProcessor.from_pretrained(out)
+    batch = processor.collate([LlavaDataset(world["data"], world["root"], processor)[0].encoded])
+    with torch.no_grad():
+        expected = result.model.eval()(**batch).logits
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+
+@pytest.mark.parametrize("component", ["llm", "vision"])
+def test_lora_training_saves_a_merged_model(tmp_path, world, component):
+    lora = {f"{component}.mode": "lora", f"{component}.lora": {"r": 4, "dropout": 0.0}}
+    set_seed(0)
+    start, _ = build_model(recipe_from_dict(_tiny_recipe(world, tmp_path)))
+    result = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "out", **lora)))
+    assert not any("lora" in n for n, _ in result.model.named_parameters())
+    prefix = {"llm": "language_model.", "vision": "vision_tower."}[component]
+    trained = result.model.state_dict()
+    assert any(not torch.equal(t, trained[n]) for n, t in start.state_dict().items() if n.startswith(prefix))
+    reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    processor = GraftProcessor.from_pretrained(tmp_path / "out")
+    batch = processor.collate([LlavaDataset(world["data"], world["root"], processor)[2].encoded])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, result.model.eval()(**batch).logits, atol=1e-6)
+
+
+def test_a_connector_only_stage_leaves_the_rest_untouched(tmp_path, world):
+    # stage 1 on data with a text-only sample: that batch reaches no trainable weight
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path / "out", **{"llm.mode": "frozen"}))
+    set_seed(recipe.seed)  # as train() does: the new image-token row is drawn at random
+    before, _ = build_model(recipe)
+    result = train(recipe)
+    after = result.model.state_dict()
+    for name, tensor in before.state_dict().items():
+        changed = not torch.equal(tensor, after[name])
+        assert changed == name.startswith("connector."), name
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, world):
+    # the step's loss is the mean over all its supervised tokens, however the batch is cut
+    import copy
+
+    from accelerate import Accelerator
+
+    from graft.train.loop import _step
+
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path))
+    model, processor = build_model(recipe)
+    apply_stage(model, recipe)
+    twin = copy.deepcopy(model)
+    dataset = LlavaDataset(world["data"], world["root"], processor)
+    samples = [dataset[i].encoded for i in (0, 2, 3, 7)]  # different answer lengths, one text-only
+    accelerator = Accelerator()
+    results = []
+    for m, cuts in ((model, [samples]), (twin, [samples[:2], samples[2:]])):
+        batches = [processor.collate(c) for c in cuts]
+        optimizer = torch.optim.SGD(param_groups(m, recipe))  # linear in the gradient
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        trainable = [p for p in m.parameters() if p.requires_grad]
+        results.append(_step(accelerator, m, batches, optimizer, scheduler, trainable, 1.0))
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], abs=1e-6)
+    assert results[0]["grad_norm"] == pytest.approx(results[1]["grad_norm"], rel=1e-5)
+    a, b = model.state_dict(), twin.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
+    plain = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "a", max_steps=3)))
+    ckpt = train(
+        recipe_from_dict(_tiny_recipe(world, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
+    )
+    assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
+
+
+def test_bf16_training_runs_and_saves_bf16(tmp_path, world):
+    result = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "out", max_steps=2, precision="bf16")))
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert reloaded.language_model.dtype == torch.bfloat16
+
+
+def test_global_batch_size_sets_gradient_accumulation(tmp_path, world):
+    result = train(
+        recipe_from_dict(
+            _tiny_recipe(world, tmp_path / "out", grad_accum=None, global_batch_size=4, max_steps=1)
+        )
+    )
+    assert read_log(tmp_path / "out")[0]["samples_per_s"] > 0
+    assert result.steps == 1
+    with pytest.raises(ValueError, match="not a multiple"):
+        train(recipe_from_dict(_tiny_recipe(world, tmp_path / "o2", grad_accum=None, global_batch_size=3)))
+
+
+# --- the feature cache ---------------------------------------------------------------------------------
+def test_cached_and_uncached_training_give_the_same_losses(tmp_path, world):
+    plain = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "a")))
+    raw = _tiny_recipe(
+        world, tmp_path / "b", **{"feature_cache.enabled": True, "feature_cache.dir": str(tmp_path / "fc")}
+    )
+    cached = train(recipe_from_dict(raw))
+    assert cached.losses == pytest.approx(plain.losses, abs=1e-6)
+    entries = list((tmp_path / "fc").glob("*/*/*.safetensors"))
+    assert len(entries) == 6  # one per distinct image file
+    # the trained weights agree too
+    a, b = plain.model.state_dict(), cached.model.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_feature_cache_is_reused_and_invalidated_by_the_tower(tmp_path, world):
+    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path))
+    model, processor = build_model(recipe)
+    dataset = LlavaDataset(world["data"], world["root"], processor)
+    cache = FeatureCache.for_model(tmp_path / "fc", model)
+    assert cache.fill(model, dataset)["computed"] == 6
+    again = FeatureCache.for_model(tmp_path / "fc", model, in_memory=False)
+    assert again.root == cache.root and again.fill(model, dataset)["computed"] == 0
+    key = dataset[0].image_keys[0]
+    pixels = processor.preprocess_images([random_image(0)])
+    with torch.no_grad():
+        assert torch.equal(again.get(key), model.select_vision_features(pixels)[0])
+
+    model.config.vision_feature_layer = -1
+    assert FeatureCache.for_model(tmp_path / "fc", model).root != cache.root
+    model.config.vision_feature_layer = -2
+    with torch.no_grad():
+        next(model.vision_tower.parameters()).add_(1e-3)
+    changed = FeatureCache.for_model(tmp_path / "fc", model)
+    assert changed.root != cache.root and changed.fill(model, dataset)["computed"] == 6
