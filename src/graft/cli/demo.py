@@ -145,8 +145,9 @@ def evaluate_demo(model_dir: Path, world: Path, limit: int | None) -> dict[str, 
             metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
             metrics[f"{family}/n"] = res["n"]
             for key, value in res.items():
-                if key.startswith("qtype/") and not blind:
-                    metrics[key] = value
+                if key.startswith("qtype/") and key.endswith("/accuracy") and not blind:
+                    # question types repeat across families (colour yes/no, colour MCQ)
+                    metrics[key.replace("qtype/", f"qtype/{family}_", 1)] = value
     return metrics
 
 
