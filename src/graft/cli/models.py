@@ -65,6 +65,9 @@ def train_cmd(
     resume: Annotated[
         bool, typer.Option(help="Continue from the newest checkpoint in the output folder.")
     ] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Skip (and count in the log) bad samples instead of stopping.")
+    ] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a recipe field: --set optim.lr=1e-4 (repeatable)."),
@@ -78,6 +81,8 @@ def train_cmd(
         overrides["output_dir"] = str(out)
     if resume:
         overrides["resume"] = True
+    if skip_bad:
+        overrides["data.skip_bad"] = True
     try:
         result = train(load_recipe(recipe, overrides))
     except (ValueError, FileNotFoundError) as err:
