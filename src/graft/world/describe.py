@@ -57,7 +57,6 @@ def captions(scene: Scene) -> list[str]:
     objs = scene.objects
     n = len(objs)
     by_x = sorted(objs, key=lambda o: o.x)
-    by_y = sorted(objs, key=lambda o: o.y)
     located = join([f"{noun_phrase(o)} {where(o)}" for o in by_x])
     out = [
         cap(join([noun_phrase(o, size=False) for o in objs])) + ".",
@@ -72,11 +71,20 @@ def captions(scene: Scene) -> list[str]:
         ]
         return out
     out += [
-        "From left to right: " + join([noun_phrase(o, size=False) for o in by_x]) + ".",
+        ordered_caption(scene, "x"),
         f"There are {number_word(n)} objects in the image: " + join([noun_phrase(o) for o in objs]) + ".",
-        "From top to bottom: " + join([noun_phrase(o, size=False) for o in by_y]) + ".",
+        ordered_caption(scene, "y"),
     ]
     return out
+
+
+def ordered_caption(scene: Scene, axis: str) -> str:
+    """'From left to right: ...' (axis 'x') or 'From top to bottom: ...' (axis 'y')."""
+    objs = sorted(scene.objects, key=(lambda o: o.x) if axis == "x" else (lambda o: o.y))
+    head = "From left to right: " if axis == "x" else "From top to bottom: "
+    # Sizes only when a category repeats: then they are what tells the two apart.
+    sized = len({o.category for o in objs}) < len(objs)
+    return head + join([noun_phrase(o, size=sized) for o in objs]) + "."
 
 
 def boxes(scene: Scene) -> list[tuple[str, list[float]]]:

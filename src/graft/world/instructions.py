@@ -62,19 +62,27 @@ def _conv_turn(scene: Scene, rng: random.Random) -> tuple[str, str]:
         return f"How many {shape}s are in the image?", _there_are(sum(o.shape == shape for o in objs), shape)
     if kind == "exists":
         o = rng.choice(objs)
-        color = o.color if rng.random() < 0.5 else rng.choice(sorted({p.color for p in objs} | {"blue", "red"}))
+        color = (
+            o.color if rng.random() < 0.5 else rng.choice(sorted({p.color for p in objs} | {"blue", "red"}))
+        )
         q = f"Is there a {color} {o.shape} in the image?"
         match = [p for p in objs if p.color == color and p.shape == o.shape]
         if match:
             return q, f"Yes, there is {noun_phrase(match[0])} {where(match[0])}."
         same = [p for p in objs if p.shape == o.shape]
-        return q, f"No, there is no {color} {o.shape}. The {o.shape} in the image {'is' if len(same) == 1 else 'are'} " + (
-            join(sorted({p.color for p in same})) + "."
+        return (
+            q,
+            f"No, there is no {color} {o.shape}. The {o.shape} in the image "
+            + ("is " if len(same) == 1 else "are ")
+            + join(sorted({p.color for p in same}))
+            + ".",
         )
     o = rng.choice(objs)
     ref = refer(scene, o)
     if ref is None:
-        return _conv_turn(scene, rng) if len(objs) > 1 else ("What is in the image?", cap(noun_phrase(o)) + ".")
+        return (
+            _conv_turn(scene, rng) if len(objs) > 1 else ("What is in the image?", cap(noun_phrase(o)) + ".")
+        )
     if kind == "color":
         return f"What color is the {ref}?", f"The {ref} is {o.color}."
     if kind == "shape":
@@ -109,24 +117,36 @@ def reasoning(scene: Scene, rng: random.Random) -> tuple[str, str]:
         rest = [p for p in objs if p is not o]
         return (
             f"If the {refer(scene, o) or o.category} were taken out of the picture, what would be left?",
-            f"Removing {noun_phrase(o)} would leave {number_word(len(rest))} object{'s' if len(rest) > 1 else ''}: "
+            f"Removing {noun_phrase(o)} would leave {number_word(len(rest))} "
+            + ("objects: " if len(rest) > 1 else "object: ")
             + join([noun_phrase(p) for p in rest])
             + ".",
         )
     if kind == "edge":
         side = rng.choice(["left", "right", "top", "bottom"])
-        key = {"left": lambda o: o.x, "right": lambda o: -o.x, "top": lambda o: o.y, "bottom": lambda o: -o.y}[side]
+        key = {
+            "left": lambda o: o.x,
+            "right": lambda o: -o.x,
+            "top": lambda o: o.y,
+            "bottom": lambda o: -o.y,
+        }[side]
         o = min(objs, key=key)
         return (
             f"Which object is closest to the {side} edge of the image, and how can you tell?",
             f"The {o.category} is closest to the {side} edge: it sits {where(o)}, "
-            + ("and it is the only object in the image." if n == 1 else "nearer that edge than any other shape."),
+            + (
+                "and it is the only object in the image."
+                if n == 1
+                else "nearer that edge than any other shape."
+            ),
         )
     if kind == "uniform_color":
         colors = sorted({o.color for o in objs})
         q = "Do all the shapes in the image have the same color? Explain."
         if len(colors) == 1:
-            return q, f"Yes. Every object in the image is {colors[0]}: " + join([noun_phrase(o) for o in objs]) + "."
+            return q, f"Yes. Every object in the image is {colors[0]}: " + join(
+                [noun_phrase(o) for o in objs]
+            ) + "."
         return q, "No. " + " ".join(f"The {refer(scene, o) or o.category} is {o.color}." for o in objs)
     a, b = _pick_two(objs, rng)
     ra, rb = refer(scene, a) or a.category, refer(scene, b) or b.category
@@ -135,10 +155,15 @@ def reasoning(scene: Scene, rng: random.Random) -> tuple[str, str]:
         if a.size == b.size:
             return q, f"Neither: they are the same size, both {a.size}."
         big, small = (a, b) if a.size == "large" else (b, a)
-        return q, f"The {refer(scene, big) or big.category} is bigger; the {refer(scene, small) or small.category} is small."
+        rbig, rsmall = refer(scene, big) or big.category, refer(scene, small) or small.category
+        return q, f"The {rbig} is bigger; the {rsmall} is small."
     shared = [
         w
-        for w, same in (("color", a.color == b.color), ("shape", a.shape == b.shape), ("size", a.size == b.size))
+        for w, same in (
+            ("color", a.color == b.color),
+            ("shape", a.shape == b.shape),
+            ("size", a.size == b.size),
+        )
         if same
     ]
     q = f"What do the {ra} and the {rb} have in common?"
@@ -180,12 +205,12 @@ def stage1_record(rid: str, image: str, caption: str, rng: random.Random) -> dic
 
 
 def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
-    """k single-turn questions: half yes/no (answers alternate so they balance), a quarter MCQ, a quarter short."""
+    """k single-turn questions: half yes/no (yes or no with equal odds), a quarter MCQ, a quarter short."""
     out = []
-    for i in range(k):
+    for _ in range(k):
         u = rng.random()
         if u < 0.5:
-            out.append(sample_qa(scene, rng, "yesno", answer=(i % 2 == 0) ^ (rng.random() < 0.5)))
+            out.append(sample_qa(scene, rng, "yesno"))
         elif u < 0.75:
             out.append(sample_qa(scene, rng, "mcq"))
         else:
@@ -193,9 +218,9 @@ def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
     return out
 
 
-def vicuna(turns: list[tuple[str, str]]) -> str:
+def vicuna(turns: list[tuple[str, str]], system: bool = True) -> str:
     """vicuna_v1 rendering (system, ' USER: q ASSISTANT: a</s>' per turn), used for the text corpus."""
-    out = SYSTEM + " "
+    out = SYSTEM + " " if system else ""
     for q, a in turns:
         out += f"USER: {q} ASSISTANT: {a}</s>"
     return out

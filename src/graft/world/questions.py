@@ -29,6 +29,7 @@ class QA:
     fmt: str  # "yesno" | "mcq" | "short"
     choices: list[str] | None = None
     hard: bool = False  # a yes/no negative built from attributes present in the image
+    axis: str | None = None  # position questions: the axis ("x" or "y") the answer depends on
 
 
 def plural(shape: str) -> str:
@@ -61,6 +62,7 @@ def relation(a: Obj, b: Obj) -> str | None:
 
 REL_PHRASE = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
+AXIS = {"left": "x", "right": "x", "above": "y", "below": "y"}
 
 
 def _pairs(scene: Scene) -> list[tuple[Obj, Obj, str, str, str]]:
@@ -125,10 +127,13 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         else:
             near = [v for v in (n - 1, n + 1) if v >= 1]
             hard = rng.random() < 0.5
-            k = rng.choice(near if hard else [v for v in range(1, 6) if v != n])
-        q = f"Is there exactly one {noun_of(k)} in the image?" if k == 1 else (
-            f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
-        )
+            k = rng.choice(near if hard else [v for v in range(1, 5) if v != n])
+        if k == 0:
+            q = f"Are there no {noun_of(k)} in the image?"
+        elif k == 1:
+            q = f"Is there exactly one {noun_of(k)} in the image?"
+        else:
+            q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
     elif qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
@@ -136,6 +141,7 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         _, _, ra, rb, rel = rng.choice(pairs)
         hard = not answer
         q = f"Is the {ra} {REL_PHRASE[rel if answer else OPPOSITE[rel]]} the {rb}?"
+        return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, axis=AXIS[rel])
     else:
         raise ValueError(qtype)
     return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard)
@@ -191,7 +197,9 @@ def mcq(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
         _, _, ra, rb, rel = rng.choice(pairs)
         opts = [REL_PHRASE[r] + f" the {rb}" for r in ("left", "right", "above", "below")]
         correct = REL_PHRASE[rel] + f" the {rb}"
-        return _mcq(rng, f"Where is the {ra}?", correct, [o for o in opts if o != correct], qtype)
+        qa = _mcq(rng, f"Where is the {ra}?", correct, [o for o in opts if o != correct], qtype)
+        qa.axis = AXIS[rel]
+        return qa
     raise ValueError(qtype)
 
 
@@ -226,7 +234,7 @@ def short(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
             return None
         _, _, ra, rb, rel = rng.choice(pairs)
         q = f"Is the {ra} to the left or to the right of the {rb}?"
-        return QA(q + SHORT_SUFFIX, rel, qtype, "short")
+        return QA(q + SHORT_SUFFIX, rel, qtype, "short", axis="x")
     raise ValueError(qtype)
 
 

@@ -52,9 +52,7 @@ class Obj:
 
     def overlaps(self, other: Obj, gap: float = GAP) -> bool:
         a, b = self.box(), other.box()
-        return not (
-            a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
-        )
+        return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
 @dataclass
@@ -139,7 +137,9 @@ def sample_scene(
     while True:
         scene = Scene(objects=[], image_size=image_size)
         for _ in range(n):
-            obj = place_object(rng, scene, rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES)))
+            obj = place_object(
+                rng, scene, rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))
+            )
             if obj is None:
                 break
             scene.objects.append(obj)

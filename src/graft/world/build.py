@@ -1,0 +1,200 @@
+"""Build a shapes world on disk: images, symbolic metadata, instruction data, eval files, text corpus.
+
+Split by image (train / val / test). Training files (stage1, stage2, captions, corpus) draw only
+on train images; eval files only on test images. Every file is written to a temporary name and
+renamed; `world.json` is written last, so its presence means the world is complete, and a rerun
+with the same arguments returns it without doing the work again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .corpus import DOC_SEP, corpus_docs
+from .describe import boxes, captions
+from .instructions import qa_record, rich_record, single_questions, stage1_record
+from .questions import FAMILIES, mcq, yesno
+from .scene import COLORS, SHAPES, Scene, sample_scene
+
+WORLD_VERSION = "shapes-1"
+
+
+@dataclass
+class WorldArgs:
+    num_images: int = 10000
+    seed: int = 0
+    image_size: int = 64
+    max_objects: int = 4
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    questions_per_image: int = 4  # single-question stage-2 records per train image
+    corpus_qa_per_image: int = 6  # caption-context QA documents per train image in the LLM corpus
+    eval_mcq_per_image: int = 1  # binary eval always has one yes and one no question per test image
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _split_ids(n: int, args: WorldArgs, rng: random.Random) -> dict[str, list[int]]:
+    order = list(range(n))
+    rng.shuffle(order)
+    n_test = max(1, round(n * args.test_frac)) if n >= 3 else 0
+    n_val = max(1, round(n * args.val_frac)) if n >= 3 else 0
+    return {
+        "test": sorted(order[:n_test]),
+        "val": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
+def _binary_pair(scene: Scene, rng: random.Random) -> list:
+    """One yes and one no question of the same family (MME-style pair), family drawn uniformly."""
+    families = list(FAMILIES)
+    rng.shuffle(families)
+    for fam in families:
+        yes, no = yesno(scene, rng, True, fam), yesno(scene, rng, False, fam)
+        if yes and no:
+            return [yes, no]
+    raise AssertionError("existence pairs always exist")
+
+
+def _eval_mcq(scene: Scene, rng: random.Random):
+    families = list(FAMILIES)
+    rng.shuffle(families)
+    for fam in families:
+        if qa := mcq(scene, rng, fam):
+            return qa
+    raise AssertionError("count questions always exist")
+
+
+def build_world(
+    out_dir: str | os.PathLike, num_images: int = 10000, seed: int = 0, image_size: int = 64, **kw
+) -> dict:
+    """Build (or reuse) a shapes world in `out_dir`; returns the manifest (also in world.json).
+
+    Extra keyword arguments are the other `WorldArgs` fields (max_objects, val_frac, ...).
+    """
+    args = WorldArgs(num_images=num_images, seed=seed, image_size=image_size, **kw)
+    out = Path(out_dir)
+    manifest_path = out / "world.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("version") == WORLD_VERSION and old.get("args") == asdict(args):
+            return old
+    out.mkdir(parents=True, exist_ok=True)
+
+    split_of = {}
+    for split, ids in _split_ids(num_images, args, random.Random(f"split-{seed}")).items():
+        split_of.update({i: split for i in ids})
+
+    meta: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    stage1, stage2, caps_rows, docs, binary, mcq_rows = [], [], [], [], [], []
+    pix_sum = np.zeros(3)
+    pix_sq = np.zeros(3)
+    n_train_pix = 0
+    for i in tqdm(range(num_images), desc="render shapes world", unit="img"):
+        # One generator per image: image i is the same whatever num_images or the split is.
+        rng = random.Random(f"{seed}-{i}")
+        scene = sample_scene(rng, max_objects=args.max_objects, image_size=image_size)
+        split, iid = split_of[i], f"{i:06d}"
+        rel = f"images/{split}/{iid}.png"
+        img = scene.render()
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        caps = captions(scene)
+        meta[split].append(
+            {
+                "id": iid,
+                "image": rel,
+                "scene": scene.to_dict(),
+                "captions": caps,
+                "boxes": [{"category": c, "box": b} for c, b in boxes(scene)],
+            }
+        )
+        if split == "train":
+            arr = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+            pix_sum += arr.sum(0)
+            pix_sq += (arr**2).sum(0)
+            n_train_pix += arr.shape[0]
+            caps_rows.append({"image": rel, "captions": caps})
+            stage1.append(stage1_record(iid, rel, rng.choice(caps), rng))
+            stage2.append(rich_record(f"{iid}-r", rel, scene, rng))
+            for j, qa in enumerate(single_questions(scene, rng, args.questions_per_image)):
+                stage2.append(qa_record(f"{iid}-q{j}", rel, qa))
+            docs.extend(corpus_docs(scene, caps, rng, args.corpus_qa_per_image))
+        elif split == "test":
+            for j, qa in enumerate(_binary_pair(scene, rng)):
+                binary.append(
+                    {"id": f"{iid}-b{j}", "image": rel, "question": qa.question, "answer": qa.answer}
+                    | {"qtype": qa.qtype, "hard_negative": qa.hard}
+                )
+            for j in range(args.eval_mcq_per_image):
+                qa = _eval_mcq(scene, rng)
+                mcq_rows.append(
+                    {"id": f"{iid}-m{j}", "image": rel, "question": qa.question, "answer": qa.answer}
+                    | {"qtype": qa.qtype, "choices": qa.choices}
+                )
+
+    rng = random.Random(f"shuffle-{seed}")
+    rng.shuffle(stage2)
+    rng.shuffle(docs)
+    assert not any(DOC_SEP in d for d in docs)
+    for split, rows in meta.items():
+        _atomic_write(out / "meta" / f"{split}.jsonl", _jsonl(rows))
+    _atomic_write(out / "stage1.json", json.dumps(stage1))
+    _atomic_write(out / "stage2.json", json.dumps(stage2))
+    _atomic_write(out / "eval" / "binary.jsonl", _jsonl(binary))
+    _atomic_write(out / "eval" / "mcq.jsonl", _jsonl(mcq_rows))
+    _atomic_write(out / "text" / "captions.jsonl", _jsonl(caps_rows))
+    _atomic_write(out / "text" / "llm_corpus.txt", DOC_SEP.join(docs) + "\n")
+
+    mean = pix_sum / max(n_train_pix, 1)
+    std = np.sqrt(np.maximum(pix_sq / max(n_train_pix, 1) - mean**2, 1e-6))
+    manifest = {
+        "version": WORLD_VERSION,
+        "args": asdict(args),
+        "seed": seed,
+        "image_size": image_size,
+        "num_images": num_images,
+        "splits": {k: len(v) for k, v in meta.items()},
+        "counts": {
+            "stage1": len(stage1),
+            "stage2": len(stage2),
+            "eval_binary": len(binary),
+            "eval_mcq": len(mcq_rows),
+            "corpus_docs": len(docs),
+        },
+        "image_mean": [round(float(v), 4) for v in mean],
+        "image_std": [round(float(v), 4) for v in std],
+        "colors": list(COLORS),
+        "shapes": list(SHAPES),
+        "files": {
+            "meta": "meta/{split}.jsonl",
+            "stage1": "stage1.json",
+            "stage2": "stage2.json",
+            "eval_binary": "eval/binary.jsonl",
+            "eval_mcq": "eval/mcq.jsonl",
+            "llm_corpus": "text/llm_corpus.txt",
+            "captions": "text/captions.jsonl",
+        },
+    }
+    _atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    return manifest

@@ -1,0 +1,83 @@
+"""Tiny-backbone pretraining: the tokenizer's contract, and folders that load like hub checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.world import build_world
+from graft.world.artifacts import MARKER
+from graft.world.pretrain import (
+    pretrain_llm,
+    pretrain_vision,
+    probe_llm_text_qa,
+    probe_vision_features,
+    train_tokenizer,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, num_images=40, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok_dir(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("x") / "tok"
+    train_tokenizer(world, out, vocab_size=400)
+    return out
+
+
+def test_tokenizer_contract(tok_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    text = "USER: Context: A red circle.\nIs there a red circle?\nAnswer with one word. ASSISTANT: Yes</s>"
+    enc = tok(text, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok("</s>", add_special_tokens=False)["input_ids"] == [tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True) == text.replace("</s>", "")
+    for i, (a, b) in zip(ids[1:], enc["offset_mapping"][1:], strict=True):
+        assert text[a:b] == tok.decode([i])
+    assert "".join(text[a:b] for a, b in enc["offset_mapping"]) == text  # spans tile the text
+    assert tok.pad_token == "<pad>" and tok.unk_token == "<unk>" and tok.model_max_length == 512
+    assert "<image>" not in tok.get_vocab()
+    assert tok.decode(tok("héllo ✓", add_special_tokens=False)["input_ids"]) == "héllo ✓"  # byte level
+
+
+def test_pretrain_vision_saves_clip_vision_tower(world, tmp_path):
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    out = pretrain_vision(world, tmp_path / "vision", steps=2, batch_size=8, hidden_size=32, num_layers=2)
+    model = CLIPVisionModel.from_pretrained(out)
+    proc = CLIPImageProcessor.from_pretrained(out)
+    from PIL import Image
+
+    pix = proc(images=[Image.open(next((world / "images" / "train").glob("*.png")))], return_tensors="pt")
+    assert pix["pixel_values"].shape == (1, 3, 64, 64)
+    hidden = model(**pix, output_hidden_states=True).hidden_states[-2]
+    assert hidden.shape == (1, 65, 32)  # CLS + 8x8 patches
+    mtime = (out / MARKER).stat().st_mtime_ns
+    pretrain_vision(world, out, steps=2)  # finished: skipped
+    assert (out / MARKER).stat().st_mtime_ns == mtime
+    res = probe_vision_features(out, world, train_images=20)
+    assert 0 <= res["shape_acc"] <= 1 and res["objects"] > 0
+
+
+def test_pretrain_llm_saves_causal_lm(world, tok_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = pretrain_llm(world, tok_dir, tmp_path / "llm", steps=2, hidden_size=32, num_heads=2, num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) and model.config.eos_token_id == tok.eos_token_id
+    with torch.no_grad():
+        logits = model(**tok("A red circle.", return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tok)
+    res = probe_llm_text_qa(out, world)
+    assert res["yesno_n"] > 0 and 0 <= res["mcq_acc"] <= 1

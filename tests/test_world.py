@@ -1,0 +1,192 @@
+"""The shapes world: reproducible rendering, true annotations, exact formats, no leakage."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graft.world import build_world, sample_scene
+from graft.world.describe import captions
+from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
+from graft.world.scene import BACKGROUND, Scene
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, num_images=N, seed=3)
+    return out
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_world_other_seed_differs(world, tmp_path):
+    build_world(tmp_path / "a", num_images=N, seed=3)
+    assert _files(tmp_path / "a") == _files(world)
+    build_world(tmp_path / "b", num_images=N, seed=4)
+    b = _files(tmp_path / "b")
+    assert b["stage2.json"] != _files(world)["stage2.json"]
+    assert any(b[k] != v for k, v in _files(world).items() if k.endswith(".png") and k in b)
+
+
+def test_rerun_reuses_world(world):
+    mtime = (world / "world.json").stat().st_mtime_ns
+    manifest = build_world(world, num_images=N, seed=3)
+    assert (world / "world.json").stat().st_mtime_ns == mtime
+    assert manifest["splits"]["train"] + manifest["splits"]["val"] + manifest["splits"]["test"] == N
+
+
+def test_scene_dict_round_trip_renders_identically():
+    scene = sample_scene(random.Random(0), max_objects=4)
+    again = Scene.from_dict(json.loads(json.dumps(scene.to_dict())))
+    assert again == scene
+    assert np.array_equal(np.asarray(again.render()), np.asarray(scene.render()))
+    big = Scene.from_dict({**scene.to_dict(), "image_size": 128}).render()
+    assert big.size == (128, 128)
+
+
+def test_boxes_normalised_and_match_pixels(world):
+    for row in _read_jsonl(world / "meta" / "train.jsonl"):
+        scene = Scene.from_dict(row["scene"])
+        img = np.asarray(scene.render())
+        s = scene.image_size
+        for obj, b in zip(scene.objects, row["boxes"], strict=True):
+            assert b["category"] == obj.category
+            x1, y1, x2, y2 = b["box"]
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+            # Objects never overlap, so the object's colour inside a padded box is the object alone.
+            pad = 2
+            crop = img[
+                max(0, round(y1 * s) - pad) : round(y2 * s) + pad,
+                max(0, round(x1 * s) - pad) : round(x2 * s) + pad,
+            ]
+            ys, xs = np.nonzero((crop != BACKGROUND).any(-1))
+            oy, ox = max(0, round(y1 * s) - pad), max(0, round(x1 * s) - pad)
+            got = np.array([xs.min() + ox, ys.min() + oy, xs.max() + ox + 1, ys.max() + oy + 1]) / s
+            assert np.abs(got - np.array(b["box"])).max() <= 1.5 / s
+
+
+def test_captions_mention_every_object():
+    for seed in range(30):
+        scene = sample_scene(random.Random(seed))
+        for cap in captions(scene):
+            for o in scene.objects:
+                assert o.color in cap and o.shape in cap
+
+
+def test_no_test_image_in_training_files(world):
+    test_images = {r["image"] for r in _read_jsonl(world / "meta" / "test.jsonl")}
+    train_images = {r["image"] for r in _read_jsonl(world / "meta" / "train.jsonl")}
+    assert test_images and not test_images & train_images
+    for name in ("stage1.json", "stage2.json"):
+        used = {r["image"] for r in json.loads((world / name).read_text())}
+        assert used <= train_images
+    assert {r["image"] for r in _read_jsonl(world / "text" / "captions.jsonl")} <= train_images
+    for name in ("binary.jsonl", "mcq.jsonl"):
+        assert {r["image"] for r in _read_jsonl(world / "eval" / name)} <= test_images
+    corpus = (world / "text" / "llm_corpus.txt").read_text()
+    assert "images/test" not in corpus and "images/" not in corpus
+
+
+def test_llava_records(world):
+    for name in ("stage1.json", "stage2.json"):
+        for r in json.loads((world / name).read_text()):
+            conv = r["conversations"]
+            assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+            assert conv[0]["value"].startswith("<image>\n")
+            assert sum(t["value"].count("<image>") for t in conv) == 1
+            assert (world / r["image"]).exists()
+    qtypes = Counter(r["qtype"] for r in json.loads((world / "stage2.json").read_text()))
+    assert {"conversation", "detail", "reasoning", "existence", "count"} <= set(qtypes)
+
+
+def test_eval_formats_and_balance(world):
+    binary = _read_jsonl(world / "eval" / "binary.jsonl")
+    assert Counter(r["answer"] for r in binary) == {"Yes": len(binary) // 2, "No": len(binary) // 2}
+    assert all(r["question"].endswith(SHORT_SUFFIX) for r in binary)
+    assert SHORT_SUFFIX == "\nAnswer the question using a single word or phrase."
+    for r in _read_jsonl(world / "eval" / "mcq.jsonl"):
+        assert r["question"].endswith(MCQ_SUFFIX)
+        assert MCQ_SUFFIX == "\nAnswer with the option's letter from the given choices directly."
+        assert r["answer"] in LETTERS and len(r["choices"]) == 4 == len(set(r["choices"]))
+        for letter, choice in zip(LETTERS, r["choices"], strict=True):
+            assert f"\n{letter}. {choice}\n" in r["question"]
+    stage2 = json.loads((world / "stage2.json").read_text())
+    yn = Counter(r["conversations"][1]["value"] for r in stage2 if r.get("task") == "yesno")
+    assert 0.3 < yn["Yes"] / (yn["Yes"] + yn["No"]) < 0.7
+
+
+def _resolve(scene: Scene, ref: str):
+    [obj] = [o for o in scene.objects if refer(scene, o) == ref]
+    return obj
+
+
+def test_mcq_answers_are_true_and_positions_uniform():
+    letters = Counter()
+    for seed in range(400):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        for fam in ("existence", "color", "shape", "count", "position"):
+            qa = mcq(scene, rng, fam)
+            if qa is None:
+                continue
+            letters[qa.answer] += 1
+            right = qa.choices[LETTERS.index(qa.answer)]
+            stem = qa.question.split("\n")[0]
+            if fam == "existence":
+                cats = {o.category for o in scene.objects}
+                assert right in cats and not any(c in cats for c in qa.choices if c != right)
+            elif fam == "color":
+                assert _resolve(scene, stem[len("What color is the ") : -1]).color == right
+            elif fam == "shape":
+                assert _resolve(scene, stem[len("What shape is the ") : -1]).shape == right
+            elif fam == "count":
+                noun = stem.split()[2]
+                n = (
+                    len(scene.objects)
+                    if noun == "objects"
+                    else sum(o.shape + "s" == noun for o in scene.objects)
+                )
+                assert right == str(n)
+            else:
+                a = _resolve(scene, stem[len("Where is the ") : -1])
+                rel, b_ref = right.rsplit(" the ", 1)
+                want = {
+                    "to the left of": "left",
+                    "to the right of": "right",
+                    "above": "above",
+                    "below": "below",
+                }
+                assert relation(a, _resolve(scene, b_ref)) == want[rel]
+    total = sum(letters.values())
+    assert all(0.2 < letters[x] / total < 0.3 for x in LETTERS)
+
+
+def test_yesno_answers_are_true_with_hard_negatives():
+    hard = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        qa = yesno(scene, rng, False, "existence")
+        color, shape = qa.question.split("?")[0].split()[3:5]
+        assert (color, shape) not in {(o.color, o.shape) for o in scene.objects}
+        if qa.hard:
+            hard += 1
+            assert color in {o.color for o in scene.objects} and shape in {o.shape for o in scene.objects}
+        qa = yesno(scene, rng, True, "existence")
+        color, shape = qa.question.split("?")[0].split()[3:5]
+        assert (color, shape) in {(o.color, o.shape) for o in scene.objects}
+    assert hard > 30
