@@ -11,6 +11,7 @@ import torch
 from graft.train import loop, train
 from graft.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from graft.train.recipe import recipe_from_dict
+
 from test_train import _tiny_recipe, _tiny_world
 
 torch.set_num_threads(1)

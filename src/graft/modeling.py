@@ -12,6 +12,7 @@ Frozen vision towers can be skipped entirely: ``vision_features`` takes the sele
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -20,13 +21,20 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    Blip2VisionConfig,
+    Blip2VisionModel,
     GenerationMixin,
+    InstructBlipVisionConfig,
+    InstructBlipVisionModel,
     PreTrainedModel,
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from graft.config import GraftConfig
 from graft.connectors import Connector, build_connector
+from graft.connectors.vpgc import GuidanceContext
+
+IGNORE_INDEX = -100
 
 
 class ImageTokenMismatchError(ValueError):
@@ -42,6 +50,42 @@ def _vision_num_positions(vision_tower: nn.Module) -> int:
     return (cfg.image_size // cfg.patch_size) ** 2
 
 
+def image_blocks(image_mask: torch.Tensor, tokens_per_image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's sample ``[N]`` and placeholder positions ``[N, M]``, in order of appearance
+    (the order in which images are concatenated)."""
+    rows, cols = image_mask.nonzero(as_tuple=True)
+    if rows.numel() % tokens_per_image:
+        raise ImageTokenMismatchError(
+            f"the prompt holds {rows.numel()} image placeholder tokens, not a multiple of "
+            f"{tokens_per_image} per image"
+        )
+    rows, cols = rows.view(-1, tokens_per_image), cols.view(-1, tokens_per_image)
+    if bool((rows != rows[:, :1]).any()):
+        raise ImageTokenMismatchError(f"a sample holds a partial image block (not {tokens_per_image} tokens)")
+    return rows[:, 0], cols
+
+
+def last_instruction_positions(
+    shape: tuple[int, int], attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per sample, the position of the last instruction token: the token just before the last
+    supervised answer starts (with labels), else the last attended token (a generation prompt
+    ends where the answer will start). Left or right padding alike."""
+    batch, length = shape
+    device = attention_mask.device if attention_mask is not None else None
+    index = torch.arange(length, device=device).expand(batch, length)
+    if attention_mask is None:
+        last = torch.full((batch,), length - 1, dtype=torch.long, device=device)
+    else:
+        last = torch.where(attention_mask.bool(), index, -1).amax(dim=1).clamp(min=0)
+    if labels is None:
+        return last
+    supervised = (labels != IGNORE_INDEX).to(index.device)
+    previous = torch.nn.functional.pad(supervised[:, :-1], (1, 0), value=False)
+    answer_start = torch.where(supervised & ~previous, index, -1).amax(dim=1)
+    return torch.where(answer_start >= 0, (answer_start - 1).clamp(min=0), last)
+
+
 class GraftPreTrainedModel(PreTrainedModel):
     config_class = GraftConfig
     config: GraftConfig
@@ -52,6 +96,14 @@ class GraftPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # connectors with their own scheme (learned queries, VPG-C's zero-initialised
+        # projections) apply it after their sub-modules got the generic one
+        init_connector = getattr(module, "init_connector_weights", None)
+        if isinstance(module, Connector) and callable(init_connector):
+            init_connector()
 
 
 class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
@@ -123,7 +175,10 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         vision_features: torch.Tensor | None = None,
         **context: Any,
     ) -> torch.Tensor:
-        """Token embeddings with every image's soft tokens written over its placeholders."""
+        """Token embeddings with every image's soft tokens written over its placeholders.
+
+        ``context`` holds per-sample rows (``instruction_ids`` ``[B, T]``); each image gets its
+        sample's row."""
         mask = self.image_token_mask(input_ids)
         embeds = self.get_input_embeddings()(input_ids)
         has_images = pixel_values is not None or vision_features is not None
@@ -134,6 +189,9 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
                     f"the prompt holds {n_placeholders} image placeholder tokens but no images were given"
                 )
             return embeds
+        if context:  # per-sample instruction rows -> one per image, for the connector
+            samples, _ = image_blocks(mask, self.config.image_seq_length)
+            context = {key: value[samples.to(value.device)] for key, value in context.items()}
         image_embeds = self.get_image_features(pixel_values, vision_features, **context)
         if n_placeholders != image_embeds.shape[0] * image_embeds.shape[1]:
             raise ImageTokenMismatchError(
@@ -143,10 +201,14 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         image_embeds = image_embeds.to(embeds.device, embeds.dtype)
         return embeds.masked_scatter(mask.unsqueeze(-1), image_embeds)
 
-    def _connector_context(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Pop what only connectors consume, and keep what this connector asked for."""
-        context = {k: kwargs.pop(k) for k in ("instruction_ids", "instruction_mask") if k in kwargs}
-        return context if self.connector.needs_instruction else {}
+    def _connector_context(
+        self, instruction_ids: torch.Tensor | None, instruction_mask: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """What this connector asked for, of what only connectors consume."""
+        if not self.connector.needs_instruction:
+            return {}
+        context = {"instruction_ids": instruction_ids, "instruction_mask": instruction_mask}
+        return {k: v for k, v in context.items() if v is not None}
 
     # --- forward / generate ----------------------------------------------------------------
     def forward(
@@ -161,25 +223,74 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        instruction_ids: torch.LongTensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        instruction_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        context = self._connector_context(kwargs)
+        """``instruction_ids`` / ``instruction_mask`` (``[B, T]``, the Q-Former tokenizer's ids of
+        each sample's latest user turn) reach connectors that read the instruction;
+        ``instruction_positions`` (``[B]``) overrides where VPG-C reads the LLM (default: the
+        token before the last supervised answer, else the last attended token)."""
+        context = self._connector_context(instruction_ids, instruction_mask)
+        positions = instruction_positions
+        guidance: Any = contextlib.nullcontext()
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
+            guided = self.connector.needs_llm_hidden and (
+                pixel_values is not None or vision_features is not None
+            )
+            if guided and vision_features is None:  # both passes read the same features: encode once
+                vision_features, pixel_values = self.select_vision_features(pixel_values), None
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, vision_features, **context)
+            if guided:
+                if positions is None:
+                    positions = last_instruction_positions(input_ids.shape, attention_mask, labels)
+                guidance = self._guidance(input_ids, vision_features, positions, context)
         elif pixel_values is not None or vision_features is not None:
             raise ValueError("pass images with input_ids, not with precomputed inputs_embeds")
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+        with guidance:
+            return self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+
+    def _guidance(
+        self,
+        input_ids: torch.Tensor,
+        vision_features: torch.Tensor,
+        positions: torch.Tensor,
+        context: dict[str, torch.Tensor],
+    ) -> Any:
+        """Arm a connector that acts on the LLM's hidden states (VPG-C) for this forward."""
+        samples, blocks = image_blocks(self.image_token_mask(input_ids), self.config.image_seq_length)
+        return self.connector.guiding(  # type: ignore[attr-defined]
+            GuidanceContext(
+                image_features=vision_features,
+                image_samples=samples,
+                image_positions=blocks,
+                instruction_positions=positions,
+                instruction={key: value[samples.to(value.device)] for key, value in context.items()},
+            )
         )
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        # VPG-C reads the last prompt token; fix it before generation starts, so a forward
+        # without the KV cache (the whole sequence again) still reads the prompt's last token
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if self.connector.needs_llm_hidden and input_ids is not None:
+            kwargs.setdefault(
+                "instruction_positions",
+                last_instruction_positions(input_ids.shape, kwargs.get("attention_mask")),
+            )
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = super().prepare_inputs_for_generation(*args, **kwargs)
@@ -191,5 +302,9 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
 
 
 AutoConfig.register("graft", GraftConfig)
+# BLIP-2's and InstructBLIP's ViTs are not in transformers' AutoModel mapping; the vision tower
+# is built with AutoModel.from_config, so name them (a recipe may use BLIP-2's ViT-g)
+AutoModel.register(Blip2VisionConfig, Blip2VisionModel, exist_ok=True)
+AutoModel.register(InstructBlipVisionConfig, InstructBlipVisionModel, exist_ok=True)
 AutoModel.register(GraftConfig, GraftForConditionalGeneration)
 AutoModelForCausalLM.register(GraftConfig, GraftForConditionalGeneration)

@@ -23,6 +23,8 @@ from graft.templates import Message, Template, get_template
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "graft_processor.json"
+#: subfolder of a model folder holding the Q-Former's own tokenizer (as InstructBLIP's processor does)
+INSTRUCTION_TOKENIZER_DIR = "qformer_tokenizer"
 
 
 class ImageMarkerError(ValueError):
@@ -66,6 +68,8 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     pixel_values: torch.Tensor | None  # [num_images, 3, H, W]
+    #: the latest user turn in the Q-Former's own tokenizer (instruction-aware connectors only)
+    instruction_ids: list[int] | None = None
 
     @property
     def num_images(self) -> int:
@@ -82,8 +86,13 @@ class GraftProcessor:
         image_token: str = DEFAULT_IMAGE_TOKEN,
         pad_to_square: bool = False,
         max_length: int | None = None,
+        instruction_tokenizer: PreTrainedTokenizerBase | None = None,
+        instruction_max_length: int = 128,
     ) -> None:
         self.tokenizer = tokenizer
+        #: the Q-Former's tokenizer, for connectors that read the instruction (InstructBLIP)
+        self.instruction_tokenizer = instruction_tokenizer
+        self.instruction_max_length = instruction_max_length
         self.image_processor = image_processor
         self.image_seq_length = image_seq_length
         self.template = get_template(template) if isinstance(template, str) else template
@@ -116,7 +125,18 @@ class GraftProcessor:
         images = images or []
         input_ids, labels = self.encode_text(messages, len(images), add_generation_prompt, where)
         pixel_values = self.preprocess_images(images) if images else None
-        return EncodedSample(input_ids, labels, pixel_values)
+        return EncodedSample(input_ids, labels, pixel_values, self.encode_instruction(messages))
+
+    def encode_instruction(self, messages: list[Message]) -> list[int] | None:
+        """The latest user turn, image markers removed, in the Q-Former's tokenizer (with its
+        special tokens, truncated to ``instruction_max_length``); None without that tokenizer."""
+        if self.instruction_tokenizer is None:
+            return None
+        turns = [m.content for m in messages if m.role == "user"]
+        text = " ".join((turns[-1] if turns else "").replace(self.image_token, " ").split())
+        return self.instruction_tokenizer(text, truncation=True, max_length=self.instruction_max_length)[
+            "input_ids"
+        ]
 
     def encode_text(
         self,
@@ -216,6 +236,9 @@ class GraftProcessor:
             "pad_to_square": self.pad_to_square,
             "max_length": self.max_length,
         }
+        if self.instruction_tokenizer is not None:
+            self.instruction_tokenizer.save_pretrained(directory / INSTRUCTION_TOKENIZER_DIR)
+            settings["instruction_max_length"] = self.instruction_max_length
         tmp = directory / (PROCESSOR_FILE + ".tmp")
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
         os.replace(tmp, directory / PROCESSOR_FILE)
@@ -230,6 +253,9 @@ class GraftProcessor:
             raise FileNotFoundError(f"{path} not found: is {directory} a graft model folder?")
         settings = json.loads(path.read_text())
         settings.update(overrides)
+        instruction_dir = directory / INSTRUCTION_TOKENIZER_DIR
+        if "instruction_tokenizer" not in settings and instruction_dir.is_dir():
+            settings["instruction_tokenizer"] = load_tokenizer(str(instruction_dir))
         return cls(load_tokenizer(str(directory)), load_image_processor(str(directory)), **settings)
 
 
@@ -252,4 +278,21 @@ def collate_samples(
     pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
+    batch.update(_collate_instructions(samples))
     return batch
+
+
+def _collate_instructions(samples: list[EncodedSample]) -> dict[str, torch.Tensor]:
+    """``instruction_ids`` / ``instruction_mask``, right-padded (pad id 0: masked out anyway)."""
+    rows = [s.instruction_ids for s in samples]
+    if all(r is None for r in rows):
+        return {}
+    if any(r is None for r in rows):
+        raise ValueError("a batch mixes samples with and without instruction ids")
+    length = max(len(r) for r in rows)  # type: ignore[arg-type]
+    ids = torch.zeros((len(rows), length), dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)  # type: ignore[arg-type]
+        mask[i, : len(r)] = 1  # type: ignore[arg-type]
+    return {"instruction_ids": ids, "instruction_mask": mask}

@@ -1,6 +1,7 @@
 """Visual prompt generators behind one interface (see ``base.Connector``)."""
 
-from graft.connectors import projector  # noqa: F401  (registers linear, mlp2x_gelu)
+# each module registers its connectors: linear, mlp2x_gelu; qformer, qformer_instruct; vpgc
+from graft.connectors import projector, qformer, vpgc  # noqa: F401
 from graft.connectors.base import Connector
 from graft.connectors.reduction import TokenReduction
 from graft.connectors.registry import (

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from graft.connectors.base import Connector
-from graft.connectors.registry import register_connector
 from graft.connectors.reduction import TokenReduction
+from graft.connectors.registry import register_connector
 
 
 class _Projector(Connector):

@@ -45,6 +45,11 @@ class ModelSpec:
     connector: dict[str, Any] | str = "mlp2x_gelu"
     vision_feature_layer: int = -2
     select_strategy: str = "default"
+    #: the backbones' architectures written out (a transformers config dict with ``model_type``),
+    #: so ``graft inspect`` can count parameters without reading the checkpoints; training
+    #: reads the checkpoints' own configs
+    vision_config: dict[str, Any] | None = None
+    text_config: dict[str, Any] | None = None
 
 
 @dataclass

@@ -84,6 +84,9 @@ def apply_stage(model: GraftForConditionalGeneration, recipe: Recipe) -> None:
         if spec.mode == "lora":
             module.requires_grad_(False)
             setattr(model, COMPONENTS[component], _lora(module, spec.lora, causal_lm=component == "llm"))
+        elif callable(getattr(module, "set_trainable", None)):
+            # a connector that decides what of it learns (VPG-C: W_g, W_o, Q_new; never its Q-Former)
+            module.set_trainable(spec.mode == "full")
         else:
             module.requires_grad_(spec.mode == "full")
     for param in model.parameters():

@@ -1,0 +1,82 @@
+"""``graft inspect RECIPE``: parameter counts per component, on the meta device."""
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from graft.backbones import compose_from_pretrained
+from graft.cli import app
+from graft.train.recipe import load_recipe
+from graft.train.stages import apply_stage, parameter_counts
+
+from tiny import save_tiny_backbones
+
+torch.set_num_threads(1)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _tiny_recipe(tmp_path: Path, connector: dict, **sections) -> Path:
+    vision, llm = save_tiny_backbones(tmp_path / "backbones")
+    recipe = {
+        "model": {"vision": str(vision), "llm": str(llm), "connector": connector},
+        "data": {"train": ["train.json"]},
+        "vision": {"mode": "frozen"},
+        "connector": {"mode": "full"},
+        "llm": {"mode": "frozen"},
+        **sections,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_the_shipped_vpgc_recipe_trains_6_320_896_parameters_offline():
+    result = CliRunner().invoke(app, ["inspect", str(CONFIGS / "vpgc-vicuna-7b.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "6,320,896" in result.output
+    counts = json.loads(
+        CliRunner().invoke(app, ["inspect", str(CONFIGS / "vpgc-vicuna-7b.yaml"), "--json"]).stdout
+    )["components"]
+    assert counts["connector"]["trainable"] == 6_320_896
+    assert counts["llm"] == {"trainable": 0, "total": 6_738_415_616}  # LLaMA-7B
+    assert counts["vision"]["trainable"] == 0
+
+
+def test_inspect_counts_what_training_builds(tmp_path):
+    connector = {"name": "vpgc", "vpg": {"name": "qformer", "num_query_tokens": 4, "qformer_config": QFORMER}}
+    path = _tiny_recipe(tmp_path, connector)
+    for overrides in ([], ["--set", "llm.mode=lora", "--set", "llm.lora.r=4"]):
+        result = CliRunner().invoke(app, ["inspect", str(path), "--json", *overrides])
+        assert result.exit_code == 0, result.output
+        counts = json.loads(result.stdout)["components"]
+        recipe = load_recipe(path, {"llm.mode": "lora", "llm.lora.r": 4} if overrides else None)
+        model, _, _ = compose_from_pretrained(recipe.model.vision, recipe.model.llm, connector=connector)
+        apply_stage(model, recipe)
+        assert counts == parameter_counts(model), overrides
+
+
+def test_inspect_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "recipe not found" in missing.output
+    outside = _tiny_recipe(
+        tmp_path, {"name": "vpgc", "vpg": {"name": "qformer", "qformer_config": QFORMER}, "guidance_layer": 9}
+    )
+    result = runner.invoke(app, ["inspect", str(outside)])
+    assert result.exit_code == 2 and "guidance_layer=9 is outside the LLM" in result.output
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(
+        yaml.safe_dump(
+            {"model": {"vision": "nobody/vision", "llm": "nobody/llm"}, "data": {"train": ["x.json"]}}
+        )
+    )
+    result = runner.invoke(app, ["inspect", str(hub)])
+    assert (
+        result.exit_code == 2
+        and "write the architecture out in the recipe as model.text_config" in result.output
+    )
