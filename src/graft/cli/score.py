@@ -1,0 +1,70 @@
+"""``graft score``: metrics of answers another system produced, as one JSON object on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.cli.app import app, fail
+
+
+@app.command("score")
+def score_cmd(
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Benchmark: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench or demon."
+        ),
+    ],
+    predictions: Annotated[
+        Path,
+        typer.Option(help='JSONL of {"id", "prediction"}; for mme also a folder of official result files.'),
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="The benchmark's files (folder or file, as the task reads them).")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Skip malformed records (counted) instead of failing.")
+    ] = False,
+    samples: Annotated[bool, typer.Option(help="Include per-sample results in the output.")] = False,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model name (env GRAFT_JUDGE_MODEL).")] = None,
+    judge_base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible base URL (env GRAFT_JUDGE_BASE_URL / OPENAI_BASE_URL)."),
+    ] = None,
+    judge_api_key: Annotated[
+        str | None, typer.Option(help="API key (env GRAFT_JUDGE_API_KEY / OPENAI_API_KEY).")
+    ] = None,
+    judge_concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.")] = 4,
+    judge_retries: Annotated[int, typer.Option(help="Retries of a failed judge request.")] = 4,
+    judge_cache: Annotated[
+        Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
+    ] = None,
+    llm_choice_fallback: Annotated[
+        bool, typer.Option(help="Multiple choice: ask the judge model when no option letter is found.")
+    ] = False,
+) -> None:
+    """Score predictions made elsewhere with graft's reference-equal scorers."""
+    from graft.eval.metrics import JudgeConfig
+    from graft.eval.predict import BadRecordError
+    from graft.eval.score import Options, score
+
+    judge = None
+    if judge_model or judge_base_url or task in ("llava_bench",) or llm_choice_fallback:
+        judge = JudgeConfig.from_env(
+            model=judge_model,
+            base_url=judge_base_url,
+            api_key=judge_api_key,
+            concurrency=judge_concurrency,
+            retries=judge_retries,
+            cache_dir=judge_cache,
+        )
+    options = Options(judge=judge, llm_choice_fallback=llm_choice_fallback)
+    try:
+        result = score(task, data, predictions, options, skip_bad=skip_bad, keep_samples=samples)
+    except (BadRecordError, FileNotFoundError, ValueError, KeyError) as err:
+        fail(str(err))
+    typer.echo(json.dumps(result, indent=None, default=str))

@@ -1,0 +1,104 @@
+"""Multiple choice: which option an answer picks, plain and circular accuracy.
+
+Letter extraction (``graft.eval.questions.parse_choice``): the first standalone option letter
+("B", "B.", "(B)", "The answer is B"; a capital "A" starting a phrase is read as the article),
+else the one option whose text the answer contains. When that finds nothing an optional
+``fallback(answer, choices) -> letter | None`` (an LLM, see ``metrics.judge.LLMChoiceMatcher``)
+may decide. Circular evaluation (MMBench): the copies of a question with rotated options share
+``index % 1e6``; the question counts as right only when every copy is. ``sqa_letter`` is
+LLaVA's stricter ScienceQA reading, used for that benchmark so its numbers compare.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from graft.eval.questions import parse_choice
+
+Fallback = Callable[[str, Sequence[str]], "str | None"]
+
+
+def extract_choice(answer: str, choices: Sequence[str], fallback: Fallback | None = None) -> str | None:
+    """The option letter ``answer`` picks among ``choices`` (A, B, ... in order), or None."""
+    letter = parse_choice(answer, list(choices))
+    if letter is None and fallback is not None and answer.strip():
+        letter = fallback(answer, choices)
+        if letter is not None and letter not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]:
+            letter = None
+    return letter
+
+
+_SQA_ANSWER = re.compile(r"The answer is ([A-Z]).")
+
+
+def sqa_letter(answer: str, choices: Sequence[str]) -> str | None:
+    """LLaVA's ScienceQA reading (``eval_science_qa.py``), strict: the answer is a bare letter,
+    starts with "X. ", or says "The answer is X" (followed by a character) exactly once."""
+    letters = "ABCDE"[: len(choices)]
+    if answer in "ABCDE" and len(answer) == 1:
+        return answer if answer in letters else None
+    if len(answer) >= 3 and answer[0] in "ABCDE" and answer[1:3] == ". ":
+        return answer[0] if answer[0] in letters else None
+    found = _SQA_ANSWER.findall(answer)
+    return found[0] if len(found) == 1 and found[0] in letters else None
+
+
+@dataclass
+class ChoiceRow:
+    id: Any
+    answer: str  # the model's raw answer
+    target: str  # the right letter
+    choices: Sequence[str]
+    group: Any = None  # circular group (index % 1e6); None: the row is its own group
+    category: str | None = None
+
+
+def choice_scores(
+    rows: Iterable[ChoiceRow],
+    fallback: Fallback | None = None,
+    circular: bool = False,
+    extract: Fallback | None = None,
+) -> dict[str, Any]:
+    """``{"accuracy" (x100), "n", "unparsed", "per_category": {...}}``; with ``circular`` also
+    ``"circular_accuracy"`` over groups and ``"groups"``. Per-sample picks under ``"samples"``.
+    ``extract(answer, choices)`` replaces the default letter extraction (e.g. ``sqa_letter``)."""
+    rows = list(rows)
+    samples = []
+    for r in rows:
+        if extract is not None:
+            picked = extract(r.answer, r.choices)
+        else:
+            picked = extract_choice(r.answer, r.choices, fallback)
+        samples.append({"id": r.id, "picked": picked, "correct": picked == r.target})
+    n = len(rows)
+    out: dict[str, Any] = {
+        "accuracy": 100.0 * sum(s["correct"] for s in samples) / n if n else 0.0,
+        "n": n,
+        "unparsed": sum(s["picked"] is None for s in samples),
+    }
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    groups: dict[Any, list[bool]] = defaultdict(list)
+    group_cat: dict[Any, str | None] = {}
+    for r, s in zip(rows, samples, strict=True):
+        key = r.group if r.group is not None else ("row", r.id)
+        groups[key].append(s["correct"])
+        group_cat[key] = r.category
+        if r.category is not None:
+            by_cat[r.category].append(s["correct"])
+    if circular:
+        passed = {k: all(v) for k, v in groups.items()}
+        out["circular_accuracy"] = 100.0 * sum(passed.values()) / len(passed) if passed else 0.0
+        out["groups"] = len(passed)
+        by_cat = defaultdict(list)
+        for k, ok in passed.items():
+            if group_cat[k] is not None:
+                by_cat[group_cat[k]].append(ok)
+    if by_cat:
+        # per category: circular accuracy when circular, else plain accuracy
+        out["per_category"] = {c: 100.0 * sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    out["samples"] = samples
+    return out

@@ -1,0 +1,122 @@
+"""What every benchmark reader returns: samples with a prompt, images, a target and metadata.
+
+A reader turns one real benchmark layout into ``Sample`` rows. The prompt is the user turn with
+one ``<image>`` marker per image, in the order of ``images`` (readers place them where the
+benchmark puts them); the runner swaps the marker for the processor's own token. ``target`` is
+the reference answer in the family's form (a string, a list of reference captions, an option
+letter); ``meta`` holds what the scorer needs beyond it (split, subtask, choices, category).
+
+Bad records raise ``BadRecordError`` naming file, line or record and field; with
+``skip_bad=True`` a reader keeps going and returns the messages of the rows it skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graft.eval.predict import BadRecordError
+
+logger = logging.getLogger(__name__)
+IMAGE_MARKER = "<image>"
+
+
+@dataclass
+class Sample:
+    id: str | int
+    prompt: str
+    images: list[Path]
+    target: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
+
+
+@dataclass
+class ReadResult:
+    """Samples read, and one message per record skipped as bad (only with ``skip_bad``)."""
+
+    samples: list[Sample]
+    bad: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.samples)
+
+
+class Collector:
+    """Accumulates samples; a bad record raises, or is logged and counted when ``skip_bad``."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.result = ReadResult([])
+        self._seen: dict[str | int, str] = {}
+
+    def add(self, sample: Sample) -> None:
+        if sample.id in self._seen:
+            # ids key predictions and resumption: a repeated id would be scored twice or never
+            self.fail(f"{sample.where}: id {sample.id!r} already used at {self._seen[sample.id]}")
+            return
+        self._seen[sample.id] = sample.where
+        self.result.samples.append(sample)
+
+    def fail(self, message: str) -> None:
+        if not self.skip_bad:
+            raise BadRecordError(message)
+        logger.warning("skipping bad record: %s", message)
+        self.result.bad.append(message)
+
+
+def need(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``record[key]``, checked to be of ``kind``; the error names the place and the field."""
+    if key not in record:
+        raise BadRecordError(f"{where}: missing field {key!r}")
+    value = record[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
+        names = "/".join(k.__name__ for k in _as_tuple(kind))
+        raise BadRecordError(f"{where}: field {key!r} must be {names}, got {value!r:.80}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def existing_image(path: Path, where: str) -> Path:
+    if not path.is_file():
+        raise BadRecordError(f"{where}: image not found: {path}")
+    return path
+
+
+def iter_jsonl(path: str | os.PathLike):  # noqa: ANN201 (yields (record, where))
+    """(record, "file:line") for every non-blank line; a line that is not a JSON object raises."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BadRecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise BadRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield record, where
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BadRecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None

@@ -1,0 +1,80 @@
+"""COCO captions: an annotation JSON (``captions_val2014.json`` or a Karpathy-split test file).
+
+``{"images": [{"id", "file_name", ...}], "annotations": [{"id", "image_id", "caption"}]}``. One
+sample per image, id = the image id, target = the list of its reference captions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graft.eval.predict import BadRecordError
+from graft.eval.readers.base import (
+    IMAGE_MARKER,
+    Collector,
+    ReadResult,
+    Sample,
+    existing_image,
+    load_json,
+    need,
+)
+
+DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
+
+
+def read_coco_captions(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    prompt: str = DEFAULT_PROMPT,
+    skip_bad: bool = False,
+) -> ReadResult:
+    """One sample per image that has at least one caption.
+
+    ``image_root`` defaults to ``images/`` beside the annotation file when that exists, else the
+    annotation file's folder.
+    """
+    path = Path(path)
+    doc = load_json(path)
+    if not isinstance(doc, dict):
+        raise BadRecordError(f"{path}: expected a COCO annotation object with 'images' and 'annotations'")
+    images, annotations = doc.get("images"), doc.get("annotations")
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise BadRecordError(f"{path}: fields 'images' and 'annotations' must be lists")
+    if image_root is None:
+        image_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+    image_root = Path(image_root)
+
+    captions: dict[int | str, list[str]] = {}
+    out = Collector(skip_bad)
+    for i, ann in enumerate(annotations):
+        where = f"{path}: annotations[{i}]"
+        try:
+            if not isinstance(ann, dict):
+                raise BadRecordError(f"{where}: expected an object")
+            image_id = need(ann, "image_id", (int, str), where)
+            caption = need(ann, "caption", str, where)
+        except BadRecordError as err:
+            out.fail(str(err))
+            continue
+        captions.setdefault(image_id, []).append(caption)
+
+    for i, img in enumerate(images):
+        where = f"{path}: images[{i}]"
+        try:
+            if not isinstance(img, dict):
+                raise BadRecordError(f"{where}: expected an object")
+            image_id = need(img, "id", (int, str), where)
+            file_name = need(img, "file_name", str, where)
+            where = f"{path}: images[{i}] (id {image_id})"
+            if image_id not in captions:
+                continue  # an image without captions has nothing to score against
+            image = existing_image(image_root / file_name, where)
+        except BadRecordError as err:
+            out.fail(str(err))
+            continue
+        meta = {"file_name": file_name}
+        out.add(Sample(image_id, f"{IMAGE_MARKER}\n{prompt}", [image], captions.pop(image_id), meta, where))
+    for image_id in captions:
+        out.fail(f"{path}: annotations name image_id {image_id!r}, which is not in 'images'")
+    return out.result

@@ -1,0 +1,159 @@
+"""MME: one folder per subtask, two yes/no questions per image; and the official result files.
+
+Release layout, per subtask folder, either
+  flat:  ``{subtask}/{stem}.jpg|png`` beside ``{stem}.txt``, or
+  split: ``{subtask}/images/{stem}.*`` and ``{subtask}/questions_answers_YN/{stem}.txt``;
+each ``.txt`` holds ``question<TAB>Yes|No`` lines (two per image). Sample ids are
+``"{subtask}/{image file}/{k}"`` (k = the question's line, 0 or 1).
+
+The official ``eval_tool/calculation.py`` reads ``{results_dir}/{subtask}.txt`` with lines
+``image<TAB>question<TAB>ground truth<TAB>prediction`` where an image's two questions are
+adjacent; ``write_results`` / ``read_results`` speak that layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from graft.eval.predict import BadRecordError
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
+
+PERCEPTION = [
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+]
+COGNITION = ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+@dataclass
+class MMEResult:
+    """One answered MME question: a line of an official result file."""
+
+    subtask: str
+    image: str
+    question: str
+    answer: str  # ground truth, yes|no
+    prediction: str
+    where: str = ""
+
+
+def _image_for(stem: str, folder: Path) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def _question_files(sub: Path) -> tuple[list[Path], Path]:
+    """The question files of a subtask folder and the folder its images are in."""
+    if (sub / "questions_answers_YN").is_dir():
+        images = sub / "images" if (sub / "images").is_dir() else sub
+        return sorted((sub / "questions_answers_YN").glob("*.txt")), images
+    return sorted(sub.glob("*.txt")), sub
+
+
+def subtask_dirs(root: Path) -> list[Path]:
+    """Subtask folders under ``root`` in the official order, then any others by name."""
+    dirs = {p.name: p for p in root.iterdir() if p.is_dir() and _question_files(p)[0]}
+    order = [n for n in PERCEPTION + COGNITION if n in dirs] + sorted(set(dirs) - set(PERCEPTION + COGNITION))
+    return [dirs[n] for n in order]
+
+
+def read_mme(root: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
+    """Every question of an MME release folder (or of one subtask folder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MME folder not found: {root}")
+    subs = [root] if _question_files(root)[0] else subtask_dirs(root)
+    if not subs:
+        raise FileNotFoundError(f"{root}: no MME subtask folder (no question .txt files)")
+    out = Collector(skip_bad)
+    for sub in subs:
+        files, image_dir = _question_files(sub)
+        for qfile in files:
+            try:
+                image = _image_for(qfile.stem, image_dir)
+                if image is None:
+                    raise BadRecordError(f"{qfile}: no image {qfile.stem}.jpg/.png in {image_dir}")
+                lines = [(n, ln) for n, ln in enumerate(qfile.read_text(encoding="utf-8").splitlines(), 1)]
+                rows = [(n, ln) for n, ln in lines if ln.strip()]
+                if len(rows) != 2:
+                    raise BadRecordError(f"{qfile}: expected 2 question lines (MME pairs), found {len(rows)}")
+                parsed = []
+                for n, line in rows:
+                    parts = line.rstrip("\r\n").split("\t")
+                    if len(parts) != 2:
+                        raise BadRecordError(f"{qfile}:{n}: expected 'question<TAB>Yes|No', got {line!r:.80}")
+                    question, answer = parts[0].strip(), parts[1].strip().lower()
+                    if answer not in ("yes", "no"):
+                        raise BadRecordError(f"{qfile}:{n}: answer must be Yes or No, got {parts[1]!r}")
+                    parsed.append((n, question, answer))
+            except BadRecordError as err:
+                out.fail(str(err))
+                continue
+            for k, (n, question, answer) in enumerate(parsed):
+                meta = {"subtask": sub.name, "image_name": image.name, "question": question}
+                sample_id = f"{sub.name}/{image.name}/{k}"
+                out.add(
+                    Sample(sample_id, f"{IMAGE_MARKER}\n{question}", [image], answer, meta, f"{qfile}:{n}")
+                )
+    return out.result
+
+
+def write_results(results_dir: str | os.PathLike, rows: list[MMEResult]) -> list[Path]:
+    """Write ``{subtask}.txt`` files the official ``calculation.py`` reads; returns their paths."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    by_subtask: dict[str, list[MMEResult]] = {}
+    for r in rows:
+        by_subtask.setdefault(r.subtask, []).append(r)
+    paths = []
+    for subtask, items in by_subtask.items():
+        # the official tool pairs adjacent lines: keep an image's two questions together
+        items = sorted(items, key=lambda r: r.image)
+        # tabs and newlines inside a field would shift the columns the tool splits on
+        clean = [
+            [" ".join(f.split()) for f in (r.image, r.question, r.answer.capitalize(), r.prediction)]
+            for r in items
+        ]
+        path = results_dir / f"{subtask}.txt"
+        path.write_text("".join("\t".join(c) + "\n" for c in clean), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def read_results(results_dir: str | os.PathLike) -> list[MMEResult]:
+    """Rows of every ``{subtask}.txt`` result file in ``results_dir``."""
+    results_dir = Path(results_dir)
+    files = sorted(results_dir.glob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"{results_dir}: no MME result files ({{subtask}}.txt)")
+    rows = []
+    for path in files:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != 4:
+                raise BadRecordError(
+                    f"{path}:{n}: expected image<TAB>question<TAB>answer<TAB>prediction, "
+                    f"found {len(parts)} field(s)"
+                )
+            image, question, answer, prediction = parts
+            if answer.strip().lower() not in ("yes", "no"):
+                raise BadRecordError(f"{path}:{n}: ground truth must be Yes or No, got {answer!r}")
+            rows.append(
+                MMEResult(path.stem, image, question, answer.strip().lower(), prediction, f"{path}:{n}")
+            )
+    return rows

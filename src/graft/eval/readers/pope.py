@@ -1,0 +1,83 @@
+"""POPE: JSONL question files, one per split (``coco_pope_{random,popular,adversarial}.json``).
+
+Each line: ``{"question_id", "image", "text", "label": "yes"|"no"}``; LLaVA's merged file
+(``llava_pope_test.jsonl``) instead carries the split in ``"category"``. ``path`` may be one such
+file or a folder of per-split files. In a folder the per-split files number their questions
+from 1 each, so sample ids are ``"{split}/{question_id}"``; from a single file they are the
+file's own ``question_id``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from graft.eval.predict import BadRecordError
+from graft.eval.readers.base import (
+    IMAGE_MARKER,
+    Collector,
+    ReadResult,
+    Sample,
+    existing_image,
+    iter_jsonl,
+    need,
+)
+
+SPLITS = ("random", "popular", "adversarial")
+_SPLIT_IN_NAME = re.compile(r"(?:^|_)(random|popular|adversarial)(?:\.|_|$)")
+
+
+def split_from_name(path: Path) -> str | None:
+    m = _SPLIT_IN_NAME.search(path.name)
+    return m.group(1) if m else None
+
+
+def _read_file(
+    path: Path, image_root: Path, out: Collector, prefix_split: bool, default_split: str | None
+) -> None:
+    for record, where in iter_jsonl(path):
+        try:
+            qid = need(record, "question_id", (int, str), where)
+            image = need(record, "image", str, where)
+            text = need(record, "text", str, where)
+            label = need(record, "label", str, where).strip().lower()
+            if label not in ("yes", "no"):
+                raise BadRecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
+            split = record.get("category", default_split)
+            if not isinstance(split, str) or not split:
+                raise BadRecordError(
+                    f"{where}: no split: give 'category' or name the file coco_pope_<split>.json"
+                )
+            img = existing_image(image_root / image, where)
+        except BadRecordError as err:
+            out.fail(str(err))
+            continue
+        sample_id = f"{split}/{qid}" if prefix_split else qid
+        meta = {"split": split, "question": text}
+        out.add(Sample(sample_id, f"{IMAGE_MARKER}\n{text}", [img], label, meta, where))
+
+
+def read_pope(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, skip_bad: bool = False
+) -> ReadResult:
+    """POPE questions from one file or a folder of per-split files.
+
+    ``image_root`` (the COCO val2014 folder) defaults to ``images/`` beside the questions when
+    that exists, else the questions' own folder.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if image_root is None:
+        image_root = folder / "images" if (folder / "images").is_dir() else folder
+    image_root = Path(image_root)
+    out = Collector(skip_bad)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and split_from_name(p))
+        if not files:
+            raise FileNotFoundError(f"{path}: no POPE question file (coco_pope_<split>.json)")
+        for f in files:
+            _read_file(f, image_root, out, prefix_split=True, default_split=split_from_name(f))
+    else:
+        _read_file(path, image_root, out, prefix_split=False, default_split=split_from_name(path))
+    return out.result

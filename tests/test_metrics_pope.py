@@ -1,0 +1,41 @@
+"""POPE scoring by LLaVA's eval_pope.py rules, on a worked example."""
+
+import pytest
+
+from graft.eval.metrics.pope import parse_answer, pope_scores
+
+
+def test_reference_parsing():
+    assert parse_answer("Yes, there is a dog.") == "yes"
+    assert parse_answer("No. There is a dog.") == "no"
+    assert parse_answer("There is no cat in the image") == "no"
+    assert parse_answer("It is not there") == "no"
+    assert parse_answer("I see a cat. No doubt about it") == "yes"  # only the first sentence counts
+    assert parse_answer("No, there is not") == "no"  # the comma is dropped
+    # the reference's quirks, kept so numbers compare: exact words only
+    assert parse_answer("NO") == "yes" and parse_answer("Nope") == "yes" and parse_answer("") == "yes"
+
+
+def test_worked_example_per_split():
+    rows = [
+        ("random", "yes", "Yes, there is a dog."),
+        ("random", "yes", "No."),
+        ("random", "no", "There is no cat"),
+        ("random", "no", "not at all"),
+        ("random", "yes", "I see a cat. No doubt"),
+        ("adversarial", "no", "Yes"),
+        ("adversarial", "no", ""),
+    ]
+    out = pope_scores(rows)
+    assert list(out) == ["random", "adversarial"]
+    r = out["random"]
+    assert (r["TP"], r["FP"], r["TN"], r["FN"]) == (2, 0, 2, 1)
+    assert r["accuracy"] == pytest.approx(0.8)
+    assert r["precision"] == pytest.approx(1.0)
+    assert r["recall"] == pytest.approx(2 / 3)
+    assert r["f1"] == pytest.approx(0.8)
+    assert r["yes_ratio"] == pytest.approx(0.4)  # predicted yes, not labelled yes
+    a = out["adversarial"]
+    # no true yes at all: the reference would divide by zero; here 0.0
+    assert a["recall"] == 0.0 and a["f1"] == 0.0 and a["accuracy"] == 0.0 and a["yes_ratio"] == 1.0
+    assert a["empty"] == 1 and r["empty"] == 0
