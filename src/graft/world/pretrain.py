@@ -6,12 +6,18 @@ the CLI calls. Typical order: build_world -> train_tokenizer -> pretrain_vision,
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from .artifacts import is_finished
 from .llm import LLMArgs, pretrain_llm
 from .probe import probe_llm_text_qa, probe_vision_features
 from .tokenizer import train_tokenizer
 from .vision import VisionArgs, pretrain_vision
 
 __all__ = [
+    "backbones_finished",
+    "pretrain_backbones",
     "LLMArgs",
     "VisionArgs",
     "pretrain_llm",
@@ -20,3 +26,22 @@ __all__ = [
     "probe_vision_features",
     "train_tokenizer",
 ]
+
+
+def backbones_finished(out_dir: str | os.PathLike) -> bool:
+    """True when ``pretrain_backbones`` has written all three parts into ``out_dir``."""
+    out = Path(out_dir)
+    return all(is_finished(out / part) for part in ("tokenizer", "vision", "llm"))
+
+
+def pretrain_backbones(
+    world_dir: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0, device: str = "cpu"
+) -> dict[str, Path]:
+    """Tokenizer, vision tower and LLM for a world, each in its own folder of ``out_dir``.
+
+    A part that is already finished is reused, so an interrupted run picks up where it stopped."""
+    out = Path(out_dir)
+    train_tokenizer(world_dir, out / "tokenizer")
+    vision = pretrain_vision(world_dir, out / "vision", device=device, seed=seed)
+    llm = pretrain_llm(world_dir, out / "tokenizer", out / "llm", device=device, seed=seed)
+    return {"tokenizer": out / "tokenizer", "vision": vision, "llm": llm}
