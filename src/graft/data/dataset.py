@@ -133,7 +133,7 @@ class LlavaDataset(Dataset):
         ids, labels = self.processor.encode_text(
             record.messages, len(record.images), where=where, max_length=self.max_length
         )
-        return EncodedSample(ids, labels, None)
+        return EncodedSample(ids, labels, None, self.processor.encode_instruction(record.messages))
 
     # --- items ------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -188,7 +188,8 @@ def _stream(loader: DataLoader, sampler: GroupedBatchSampler, epoch: int, done: 
 
 
 def _model_inputs(batch: dict[str, Any], cache: FeatureCache | None, device: torch.device) -> dict | None:
-    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+    keys = ("input_ids", "attention_mask", "labels", "instruction_ids", "instruction_mask")
+    inputs = {k: batch[k].to(device) for k in keys if k in batch}
     if cache is not None and batch["image_keys"]:
         if not all(k in cache for k in batch["image_keys"]):
             logger.warning("skipping a batch with an image that could not be cached (ids %s)", batch["ids"])
