@@ -81,3 +81,36 @@ def test_pretrain_llm_saves_causal_lm(world, tok_dir, tmp_path):
     assert logits.shape[-1] == len(tok)
     res = probe_llm_text_qa(out, world)
     assert res["yesno_n"] > 0 and 0 <= res["mcq_acc"] <= 1
+
+
+def test_llm_batches_keep_documents_whole_and_mark_answers(world, tok_dir):
+    from transformers import AutoTokenizer
+
+    from graft.world.corpus import DOC_SEP
+    from graft.world.llm import _batches
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    docs = (world / "text" / "llm_corpus.txt").read_text().strip().split(DOC_SEP)
+    batches = _batches(world, tok, batch_tokens=512, max_len=10_000)
+    rows = [(ids[r], kinds[r]) for ids, kinds in batches for r in range(len(ids))]
+    assert len(rows) == len(docs)  # one document per row, none dropped or split
+    for ids, _ in batches:
+        assert ids.numel() <= 512 or len(ids) == 1
+    for ids, kinds in rows:
+        n = int((kinds > 0).sum())
+        assert (kinds[n:] == 0).all() and (ids[n:] == tok.pad_token_id).all()  # padding only at the end
+        assert ids[0] == tok.bos_token_id and ids[n - 1] == tok.eos_token_id
+        text = tok.decode(ids[kinds == 2])
+        n_turns = tok.decode(ids[:n]).count(" ASSISTANT:")
+        assert text.count("</s>") == n_turns  # every answer is marked, through its end of turn
+        assert "USER" not in text and "Context" not in text
+
+
+def test_corpus_drills_share_one_context(world):
+    from graft.world.corpus import DOC_SEP
+
+    docs = (world / "text" / "llm_corpus.txt").read_text().strip().split(DOC_SEP)
+    drills = [d for d in docs if d.count(" ASSISTANT:") >= 3]
+    assert drills and all(d.count("Context: ") == 1 for d in drills)
+    answers = [t.split("</s>")[0] for d in drills for t in d.split(" ASSISTANT: ")[1:]]
+    assert {"Yes", "No"} <= set(answers) and {"A", "B", "C", "D"} & set(answers)

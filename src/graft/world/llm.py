@@ -23,15 +23,16 @@ class LLMArgs:
     num_heads: int = 4
     intermediate_size: int = 352
     max_positions: int = 512
-    block: int = 192  # packed training sequence length (whole documents only)
+    max_len: int = 320  # longer documents are left out (never cut)
     # Small batches, many steps: on 2 CPU cores throughput is flat in batch size, and the QA
-    # skill needs optimizer steps more than it needs tokens per step.
-    batch_size: int = 8
+    # skill needs optimizer steps more than it needs tokens per step. ~220 ms/step on one core.
+    batch_tokens: int = 1536
     steps: int = 1800
     lr: float = 3e-3
     warmup: int = 100
-    # Answers are about one token in forty; the weight keeps their gradient from drowning in
-    # caption modelling. (Measured: at 1800 steps the QA skill has not appeared yet either way.)
+    # Answers (end of turn included) are about one token in twelve of the drill corpus; the weight
+    # keeps their gradient from drowning in caption modelling. (Measured on a 10k world: at 1800
+    # steps of ~1536 tokens the QA skill has still not appeared, neither at 8 nor packed at 8.)
     answer_weight: float = 8.0
     seed: int = 0
 
@@ -48,32 +49,42 @@ def _answer_mask(ids: list[int], marker: list[int], eos: int) -> list[bool]:
     return mask
 
 
-def _pack(world_dir: Path, tok, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole documents packed greedily into blocks, the rest of a block padded.
+def _batches(
+    world_dir: Path, tok, batch_tokens: int, max_len: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Documents one per row, grouped by length into batches of about `batch_tokens` tokens.
 
-    A document is never cut in two: an answer whose context fell into the previous block can
-    only be guessed, and guessing was all the first prototype learned. Returns ids and a weight
-    per token (0 on padding, `answer` marks on assistant answers).
+    Not packed: in a packed row a question can find its words in an earlier document's context,
+    and the model must first learn to ignore that before it can learn to look; grouping by
+    length keeps padding small instead. A document is never cut. Each batch is (ids, kinds):
+    kind 0 on padding, 1 on text, 2 on assistant answers (end of turn included).
     """
     docs = (world_dir / "text" / "llm_corpus.txt").read_text(encoding="utf-8").strip().split(DOC_SEP)
     marker = tok(" ASSISTANT:", add_special_tokens=False)["input_ids"]
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    blocks, kinds, cur, cur_kind = [], [], [], []
+    seqs = []
     for doc_ids in tok(docs)["input_ids"]:  # <s> added by the tokenizer
         if doc_ids[-1] != eos:
             doc_ids = doc_ids + [eos]
-        if len(doc_ids) > block:
-            continue
-        if len(cur) + len(doc_ids) > block:
-            blocks.append(cur + [pad] * (block - len(cur)))
-            kinds.append(cur_kind + [0] * (block - len(cur)))
-            cur, cur_kind = [], []
-        cur += doc_ids
-        cur_kind += [2 if a else 1 for a in _answer_mask(doc_ids, marker, eos)]
-    if cur:
-        blocks.append(cur + [pad] * (block - len(cur)))
-        kinds.append(cur_kind + [0] * (block - len(cur)))
-    return torch.tensor(blocks), torch.tensor(kinds)
+        if len(doc_ids) <= max_len:
+            seqs.append(doc_ids)
+    seqs.sort(key=len)
+    batches, i = [], 0
+    while i < len(seqs):
+        rows = max(1, batch_tokens // len(seqs[min(i + 1, len(seqs) - 1)]))
+        # Rows sorted by length: the batch is as long as its last row.
+        while rows > 1 and rows * len(seqs[min(i + rows, len(seqs)) - 1]) > batch_tokens:
+            rows -= 1
+        chunk = seqs[i : i + rows]
+        i += rows
+        width = len(chunk[-1])
+        ids = torch.full((len(chunk), width), pad)
+        kinds = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, s in enumerate(chunk):
+            ids[r, : len(s)] = torch.tensor(s)
+            kinds[r, : len(s)] = torch.tensor([2 if a else 1 for a in _answer_mask(s, marker, eos)])
+        batches.append((ids, kinds))
+    return batches
 
 
 def pretrain_llm(
@@ -97,7 +108,7 @@ def pretrain_llm(
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    blocks, kinds = _pack(Path(world_dir), tok, args.block)
+    batches = _batches(Path(world_dir), tok, args.batch_tokens, args.max_len)
 
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -126,13 +137,10 @@ def pretrain_llm(
     model.train()
     bar = tqdm(range(args.steps), desc="pretrain llm", unit="step")
     for _ in bar:
-        idx = []
-        while len(idx) < args.batch_size:
-            if not order:
-                order = list(range(len(blocks)))
-                rng.shuffle(order)
-            idx.append(order.pop())
-        x, kind = blocks[idx].to(device), kinds[idx].to(device)
+        if not order:
+            order = list(range(len(batches)))
+            rng.shuffle(order)
+        x, kind = (t.to(device) for t in batches[order.pop()])
         logits = model(input_ids=x).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="none"
