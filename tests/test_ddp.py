@@ -10,15 +10,15 @@ from pathlib import Path
 
 import yaml
 
-from test_train import _tiny_recipe, _tiny_world
+from tiny import tiny_recipe, tiny_world
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
 def test_two_processes_end_with_the_same_weights(tmp_path):
-    world = _tiny_world(tmp_path / "world")
+    world = tiny_world(tmp_path / "world")
     out = tmp_path / "run"
-    raw = _tiny_recipe(
+    raw = tiny_recipe(
         world,
         out,
         max_steps=3,

@@ -219,13 +219,13 @@ def test_instruct_connector_trains_through_the_loop_with_the_instruction(tmp_pat
     from graft.train import train
     from graft.train.recipe import recipe_from_dict
 
-    from test_train import _tiny_recipe, _tiny_world
+    from tiny import tiny_recipe, tiny_world
 
-    world = _tiny_world(tmp_path / "world", n_images=4)
+    world = tiny_world(tmp_path / "world", n_images=4)
     model, processor = _tiny_model({"name": "qformer_instruct", "qformer_config": INSTRUCT}, instruction=True)
     model.save_pretrained(tmp_path / "start")
     processor.save_pretrained(tmp_path / "start")
-    raw = _tiny_recipe(
+    raw = tiny_recipe(
         world,
         tmp_path / "out",
         **{"model": {"init_from": str(tmp_path / "start")}, "llm.mode": "frozen", "max_steps": 2},

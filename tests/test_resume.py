@@ -12,7 +12,7 @@ from graft.train import loop, train
 from graft.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from graft.train.recipe import recipe_from_dict
 
-from test_train import _tiny_recipe, _tiny_world
+from tiny import tiny_recipe, tiny_world
 
 torch.set_num_threads(1)
 
@@ -25,13 +25,13 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return _tiny_world(tmp_path_factory.mktemp("world"))
+    return tiny_world(tmp_path_factory.mktemp("world"))
 
 
 def _recipe(world, out, **overrides):
     # LoRA with dropout draws random numbers every step, 2N steps of 2 micro-batches of 2 cross an
     # epoch boundary (9 samples -> 5 batches): RNG and data position must both come back exactly
-    raw = _tiny_recipe(
+    raw = tiny_recipe(
         world,
         out,
         max_steps=2 * N,

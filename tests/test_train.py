@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -26,80 +25,12 @@ from graft.train import (
 from graft.train.metrics_log import read_log
 from graft.train.recipe import CONFIGS_DIR, RecipeError, recipe_from_dict
 
-from tiny import random_image, save_tiny_backbones
+from tiny import random_image, tiny_recipe, tiny_world
 
 torch.set_num_threads(1)
 
 
 # --- helpers (the lead may move these to a shared module) ------------------------------------------
-def _tiny_world(root: Path, n_images: int = 6) -> dict[str, str]:
-    """Tiny backbones + a LLaVA JSON with a few random images, one two-image record and one text-only."""
-    root.mkdir(parents=True, exist_ok=True)
-    vision, llm = save_tiny_backbones(root / "backbones")
-    (root / "images").mkdir(exist_ok=True)
-    for i in range(n_images):
-        random_image(i).save(root / "images" / f"{i}.png")
-    answers = ["Yes", "No", "There are 3 objects.", "A blue square and a green triangle.", "No. Yes."]
-    records = [
-        {
-            "id": f"s{i}",
-            "image": f"images/{i}.png",
-            "conversations": [
-                {"from": "human", "value": "<image>\nIs there a red circle?"},
-                {"from": "gpt", "value": answers[i % len(answers)]},
-            ],
-        }
-        for i in range(n_images)
-    ]
-    records.append(
-        {
-            "id": "pair",
-            "images": ["images/0.png", "images/1.png"],
-            "conversations": [
-                {"from": "human", "value": "<image> and <image>: how many objects are there?"},
-                {"from": "gpt", "value": "There are 3 objects on the left and right."},
-            ],
-        }
-    )
-    records.append(
-        {
-            "id": "text",
-            "conversations": [
-                {"from": "human", "value": "Answer with the option's letter. A B C D"},
-                {"from": "gpt", "value": "B"},
-            ],
-        }
-    )
-    data = root / "data.json"
-    data.write_text(json.dumps(records))
-    return {"vision": str(vision), "llm": str(llm), "data": str(data), "root": str(root)}
-
-
-def _tiny_recipe(world: dict[str, str], out: Path, **overrides) -> dict:
-    """A raw recipe (mapping) that trains quickly on the tiny world; dotted keys override."""
-    raw = {
-        "model": {"vision": world["vision"], "llm": world["llm"]},
-        "data": {"train": [world["data"]], "image_root": world["root"]},
-        "template": "vicuna_v1",
-        "connector": {"mode": "full", "lr": 1e-2},
-        "llm": {"mode": "full", "lr": 1e-3},
-        "optim": {"warmup_ratio": 0.25},
-        "batch_size": 2,
-        "grad_accum": 2,
-        "max_steps": 4,
-        "log_every": 1,
-        "output_dir": str(out),
-        "tensorboard": False,
-    }
-    for key, value in overrides.items():
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return raw
-
-
 def _write_recipe(path: Path, raw: dict) -> Path:
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -107,12 +38,12 @@ def _write_recipe(path: Path, raw: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, str]:
-    return _tiny_world(tmp_path_factory.mktemp("world"))
+    return tiny_world(tmp_path_factory.mktemp("world"))
 
 
 # --- recipes ---------------------------------------------------------------------------------------
 def test_unknown_key_names_the_key_the_file_and_the_valid_keys(tmp_path, world):
-    raw = _tiny_recipe(world, tmp_path / "out")
+    raw = tiny_recipe(world, tmp_path / "out")
     raw["llm"]["lrr"] = 1e-4
     path = _write_recipe(tmp_path / "bad.yaml", raw)
     with pytest.raises(RecipeError) as err:
@@ -120,13 +51,13 @@ def test_unknown_key_names_the_key_the_file_and_the_valid_keys(tmp_path, world):
     assert "'llm.lrr'" in str(err.value) and str(path) in str(err.value)
     assert "lora, lr, mode" in str(err.value)
 
-    raw = _tiny_recipe(world, tmp_path / "out", epoch=2)
+    raw = tiny_recipe(world, tmp_path / "out", epoch=2)
     with pytest.raises(RecipeError, match="unknown key 'epoch'.*epochs"):
         load_recipe(_write_recipe(tmp_path / "bad2.yaml", raw))
 
 
 def test_unknown_override_key_is_an_error(tmp_path, world):
-    path = _write_recipe(tmp_path / "r.yaml", _tiny_recipe(world, tmp_path / "out"))
+    path = _write_recipe(tmp_path / "r.yaml", tiny_recipe(world, tmp_path / "out"))
     with pytest.raises(RecipeError, match="unknown override key 'optim.learning_rate'"):
         load_recipe(path, {"optim.learning_rate": 1e-4})
     with pytest.raises(RecipeError, match="has no sub-keys"):
@@ -166,7 +97,7 @@ def test_recipe_checks_values(tmp_path, world):
         ({"batch_size": "two"}, "batch_size"),
     ]:
         with pytest.raises(RecipeError, match=message):
-            recipe_from_dict(_tiny_recipe(world, tmp_path, **overrides))
+            recipe_from_dict(tiny_recipe(world, tmp_path, **overrides))
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
@@ -186,7 +117,7 @@ def test_shipped_recipes_load(name):
 
 # --- stages ----------------------------------------------------------------------------------------
 def test_stage_modes_counts_and_param_groups(tmp_path, world):
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "frozen"}))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "frozen"}))
     model, _ = build_model(recipe)
     apply_stage(model, recipe)
     counts = parameter_counts(model)
@@ -196,7 +127,7 @@ def test_stage_modes_counts_and_param_groups(tmp_path, world):
     assert {g["name"] for g in groups} == {"connector", "connector/no_decay"}
     assert all(p.ndim == 1 for g in groups if g["name"].endswith("no_decay") for p in g["params"])
 
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
     model, _ = build_model(recipe)
     apply_stage(model, recipe)
     trainable = [n for n, p in model.language_model.named_parameters() if p.requires_grad]
@@ -205,7 +136,7 @@ def test_stage_modes_counts_and_param_groups(tmp_path, world):
 
 
 def test_merged_lora_model_reloads_to_the_same_logits(tmp_path, world):
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
     model, processor = build_model(recipe)
     apply_stage(model, recipe)
     batch = processor.collate([LlavaDataset(world["data"], world["root"], processor)[0].encoded])
@@ -229,7 +160,7 @@ def test_merged_lora_model_reloads_to_the_same_logits(tmp_path, world):
 
 # --- the loop ----------------------------------------------------------------------------------------
 def test_train_saves_a_reloadable_model_and_logs(tmp_path, world):
-    result_recipe = recipe_from_dict(_tiny_recipe(world, tmp_path / "out", max_steps=6))
+    result_recipe = recipe_from_dict(tiny_recipe(world, tmp_path / "out", max_steps=6))
     result = train(result_recipe)
     assert result.steps == 6 and len(result.losses) == 6
     assert result.losses[-1] < result.losses[0]
@@ -253,8 +184,8 @@ def test_train_saves_a_reloadable_model_and_logs(tmp_path, world):
 def test_lora_training_saves_a_merged_model(tmp_path, world, component):
     lora = {f"{component}.mode": "lora", f"{component}.lora": {"r": 4, "dropout": 0.0}}
     set_seed(0)
-    start, _ = build_model(recipe_from_dict(_tiny_recipe(world, tmp_path)))
-    result = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "out", **lora)))
+    start, _ = build_model(recipe_from_dict(tiny_recipe(world, tmp_path)))
+    result = train(recipe_from_dict(tiny_recipe(world, tmp_path / "out", **lora)))
     assert not any("lora" in n for n, _ in result.model.named_parameters())
     prefix = {"llm": "language_model.", "vision": "vision_tower."}[component]
     trained = result.model.state_dict()
@@ -268,7 +199,7 @@ def test_lora_training_saves_a_merged_model(tmp_path, world, component):
 
 def test_a_connector_only_stage_leaves_the_rest_untouched(tmp_path, world):
     # stage 1 on data with a text-only sample: that batch reaches no trainable weight
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path / "out", **{"llm.mode": "frozen"}))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path / "out", **{"llm.mode": "frozen"}))
     set_seed(recipe.seed)  # as train() does: the new image-token row is drawn at random
     before, _ = build_model(recipe)
     result = train(recipe)
@@ -286,7 +217,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, world):
 
     from graft.train.loop import _step
 
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path))
     model, processor = build_model(recipe)
     apply_stage(model, recipe)
     twin = copy.deepcopy(model)
@@ -307,15 +238,15 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, world):
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
-    plain = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "a", max_steps=3)))
+    plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
     ckpt = train(
-        recipe_from_dict(_tiny_recipe(world, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
+        recipe_from_dict(tiny_recipe(world, tmp_path / "b", max_steps=3, gradient_checkpointing=True))
     )
     assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
 
 
 def test_bf16_training_runs_and_saves_bf16(tmp_path, world):
-    result = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "out", max_steps=2, precision="bf16")))
+    result = train(recipe_from_dict(tiny_recipe(world, tmp_path / "out", max_steps=2, precision="bf16")))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert reloaded.language_model.dtype == torch.bfloat16
@@ -324,19 +255,19 @@ def test_bf16_training_runs_and_saves_bf16(tmp_path, world):
 def test_global_batch_size_sets_gradient_accumulation(tmp_path, world):
     result = train(
         recipe_from_dict(
-            _tiny_recipe(world, tmp_path / "out", grad_accum=None, global_batch_size=4, max_steps=1)
+            tiny_recipe(world, tmp_path / "out", grad_accum=None, global_batch_size=4, max_steps=1)
         )
     )
     assert read_log(tmp_path / "out")[0]["samples_per_s"] > 0
     assert result.steps == 1
     with pytest.raises(ValueError, match="not a multiple"):
-        train(recipe_from_dict(_tiny_recipe(world, tmp_path / "o2", grad_accum=None, global_batch_size=3)))
+        train(recipe_from_dict(tiny_recipe(world, tmp_path / "o2", grad_accum=None, global_batch_size=3)))
 
 
 # --- the feature cache ---------------------------------------------------------------------------------
 def test_cached_and_uncached_training_give_the_same_losses(tmp_path, world):
-    plain = train(recipe_from_dict(_tiny_recipe(world, tmp_path / "a")))
-    raw = _tiny_recipe(
+    plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a")))
+    raw = tiny_recipe(
         world, tmp_path / "b", **{"feature_cache.enabled": True, "feature_cache.dir": str(tmp_path / "fc")}
     )
     cached = train(recipe_from_dict(raw))
@@ -349,7 +280,7 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, world):
 
 
 def test_feature_cache_is_reused_and_invalidated_by_the_tower(tmp_path, world):
-    recipe = recipe_from_dict(_tiny_recipe(world, tmp_path))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path))
     model, processor = build_model(recipe)
     dataset = LlavaDataset(world["data"], world["root"], processor)
     cache = FeatureCache.for_model(tmp_path / "fc", model)

@@ -246,11 +246,10 @@ def test_a_guidance_layer_outside_the_llm_is_a_clear_error(layer):
 def test_a_vpgc_stage_trains_only_the_guidance_and_reloads(tmp_path):
     from graft.train import train
 
-    from test_train import _tiny_recipe as _train_recipe  # the lead may move these to a shared module
-    from test_train import _tiny_world
+    from tiny import tiny_recipe, tiny_world
 
-    world = _tiny_world(tmp_path / "world", n_images=4)
-    raw = _train_recipe(
+    world = tiny_world(tmp_path / "world", n_images=4)
+    raw = tiny_recipe(
         world,
         tmp_path / "out",
         **{

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,71 @@ def save_tiny_backbones(directory: Path) -> tuple[Path, Path]:
 def random_image(seed: int = 0, size: int = IMAGE_SIZE) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def tiny_world(root: Path, n_images: int = 6) -> dict[str, str]:
+    """Tiny backbones + a LLaVA JSON with a few random images, one two-image record and one text-only."""
+    root.mkdir(parents=True, exist_ok=True)
+    vision, llm = save_tiny_backbones(root / "backbones")
+    (root / "images").mkdir(exist_ok=True)
+    for i in range(n_images):
+        random_image(i).save(root / "images" / f"{i}.png")
+    answers = ["Yes", "No", "There are 3 objects.", "A blue square and a green triangle.", "No. Yes."]
+    records = [
+        {
+            "id": f"s{i}",
+            "image": f"images/{i}.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nIs there a red circle?"},
+                {"from": "gpt", "value": answers[i % len(answers)]},
+            ],
+        }
+        for i in range(n_images)
+    ]
+    records.append(
+        {
+            "id": "pair",
+            "images": ["images/0.png", "images/1.png"],
+            "conversations": [
+                {"from": "human", "value": "<image> and <image>: how many objects are there?"},
+                {"from": "gpt", "value": "There are 3 objects on the left and right."},
+            ],
+        }
+    )
+    records.append(
+        {
+            "id": "text",
+            "conversations": [
+                {"from": "human", "value": "Answer with the option's letter. A B C D"},
+                {"from": "gpt", "value": "B"},
+            ],
+        }
+    )
+    data = root / "data.json"
+    data.write_text(json.dumps(records))
+    return {"vision": str(vision), "llm": str(llm), "data": str(data), "root": str(root)}
+
+
+def tiny_recipe(world: dict[str, str], out: Path, **overrides) -> dict:
+    """A raw recipe (mapping) that trains quickly on the tiny world; dotted keys override."""
+    raw = {
+        "model": {"vision": world["vision"], "llm": world["llm"]},
+        "data": {"train": [world["data"]], "image_root": world["root"]},
+        "template": "vicuna_v1",
+        "connector": {"mode": "full", "lr": 1e-2},
+        "llm": {"mode": "full", "lr": 1e-3},
+        "optim": {"warmup_ratio": 0.25},
+        "batch_size": 2,
+        "grad_accum": 2,
+        "max_steps": 4,
+        "log_every": 1,
+        "output_dir": str(out),
+        "tensorboard": False,
+    }
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return raw

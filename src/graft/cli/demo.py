@@ -171,7 +171,7 @@ def summary_markdown(summary: dict[str, float], reused: set[str]) -> str:
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for every artefact of the run.")] = Path("runs/demo"),
-    images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 12000,
+    images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     connector: Annotated[str, typer.Option(help="Connector to graft with.")] = "mlp2x_gelu",
     reduction: Annotated[str, typer.Option(help="Token reduction: none, pool, pixel_shuffle.")] = "pool",
