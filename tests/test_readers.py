@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from graft.eval.predict import BadRecordError
+from graft.eval.jsonl import BadRecordError
 from graft.eval.readers import (
     IMAGE_MARKER,
     read_coco_captions,

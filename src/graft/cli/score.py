@@ -48,8 +48,8 @@ def score_cmd(
     ] = False,
 ) -> None:
     """Score predictions made elsewhere with graft's reference-equal scorers."""
+    from graft.eval.jsonl import BadRecordError
     from graft.eval.metrics import JudgeConfig
-    from graft.eval.predict import BadRecordError
     from graft.eval.score import Options, score
 
     judge = None

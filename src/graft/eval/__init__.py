@@ -1,6 +1,7 @@
 """Evaluation: question files, prediction files, and (elsewhere in this package) benchmark tasks."""
 
-from graft.eval.predict import BadRecordError, predict_jsonl
+from graft.eval.jsonl import BadRecordError
+from graft.eval.predict import predict_jsonl
 from graft.eval.questions import evaluate_questions, read_questions, score_answer
 
 __all__ = ["BadRecordError", "evaluate_questions", "predict_jsonl", "read_questions", "score_answer"]

@@ -12,59 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from graft.eval.jsonl import BadRecordError, load_records
 from graft.generate import generate_answers
 from graft.processing import GraftProcessor, ImageLoadError, load_image
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class BadRecordError(ValueError):
-    """A row of a JSONL file is malformed or points at a missing image; the message names file:line."""
-
-
-def load_records(
-    path: str | os.PathLike, parse: Callable[[dict, str], T], skip_bad: bool = False
-) -> tuple[list[T], int]:
-    """Parse every non-blank line of a JSONL file with ``parse(record, where)``.
-
-    ``where`` is ``"file:line"``; ``parse`` raises ``BadRecordError`` for a bad row. Returns the
-    parsed rows and how many bad rows were skipped (always 0 unless ``skip_bad``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"question file not found: {path}")
-    rows: list[T] = []
-    bad = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise BadRecordError(
-                        f"{where}: not valid JSON ({err.msg} at column {err.colno})"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise BadRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                rows.append(parse(record, where))
-            except BadRecordError as err:
-                if not skip_bad:
-                    raise
-                bad += 1
-                logger.warning("skipping bad row: %s", err)
-    return rows, bad
 
 
 def field_str(record: dict, key: str, where: str) -> str:

@@ -25,7 +25,8 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.eval.predict import BadRecordError, check_id, field_str, load_records, place_images
+from graft.eval.jsonl import BadRecordError, load_records
+from graft.eval.predict import check_id, field_str, place_images
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
 from graft.templates import Message

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graft.eval.jsonl import BadRecordError, iter_jsonl
 from graft.eval.metrics import (
     ChatClient,
     ChoiceRow,
@@ -32,7 +33,6 @@ from graft.eval.metrics import (
     score_tasks,
 )
 from graft.eval.metrics.choice import sqa_letter
-from graft.eval.predict import BadRecordError
 from graft.eval.readers import (
     ReadResult,
     Sample,
@@ -44,7 +44,6 @@ from graft.eval.readers import (
     read_pope,
     read_scienceqa,
 )
-from graft.eval.readers.base import iter_jsonl
 from graft.eval.readers.mme import MMEResult, read_results
 
 logger = logging.getLogger(__name__)

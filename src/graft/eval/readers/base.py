@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graft.eval.predict import BadRecordError
+from graft.eval.jsonl import BadRecordError, iter_jsonl  # noqa: F401  (re-exported for readers)
 
 logger = logging.getLogger(__name__)
 IMAGE_MARKER = "<image>"
@@ -91,25 +91,6 @@ def existing_image(path: Path, where: str) -> Path:
     if not path.is_file():
         raise BadRecordError(f"{where}: image not found: {path}")
     return path
-
-
-def iter_jsonl(path: str | os.PathLike):  # noqa: ANN201 (yields (record, where))
-    """(record, "file:line") for every non-blank line; a line that is not a JSON object raises."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BadRecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise BadRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield record, where
 
 
 def load_json(path: str | os.PathLike) -> Any:

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.predict import BadRecordError
+from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from graft.eval.predict import BadRecordError
+from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
 
 OPTION_COLUMNS = "ABCDEFGHI"

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.eval.predict import BadRecordError
+from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
 
 PERCEPTION = [
