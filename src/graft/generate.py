@@ -18,7 +18,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.processing import GraftProcessor, ImageMarkerError, load_image
+from graft.processing import (
+    GraftProcessor,
+    ImageMarkerError,
+    demon_to_markers,
+    has_demon_placeholders,
+    load_image,
+)
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
@@ -168,6 +174,10 @@ class ChatSession:
     def ask(self, text: str, images: list[ImageLike] | None = None, **generation: Any) -> str:
         marker = self.processor.image_token
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images or []]
+        if has_demon_placeholders(text):  # {image#k}: the k-th image of this turn
+            where = f"turn {len(self.messages) // 2 + 1}"
+            (text,), order = demon_to_markers([text], len(loaded), marker, where)
+            loaded = [loaded[i] for i in order]
         markers = text.count(marker)
         if markers == 0 and loaded:
             text = f"{marker}\n" * len(loaded) + text

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import DEFAULT_IMAGE_TOKEN
+from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
 from graft.templates import Message, messages_from_llava
 
 
@@ -116,8 +117,22 @@ def parse_record(raw: Any, where: str, image_token: str = DEFAULT_IMAGE_TOKEN) -
         detail = str(err).removeprefix(f"{here}: ")
         raise RecordError(f"{here}: field {detail}", "bad_field") from None
     _check_turns(messages, here)
+    if any(has_demon_placeholders(m.content) for m in messages):
+        messages, images = _from_demon(messages, images, here, image_token)
     _check_markers(messages, images, here, image_token)
     return Record(rid, images, messages, where)
+
+
+def _from_demon(
+    messages: list[Message], images: list[str], here: str, image_token: str
+) -> tuple[list[Message], list[str]]:
+    """DEMON's ``{image#k}`` placeholders become markers; images follow marker order."""
+    try:
+        texts, order = demon_to_markers([m.content for m in messages], len(images), image_token, here)
+    except ImageMarkerError as err:
+        raise RecordError(str(err), "image_marker_mismatch") from None
+    converted = [Message(m.role, t) for m, t in zip(messages, texts, strict=True)]
+    return converted, [images[i] for i in order]
 
 
 def _images(raw: dict, here: str) -> list[str]:

@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 
 from graft.eval.jsonl import BadRecordError, load_records
 from graft.generate import generate_answers
-from graft.processing import GraftProcessor, ImageLoadError, load_image
+from graft.processing import (
+    GraftProcessor,
+    ImageLoadError,
+    ImageMarkerError,
+    demon_to_markers,
+    has_demon_placeholders,
+    load_image,
+)
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
@@ -69,7 +76,14 @@ def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise BadRecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
     key = "question" if "question" in record else "text"
-    text = place_images(field_str(record, key, where), len(names), where, marker)
+    text = field_str(record, key, where)
+    if has_demon_placeholders(text):  # {image#k}: markers in place, images in marker order
+        try:
+            (text,), order = demon_to_markers([text], len(names), marker, where)
+        except ImageMarkerError as err:
+            raise BadRecordError(str(err)) from None
+        names = [names[i] for i in order]
+    text = place_images(text, len(names), where, marker)
     paths = [image_root / n for n in names]
     for p in paths:
         if not p.is_file():

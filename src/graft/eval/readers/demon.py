@@ -29,6 +29,7 @@ from graft.eval.readers.base import (
     load_json,
     need,
 )
+from graft.processing import ImageMarkerError, demon_to_markers
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ OPEN_ENDED_CATEGORIES = {"Multimodal Dialogue", "Visual Storytelling", "Visual R
 # read "Image X")
 IMAGE_CHOICE_TASKS = {"RecipeQA_VisualCloze", "RecipeQA_ImageCoherence", "COMICS_Panel"}
 QUESTION_TYPES = ("open-ended", "multi-choice")
-_PLACEHOLDER = re.compile(r"\{(image|table)#(\d+)\}")
 _CHOICE_LIST = re.compile(r"Choice List:\s*(\[.*?\])", re.S)
 _IMAGE_OPTION = re.compile(r"^\s*image [a-z]\s*$", re.I)
 
@@ -136,22 +136,15 @@ def _choices(instance: dict, context: str, where: str) -> list[str]:
 
 def _prompt(context: str, images_path: list[str], image_dir: Path, where: str) -> tuple[str, list[Path]]:
     """The context with one image marker per placeholder, and the images in marker order."""
-    images: list[Path] = []
-
-    def place(m: re.Match) -> str:
-        k = int(m.group(2))
-        if not 1 <= k <= len(images_path):
-            raise BadRecordError(
-                f"{where}: {m.group(0)} in the context but images_path has {len(images_path)} file(s)"
-            )
-        images.append(existing_image(image_dir / images_path[k - 1], f"{where} {m.group(0)}"))
-        return IMAGE_MARKER
-
-    text = _PLACEHOLDER.sub(place, context)
-    if not images and images_path:
+    try:
+        (text,), order = demon_to_markers([context], len(images_path), IMAGE_MARKER, where)
+    except ImageMarkerError as err:
+        raise BadRecordError(str(err)) from None
+    if not order and images_path:
         # a context without placeholders: its images go first, as single-image prompts do
-        images = [existing_image(image_dir / p, where) for p in images_path]
-        text = f"{IMAGE_MARKER}\n" * len(images) + text
+        order = list(range(len(images_path)))
+        text = f"{IMAGE_MARKER}\n" * len(images_path) + text
+    images = [existing_image(image_dir / images_path[k], f"{where} image #{k + 1}") for k in order]
     return text, images
 
 
