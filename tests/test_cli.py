@@ -12,6 +12,7 @@ VERBS = [
     "chat",
     "predict",
     "evaluate",
+    "eval",
     "score",
     "export-hf",
     "import-hf",

@@ -131,3 +131,60 @@ def evaluate_cmd(
             suffix = "_blind" if is_blind else ""
             results.update({f"{path.stem}/{k}{suffix}": v for k, v in res.items() if k != "predictions"})
     typer.echo(json.dumps(results, indent=2))
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Option(help="A graft model folder.")],
+    task: Annotated[
+        list[str],
+        typer.Option(
+            help="NAME=PATH: a benchmark task and its real files (repeatable), e.g. pope=data/pope."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder: {task}/predictions.jsonl, results.json.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N samples of each task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+    skip_bad: Annotated[bool, typer.Option(help="Skip (and count) bad records instead of stopping.")] = False,
+    bf16: Annotated[bool, typer.Option(help="Run in bfloat16.")] = False,
+) -> None:
+    """Answer benchmark tasks in batches and score them exactly; a rerun resumes where it stopped.
+
+    Tasks: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench (judge from the
+    GRAFT_JUDGE_* / OPENAI_* environment), demon."""
+    from graft.eval.jsonl import BadRecordError
+    from graft.eval.metrics import JudgeConfig
+    from graft.eval.runner import run_task
+    from graft.eval.score import Options, task_name
+
+    pairs = []
+    for item in task:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            fail(f"--task expects NAME=PATH, got {item!r}")
+        try:
+            pairs.append((task_name(name), Path(path)))
+        except ValueError as err:
+            fail(str(err))
+    judge = JudgeConfig.from_env() if any(name == "llava_bench" for name, _ in pairs) else None
+    mdl, processor = load_for_inference(model, bf16)
+    summary = {}
+    for name, path in pairs:
+        try:
+            result = run_task(
+                mdl,
+                processor,
+                name,
+                path,
+                out,
+                limit=limit,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                skip_bad=skip_bad,
+                options=Options(judge=judge),
+            )
+        except (BadRecordError, FileNotFoundError, ValueError) as err:
+            fail(f"task {name}: {err}")
+        summary[name] = result["metrics"]
+    typer.echo(json.dumps(summary, indent=2, default=str))

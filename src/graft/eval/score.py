@@ -234,7 +234,7 @@ def score_samples(
     keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``predictions`` (sample id -> answer) on samples already read by the task's reader."""
-    name = _task_name(task)
+    name = task_name(task)
     counts: dict[str, Any] = {}
     preds = {str(k): v for k, v in predictions.items()}
     result = TASKS[name][1](data, preds, options or Options(), counts)
@@ -256,7 +256,7 @@ def score(
     Returns the family's metrics (reference spellings) plus ``counts``: samples, missing, empty
     and unknown-id predictions, bad records skipped. Per-sample details only with ``keep_samples``.
     """
-    name = _task_name(task)
+    name = task_name(task)
     if name == "mme" and not isinstance(predictions, Mapping) and Path(predictions).is_dir():
         # the official tool's result files carry questions, truths and answers together
         rows = read_results(predictions)
@@ -270,7 +270,7 @@ def score(
     return score_samples(name, read, preds, options, keep_samples)
 
 
-def _task_name(task: str) -> str:
+def task_name(task: str) -> str:
     name = ALIASES.get(task, task)
     if name not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)} (aliases {sorted(ALIASES)})")

@@ -1,0 +1,88 @@
+"""``graft eval``: real benchmark files -> batched answers -> exact scores, resumable."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.eval.runner import run_task
+
+from tiny import random_image, save_tiny_backbones, tiny_model_and_processor
+
+
+def _pope(root, n=6):
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        random_image(i).save(root / "images" / f"{i}.png")
+        label = "yes" if i % 2 else "no"
+        rows.append(
+            {"question_id": i + 1, "image": f"{i}.png", "text": f"Is there a circle {i}?", "label": label}
+        )
+    (root / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_killed_run_restarts_without_losing_or_duplicating(tmp_path):
+    model, processor = tiny_model_and_processor()
+    data = _pope(tmp_path / "pope")
+    full = run_task(
+        model, processor, "pope", data, tmp_path / "a", batch_size=2, max_new_tokens=3, progress=False
+    )
+    predictions = tmp_path / "a" / "pope" / "predictions.jsonl"
+    answers = {r["id"]: r["prediction"] for r in _lines(predictions)}
+    assert len(answers) == 6 and full["metrics"]["counts"]["samples"] == 6
+
+    # a run killed after two batches, mid-way through writing the third line
+    partial = tmp_path / "b" / "pope"
+    partial.mkdir(parents=True)
+    kept = predictions.read_text().splitlines(keepends=True)[:4]
+    (partial / "predictions.jsonl").write_text("".join(kept) + '{"id": "random/5", "predic')
+    again = run_task(
+        model, processor, "pope", data, tmp_path / "b", batch_size=2, max_new_tokens=3, progress=False
+    )
+    rows = _lines(partial / "predictions.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(answers)  # every id exactly once
+    assert {r["id"]: r["prediction"] for r in rows} == answers
+    assert again["prediction_counts"]["already_done"] == 4 and again["prediction_counts"]["written"] == 2
+    assert again["metrics"] == full["metrics"]
+    results = json.loads((partial / "results.json").read_text())
+    assert results["model_config_hash"] == full["model_config_hash"] and results["graft_version"]
+
+    # a finished run reruns to the same results without generating anything
+    third = run_task(
+        model, processor, "pope", data, tmp_path / "b", batch_size=2, max_new_tokens=3, progress=False
+    )
+    assert third["prediction_counts"]["written"] == 0 and third["metrics"] == full["metrics"]
+
+
+def test_limit_and_unknown_task(tmp_path):
+    model, processor = tiny_model_and_processor()
+    data = _pope(tmp_path / "pope")
+    res = run_task(model, processor, "pope", data, tmp_path / "o", limit=3, max_new_tokens=2, progress=False)
+    assert res["metrics"]["counts"]["samples"] == 3
+    with pytest.raises(ValueError, match="unknown task"):
+        run_task(model, processor, "popes", data, tmp_path / "o")
+
+
+def test_eval_cli(tmp_path):
+    vision, llm = save_tiny_backbones(tmp_path)
+    model_dir = tmp_path / "m"
+    result = CliRunner().invoke(
+        app, ["compose", "--vision", str(vision), "--llm", str(llm), "--out", str(model_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    data = _pope(tmp_path / "pope", n=4)
+    args = ["eval", "--model", str(model_dir), "--task", f"pope={data}", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert "random" in json.loads(result.output[result.output.index("{") :])["pope"]
+    bad = CliRunner().invoke(
+        app, ["eval", "--model", str(model_dir), "--task", "pope", "--out", str(tmp_path)]
+    )
+    assert bad.exit_code != 0 and "NAME=PATH" in bad.output
