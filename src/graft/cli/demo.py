@@ -59,6 +59,7 @@ def run_demo(
     connector: str,
     reduction: str,
     eval_limit: int | None,
+    pretrain_steps: dict[str, int | None] | None = None,
 ) -> dict[str, float]:
     from graft.backbones import compose_from_pretrained
     from graft.processing import GraftProcessor
@@ -80,7 +81,7 @@ def run_demo(
     clock.run(
         "backbones",
         lambda: backbones_finished(backbones),
-        lambda: pretrain_backbones(world, backbones, seed=seed),
+        lambda: pretrain_backbones(world, backbones, seed=seed, **(pretrain_steps or {})),
     )
 
     def do_compose() -> None:
@@ -176,8 +177,11 @@ def demo_cmd(
     connector: Annotated[str, typer.Option(help="Connector to graft with.")] = "mlp2x_gelu",
     reduction: Annotated[str, typer.Option(help="Token reduction: none, pool, pixel_shuffle.")] = "pool",
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N questions per file.")] = None,
+    vision_steps: Annotated[int | None, typer.Option(help="CLIP pretraining steps (default 600).")] = None,
+    llm_steps: Annotated[int | None, typer.Option(help="Llama pretraining steps (default 1800).")] = None,
 ) -> None:
     """World, tiny backbones, stage 1, stage 2, held-out evaluation; prints the results table."""
-    summary = run_demo(out, images, seed, connector, reduction, eval_limit)
+    steps = {"vision_steps": vision_steps, "llm_steps": llm_steps}
+    summary = run_demo(out, images, seed, connector, reduction, eval_limit, steps)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

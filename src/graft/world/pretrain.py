@@ -35,13 +35,20 @@ def backbones_finished(out_dir: str | os.PathLike) -> bool:
 
 
 def pretrain_backbones(
-    world_dir: str | os.PathLike, out_dir: str | os.PathLike, seed: int = 0, device: str = "cpu"
+    world_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    device: str = "cpu",
+    vision_steps: int | None = None,
+    llm_steps: int | None = None,
 ) -> dict[str, Path]:
     """Tokenizer, vision tower and LLM for a world, each in its own folder of ``out_dir``.
 
     A part that is already finished is reused, so an interrupted run picks up where it stopped."""
     out = Path(out_dir)
     train_tokenizer(world_dir, out / "tokenizer")
-    vision = pretrain_vision(world_dir, out / "vision", device=device, seed=seed)
-    llm = pretrain_llm(world_dir, out / "tokenizer", out / "llm", device=device, seed=seed)
+    vision_kw = {"steps": vision_steps} if vision_steps else {}
+    llm_kw = {"steps": llm_steps} if llm_steps else {}
+    vision = pretrain_vision(world_dir, out / "vision", device=device, seed=seed, **vision_kw)
+    llm = pretrain_llm(world_dir, out / "tokenizer", out / "llm", device=device, seed=seed, **llm_kw)
     return {"tokenizer": out / "tokenizer", "vision": vision, "llm": llm}
