@@ -7,6 +7,7 @@ VERBS = [
     "world",
     "backbones",
     "compose",
+    "compose-blip2",
     "train",
     "inspect",
     "chat",

@@ -1,0 +1,50 @@
+"""``graft compose-blip2``: a BLIP-2 / InstructBLIP checkpoint's ViT + Q-Former onto another LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from graft.cli.app import app, fail
+
+
+@app.command("compose-blip2")
+def compose_blip2_cmd(
+    blip2: Annotated[str, typer.Option(help="BLIP-2 or InstructBLIP checkpoint: local folder or hub id.")],
+    llm: Annotated[str, typer.Option(help="Causal LM: local folder or hub id.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the grafted model and its processor.")],
+    connector: Annotated[
+        str, typer.Option(help="qformer (BLIP-2), qformer_instruct (InstructBLIP) or vpgc (Cheetah).")
+    ] = "qformer",
+    guidance_layer: Annotated[
+        int | None, typer.Option(help="vpgc only: the LLM layer whose input is guided (default L // 2).")
+    ] = None,
+    template: Annotated[
+        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml.")
+    ] = "vicuna_v1",
+) -> None:
+    """Graft a BLIP-2 / InstructBLIP vision tower and Q-Former onto an LLM and save the result."""
+    from graft.blip2 import compose_from_blip2
+    from graft.processing import GraftProcessor
+    from graft.templates import get_template
+
+    options = {} if guidance_layer is None else {"guidance_layer": guidance_layer}
+    try:  # the template name first, so a typo fails before any weights load
+        get_template(template)
+        model, tokenizer, image_processor, qformer_tokenizer = compose_from_blip2(
+            blip2, llm, connector=connector, **options
+        )
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    processor = GraftProcessor(
+        tokenizer,
+        image_processor,
+        model.config.image_seq_length,
+        template=template,
+        instruction_tokenizer=qformer_tokenizer,
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    typer.echo(f"saved {out} ({model.config.image_seq_length} tokens per image, connector {connector})")
