@@ -22,9 +22,14 @@ def world_cmd(
 ) -> None:
     """Render a shapes world: images, symbolic descriptions, stage-1/2 data and held-out questions."""
     from graft.world import build_world
+    from graft.world.benchmarks import write_benchmarks
 
     manifest = build_world(out, num_images=images, seed=seed, image_size=image_size)
     typer.echo(json.dumps(manifest, indent=2))
+    tasks = write_benchmarks(out, seed=seed)  # already written by build_world: returns the paths
+    if tasks:
+        pairs = " ".join(f"--task {name}={path}" for name, path in tasks.items())
+        typer.echo(f"held-out benchmarks in real formats: graft eval --model MODEL {pairs} --out RUN")
 
 
 @app.command("backbones")
