@@ -18,6 +18,7 @@ VERBS = [
     "export-hf",
     "import-hf",
     "demo",
+    "report",
 ]
 
 

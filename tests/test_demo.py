@@ -19,6 +19,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     steps = ("world", "backbones", "compose", "stage1", "stage2", "eval")
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
+    assert (tmp_path / "report" / "report.html").exists()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert all(f"[{s}] reused" in again.output for s in steps)

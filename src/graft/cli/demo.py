@@ -128,6 +128,9 @@ def run_demo(
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
     _write_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
+    from graft.eval.report import build_report
+
+    build_report([summary_path], out / "report")
     return summary
 
 

@@ -1,0 +1,338 @@
+"""``build_report``: run folders and demo summaries -> ``report.md`` and a self-contained ``report.html``.
+
+A source is either an eval run folder (``{task}/results.json`` beside ``questions.jsonl`` and
+``predictions.jsonl``, see ``graft.eval.runner``) or a ``graft demo`` output (its flat
+``summary.json``). Each task family gets one headline number per run, so models line up in a
+single table:
+
+- ``pope``: mean F1 over the splits present (0-1); bars: F1 per split
+- ``mme``: perception total (0-2000 over the full set); bars: score per subtask
+- ``scienceqa_img``: accuracy (x100); ``mmbench``: circular accuracy (x100); bars: per category
+- ``demon``: mean of the category scores; bars: per category
+- ``coco_caption``: CIDEr; bars: BLEU-1..4, METEOR, ROUGE-L, CIDEr
+- ``llava_bench``: overall relative score ("all"); bars: per category
+- demo ``binary`` / ``mcq``: held-out accuracy (0-1), and the same with images blanked;
+  bars: accuracy per question type
+
+Failures are listed only where a sample is simply right or wrong: POPE and MME (the official
+yes/no reading of the answer against the label) and the multiple-choice tasks (the scorer's own
+per-sample verdict). Captions, DEMON and LLaVA-Bench have no such verdict and list none. Targets
+come from re-reading the benchmark at the path ``results.json`` names; when it is gone, the
+failures are skipped with a note rather than guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+HEADLINES = {
+    "pope": "mean F1",
+    "mme": "perception",
+    "scienceqa_img": "accuracy",
+    "mmbench": "circular accuracy",
+    "demon": "mean category score",
+    "coco_caption": "CIDEr",
+    "llava_bench": "relative score",
+    "demo/binary": "accuracy",
+    "demo/binary_blind": "accuracy, images blanked",
+    "demo/mcq": "accuracy",
+    "demo/mcq_blind": "accuracy, images blanked",
+}
+_CAPTION_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+
+@dataclass
+class Failure:
+    """One wrong answer, with what was asked and what was expected."""
+
+    id: str
+    question: str
+    prediction: str
+    target: str
+    images: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class TaskReport:
+    family: str
+    headline: float | None
+    categories: dict[str, float] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class RunReport:
+    name: str
+    source: Path
+    config_hash: str = ""
+    version: str = ""
+    tasks: dict[str, TaskReport] = field(default_factory=dict)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
+    """The family's headline number and its per-category numbers (see the module docstring)."""
+    if task == "pope":
+        splits = {s: v["f1"] for s, v in metrics.items() if isinstance(v, dict) and "f1" in v}
+        return (sum(splits.values()) / len(splits) if splits else None), splits
+    if task == "mme":
+        skip = {"perception", "cognition", "details", "counts"}
+        return metrics.get("perception"), {k: v for k, v in metrics.items() if k not in skip and _num(v)}
+    if task in ("scienceqa_img", "mmbench"):
+        head = metrics.get("circular_accuracy", metrics.get("accuracy"))
+        return head, dict(metrics.get("per_category", {}))
+    if task == "demon":
+        cats = {k: v for k, v in metrics.get("categories", {}).items() if _num(v)}
+        return (sum(cats.values()) / len(cats) if cats else None), cats
+    if task == "coco_caption":
+        return metrics.get("CIDEr"), {k: metrics[k] for k in _CAPTION_KEYS if _num(metrics.get(k))}
+    if task == "llava_bench":
+        skip = {"all", "details", "counts", "samples"}
+        return metrics.get("all"), {k: v for k, v in metrics.items() if k not in skip and _num(v)}
+    raise ValueError(f"no headline defined for task {task!r}")
+
+
+def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:
+    """Up to ``limit`` wrong samples, or none and a note saying why."""
+    from graft.eval.metrics.mme import parse_answer as mme_answer
+    from graft.eval.metrics.pope import parse_answer as pope_answer
+    from graft.eval.score import TASKS, read_predictions, score_samples
+
+    if task not in ("pope", "mme", "scienceqa_img", "mmbench"):
+        return [], "no per-sample right/wrong for this family"
+    data, preds_path = results.get("data"), folder / "predictions.jsonl"
+    if not data or not Path(data).exists() or not preds_path.exists():
+        return [], f"benchmark data {data!r} or {preds_path.name} not found; failures not listed"
+    read = TASKS[task][0](data, skip_bad=True)
+    preds = read_predictions(preds_path)
+    if task in ("scienceqa_img", "mmbench"):
+        verdicts = score_samples(task, read, preds, keep_samples=True)["samples"]
+        wrong = {str(v["id"]) for v in verdicts if not v["correct"]}
+    else:
+        parse = pope_answer if task == "pope" else mme_answer
+        wrong = {
+            str(s.id)
+            for s in read.samples
+            if str(s.id) in preds and parse(preds[str(s.id)]) != str(s.target).strip().lower()
+        }
+    out = []
+    for s in read.samples:
+        if str(s.id) in wrong and len(out) < limit:
+            out.append(Failure(str(s.id), s.prompt, preds.get(str(s.id), ""), str(s.target), list(s.images)))
+    return out, f"{len(wrong)} wrong of {len(read.samples)}"
+
+
+def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
+    """A run folder (``*/results.json``), a demo folder or a demo ``summary.json`` -> its report."""
+    path = Path(path)
+    summary = path if path.is_file() else path / "summary.json"
+    run = RunReport(name=(path.parent if path.is_file() else path).name, source=path)
+    if summary.is_file():
+        _add_demo(run, json.loads(summary.read_text(encoding="utf-8")))
+    if path.is_dir():
+        for results_path in sorted(path.glob("*/results.json")):
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            task = results.get("task", results_path.parent.name)
+            head, cats = headline_and_categories(task, results.get("metrics", {}))
+            failures, note = _failures(task, results, results_path.parent, max_failures)
+            run.tasks[task] = TaskReport(task, head, cats, failures, note)
+            run.config_hash = run.config_hash or results.get("model_config_hash", "")
+            run.version = run.version or results.get("graft_version", "")
+    if not run.tasks:
+        raise FileNotFoundError(f"{path}: neither a summary.json nor any */results.json found")
+    return run
+
+
+def _add_demo(run: RunReport, summary: dict[str, Any]) -> None:
+    for family in ("binary", "mcq"):
+        prefix = f"qtype/{family}_"
+        cats = {
+            k.removeprefix(prefix).removesuffix("/accuracy"): v
+            for k, v in summary.items()
+            if k.startswith(prefix)
+        }
+        if f"{family}/accuracy" in summary:
+            run.tasks[f"demo/{family}"] = TaskReport(f"demo/{family}", summary[f"{family}/accuracy"], cats)
+        if f"{family}/accuracy_blind" in summary:
+            blind = f"demo/{family}_blind"
+            run.tasks[blind] = TaskReport(blind, summary[f"{family}/accuracy_blind"])
+
+
+def _families(runs: list[RunReport]) -> list[str]:
+    seen: list[str] = []
+    for run in runs:
+        seen += [f for f in run.tasks if f not in seen]
+    return seen
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _column(family: str) -> str:
+    return f"{family} ({HEADLINES.get(family, 'score')})"
+
+
+def render_markdown(runs: list[RunReport]) -> str:
+    families = _families(runs)
+    lines = ["# graft evaluation report", "", "| model | " + " | ".join(map(_column, families)) + " |"]
+    lines.append("|---" * (len(families) + 1) + "|")
+    for run in runs:
+        cells = [_fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
+        lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
+    lines += ["", "Sources:"] + [
+        f"- {r.name}: `{r.source}` {r.config_hash} {r.version}".rstrip() for r in runs
+    ]
+    for family in families:
+        cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
+        if cats:
+            lines += [
+                "",
+                f"## {family} per category",
+                "",
+                "| category | " + " | ".join(r.name for r in runs) + " |",
+            ]
+            lines.append("|---" * (len(runs) + 1) + "|")
+            for c in cats:
+                vals = [_fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs]
+                lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    lines += ["", "## Failures"]
+    for run in runs:
+        for family, task in run.tasks.items():
+            if task.failures or task.note:
+                lines += ["", f"### {run.name} / {family}" + (f" ({task.note})" if task.note else "")]
+            for f in task.failures:
+                imgs = ", ".join(f"`{p}`" for p in f.images)
+                answer = f"**{_one_line(f.prediction)}** (target {f.target})"
+                lines.append(f"- `{f.id}`: {_one_line(f.question)} -> {answer} {imgs}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
+    """Grouped bars, one group per category and one bar per run; None when no run has categories."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the Figure API below never touches pyplot's global state
+    from matplotlib.figure import Figure
+
+    cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
+    if not cats:
+        return None
+    fig = Figure(figsize=(max(4.0, 0.6 * len(cats) * max(1, len(runs)) + 1.5), 3.2))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(runs))
+    for i, run in enumerate(runs):
+        # a category a run lacks gets no bar (NaN), not a misleading zero
+        nan = float("nan")
+        values = [run.tasks[family].categories.get(c, nan) if family in run.tasks else nan for c in cats]
+        ax.bar([x + i * width for x in range(len(cats))], values, width, label=run.name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"{family} per category")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def thumbnail_uri(path: Path, size: int = 160) -> str | None:
+    """A small JPEG of ``path`` as a data URI; None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=80)
+    except OSError as err:
+        logger.warning("%s: cannot read image for the report: %s", path, err)
+        return None
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def render_html(runs: list[RunReport]) -> str:
+    """One page with everything inline: table, charts and thumbnails as data URIs, no links out."""
+    from html import escape
+
+    families = _families(runs)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>graft evaluation report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+        ".fail{border-top:1px solid #eee;padding:6px 0}.fail img{margin-right:6px}</style></head><body>",
+        "<h1>graft evaluation report</h1><table><tr><th>model</th>",
+    ]
+    parts += [f"<th>{escape(_column(f))}</th>" for f in families] + ["</tr>"]
+    for run in runs:
+        cells = "".join(
+            f"<td>{_fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families
+        )
+        title = escape(f"{run.source} {run.config_hash} {run.version}".strip())
+        parts.append(f"<tr><td title='{title}'>{escape(run.name)}</td>{cells}</tr>")
+    parts.append("</table><h2>Per category</h2>")
+    for family in families:
+        png = bar_chart_png(family, runs)
+        if png:
+            parts.append(f"<div><img alt='{escape(family)} per category' src='{_data_uri(png)}'></div>")
+    parts.append("<h2>Failures</h2>")
+    for run in runs:
+        for family, task in run.tasks.items():
+            if not (task.failures or task.note):
+                continue
+            note = f" <small>({escape(task.note)})</small>" if task.note else ""
+            parts.append(f"<details><summary>{escape(run.name)} / {escape(family)}{note}</summary>")
+            for f in task.failures:
+                imgs = "".join(
+                    f"<img alt='{escape(p.name)}' src='{uri}'>" for p in f.images if (uri := thumbnail_uri(p))
+                )
+                parts.append(
+                    f"<div class='fail'>{imgs}<br><code>{escape(f.id)}</code> "
+                    f"<b>Q:</b> {escape(f.question)} <b>predicted:</b> {escape(f.prediction)} "
+                    f"<b>target:</b> {escape(f.target)}</div>"
+                )
+            parts.append("</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_report(
+    sources: list[str | os.PathLike], out_dir: str | os.PathLike, max_failures: int = 5
+) -> tuple[Path, Path]:
+    """Read every source, write ``report.md`` and ``report.html`` into ``out_dir``; returns both paths."""
+    runs = [load_run(s, max_failures) for s in sources]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, page = out / "report.md", out / "report.html"
+    _write_atomic(md, render_markdown(runs))
+    _write_atomic(page, render_html(runs))
+    return md, page

@@ -1,0 +1,118 @@
+"""``graft report``: run folders and demo summaries -> one table, bar charts, failures with images."""
+
+import json
+import re
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.eval.report import build_report, headline_and_categories, load_run
+
+
+def _tiny_pope_run(root, predictions):
+    """A POPE benchmark on disk and a run folder whose answers are ``predictions`` (id -> text)."""
+    data = root / "pope_data"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (24, 24), (60 * i, 100, 200)).save(data / "images" / f"{i}.png")
+        label = "yes" if i % 2 else "no"
+        rows.append(
+            {"question_id": i + 1, "image": f"{i}.png", "text": f"Is there a circle {i}?", "label": label}
+        )
+    (data / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = root / "run" / "pope"
+    task.mkdir(parents=True)
+    (task / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in predictions.items())
+    )
+    metrics = {"random": {"accuracy": 0.75, "f1": 0.8, "n": 4}, "counts": {"samples": 4}}
+    results = {"task": "pope", "data": str(data), "metrics": metrics, "model_config_hash": "abc123"}
+    (task / "results.json").write_text(json.dumps(results | {"graft_version": "0.1.0"}))
+    return root / "run"
+
+
+def _tiny_demo(root):
+    root.mkdir()
+    summary = {
+        "binary/accuracy": 0.9,
+        "binary/accuracy_blind": 0.5,
+        "mcq/accuracy": 0.7,
+        "qtype/binary_colour/accuracy": 0.95,
+        "qtype/binary_count/accuracy": 0.6,
+        "time/total_s": 12.0,
+    }
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def _ids(run_dir):
+    from graft.eval.readers import read_pope
+
+    return [
+        str(s.id)
+        for s in read_pope(json.loads((run_dir / "pope" / "results.json").read_text())["data"]).samples
+    ]
+
+
+def test_report_tables_charts_and_failures(tmp_path):
+    run = _tiny_pope_run(tmp_path, {})
+    ids = _ids(run)  # labels alternate no, yes, no, yes; the model says "Yes" to everything
+    (run / "pope" / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prediction": "Yes, there is."}) + "\n" for i in ids)
+    )
+    demo = _tiny_demo(tmp_path / "demo")
+    md_path, html_path = build_report([run, demo / "summary.json"], tmp_path / "out", max_failures=5)
+
+    md = md_path.read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert "pope (mean F1)" in header and "demo/binary (accuracy)" in header
+    assert "| run | 0.800 | - | - | - |" in md  # pope's one split, no demo numbers
+    assert "| demo | - | 0.900 | 0.500 | 0.700 |" in md
+    assert "| colour | - | 0.950 |" in md
+    assert "2 wrong of 4" in md  # the two "no" samples
+
+    page = html_path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page)  # nothing fetched from outside
+    assert page.count("data:image/png;base64,") >= 2  # pope and demo/binary bar charts
+    fails = page.count("class='fail'")
+    assert fails == 2
+    assert page.count("data:image/jpeg;base64,") == 2  # each failure with its image
+    assert "Is there a circle 0?" in page and "Is there a circle 1?" not in page
+
+
+def test_headlines_per_family():
+    assert (
+        headline_and_categories(
+            "mme", {"perception": 1200.0, "cognition": 300.0, "OCR": 150.0, "details": {}}
+        )[0]
+        == 1200.0
+    )
+    head, cats = headline_and_categories("demon", {"categories": {"a": 40.0, "b": 60.0}, "tasks": {}})
+    assert head == 50.0 and cats == {"a": 40.0, "b": 60.0}
+    head, cats = headline_and_categories(
+        "mmbench", {"accuracy": 70.0, "circular_accuracy": 55.0, "per_category": {"x": 1.0}}
+    )
+    assert head == 55.0 and cats == {"x": 1.0}
+    assert headline_and_categories("coco_caption", {"CIDEr": 0.9, "METEOR": None, "Bleu_4": 0.2})[1] == {
+        "Bleu_4": 0.2,
+        "CIDEr": 0.9,
+    }
+
+
+def test_missing_data_is_noted_not_guessed(tmp_path):
+    run = _tiny_pope_run(tmp_path, {})
+    results = json.loads((run / "pope" / "results.json").read_text())
+    (run / "pope" / "results.json").write_text(json.dumps(results | {"data": str(tmp_path / "gone")}))
+    report = load_run(run)
+    assert report.tasks["pope"].failures == [] and "not found" in report.tasks["pope"].note
+
+
+def test_cli_report(tmp_path):
+    demo = _tiny_demo(tmp_path / "demo")
+    result = CliRunner().invoke(app, ["report", str(demo), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "report.md").exists()
+    bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
+    assert bad.exit_code == 2
