@@ -7,6 +7,7 @@ whether it is loading Vicuna or the shapes world's tiny Llama.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from graft.config import DEFAULT_IMAGE_TOKEN, GraftConfig
 from graft.connectors import build_connector
 from graft.modeling import GraftForConditionalGeneration
+from graft.processing import GraftProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +139,18 @@ def compose_from_pretrained(
         **kwargs,
     )
     return model, tokenizer, load_image_processor(vision_name_or_path)
+
+
+def save_composed(
+    model: GraftForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    image_processor: Any,
+    out_dir: str | os.PathLike,
+    **processor_options: Any,
+) -> GraftProcessor:
+    """Save a freshly grafted model with its processor (template, pad-to-square ... from
+    ``processor_options``), so the folder loads like any graft model."""
+    processor = GraftProcessor(tokenizer, image_processor, model.config.image_seq_length, **processor_options)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return processor

@@ -26,8 +26,8 @@ def compose_blip2_cmd(
     ] = "vicuna_v1",
 ) -> None:
     """Graft a BLIP-2 / InstructBLIP vision tower and Q-Former onto an LLM and save the result."""
+    from graft.backbones import save_composed
     from graft.blip2 import compose_from_blip2
-    from graft.processing import GraftProcessor
     from graft.templates import get_template
 
     options = {} if guidance_layer is None else {"guidance_layer": guidance_layer}
@@ -38,13 +38,7 @@ def compose_blip2_cmd(
         )
     except (ValueError, OSError) as err:
         fail(str(err))
-    processor = GraftProcessor(
-        tokenizer,
-        image_processor,
-        model.config.image_seq_length,
-        template=template,
-        instruction_tokenizer=qformer_tokenizer,
+    save_composed(
+        model, tokenizer, image_processor, out, template=template, instruction_tokenizer=qformer_tokenizer
     )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     typer.echo(f"saved {out} ({model.config.image_seq_length} tokens per image, connector {connector})")

@@ -61,8 +61,7 @@ def run_demo(
     eval_limit: int | None,
     pretrain_steps: dict[str, int | None] | None = None,
 ) -> dict[str, float]:
-    from graft.backbones import compose_from_pretrained
-    from graft.processing import GraftProcessor
+    from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world import build_world
@@ -91,11 +90,7 @@ def run_demo(
         model, tokenizer, image_processor = compose_from_pretrained(
             str(backbones / "vision"), str(backbones / "llm"), connector=spec
         )
-        processor = GraftProcessor(
-            tokenizer, image_processor, model.config.image_seq_length, template="vicuna_v1"
-        )
-        model.save_pretrained(composed)
-        processor.save_pretrained(composed)
+        save_composed(model, tokenizer, image_processor, composed, template="vicuna_v1")
 
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 

@@ -28,9 +28,8 @@ def compose_cmd(
     pad_to_square: Annotated[bool, typer.Option(help="Pad images to square with the mean colour.")] = False,
 ) -> None:
     """Graft a vision tower onto an LLM through a fresh connector and save the result."""
-    from graft.backbones import compose_from_pretrained
+    from graft.backbones import compose_from_pretrained, save_composed
     from graft.connectors import connector_class
-    from graft.processing import GraftProcessor
     from graft.templates import get_template
 
     spec = {"name": connector}
@@ -44,15 +43,7 @@ def compose_cmd(
         )
     except (ValueError, OSError) as err:
         fail(str(err))
-    processor = GraftProcessor(
-        tokenizer,
-        image_processor,
-        model.config.image_seq_length,
-        template=template,
-        pad_to_square=pad_to_square,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    save_composed(model, tokenizer, image_processor, out, template=template, pad_to_square=pad_to_square)
     typer.echo(f"saved {out} ({model.config.image_seq_length} tokens per image)")
 
 
