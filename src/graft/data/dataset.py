@@ -78,9 +78,12 @@ class LlavaDataset(Dataset):
         self.records: list[Record] = []
         self.lengths: list[int] = []
         self.has_image: list[bool] = []
+        #: which of ``paths`` each sample came from (for per-batch mixing of sources)
+        self.source_index: list[int] = []
         self._file_hashes: dict[str, tuple[tuple[int, int, int], str]] = {}
 
-        for path in self.paths:
+        read_from: list[int] = []
+        for source, path in enumerate(self.paths):
             for where, raw in iter_records(path, on_bad=self._skip if skip_bad else None):
                 try:
                     record = parse_record(raw, where, processor.image_token)
@@ -89,7 +92,8 @@ class LlavaDataset(Dataset):
                     self._skip(err)
                     continue
                 self.records.append(record)
-        self._measure()
+                read_from.append(source)
+        self._measure(read_from)
         if self.skipped:
             total = sum(self.skipped.values())
             logger.warning("skipped %d bad samples: %s", total, dict(sorted(self.skipped.items())))
@@ -114,10 +118,11 @@ class LlavaDataset(Dataset):
                     f"{record.source} (id {record.id!r}): field {field}: image not found: {path}"
                 )
 
-    def _measure(self) -> None:
+    def _measure(self, read_from: list[int]) -> None:
         """Tokenize every record once: lengths for the sampler, errors before training starts."""
         kept = []
-        for record in tqdm(self.records, desc="tokenizing", unit="sample", disable=None, mininterval=1.0):
+        records = tqdm(self.records, desc="tokenizing", unit="sample", disable=None, mininterval=1.0)
+        for record, source in zip(records, read_from, strict=True):
             try:
                 encoded = self._encode_text(record)
             except tuple(_ENCODE_ERRORS) as err:
@@ -126,6 +131,7 @@ class LlavaDataset(Dataset):
             kept.append(record)
             self.lengths.append(len(encoded.input_ids))
             self.has_image.append(bool(record.images))
+            self.source_index.append(source)
         self.records = kept
 
     def _encode_text(self, record: Record) -> EncodedSample:

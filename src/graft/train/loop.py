@@ -35,7 +35,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from graft.data import GroupedBatchSampler, LlavaDataset, TrainCollator
+from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, TrainCollator
 from graft.data.feature_cache import FeatureCache
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import IGNORE_INDEX, GraftProcessor
@@ -153,16 +153,23 @@ def _fill_feature_cache(
 
 def _data(
     recipe: Recipe, processor: GraftProcessor, accelerator: Accelerator, dataset: LlavaDataset
-) -> tuple[DataLoader, GroupedBatchSampler]:
-    sampler = GroupedBatchSampler(
-        dataset.lengths,
-        dataset.has_image,
-        recipe.batch_size,
-        seed=recipe.seed,
-        group_by_modality=recipe.data.group_by_modality,
-        num_replicas=accelerator.num_processes,
-        rank=accelerator.process_index,
-    )
+) -> tuple[DataLoader, GroupedBatchSampler | MixedBatchSampler]:
+    sampler: GroupedBatchSampler | MixedBatchSampler
+    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
+    if recipe.data.mix is not None:
+        sampler = MixedBatchSampler(
+            dataset.source_index, recipe.data.mix, recipe.batch_size, seed=recipe.seed, **shard
+        )
+        logger.info("per-batch mix of the data.train files: %s", sampler.counts)
+    else:
+        sampler = GroupedBatchSampler(
+            dataset.lengths,
+            dataset.has_image,
+            recipe.batch_size,
+            seed=recipe.seed,
+            group_by_modality=recipe.data.group_by_modality,
+            **shard,
+        )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -176,7 +183,9 @@ def _data(
 
 
 # --- the data stream -------------------------------------------------------------------------------
-def _stream(loader: DataLoader, sampler: GroupedBatchSampler, epoch: int, done: int) -> Iterator[tuple]:
+def _stream(
+    loader: DataLoader, sampler: GroupedBatchSampler | MixedBatchSampler, epoch: int, done: int
+) -> Iterator[tuple]:
     """Batches forever, epoch after epoch, with the position after each: (epoch, batches done, batch)."""
     while True:
         sampler.set_epoch(epoch, done)

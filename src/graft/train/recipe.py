@@ -65,6 +65,10 @@ class DataSpec:
     skip_bad: bool = False
     num_workers: int = 0
     group_by_modality: bool = True
+    #: per-batch share of each ``train`` file, in order (Cheetah: ``[64, 24]`` captions to
+    #: synthetic pairs); every batch then takes a fixed count from each file, and an epoch is
+    #: one pass over the first. Default: the files are pooled and batched by length.
+    mix: list[float] | None = None
 
 
 @dataclass
@@ -307,6 +311,14 @@ def _validate(recipe: Recipe, source: str) -> None:
         (recipe.save_every >= 0, "save_every must be >= 0"),
         (recipe.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (bool(recipe.data.train), "data.train needs at least one file"),
+        (
+            recipe.data.mix is None or len(recipe.data.mix) == len(recipe.data.train),
+            f"data.mix has {len(recipe.data.mix or [])} shares for {len(recipe.data.train)} data.train files",
+        ),
+        (
+            recipe.data.mix is None or (min(recipe.data.mix) >= 0 and recipe.data.mix[0] > 0),
+            "data.mix shares must be >= 0 and the first (the epoch's main data) > 0",
+        ),
         (
             not recipe.feature_cache.enabled or recipe.vision.mode == "frozen",
             "feature_cache needs a frozen vision tower (vision.mode: frozen)",
