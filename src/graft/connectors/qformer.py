@@ -104,7 +104,33 @@ class _QFormerConnector(Connector):
     ) -> torch.Tensor:
         """The Q-Former's query outputs ``[N, Q, d_q]`` for N images; ``queries`` (``[N, Q, d_q]``)
         replaces the learned ones (VPG-C's second pass)."""
+        return self._run(image_features, queries, **context).last_hidden_state[:, : self.num_query_tokens]
+
+    def _run(
+        self,
+        image_features: torch.Tensor,
+        queries: torch.Tensor | None,
+        output_attentions: bool = False,
+        **context: Any,
+    ) -> Any:
+        """The Q-Former's output (``last_hidden_state``, and ``cross_attentions`` when asked)."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def cross_attention_map(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
+        """How much the queries look at each image feature: the cross-attention weights averaged
+        over layers, heads and queries, ``[N, P]`` (each row sums to 1). Cheetah scores objects
+        by it to edit the ones the VPG overlooks."""
+        qformer = self.qformer
+        previous = qformer.config._attn_implementation
+        # sdpa and flash kernels never materialise the weights; eager does, with equal outputs
+        qformer.set_attn_implementation("eager")
+        try:
+            out = self._run(image_features, None, output_attentions=True, **context)
+        finally:
+            qformer.set_attn_implementation(previous)
+        maps = torch.stack([a[:, :, : self.num_query_tokens].float() for a in out.cross_attentions])
+        return maps.mean(dim=(0, 2, 3))
 
     def _prepare(
         self, image_features: torch.Tensor, queries: torch.Tensor | None
@@ -126,12 +152,20 @@ class QFormerConnector(_QFormerConnector):
     config_class = Blip2QFormerConfig
     model_class = Blip2QFormerModel
 
-    def query_outputs(
-        self, image_features: torch.Tensor, queries: torch.Tensor | None = None, **context: Any
-    ) -> torch.Tensor:
+    def _run(
+        self,
+        image_features: torch.Tensor,
+        queries: torch.Tensor | None,
+        output_attentions: bool = False,
+        **context: Any,
+    ) -> Any:
         image_features, queries = self._prepare(image_features, queries)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=image_features, return_dict=True)
-        return out.last_hidden_state
+        return self.qformer(
+            query_embeds=queries,
+            encoder_hidden_states=image_features,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
 
 
 @register_connector("qformer_instruct")
@@ -142,14 +176,15 @@ class InstructQFormerConnector(_QFormerConnector):
     config_class = InstructBlipQFormerConfig
     model_class = InstructBlipQFormerModel
 
-    def query_outputs(
+    def _run(
         self,
         image_features: torch.Tensor,
-        queries: torch.Tensor | None = None,
+        queries: torch.Tensor | None,
+        output_attentions: bool = False,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         **context: Any,
-    ) -> torch.Tensor:
+    ) -> Any:
         if instruction_ids is None:
             raise ValueError(
                 f"connector {self.name!r} needs each image's instruction (instruction_ids): give the "
@@ -165,11 +200,12 @@ class InstructQFormerConnector(_QFormerConnector):
         if instruction_mask is None:
             instruction_mask = torch.ones_like(instruction_ids)
         query_mask = torch.ones(queries.shape[:2], dtype=instruction_mask.dtype, device=queries.device)
-        out = self.qformer(
+        # only the query rows go on (query_outputs cuts them): the instruction rows just guide them
+        return self.qformer(
             input_ids=instruction_ids,
             attention_mask=torch.cat([query_mask, instruction_mask.to(queries.device)], dim=1),
             query_embeds=queries,
             encoder_hidden_states=image_features,
+            output_attentions=output_attentions,
             return_dict=True,
         )
-        return out.last_hidden_state[:, : queries.shape[1]]
