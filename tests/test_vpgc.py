@@ -271,3 +271,27 @@ def test_a_vpgc_stage_trains_only_the_guidance_and_reloads(tmp_path):
     reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
     for name, tensor in model.connector.state_dict().items():
         assert torch.equal(reloaded.connector.state_dict()[name], tensor), name
+
+
+def test_wrap_with_vpgc_keeps_the_trained_model_exactly(tmp_path):
+    from graft.backbones import wrap_with_vpgc
+
+    base, processor = _tiny_model(VPG)
+    with torch.no_grad():  # a "trained" Q-Former: queries away from their init
+        base.connector.query_tokens.add_(0.3)
+    enc = processor.encode([Message("user", "<image>\nWhat is it?")], [random_image(1)], True)
+    ids = torch.tensor([enc.input_ids])
+    want = base(input_ids=ids, pixel_values=enc.pixel_values).logits
+    wrapped = wrap_with_vpgc(base, guidance_layer=1)
+    assert not wrapped.training and wrapped.config.connector["guidance_layer"] == 1
+    torch.testing.assert_close(
+        wrapped(input_ids=ids, pixel_values=enc.pixel_values).logits, want, rtol=0, atol=0
+    )
+    torch.testing.assert_close(wrapped.connector.q_new, base.connector.query_tokens)
+    wrapped.save_pretrained(tmp_path)
+    again = GraftForConditionalGeneration.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(
+        again(input_ids=ids, pixel_values=enc.pixel_values).logits, want, rtol=0, atol=0
+    )
+    with pytest.raises(ValueError, match="VPG-C guides a Q-Former; this model's connector is 'mlp2x_gelu'"):
+        wrap_with_vpgc(_tiny_model({"name": "mlp2x_gelu"})[0])

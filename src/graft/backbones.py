@@ -154,3 +154,34 @@ def save_composed(
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return processor
+
+
+def wrap_with_vpgc(
+    model: GraftForConditionalGeneration, guidance_layer: int | None = None
+) -> GraftForConditionalGeneration:
+    """Cheetah's step from a trained Q-Former MLLM to VPG-C: the same vision tower, LLM and
+    Q-Former (its weights moved into ``connector.vpg``), plus zero-initialised guidance, so the
+    result computes exactly what ``model`` does until the guidance trains."""
+    spec = dict(model.config.connector)
+    if spec.get("name") not in ("qformer", "qformer_instruct"):
+        raise ValueError(
+            f"VPG-C guides a Q-Former; this model's connector is {spec.get('name')!r} "
+            "(compose with connector qformer or qformer_instruct first)"
+        )
+    vpgc = {"name": "vpgc", "vpg": spec}
+    if guidance_layer is not None:
+        vpgc["guidance_layer"] = guidance_layer
+    llm, vision = model.language_model, model.vision_tower
+    qformer = model.connector
+    connector = build_connector(vpgc, vision.config.hidden_size, llm.config.hidden_size)
+    connector.vpg.load_state_dict(qformer.state_dict())
+    connector.reset_guidance()  # Q_new starts from the trained queries
+    config = GraftConfig(**{**model.config.to_dict(), "connector": vpgc})
+    with init_empty_weights():
+        wrapped = GraftForConditionalGeneration(config)
+    wrapped.vision_tower, wrapped.language_model = vision, llm
+    wrapped.connector = connector.to(device=llm.device, dtype=qformer.query_tokens.dtype)
+    wrapped.connector.attach(llm)
+    wrapped.generation_config = model.generation_config
+    wrapped._suppress_image_token()
+    return wrapped.train(model.training)  # a fresh module trains (dropout on); keep the caller's mode

@@ -18,9 +18,38 @@ from typing import Annotated, Any
 
 import typer
 
-from graft.cli.app import app
+from graft.cli.app import app, fail
 
 STEPS = ("world", "backbones", "compose", "stage1", "stage2", "eval")
+#: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
+#: tokens as the MLP demo's 2x2-pooled 8x8 grid)
+SHAPES_QFORMER: dict[str, Any] = {
+    "name": "qformer",
+    "num_query_tokens": 16,
+    "qformer_config": {
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 384,
+        "cross_attention_frequency": 1,
+    },
+}
+DEMO_CONNECTORS = ("mlp2x_gelu", "linear", "qformer")
+
+
+def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
+    """The demo's connector: a projector (2x2 pooled tokens unless told) or the shapes-sized Q-Former."""
+    if connector == "qformer":
+        if reduction not in (None, "none"):
+            raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
+        return dict(SHAPES_QFORMER)
+    if connector not in DEMO_CONNECTORS:
+        hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
+        raise ValueError(f"the demo grafts with one of {', '.join(DEMO_CONNECTORS)}, not {connector!r}{hint}")
+    spec: dict[str, Any] = {"name": connector}
+    if (reduction or "pool") != "none":
+        spec.update(reduction=reduction or "pool", reduction_factor=2)
+    return spec
 
 
 class StepClock:
@@ -46,7 +75,7 @@ class StepClock:
         typer.echo(f"[{name}] done in {self.times[name]:.1f}s")
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -57,10 +86,14 @@ def run_demo(
     images: int,
     seed: int,
     connector: str,
-    reduction: str,
+    reduction: str | None,
     eval_limit: int | None,
     pretrain_steps: dict[str, int | None] | None = None,
+    world: Path | None = None,
+    backbones: Path | None = None,
 ) -> dict[str, float]:
+    """The demo in ``out``; ``world`` and ``backbones`` default to folders inside it (give another
+    run's to share them: the ablation does)."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
@@ -69,7 +102,8 @@ def run_demo(
 
     out.mkdir(parents=True, exist_ok=True)
     clock = StepClock(out / "steps.json")
-    world, backbones = out / "world", out / "backbones"
+    world, backbones = world or out / "world", backbones or out / "backbones"
+    spec = connector_spec(connector, reduction)
     composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
 
     clock.run(
@@ -84,9 +118,6 @@ def run_demo(
     )
 
     def do_compose() -> None:
-        spec: dict[str, Any] = {"name": connector}
-        if reduction != "none":
-            spec.update(reduction=reduction, reduction_factor=2)
         model, tokenizer, image_processor = compose_from_pretrained(
             str(backbones / "vision"), str(backbones / "llm"), connector=spec
         )
@@ -115,22 +146,22 @@ def run_demo(
 
     def do_eval() -> None:
         summary = evaluate_demo(stage2, world, eval_limit)
-        _write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+        write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
     summary = json.loads((out / "metrics.json").read_text())
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
-    _write_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    _write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
+    write_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
     from graft.eval.report import build_report
 
     build_report([summary_path], out / "report")
     return summary
 
 
-def evaluate_demo(model_dir: Path, world: Path, limit: int | None) -> dict[str, float]:
-    """Held-out binary and multiple-choice accuracy, with and without the images."""
+def evaluate_demo(model_dir: Path, world: Path, limit: int | None, blind: bool = True) -> dict[str, float]:
+    """Held-out binary and multiple-choice accuracy, with the images and (``blind``) without."""
     from graft.cli.inference import load_for_inference
     from graft.eval.questions import evaluate_questions
 
@@ -138,13 +169,13 @@ def evaluate_demo(model_dir: Path, world: Path, limit: int | None) -> dict[str, 
     metrics: dict[str, float] = {}
     for family in ("binary", "mcq"):
         path = world / "eval" / f"{family}.jsonl"
-        for blind in (False, True):
-            res = evaluate_questions(model, processor, path, world, blind=blind, limit=limit)
-            suffix = "_blind" if blind else ""
+        for blanked in (False, True) if blind else (False,):
+            res = evaluate_questions(model, processor, path, world, blind=blanked, limit=limit)
+            suffix = "_blind" if blanked else ""
             metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
             metrics[f"{family}/n"] = res["n"]
             for key, value in res.items():
-                if key.startswith("qtype/") and key.endswith("/accuracy") and not blind:
+                if key.startswith("qtype/") and key.endswith("/accuracy") and not blanked:
                     # question types repeat across families (colour yes/no, colour MCQ)
                     metrics[key.replace("qtype/", f"qtype/{family}_", 1)] = value
     return metrics
@@ -172,14 +203,22 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for every artefact of the run.")] = Path("runs/demo"),
     images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
-    connector: Annotated[str, typer.Option(help="Connector to graft with.")] = "mlp2x_gelu",
-    reduction: Annotated[str, typer.Option(help="Token reduction: none, pool, pixel_shuffle.")] = "pool",
+    connector: Annotated[
+        str, typer.Option(help="Connector: mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
+    ] = "mlp2x_gelu",
+    reduction: Annotated[
+        str | None, typer.Option(help="Projectors' token reduction: none, pool (default), pixel_shuffle.")
+    ] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N questions per file.")] = None,
     vision_steps: Annotated[int | None, typer.Option(help="CLIP pretraining steps (default 600).")] = None,
     llm_steps: Annotated[int | None, typer.Option(help="Llama pretraining steps (default 1800).")] = None,
 ) -> None:
     """World, tiny backbones, stage 1, stage 2, held-out evaluation; prints the results table."""
     steps = {"vision_steps": vision_steps, "llm_steps": llm_steps}
+    try:
+        connector_spec(connector, reduction)
+    except ValueError as err:
+        fail(str(err))
     summary = run_demo(out, images, seed, connector, reduction, eval_limit, steps)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

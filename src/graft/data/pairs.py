@@ -242,9 +242,13 @@ def make_pairs(
     pick_from: int = 2,
     kinds: Sequence[str] = EDIT_KINDS,
     progress: bool = True,
+    paths_relative_to: str | os.PathLike | None = None,
 ) -> PairStats:
     """Write one pair per source (see the module doc); ``pick_from`` least-attended objects are
-    the candidates. Resumable: sources already in ``out_dir/pairs.jsonl`` are skipped."""
+    the candidates. Resumable: sources already in ``out_dir/pairs.jsonl`` are skipped.
+
+    Image paths in the records are relative to ``paths_relative_to`` (default ``out_dir``): give
+    the image root of the data they will be mixed with, so one ``data.image_root`` serves both."""
     unknown = sorted(set(kinds) - set(EDIT_KINDS))
     if unknown or not kinds:
         raise PairError(f"unknown edit kinds {unknown}; valid: {', '.join(EDIT_KINDS)}")
@@ -263,6 +267,8 @@ def make_pairs(
                 stats.reused += 1
                 continue
             record = _one_pair(source, pair_id, editor, Path(image_root), out, scorer, seed, pick_from, kinds)
+            if record is not None and paths_relative_to is not None:
+                record["images"] = [os.path.relpath(out / p, paths_relative_to) for p in record["images"]]
             if record is None:
                 stats.no_edit += 1
                 continue

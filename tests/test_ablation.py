@@ -1,0 +1,40 @@
+"""``graft ablation`` end to end on a tiny world, and ``graft demo --connector`` choices."""
+
+import json
+
+from typer.testing import CliRunner
+
+from graft.cli import app
+
+
+def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path):
+    demo, out = tmp_path / "demo", tmp_path / "ablation"
+    args = ["-q", "ablation", "--out", str(out), "--demo", str(demo), "--images", "60"]
+    args += ["--vision-steps", "2", "--llm-steps", "2", "--train-pairs", "12", "--test-pairs", "6"]
+    args += ["--vpgc-steps", "2", "--eval-limit", "6"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (demo / "world" / "world.json").exists() and (demo / "backbones" / "llm").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    for row in ("qformer", "vpgc_captions", "vpgc_pairs"):
+        for metric in ("binary/accuracy", "mcq/accuracy", "which_image/accuracy"):
+            assert 0.0 <= summary[f"{row}/{metric}"] <= 1.0
+        assert 0.0 <= summary[f"{row}/difference/rouge_l"] <= 100.0
+    pairs = [json.loads(line) for line in (out / "pairs" / "train" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["edit"]["selection"] == "attention" for p in pairs)
+    assert (demo / "world" / pairs[0]["images"][1]).exists()  # paths relative to the world
+    config = json.loads((out / "vpgc_pairs" / "config.json").read_text())
+    assert config["connector"]["name"] == "vpgc" and config["connector"]["vpg"]["name"] == "qformer"
+    assert "| vpgc_pairs |" in (out / "summary.md").read_text()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "[vpgc_pairs] reused" in again.output
+
+
+def test_demo_connector_choices_are_checked_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--connector", "vpgc"])
+    assert result.exit_code == 2 and "graft ablation" in result.output
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(tmp_path), "--connector", "qformer", "--reduction", "pool"]
+    )
+    assert result.exit_code == 2 and "--reduction none" in result.output
+    assert not any(tmp_path.iterdir())
