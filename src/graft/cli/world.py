@@ -20,16 +20,19 @@ def world_cmd(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 0,
     image_size: Annotated[int, typer.Option(help="Side of the square images, in pixels.")] = 64,
 ) -> None:
-    """Render a shapes world: images, symbolic descriptions, stage-1/2 data and held-out questions."""
+    """Render a shapes world: images, symbolic descriptions, stage-1/2 data, held-out questions and
+    held-out benchmark files in real formats (WORLD/bench, for `graft eval --bench`)."""
     from graft.world import build_world
     from graft.world.benchmarks import write_benchmarks
 
     manifest = build_world(out, num_images=images, seed=seed, image_size=image_size)
     typer.echo(json.dumps(manifest, indent=2))
-    tasks = write_benchmarks(out, seed=seed)  # already written by build_world: returns the paths
-    if tasks:
-        pairs = " ".join(f"--task {name}={path}" for name, path in tasks.items())
-        typer.echo(f"held-out benchmarks in real formats: graft eval --model MODEL {pairs} --out RUN")
+    runs = write_benchmarks(out, seed=seed)  # already written by build_world: returns the runs
+    if runs:
+        typer.echo(
+            f"held-out benchmarks in real formats ({', '.join(runs)}); evaluate a model on all of them:"
+        )
+        typer.echo(f"graft eval --model MODEL --bench {out / 'bench'} --out DIR")
 
 
 @app.command("backbones")

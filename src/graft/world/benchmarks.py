@@ -1,12 +1,20 @@
 """Held-out benchmark files in real formats, from a world's TEST split only.
 
-`graft eval --task NAME=PATH` then exercises every reader and scorer on real files:
+``graft eval --bench WORLD/bench`` then exercises every reader and scorer on real files. The
+manifest ``bench/bench.json`` names each run: ``"tasks": {run: {"task": registered task,
+"path": file or folder relative to bench/}}``:
 
-  bench/coco/captions_test.json + images/        COCO caption annotations     (coco_caption)
-  bench/mme/{existence,count,position,color}/    MME pairs: {stem}.png + .txt (mme)
-  bench/pope/coco_pope_{random,popular,adversarial}.json + images/           (pope)
-  bench/llava_bench/questions|context|answers_gpt4.jsonl + images/           (llava_bench)
-  bench/demon/Shapes_{WhichImage,Difference}/core/core.json + core/images/   (demon)
+  run            task           path
+  coco_caption   coco_caption   coco/captions_test.json + images/         COCO caption annotations
+  mme            mme            mme/{existence,count,position,color}/     {stem}.png + .txt pairs
+  pope           pope           pope/coco_pope_{random,popular,adversarial}.json + images/
+  binary         pope           binary/shapes_binary_test.jsonl + images/ yes/no, type per category
+  mmbench        mmbench        mmbench/shapes_mmbench_dev.tsv            base64 images, circular
+  scienceqa_img  scienceqa_img  scienceqa/llava_test_CQM-A.json + images/ LLaVA's converted form
+  llava_bench    llava_bench    llava_bench/questions|context|answers_gpt4.jsonl + images/
+  demon          demon          demon/Shapes_{WhichImage,Difference,SequenceCloze,InContext}/core/
+
+(multiple choice and binary: bench_choice.py; DEMON tasks: bench_demon.py)
 
 A POPE "object" is a colour-shape category ("red circle"): 20 of them, as COCO has 80. Splits
 follow POPE: random negatives are any absent category; popular ones the most frequent
@@ -14,7 +22,8 @@ categories of the test split; adversarial ones those co-occurring most with the 
 Every split is 50/50 yes/no by construction (as many negatives as positives per image).
 
 Every file is written to a temporary name and renamed; ``bench/bench.json`` is written last, so
-its presence (with the same version and seed) means the work is done and a rerun skips it.
+its presence (with the same version, seed and test split) means the work is done and a rerun
+skips it.
 """
 
 from __future__ import annotations
@@ -25,45 +34,22 @@ import os
 import random
 import shutil
 from collections import Counter
-from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
+from .bench_choice import write_binary, write_mmbench, write_scienceqa
+from .bench_demon import write_demon
+from .bench_files import atomic_write, jsonl, place_image
 from .describe import boxes, detailed_description
 from .instructions import DETAIL_PROMPTS, conversation, reasoning
 from .questions import SHORT_SUFFIX, yesno
 from .scene import COLORS, SHAPES, Scene
 
-BENCH_VERSION = "bench-1"
+BENCH_VERSION = "bench-2"  # 2: runs {task, path}; binary, mmbench, scienceqa, 2 DEMON tasks
 MME_SUBTASKS = ("existence", "count", "position", "color")
 MME_SUFFIX = " Please answer yes or no."
 POPE_PER_IMAGE = 3  # POPE samples 3 ground-truth objects per image, and as many negatives
 LLAVA_BENCH_IMAGES = 30  # LLaVA-Bench (COCO) has 30 images x 3 questions
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
-def _place_image(src: Path, dst: Path) -> None:
-    """A hard link when the filesystem allows (free), else a copy; atomic either way."""
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _load_test(world: Path) -> list[dict]:
@@ -81,9 +67,9 @@ def _coco(world: Path, rows: list[dict], out: Path) -> Path:
         images.append({"id": image_id, "file_name": f"{row['id']}.png", "height": size, "width": size})
         for cap in row["captions"]:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": cap})
-        _place_image(world / row["image"], out / "images" / f"{row['id']}.png")
+        place_image(world / row["image"], out / "images" / f"{row['id']}.png")
     path = out / "captions_test.json"
-    _atomic_write(
+    atomic_write(
         path,
         json.dumps(
             {
@@ -114,8 +100,8 @@ def _mme(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, dic
             pair = [(yes.question, "Yes"), (no.question, "No")]
             rng.shuffle(pair)
             text = "".join(f"{_mme_question(q)}\t{a}\n" for q, a in pair)
-            _atomic_write(out / sub / f"{row['id']}.txt", text)
-            _place_image(world / row["image"], out / sub / f"{row['id']}.png")
+            atomic_write(out / sub / f"{row['id']}.txt", text)
+            place_image(world / row["image"], out / sub / f"{row['id']}.png")
             n += 1
         counts[sub] = n
     return out, counts
@@ -152,10 +138,10 @@ def _pope(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, di
                     }
                 )
         path = out / f"coco_pope_{split}.json"
-        _atomic_write(path, _jsonl(lines))
+        atomic_write(path, jsonl(lines))
         files[split], counts[split] = path, len(lines)
     for row in rows:
-        _place_image(world / row["image"], out / "images" / f"{row['id']}.png")
+        place_image(world / row["image"], out / "images" / f"{row['id']}.png")
     return out, counts
 
 
@@ -177,96 +163,19 @@ def _llava_bench(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[P
             answers.append({"question_id": qid, "text": a})
         instances = [{"category": c, "bbox": b} for c, b in boxes(scene)]
         contexts.append({"image": name, "captions": row["captions"], "instances": instances})
-        _place_image(world / row["image"], out / "images" / name)
-    _atomic_write(out / "questions.jsonl", _jsonl(questions))
-    _atomic_write(out / "context.jsonl", _jsonl(contexts))
-    _atomic_write(out / "answers_gpt4.jsonl", _jsonl(answers))
+        place_image(world / row["image"], out / "images" / name)
+    atomic_write(out / "questions.jsonl", jsonl(questions))
+    atomic_write(out / "context.jsonl", jsonl(contexts))
+    atomic_write(out / "answers_gpt4.jsonl", jsonl(answers))
     return out, len(questions)
 
 
-def _demon_task(out: Path, name: str, qtype: str, instruction: str, data: list[dict]) -> None:
-    meta = {"dataset": name, "split": "test", "num_sample": len(data), "task_instruction": [instruction]}
-    doc = {"metadata": meta | {"question_type": qtype}, "data": data}
-    _atomic_write(out / name / "core" / "core.json", json.dumps(doc, indent=1))
-
-
-def _demon(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, dict[str, int]]:
-    """Two multi-image tasks of our own naming (DEMON scores them under "Other"):
-    which of 2-3 test scenes shows a category (image choice), and what changed between a scene
-    and its re-render with one object recoloured (open-ended, ROUGE-L)."""
-    which, diff = [], []
-    for k, row in enumerate(rows):
-        rng = random.Random(f"demon-{seed}-{row['id']}")
-        # which-image: this scene and 1-2 other test scenes; the asked category is in this one only
-        others = [r for r in rows if r is not row]
-        group = [row, *rng.sample(others, min(len(others), rng.randint(1, 2)))]
-        cats = [{f"{o['color']} {o['shape']}" for o in r["scene"]["objects"]} for r in group]
-        only = sorted(cats[0] - set().union(*cats[1:]))
-        if len(group) >= 2 and only:
-            cat = rng.choice(only)
-            order = list(range(len(group)))
-            rng.shuffle(order)
-            names = [f"{group[j]['id']}.png" for j in order]
-            letters = "ABC"[: len(group)]
-            context = "".join(f"Image {letters[i]}: {{image#{i + 1}}}\n" for i in range(len(group)))
-            which.append(
-                {
-                    "sample_id": len(which),
-                    "task_instruction_id": 0,
-                    "task_instance": {
-                        "context": context + f"Which image shows a {cat}?",
-                        "images_path": names,
-                        "choice_list": [f"Image {c}" for c in letters],
-                    },
-                    "response": f"Image {letters[order.index(0)]}",
-                }
-            )
-            for j in order:
-                _place_image(
-                    world / group[j]["image"],
-                    out / "Shapes_WhichImage" / "core" / "images" / names[order.index(j)],
-                )
-        # difference: recolour one object and render again
-        scene = Scene.from_dict(row["scene"])
-        i = rng.randrange(len(scene.objects))
-        obj = scene.objects[i]
-        new = rng.choice([c for c in COLORS if c != obj.color])
-        edited = scene.with_objects(
-            [replace(o, color=new) if j == i else o for j, o in enumerate(scene.objects)]
-        )
-        before, after = f"{row['id']}.png", f"{row['id']}_edit.png"
-        img_dir = out / "Shapes_Difference" / "core" / "images"
-        _place_image(world / row["image"], img_dir / before)
-        if not (img_dir / after).exists():
-            tmp = img_dir / (after + ".tmp")
-            edited.render().save(tmp, format="PNG")
-            os.replace(tmp, img_dir / after)
-        diff.append(
-            {
-                "sample_id": k,
-                "task_instruction_id": 0,
-                "task_instance": {"context": "{image#1} {image#2}", "images_path": [before, after]},
-                "response": f"The {obj.size} {obj.color} {obj.shape} is {new} in the second image.",
-            }
-        )
-    if which:  # needs two test scenes or more
-        _demon_task(
-            out,
-            "Shapes_WhichImage",
-            "multi-choice",
-            "Look at the images and answer with the image's letter, e.g. 'Image A'.\n",
-            which,
-        )
-    _demon_task(
-        out, "Shapes_Difference", "open-ended", "Describe the difference between the two images.\n", diff
-    )
-    return out, {"Shapes_WhichImage": len(which), "Shapes_Difference": len(diff)}
-
-
-def write_benchmarks(world_dir: str | os.PathLike, seed: int = 0) -> dict[str, str]:
-    """Write the held-out benchmark files under ``world_dir/bench``; returns task name -> path
-    (for ``graft eval --task NAME=PATH``). Skips the work when it is already done for this test
-    split and seed; a task with no sample (a tiny test split) is left out."""
+def write_benchmarks(world_dir: str | os.PathLike, seed: int = 0) -> dict[str, dict[str, str]]:
+    """Write the held-out benchmark files under ``world_dir/bench``; returns run name ->
+    ``{"task": registered task name, "path": absolute path}`` (``bench/bench.json`` holds the
+    same with paths relative to ``bench/``, for ``graft eval --bench``). Skips the work when it
+    is already done for this test split and seed; a run with no sample (a tiny test split) is
+    left out."""
     world = Path(world_dir)
     bench = world / "bench"
     manifest_path = bench / "bench.json"
@@ -278,31 +187,44 @@ def write_benchmarks(world_dir: str | os.PathLike, seed: int = 0) -> dict[str, s
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if (old.get("version"), old.get("seed"), old.get("test_hash")) == (BENCH_VERSION, seed, test_hash):
-            return {k: str(bench / v) for k, v in old["tasks"].items()}
+            return _absolute(bench, old["tasks"])
     if bench.exists():
         shutil.rmtree(bench)  # stale: images of the same name may show other scenes now
     rows = _load_test(world)
     counts: dict[str, object] = {}
-    paths: dict[str, Path] = {}
+    runs: dict[str, tuple[str, Path]] = {}
     if rows:
-        paths["coco_caption"] = _coco(world, rows, bench / "coco")
-        paths["mme"], counts["mme_images"] = _mme(world, rows, bench / "mme", seed)
-        paths["pope"], counts["pope_questions"] = _pope(world, rows, bench / "pope", seed)
-        paths["llava_bench"], counts["llava_bench_questions"] = _llava_bench(
-            world, rows, bench / "llava_bench", seed
-        )
-        paths["demon"], counts["demon_samples"] = _demon(world, rows, bench / "demon", seed)
-        if not any(counts["mme_images"].values()):
-            del paths["mme"]
-        if not any(counts["demon_samples"].values()):
-            del paths["demon"]
+        runs["coco_caption"] = ("coco_caption", _coco(world, rows, bench / "coco"))
+        path, counts["mme_images"] = _mme(world, rows, bench / "mme", seed)
+        if any(counts["mme_images"].values()):
+            runs["mme"] = ("mme", path)
+        path, counts["pope_questions"] = _pope(world, rows, bench / "pope", seed)
+        runs["pope"] = ("pope", path)
+        path, counts["binary_questions"] = write_binary(world, rows, bench / "binary", seed)
+        runs["binary"] = ("pope", path)
+        path, counts["mmbench_questions"] = write_mmbench(world, rows, bench / "mmbench", seed)
+        runs["mmbench"] = ("mmbench", path)
+        path, counts["scienceqa_questions"] = write_scienceqa(world, rows, bench / "scienceqa", seed)
+        runs["scienceqa_img"] = ("scienceqa_img", path)
+        path, counts["llava_bench_questions"] = _llava_bench(world, rows, bench / "llava_bench", seed)
+        runs["llava_bench"] = ("llava_bench", path)
+        path, counts["demon_samples"] = write_demon(world, rows, bench / "demon", seed)
+        if any(counts["demon_samples"].values()):
+            runs["demon"] = ("demon", path)
+    tasks = {
+        run: {"task": task, "path": path.relative_to(bench).as_posix()} for run, (task, path) in runs.items()
+    }
     manifest = {
         "version": BENCH_VERSION,
         "seed": seed,
         "test_hash": test_hash,
         "test_images": len(rows),
-        "tasks": {k: str(Path(v).relative_to(bench)) for k, v in paths.items()},
+        "tasks": tasks,
         "counts": counts,
     }
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2))
-    return {k: str(v) for k, v in paths.items()}
+    atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    return _absolute(bench, tasks)
+
+
+def _absolute(bench: Path, tasks: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {run: {"task": t["task"], "path": str(bench / t["path"])} for run, t in tasks.items()}
