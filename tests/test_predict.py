@@ -320,3 +320,29 @@ def test_evaluate_questions_default_root_and_errors(tiny, tmp_path):
     _write_jsonl(bad, [{"id": 1, "image": "img/x.png", "question": "?", "answer": "yes"}])
     with pytest.raises(BadRecordError, match=rf"{bad}:1: field 'qtype'"):
         evaluate_questions(model, processor, bad, tmp_path, progress=False)
+
+
+def test_predict_jsonl_prompt_longer_than_the_context(tmp_path):
+    """A prompt the processor cannot fit fails its batch; the batch is redone row by row so the
+    bad row is named (or, with skip_bad, skipped and counted) and its neighbours are answered."""
+    model, processor = tiny_model_and_processor()
+    processor.max_length = 160
+    path, ids = _prediction_questions(tmp_path)
+    with path.open("a") as f:
+        f.write(json.dumps({"id": "long", "question": "Describe it. " * 100}) + "\n")
+    with pytest.raises(BadRecordError, match=rf"{path}:6: .*longer than max_length=160"):
+        predict_jsonl(
+            model, processor, path, tmp_path / "o.jsonl", batch_size=4, max_new_tokens=2, progress=False
+        )
+    stats = predict_jsonl(
+        model,
+        processor,
+        path,
+        tmp_path / "p.jsonl",
+        batch_size=4,
+        max_new_tokens=2,
+        skip_bad=True,
+        progress=False,
+    )
+    assert stats["bad"] == 1 and stats["written"] == 5
+    assert [r["id"] for r in _read_jsonl(tmp_path / "p.jsonl")] == ids

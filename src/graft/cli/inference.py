@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +15,8 @@ from graft.cli.app import app, fail
 def load_for_inference(model_dir: Path, bf16: bool = False):  # noqa: ANN201 (model, processor)
     """A saved graft model and its processor, on accelerate's device, in eval mode."""
     import torch
-    from accelerate import PartialState
 
+    from graft.eval.processes import process_state
     from graft.modeling import GraftForConditionalGeneration
     from graft.processing import GraftProcessor
 
@@ -23,7 +24,7 @@ def load_for_inference(model_dir: Path, bf16: bool = False):  # noqa: ANN201 (mo
         fail(f"{model_dir} is not a model folder (no config.json)")
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = GraftForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
-    return model.to(PartialState().device).eval(), GraftProcessor.from_pretrained(model_dir)
+    return model.to(process_state().device).eval(), GraftProcessor.from_pretrained(model_dir)
 
 
 @app.command("chat")
@@ -136,55 +137,115 @@ def evaluate_cmd(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[Path, typer.Option(help="A graft model folder.")],
+    out: Annotated[Path, typer.Option(help="Run folder: {run}/predictions.jsonl, results.json.")],
     task: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            help="NAME=PATH: a benchmark task and its real files (repeatable), e.g. pope=data/pope."
+            help="A task and its data (repeatable): NAME=PATH (pope=data/pope), TASK.yaml=PATH, or "
+            "TASK.yaml alone when the file has dataset_path. See docs/tasks.md."
         ),
-    ],
-    out: Annotated[Path, typer.Option(help="Run folder: {task}/predictions.jsonl, results.json.")],
+    ] = None,
+    bench: Annotated[
+        Path | None, typer.Option(help="A benchmark folder: run every task its bench.json lists.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N samples of each task.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Longest answer, in tokens (default: the task's generation_kwargs).")
+    ] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip (and count) bad records instead of stopping.")] = False,
     bf16: Annotated[bool, typer.Option(help="Run in bfloat16.")] = False,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model name (env GRAFT_JUDGE_MODEL).")] = None,
+    judge_base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible base URL (env GRAFT_JUDGE_BASE_URL / OPENAI_BASE_URL)."),
+    ] = None,
+    judge_api_key: Annotated[
+        str | None, typer.Option(help="API key (env GRAFT_JUDGE_API_KEY / OPENAI_API_KEY).")
+    ] = None,
+    judge_cache: Annotated[
+        Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
+    ] = None,
 ) -> None:
     """Answer benchmark tasks in batches and score them exactly; a rerun resumes where it stopped.
 
-    Tasks: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench (judge from the
-    GRAFT_JUDGE_* / OPENAI_* environment), demon."""
-    from graft.eval.jsonl import BadRecordError
+    Built-in tasks: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench (needs a judge:
+    --judge-* or the GRAFT_JUDGE_* / OPENAI_* environment; skipped in a --bench without one),
+    demon; or a task file (docs/tasks.md). Under `accelerate launch` (or torchrun) the samples
+    are split across the processes and scored once."""
+    from graft.eval.families import check_judge
     from graft.eval.metrics import JudgeConfig
-    from graft.eval.runner import run_task
-    from graft.eval.score import Options, task_name
+    from graft.eval.processes import process_state
+    from graft.eval.runner import read_bench, run_bench, run_task
+    from graft.eval.score import Options
+    from graft.eval.tasks import get_task
 
-    pairs = []
-    for item in task:
-        name, sep, path = item.partition("=")
-        if not sep or not path:
-            fail(f"--task expects NAME=PATH, got {item!r}")
-        try:
-            pairs.append((task_name(name), Path(path)))
-        except ValueError as err:
-            fail(str(err))
-    judge = JudgeConfig.from_env() if any(name == "llava_bench" for name, _ in pairs) else None
+    if not task and bench is None:
+        fail("give --task NAME=PATH (repeatable) or --bench DIR")
+    judge = JudgeConfig.from_env(
+        model=judge_model, base_url=judge_base_url, api_key=judge_api_key, cache_dir=judge_cache
+    )
+    options = Options(judge=judge)
+    runs = []
+    try:  # every task and path checked before the model loads
+        for item in task or []:
+            name, sep, path = item.partition("=")
+            if sep and not path:
+                fail(f"--task expects NAME=PATH, got {item!r}")
+            spec = get_task(name)
+            if not sep and spec.dataset_path is None:
+                fail(f"--task expects NAME=PATH, got {item!r} (task {spec.name!r} has no dataset_path)")
+            data = spec.data_path(path or None)
+            if not data.exists():
+                fail(f"task {spec.name}: data not found: {data}")
+            if spec.needs_judge:
+                check_judge(options, f"task {spec.name}")
+            if any(spec.name == other.name for other, _ in runs):
+                fail(f"two --task entries for {spec.name!r}: both would write {out / spec.name}")
+            runs.append((spec, data))
+        if bench is not None:
+            read_bench(bench)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
     mdl, processor = load_for_inference(model, bf16)
-    summary = {}
-    for name, path in pairs:
+    progress = os.environ.get("TQDM_DISABLE") != "1"  # graft -q
+    summary: dict = {}
+    for spec, data in runs:
         try:
             result = run_task(
                 mdl,
                 processor,
-                name,
-                path,
+                spec,
+                data,
                 out,
                 limit=limit,
                 batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
                 skip_bad=skip_bad,
-                options=Options(judge=judge),
+                options=options,
+                progress=progress,
             )
-        except (BadRecordError, FileNotFoundError, ValueError) as err:
-            fail(f"task {name}: {err}")
-        summary[name] = result["metrics"]
-    typer.echo(json.dumps(summary, indent=2, default=str))
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            fail(f"task {spec.name}: {err}")
+        summary[spec.name] = result["metrics"]
+    failed = []
+    if bench is not None:
+        results = run_bench(
+            mdl,
+            processor,
+            bench,
+            out,
+            limit=limit,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            options=options,
+            progress=progress,
+            max_new_tokens=max_new_tokens,
+        )
+        for run, res in results.items():
+            summary[run] = res.get("metrics") or {k: res[k] for k in ("skipped", "error") if k in res}
+            failed += [run] if "error" in res else []
+    if process_state().is_main_process:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    if failed:
+        fail(f"run(s) {failed} failed; the others are in {out}")

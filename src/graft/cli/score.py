@@ -16,7 +16,8 @@ def score_cmd(
     task: Annotated[
         str,
         typer.Option(
-            help="Benchmark: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench or demon."
+            help="Benchmark: coco_caption, mme, pope, scienceqa_img, mmbench, llava_bench, demon, or "
+            "the path of a task file (.yaml, see docs/tasks.md)."
         ),
     ],
     predictions: Annotated[
@@ -24,7 +25,11 @@ def score_cmd(
         typer.Option(help='JSONL of {"id", "prediction"}; for mme also a folder of official result files.'),
     ],
     data: Annotated[
-        Path | None, typer.Option(help="The benchmark's files (folder or file, as the task reads them).")
+        Path | None,
+        typer.Option(
+            help="The benchmark's files (folder or file, as the task reads them); default: the task "
+            "file's dataset_path."
+        ),
     ] = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Skip malformed records (counted) instead of failing.")
@@ -51,9 +56,14 @@ def score_cmd(
     from graft.eval.jsonl import BadRecordError
     from graft.eval.metrics import JudgeConfig
     from graft.eval.score import Options, score
+    from graft.eval.tasks import get_task
 
+    try:
+        spec = get_task(task)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
     judge = None
-    if judge_model or judge_base_url or task in ("llava_bench",) or llm_choice_fallback:
+    if judge_model or judge_base_url or spec.needs_judge or llm_choice_fallback:
         judge = JudgeConfig.from_env(
             model=judge_model,
             base_url=judge_base_url,
@@ -64,7 +74,7 @@ def score_cmd(
         )
     options = Options(judge=judge, llm_choice_fallback=llm_choice_fallback)
     try:
-        result = score(task, data, predictions, options, skip_bad=skip_bad, keep_samples=samples)
+        result = score(spec, data, predictions, options, skip_bad=skip_bad, keep_samples=samples)
     except (BadRecordError, FileNotFoundError, ValueError, KeyError) as err:
         fail(str(err))
     typer.echo(json.dumps(result, indent=None, default=str))

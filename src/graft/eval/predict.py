@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from graft.processing import (
     GraftProcessor,
     ImageLoadError,
     ImageMarkerError,
+    SampleTooLongError,
     demon_to_markers,
     has_demon_placeholders,
     load_image,
@@ -91,7 +93,7 @@ def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -
     return PromptRow(rid, text, paths, where)
 
 
-def _done_ids(out_path: Path) -> set[str | int]:
+def done_ids(out_path: Path) -> set[str | int]:
     """Ids already answered; a half-written last line (a run killed mid-write) is cut off."""
     if not out_path.exists():
         return set()
@@ -117,6 +119,38 @@ def _done_ids(out_path: Path) -> set[str | int]:
     return done
 
 
+def _answer(
+    model: Any,
+    processor: GraftProcessor,
+    batch: list[PromptRow],
+    images: list[list[Any]],
+    skip_bad: bool,
+    gen: dict[str, Any],
+) -> tuple[list[tuple[PromptRow, str]], int]:
+    """(row, answer) for every row of a batch, and how many rows were skipped as bad.
+
+    A prompt that cannot be encoded (longer than the model's context, markers that do not match
+    the images) fails its whole batch; the batch is then answered row by row so the one at fault
+    is named, and skipped and counted with ``skip_bad``.
+    """
+    convs = [[Message("user", row.text)] for row in batch]
+    try:
+        return list(zip(batch, generate_answers(model, processor, convs, images, **gen), strict=True)), 0
+    except (SampleTooLongError, ImageMarkerError) as err:
+        if len(batch) == 1:
+            if not skip_bad:
+                raise BadRecordError(f"{batch[0].where}: {err}") from None
+            logger.warning("skipping bad row: %s: %s", batch[0].where, err)
+            return [], 1
+    done: list[tuple[PromptRow, str]] = []
+    skipped = 0
+    for row, imgs in zip(batch, images, strict=True):
+        got, bad = _answer(model, processor, [row], [imgs], skip_bad, gen)
+        done += got
+        skipped += bad
+    return done, skipped
+
+
 def predict_jsonl(
     model: Any,
     processor: GraftProcessor,
@@ -127,6 +161,8 @@ def predict_jsonl(
     max_new_tokens: int = 64,
     skip_bad: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    also_done: Sequence[str | os.PathLike] = (),
     **gen: Any,
 ) -> dict[str, int]:
     """Answer every question of ``questions_path`` into ``out_path``; resumes where a run stopped.
@@ -134,6 +170,12 @@ def predict_jsonl(
     ``image_root`` defaults to the question file's folder. ``gen`` goes to ``generate_answers``
     (``do_sample``, ``temperature``, ``top_p``, ``seed``). Returns counts: ``total`` rows read,
     ``already_done``, ``written`` now, ``bad`` rows skipped.
+
+    Several processes share the work with ``shard=(rank, world_size)``: of the questions not yet
+    answered in ``out_path`` or in any ``also_done`` file, this one answers every
+    ``world_size``-th, from the ``rank``-th on. Every process must see the same finished ids (the
+    caller keeps the ``also_done`` files still while they run); bad rows of the question file are
+    counted by rank 0 only.
     """
     questions_path, out_path = Path(questions_path), Path(out_path)
     root = Path(image_root) if image_root is not None else questions_path.parent
@@ -154,12 +196,17 @@ def predict_jsonl(
         unique.append(row)
     rows = unique
 
-    done = _done_ids(out_path)
+    done = done_ids(out_path).union(*(done_ids(Path(p)) for p in also_done))
     pending = [row for row in rows if row.id not in done]
-    if done:
-        logger.info(
-            "%s: %d of %d questions already answered, resuming", out_path, len(rows) - len(pending), len(rows)
-        )
+    already_done = len(rows) - len(pending)
+    if already_done:
+        logger.info("%s: %d of %d questions already answered, resuming", out_path, already_done, len(rows))
+    if shard is not None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {shard}: rank must be in 0..world_size-1")
+        pending = pending[rank::world]
+        bad = bad if rank == 0 else 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     bar = tqdm(total=len(pending), desc=f"predict {questions_path.name}", unit="q", disable=not progress)
@@ -177,25 +224,15 @@ def predict_jsonl(
                     continue
                 batch.append(row)
             if batch:
-                convs = [[Message("user", row.text)] for row in batch]
-                answers = generate_answers(
-                    model,
-                    processor,
-                    convs,
-                    images,
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                    **gen,
-                )
-                lines = [
-                    json.dumps({"id": r.id, "prediction": a}) + "\n"
-                    for r, a in zip(batch, answers, strict=True)
-                ]
+                gen_all = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, **gen}
+                done_rows, skipped = _answer(model, processor, batch, images, skip_bad, gen_all)
+                bad += skipped
+                lines = [json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows]
                 out.write("".join(lines))
                 # flushed and synced per batch: a kill loses at most the batch in flight
                 out.flush()
                 os.fsync(out.fileno())
-                written += len(batch)
+                written += len(done_rows)
             bar.update(len(pending[start : start + batch_size]))
     bar.close()
-    return {"total": len(rows), "already_done": len(rows) - len(pending), "written": written, "bad": bad}
+    return {"total": len(rows), "already_done": already_done, "written": written, "bad": bad}

@@ -1,25 +1,40 @@
-"""``run_task``: a benchmark's real files -> batched answers -> the reference scorer.
+"""``run_task``: a task's real files -> batched answers -> its scorers; ``run_bench``: every run
+of a benchmark folder's ``bench.json``.
 
 The samples a task's reader gives are written once as a questions file; answers go through
 ``predict_jsonl``, which appends and flushes every batch and skips finished ids, so a killed
 run restarted on the same folder loses and duplicates nothing. Results carry the model's config
 hash and the package version, so a results file always says what produced it.
 
-Layout of ``out_dir/{task}/``: ``questions.jsonl``, ``predictions.jsonl``, ``results.json``.
+Under ``accelerate launch`` / ``torchrun`` the samples are split across the processes: each
+answers its share into its own file, the main process merges them, scores once and writes
+``results.json`` once (see ``graft.eval.processes``). With one process nothing of that happens.
+
+Layout of ``out_dir/{run}/`` (run = the task's name unless given): ``questions.jsonl``,
+``predictions.jsonl``, ``results.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import gather_object
+
 import graft
+from graft.eval.families import Options, check_judge
 from graft.eval.predict import predict_jsonl
-from graft.eval.readers import ReadResult
-from graft.eval.score import TASKS, Options, read_predictions, score_samples, task_name
+from graft.eval.processes import EXPECTED, from_main, merge_shards, process_state, shard_path, step
+from graft.eval.readers import IMAGE_MARKER, ReadResult
+from graft.eval.score import read_predictions, score_samples
+from graft.eval.tasks import TaskSpec, get_task
+
+logger = logging.getLogger(__name__)
+MANIFEST = "bench.json"
 
 
 def config_hash(model: Any) -> str:
@@ -34,11 +49,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _questions_file(read: ReadResult, path: Path) -> None:
+def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
     """The samples as predict_jsonl's input; rewritten only when they changed, so a resumed run
     keeps matching its predictions by id."""
     rows = [
-        {"id": str(s.id), "images": [str(Path(p).resolve()) for p in s.images], "question": s.prompt}
+        {
+            "id": str(s.id),
+            "images": [str(Path(p).resolve()) for p in s.images],
+            "question": s.prompt.replace(IMAGE_MARKER, image_token),
+        }
         for s in read.samples
     ]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -46,49 +65,201 @@ def _questions_file(read: ReadResult, path: Path) -> None:
         _write_atomic(path, text)
 
 
-def run_task(
-    model: Any,
-    processor: Any,
-    task: str,
-    data: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    limit: int | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 64,
-    skip_bad: bool = False,
-    options: Options | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Evaluate ``model`` on one benchmark task read from ``data``; returns (and writes) results."""
-    name = task_name(task)
-    read = TASKS[name][0](data, skip_bad=skip_bad)
+def _read(spec: TaskSpec, path: Path, limit: int | None, skip_bad: bool) -> ReadResult:
+    read = spec.read(path, skip_bad=skip_bad)
     if limit is not None:
         read = ReadResult(read.samples[:limit], read.bad)
     if not read.samples:
-        raise ValueError(f"{data}: task {name!r} read no samples")
-    folder = Path(out_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
-    _questions_file(read, questions)
-    stats = predict_jsonl(
-        model,
-        processor,
-        questions,
-        predictions,
-        image_root=folder,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        skip_bad=skip_bad,
-        progress=progress,
-    )
-    metrics = score_samples(name, read, read_predictions(predictions), options)
-    results = {
-        "task": name,
-        "data": str(data),
-        "metrics": metrics,
-        "prediction_counts": stats,
-        "model_config_hash": config_hash(model),
-        "graft_version": graft.__version__,
+        raise ValueError(f"{path}: task {spec.name!r} read no samples")
+    return read
+
+
+def _sum_counts(per_process: list[dict[str, int]]) -> dict[str, int]:
+    # every process saw the same questions and finished ids; each wrote (and skipped) its own share
+    first = per_process[0]
+    return {
+        "total": first["total"],
+        "already_done": first["already_done"],
+        "written": sum(c["written"] for c in per_process),
+        "bad": sum(c["bad"] for c in per_process),
     }
-    _write_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+
+
+def run_task(
+    model: Any,
+    processor: Any,
+    task: str | os.PathLike | TaskSpec,
+    data: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    skip_bad: bool = False,
+    options: Options | None = None,
+    progress: bool = True,
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on one task (a name, an alias or a task file) read from ``data``
+    (default: the task file's ``dataset_path``); returns (and writes) its results.
+
+    ``max_new_tokens`` overrides the task's ``generation_kwargs``; ``run_name`` names the folder
+    under ``out_dir`` (default: the task's name), so one task can score several data sets.
+    """
+    spec = get_task(task)
+    if spec.needs_judge:
+        check_judge(options, f"task {spec.name}")  # before hours of generation, not after
+    path = spec.data_path(data)
+    name = run_name or spec.name
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"run name {name!r} must be a plain folder name")
+    state = process_state()
+    multi = state.num_processes > 1
+
+    # the main process reads first: a reader may write beside the data (MMBench's images)
+    read = step(state, lambda: _read(spec, path, limit, skip_bad), who="main")
+    if multi:
+        theirs = step(state, lambda: _read(spec, path, limit, skip_bad), who="others")
+        read = read if state.is_main_process else theirs
+    assert read is not None
+    folder = Path(out_dir) / name
+    questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
+
+    def prepare() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        _questions_file(read, questions, processor.image_token)
+        merge_shards(predictions)  # what a killed multi-process run left in its per-process files
+
+    step(state, prepare, who="main")
+    gen = dict(spec.generation)
+    if max_new_tokens is not None:
+        gen["max_new_tokens"] = max_new_tokens
+    rank, world = state.process_index, state.num_processes
+    counts = step(
+        state,
+        lambda: predict_jsonl(
+            model,
+            processor,
+            questions,
+            shard_path(predictions, rank) if multi else predictions,
+            image_root=folder,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            progress=progress and state.is_main_process,
+            shard=(rank, world) if multi else None,
+            also_done=[predictions] if multi else (),
+            **gen,
+        ),
+    )
+    assert counts is not None
+    if multi:  # a collective: every process has finished its share past this line
+        counts = _sum_counts(gather_object([counts]))
+
+    def finish() -> dict[str, Any]:
+        merge_shards(predictions)
+        metrics = score_samples(spec, read, read_predictions(predictions), options)
+        results = {
+            "task": spec.name,
+            "run": name,
+            "family": spec.family,
+            "task_file": str(spec.file) if spec.file else None,  # None: a built-in task
+            "data": str(path),
+            "metrics": metrics,
+            "prediction_counts": counts,
+            "generation": gen,
+            "processes": world,
+            "model_config_hash": config_hash(model),
+            "graft_version": graft.__version__,
+        }
+        _write_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        return results
+
+    # scored once, by the main process (a judge is asked once); the others get its results
+    return from_main(state, step(state, finish, who="main"))
+
+
+def read_bench(bench_dir: str | os.PathLike) -> dict[str, tuple[TaskSpec, Path]]:
+    """Run name -> (task, data path) from ``bench_dir/bench.json``:
+    ``{"tasks": {"<run>": {"task": "<name or task file>", "path": "<relative to bench_dir>"}}}``
+    (the first manifest format, ``{"tasks": {"<task>": "<path>"}}``, is read too). Every task is
+    resolved now, so a bad manifest fails before anything runs."""
+    bench = Path(bench_dir)
+    manifest = bench / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: is {bench} a benchmark folder (graft world)?")
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{manifest}:{err.lineno}: not valid JSON ({err.msg})") from None
+    tasks = doc.get("tasks") if isinstance(doc, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{manifest}: 'tasks' must be a non-empty object of run name -> {{task, path}}")
+    runs: dict[str, tuple[TaskSpec, Path]] = {}
+    for run, entry in tasks.items():
+        if isinstance(entry, str):
+            task, rel = run, entry
+        elif (
+            isinstance(entry, dict)
+            and isinstance(entry.get("task"), str)
+            and isinstance(entry.get("path"), str)
+        ):
+            task, rel = entry["task"], entry["path"]
+        else:
+            raise ValueError(
+                f"{manifest}: tasks.{run}: expected {{'task': NAME, 'path': PATH}}, got {entry!r:.80}"
+            )
+        try:
+            spec = get_task(task, base=bench)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{manifest}: tasks.{run}: {err}") from None
+        runs[run] = (spec, bench / rel)
+    return runs
+
+
+def run_bench(
+    model: Any,
+    processor: Any,
+    bench_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    limit: int | None = None,
+    batch_size: int = 16,
+    skip_bad: bool = False,
+    options: Options | None = None,
+    progress: bool = True,
+    max_new_tokens: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every run of ``bench_dir/bench.json`` into ``out_dir/{run}/``; run name -> results.
+
+    A run whose task needs an LLM judge when none is configured is skipped (``{"skipped":
+    why}``); a run that fails on its data is reported (``{"error": message}``) and the others
+    go on. Rerunning resumes every run where it stopped. ``max_new_tokens`` overrides every
+    task's own setting.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for run, (spec, path) in read_bench(bench_dir).items():
+        head = {"run": run, "task": spec.name, "data": str(path)}
+        if spec.needs_judge:
+            try:
+                check_judge(options, f"task {spec.name}")
+            except ValueError as err:
+                logger.warning("%s: skipped: %s", run, err)
+                results[run] = head | {"skipped": str(err)}
+                continue
+        try:
+            results[run] = run_task(
+                model,
+                processor,
+                spec,
+                path,
+                out_dir,
+                limit=limit,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                skip_bad=skip_bad,
+                options=options,
+                progress=progress,
+                run_name=run,
+            )
+        except EXPECTED as err:
+            logger.error("%s: failed: %s", run, err)
+            results[run] = head | {"error": str(err)}
     return results

@@ -1,0 +1,179 @@
+"""Prompts of task files, and the generic ``jsonl`` reader for a user's own question files.
+
+Templates are Jinja (as in lmms-eval / lm-eval-harness: ``"{{question}}\\nAnswer yes or no."``),
+rendered in a sandbox with strict undefined variables, so a record lacking a field the template
+uses is an error naming the record's file and line. A prompt places its images with ``<image>``
+markers, or with DEMON's ``{image#k}`` placeholders (the k-th image of the record), or not at all:
+then the images go first. ``pre_prompt`` goes after the leading images, ``post_prompt`` at the end.
+
+The ``jsonl`` reader reads LLaVA-style question files (JSONL, or a JSON list) whose field names a
+task file gives: ``doc_to_id``, ``doc_to_visual``, ``doc_to_text``, ``doc_to_target``,
+``doc_to_choice``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from graft.eval.jsonl import BadRecordError
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, iter_jsonl, load_json
+from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
+
+_LEADING_IMAGES = re.compile(rf"^(?:{re.escape(IMAGE_MARKER)}\s*)*")
+_TEMPLATE_SYNTAX = ("{{", "{%")
+
+
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # a task file may come from anywhere: its templates cannot reach Python internals
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
+
+
+def is_template(text: str) -> bool:
+    return any(s in text for s in _TEMPLATE_SYNTAX)
+
+
+def compile_template(text: str) -> Any:
+    """A Jinja template; raises ``jinja2.TemplateSyntaxError`` on bad syntax (at load time)."""
+    return _env().from_string(text)
+
+
+def render(template: Any, fields: dict[str, Any], where: str, what: str) -> str:
+    import jinja2
+
+    try:
+        return template.render(**fields)
+    except jinja2.UndefinedError as err:
+        raise BadRecordError(
+            f"{where}: {what} uses a field the record lacks ({err}); its fields: {sorted(fields)}"
+        ) from None
+    except jinja2.TemplateError as err:
+        raise BadRecordError(f"{where}: {what} failed: {err}") from None
+
+
+def compose_prompt(text: str, n_images: int, pre: str, post: str, where: str) -> tuple[str, list[int]]:
+    """The user turn with one marker per image, and the order of the images in it."""
+    order = list(range(n_images))
+    if has_demon_placeholders(text):
+        try:
+            (text,), order = demon_to_markers([text], n_images, IMAGE_MARKER, where)
+        except ImageMarkerError as err:
+            raise BadRecordError(str(err)) from None
+    head = _LEADING_IMAGES.match(text).group(0)  # type: ignore[union-attr]  (matches at least "")
+    text = head + pre + text[len(head) :] + post
+    markers = text.count(IMAGE_MARKER)
+    if markers == 0 and n_images:
+        text = f"{IMAGE_MARKER}\n" * n_images + text
+    elif markers != len(order):
+        raise BadRecordError(
+            f"{where}: the prompt holds {markers} {IMAGE_MARKER} marker(s) but the record has "
+            f"{len(order)} image(s)"
+        )
+    return text, order
+
+
+@dataclass(frozen=True)
+class JsonlFields:
+    """Where a question file keeps each part of a sample (from a task file)."""
+
+    source: str  # the task file, for messages
+    text: Any  # compiled doc_to_text
+    target: str | Any  # a field name, or a compiled template
+    visual: tuple[str, ...] = ()
+    id: str | None = None  # None: "id", else "question_id"
+    choices: str | None = None
+    image_root: str | None = None
+    pre_prompt: str = ""
+    post_prompt: str = ""
+
+
+def _records(path: Path):  # noqa: ANN202 (yields (record, where))
+    if path.suffix == ".json":
+        doc = load_json(path)
+        if not isinstance(doc, list):
+            raise BadRecordError(f"{path}: expected a JSON list of records (or use a .jsonl file)")
+        for i, record in enumerate(doc):
+            if not isinstance(record, dict):
+                raise BadRecordError(f"{path}[{i}]: expected an object")
+            yield record, f"{path}[{i}]"
+    else:
+        yield from iter_jsonl(path)
+
+
+def _field(record: dict, key: str, where: str, source: str) -> Any:
+    if key not in record:
+        raise BadRecordError(
+            f"{where}: missing field {key!r} (named in {source}); its fields: {sorted(record)}"
+        )
+    return record[key]
+
+
+def _sample(record: dict, where: str, f: JsonlFields, root: Path) -> Sample:
+    id_key = f.id or ("id" if "id" in record else "question_id")
+    rid = _field(record, id_key, where, f.source if f.id else "doc_to_id's default")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise BadRecordError(f"{where}: field {id_key!r} must be a string or an integer, got {rid!r:.80}")
+    where = f"{where} (id {rid!r})"
+    images: list[Path] = []
+    for key in f.visual:
+        value = _field(record, key, where, f.source)
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRecordError(f"{where}: field {key!r} must be an image path or a list of them")
+        for name in names:
+            path = root / name
+            if not path.is_file():
+                raise BadRecordError(f"{where}: field {key!r}: image not found: {path}")
+            images.append(path)
+    text = render(f.text, record, where, f"doc_to_text of {f.source}")
+    prompt, order = compose_prompt(text, len(images), f.pre_prompt, f.post_prompt, where)
+    if isinstance(f.target, str):
+        target = _field(record, f.target, where, f.source)
+    else:
+        target = render(f.target, record, where, f"doc_to_target of {f.source}")
+    meta: dict[str, Any] = {}
+    if f.choices is not None:
+        choices = _field(record, f.choices, where, f.source)
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise BadRecordError(f"{where}: field {f.choices!r} must be a list of option strings")
+        meta["choices"] = choices
+        # an option's text as target means its letter
+        texts = [c.strip().casefold() for c in choices]
+        if isinstance(target, str) and target.strip().casefold() in texts and len(target.strip()) > 1:
+            target = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[texts.index(target.strip().casefold())]
+        elif isinstance(target, str):
+            target = target.strip().upper()
+    return Sample(rid, prompt, [images[k] for k in order], target, meta, where)
+
+
+def read_jsonl_task(
+    path: str | os.PathLike, fields: JsonlFields, skip_bad: bool = False, check: Any = None
+) -> ReadResult:
+    """Every record of a question file as a ``Sample``; ``check(sample)`` may reject one
+    (``BadRecordError``) as unscorable. Image paths are relative to ``fields.image_root``
+    (itself relative to the file's folder; default: that folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file not found: {path}")
+    root = path.parent / fields.image_root if fields.image_root else path.parent
+    out = Collector(skip_bad)
+    for record, where in _records(path):
+        try:
+            sample = _sample(record, where, fields, root)
+            if check is not None:
+                check(sample)
+        except BadRecordError as err:
+            out.fail(str(err))
+            continue
+        out.add(sample)
+    return out.result

@@ -1,0 +1,223 @@
+"""Tasks declared in YAML, in lmms-eval's spirit: a reader of records, a prompt, generation
+settings and scorers. See docs/tasks.md for the format and a worked example.
+
+The built-in tasks are the files in ``graft/eval/task_files/`` (one per benchmark family); a
+user passes the path of their own file wherever a task name goes. A file is checked whole when
+it is loaded (unknown keys, readers, metrics, bad templates or generation settings raise
+``TaskFileError`` naming the file and the key), so a run never fails half-way on its task file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graft.eval.doc_reader import JsonlFields, compose_prompt, read_jsonl_task, render
+from graft.eval.families import FAMILIES, Options, answers
+from graft.eval.jsonl import BadRecordError
+from graft.eval.readers import ReadResult, Sample
+from graft.eval.task_keys import (
+    JSONL_ONLY,
+    KEYS,
+    NAME,
+    TaskFileError,
+    get_generation,
+    get_jsonl_fields,
+    get_metrics,
+    get_prompts,
+    get_reader_kwargs,
+    get_str,
+    get_template,
+    key_error,
+)
+from graft.eval.task_metrics import METRICS, check_sample
+
+__all__ = ["TaskFileError", "TaskSpec", "builtin_tasks", "get_task", "load_task_file", "parse_task"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task, as loaded from its file."""
+
+    name: str
+    reader: str  # a family name (graft.eval.families) or "jsonl"
+    source: str  # the task file, for messages
+    metrics: tuple[str, ...]  # simple metrics (graft.eval.task_metrics)
+    family: str | None = None  # the family scorer, when the metric list names one
+    aliases: tuple[str, ...] = ()
+    dataset_path: Path | None = None
+    reader_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    text: Any = None  # compiled doc_to_text; None keeps the reader's prompt
+    pre_prompt: str = ""
+    post_prompt: str = ""
+    fields: JsonlFields | None = None  # the jsonl reader's field names
+    generation: Mapping[str, Any] = field(default_factory=dict)
+    file: Path | None = None  # the user's task file (absolute); None for a packaged one
+
+    @property
+    def needs_judge(self) -> bool:
+        return self.family is not None and FAMILIES[self.family].needs_judge
+
+    def data_path(self, data: str | os.PathLike | None) -> Path:
+        if data is not None:
+            return Path(data)
+        if self.dataset_path is None:
+            raise ValueError(f"task {self.name!r} has no dataset_path ({self.source}): give the data path")
+        return self.dataset_path
+
+    def read(self, data: str | os.PathLike | None = None, skip_bad: bool = False) -> ReadResult:
+        """The task's samples with their final prompts; bad records raise ``BadRecordError``, or
+        with ``skip_bad`` are counted in ``ReadResult.bad``."""
+        path = self.data_path(data)
+        if self.fields is not None:
+            return read_jsonl_task(path, self.fields, skip_bad, lambda s: check_sample(list(self.metrics), s))
+        read = FAMILIES[self.reader].read(path, skip_bad=skip_bad, **self.reader_kwargs)
+        reprompt = self.text is not None or self.pre_prompt or self.post_prompt
+        if not reprompt and not self.metrics:
+            return read
+        out = ReadResult([], list(read.bad))
+        for s in read.samples:
+            try:
+                if reprompt:
+                    s = self._reprompt(s)
+                check_sample(list(self.metrics), s)
+            except BadRecordError as err:
+                if not skip_bad:
+                    raise
+                out.bad.append(str(err))
+                continue
+            out.samples.append(s)
+        return out
+
+    def _reprompt(self, s: Sample) -> Sample:
+        text = s.prompt
+        if self.text is not None:
+            fields = {**s.meta, "prompt": s.prompt, "id": s.id}
+            text = render(self.text, fields, s.where, f"doc_to_text of {self.source}")
+        prompt, order = compose_prompt(text, len(s.images), self.pre_prompt, self.post_prompt, s.where)
+        return Sample(s.id, prompt, [s.images[k] for k in order], s.target, s.meta, s.where)
+
+    def score(
+        self, data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict
+    ) -> dict[str, Any]:
+        """Metrics of ``preds`` (id as a string -> answer) on samples this task read."""
+        if self.family is not None:
+            out = FAMILIES[self.family].score(data, preds, opts, counts)
+            got = {str(s.id): preds.get(str(s.id)) for s in data.samples}
+        else:
+            out, got = {}, answers(data.samples, preds, counts)
+        for name in self.metrics:
+            out[name] = METRICS[name].score(data.samples, got, opts)
+        return out
+
+
+# --- loading ----------------------------------------------------------------------------------------
+def parse_task(raw: Any, source: str, folder: Path | None = None) -> TaskSpec:
+    """A task from a YAML document's contents; ``folder`` resolves a relative ``dataset_path``."""
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{source}: expected a mapping of task keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise key_error(source, unknown[0], f"unknown key; known keys: {sorted(KEYS)}")
+    name = get_str(raw, "task", source)
+    if not name or not NAME.match(name):
+        raise key_error(
+            source, "task", "needs a name of letters, digits, '_', '-' or '.' (it names the run folder)"
+        )
+    reader = get_str(raw, "reader", source)
+    if reader not in (*FAMILIES, "jsonl"):
+        raise key_error(source, "reader", f"unknown reader {reader!r}; one of {sorted([*FAMILIES, 'jsonl'])}")
+    if reader != "jsonl":
+        for key in JSONL_ONLY:
+            if key in raw:
+                raise key_error(source, key, f"only for reader: jsonl (reader {reader} finds its own fields)")
+    aliases = raw.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise key_error(source, "aliases", "must be a list of names")
+    dataset = get_str(raw, "dataset_path", source)
+    dataset_path = None
+    if dataset is not None:
+        dataset_path = Path(dataset).expanduser()
+        if not dataset_path.is_absolute() and folder is not None:
+            dataset_path = folder / dataset_path
+    family, metrics = get_metrics(raw, reader, source)
+    text = get_template(raw, "doc_to_text", source)
+    pre, post = get_prompts(raw, source)
+    return TaskSpec(
+        name=name,
+        reader=reader,
+        source=source,
+        metrics=metrics,
+        family=family,
+        aliases=tuple(aliases),
+        dataset_path=dataset_path,
+        reader_kwargs=get_reader_kwargs(raw, reader, source),
+        text=text if reader != "jsonl" else None,
+        pre_prompt=pre if reader != "jsonl" else "",
+        post_prompt=post if reader != "jsonl" else "",
+        fields=get_jsonl_fields(raw, source, text, pre, post) if reader == "jsonl" else None,
+        generation=get_generation(raw, source),
+    )
+
+
+def _yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise TaskFileError(f"{source}: not valid YAML ({err})") from None
+
+
+def load_task_file(path: str | os.PathLike) -> TaskSpec:
+    """A user's task file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"task file not found: {path}")
+    spec = parse_task(_yaml(path.read_text(encoding="utf-8"), str(path)), str(path), path.parent.resolve())
+    return replace(spec, file=path.resolve())
+
+
+@lru_cache(maxsize=1)
+def builtin_tasks() -> tuple[dict[str, TaskSpec], dict[str, str]]:
+    """The packaged task files: name -> task, and alias -> name."""
+    tasks: dict[str, TaskSpec] = {}
+    aliases: dict[str, str] = {}
+    folder = resources.files("graft.eval") / "task_files"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith((".yaml", ".yml")):
+            continue
+        source = f"graft/eval/task_files/{entry.name}"
+        spec = parse_task(_yaml(entry.read_text(encoding="utf-8"), source), source)
+        for name in (spec.name, *spec.aliases):
+            if name in tasks or name in aliases:
+                raise TaskFileError(f"{source}: task name or alias {name!r} is used twice")
+        tasks[spec.name] = spec
+        aliases.update({a: spec.name for a in spec.aliases})
+    return tasks, aliases
+
+
+def is_task_file(task: str) -> bool:
+    return task.endswith((".yaml", ".yml"))
+
+
+def get_task(task: str | os.PathLike | TaskSpec, base: str | os.PathLike | None = None) -> TaskSpec:
+    """A built-in task by name or alias, or a task file by path (relative to ``base`` if given)."""
+    if isinstance(task, TaskSpec):
+        return task
+    if isinstance(task, os.PathLike) or is_task_file(task):
+        path = Path(task).expanduser()
+        return load_task_file(Path(base) / path if base is not None and not path.is_absolute() else path)
+    tasks, aliases = builtin_tasks()
+    name = aliases.get(task, task)
+    if name not in tasks:
+        raise ValueError(
+            f"unknown task {task!r}; known: {sorted(tasks)} (aliases {sorted(aliases)}), "
+            "or a task file (.yaml)"
+        )
+    return tasks[name]
