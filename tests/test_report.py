@@ -116,3 +116,20 @@ def test_cli_report(tmp_path):
     assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "report.md").exists()
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")])
     assert bad.exit_code == 2
+
+
+def test_two_runs_of_one_family_and_a_user_task_each_get_a_column(tmp_path):
+    run = _tiny_pope_run(tmp_path, {})
+    pope = json.loads((run / "pope" / "results.json").read_text())
+    (run / "binary").mkdir()
+    (run / "binary" / "results.json").write_text(
+        json.dumps(pope | {"run": "binary", "family": "pope", "metrics": {"random": {"f1": 0.4}}})
+    )
+    (run / "mine").mkdir()
+    user = {"run": "mine", "task": "mine", "family": None, "metrics": {"exact_match": 0.25, "rouge_l": 30.0}}
+    (run / "mine" / "results.json").write_text(json.dumps(user))
+    report = load_run(run)
+    assert report.tasks["pope"].headline == 0.8 and report.tasks["binary"].headline == 0.4
+    assert report.tasks["binary"].kind == "pope" and report.tasks["mine"].headline == 0.25
+    md = build_report([run], tmp_path / "out")[0].read_text()
+    assert "binary (mean F1)" in md and "mine (score)" in md

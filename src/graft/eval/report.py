@@ -63,11 +63,14 @@ class Failure:
 
 @dataclass
 class TaskReport:
+    #: the run's name for it (two runs may share a family: POPE scores both ``pope`` and ``binary``)
     family: str
     headline: float | None
     categories: dict[str, float] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     note: str = ""
+    #: the scoring family, which fixes what the headline means (default: ``family``)
+    kind: str = ""
 
 
 @dataclass
@@ -102,24 +105,29 @@ def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float |
     if task == "llava_bench":
         skip = {"all", "details", "counts", "samples"}
         return metrics.get("all"), {k: v for k, v in metrics.items() if k not in skip and _num(v)}
-    raise ValueError(f"no headline defined for task {task!r}")
+    # a user task scored by simple metrics: the first one heads, the rest are its categories
+    numbers = {k: v for k, v in metrics.items() if _num(v)}
+    return (next(iter(numbers.values())) if numbers else None), dict(list(numbers.items())[1:])
 
 
 def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:
     """Up to ``limit`` wrong samples, or none and a note saying why."""
     from graft.eval.metrics.mme import parse_answer as mme_answer
     from graft.eval.metrics.pope import parse_answer as pope_answer
-    from graft.eval.score import TASKS, read_predictions, score_samples
+    from graft.eval.score import read_predictions, score_samples
+    from graft.eval.tasks import get_task
 
     if task not in ("pope", "mme", "scienceqa_img", "mmbench"):
         return [], "no per-sample right/wrong for this family"
     data, preds_path = results.get("data"), folder / "predictions.jsonl"
     if not data or not Path(data).exists() or not preds_path.exists():
         return [], f"benchmark data {data!r} or {preds_path.name} not found; failures not listed"
-    read = TASKS[task][0](data, skip_bad=True)
+    # re-read through the run's own task (a user task file may prompt differently)
+    spec = get_task(results.get("task_file") or results.get("task", task))
+    read = spec.read(data, skip_bad=True)
     preds = read_predictions(preds_path)
     if task in ("scienceqa_img", "mmbench"):
-        verdicts = score_samples(task, read, preds, keep_samples=True)["samples"]
+        verdicts = score_samples(spec, read, preds, keep_samples=True)["samples"]
         wrong = {str(v["id"]) for v in verdicts if not v["correct"]}
     else:
         parse = pope_answer if task == "pope" else mme_answer
@@ -145,10 +153,11 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
     if path.is_dir():
         for results_path in sorted(path.glob("*/results.json")):
             results = json.loads(results_path.read_text(encoding="utf-8"))
-            task = results.get("task", results_path.parent.name)
-            head, cats = headline_and_categories(task, results.get("metrics", {}))
-            failures, note = _failures(task, results, results_path.parent, max_failures)
-            run.tasks[task] = TaskReport(task, head, cats, failures, note)
+            name = results.get("run", results.get("task", results_path.parent.name))
+            family = results.get("family") or results.get("task", name)
+            head, cats = headline_and_categories(family, results.get("metrics", {}))
+            failures, note = _failures(family, results, results_path.parent, max_failures)
+            run.tasks[name] = TaskReport(name, head, cats, failures, note, kind=family)
             run.config_hash = run.config_hash or results.get("model_config_hash", "")
             run.version = run.version or results.get("graft_version", "")
     if not run.tasks:
@@ -184,13 +193,18 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def _column(family: str) -> str:
-    return f"{family} ({HEADLINES.get(family, 'score')})"
+def _column(family: str, runs: list[RunReport]) -> str:
+    kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
+    return f"{family} ({HEADLINES.get(kind, 'score')})"
 
 
 def render_markdown(runs: list[RunReport]) -> str:
     families = _families(runs)
-    lines = ["# graft evaluation report", "", "| model | " + " | ".join(map(_column, families)) + " |"]
+    lines = [
+        "# graft evaluation report",
+        "",
+        "| model | " + " | ".join(_column(f, runs) for f in families) + " |",
+    ]
     lines.append("|---" * (len(families) + 1) + "|")
     for run in runs:
         cells = [_fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
@@ -286,7 +300,7 @@ def render_html(runs: list[RunReport]) -> str:
         ".fail{border-top:1px solid #eee;padding:6px 0}.fail img{margin-right:6px}</style></head><body>",
         "<h1>graft evaluation report</h1><table><tr><th>model</th>",
     ]
-    parts += [f"<th>{escape(_column(f))}</th>" for f in families] + ["</tr>"]
+    parts += [f"<th>{escape(_column(f, runs))}</th>" for f in families] + ["</tr>"]
     for run in runs:
         cells = "".join(
             f"<td>{_fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families
