@@ -10,16 +10,24 @@ from graft.cli import app
 
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     args = ["-q", "demo", "--out", str(tmp_path), "--images", "60", "--vision-steps", "2", "--llm-steps", "2"]
+    args += ["--bench-limit", "4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("binary/accuracy", "mcq/accuracy", "binary/accuracy_blind", "mcq/accuracy_blind"):
         assert 0.0 <= summary[key] <= 1.0
     assert any(k.startswith("qtype/binary_") for k in summary)
-    steps = ("world", "backbones", "compose", "stage1", "stage2", "eval")
+    steps = ("world", "backbones", "compose", "stage1", "stage2", "eval", "bench")
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
     assert (tmp_path / "report" / "report.html").exists()
+    # every run of the world's benchmark suite was answered, scored and reported
+    bench = json.loads((tmp_path / "world" / "bench" / "bench.json").read_text())["tasks"]
+    answered = {p.parent.name for p in tmp_path.glob("*/results.json")}
+    skipped = set(json.loads((tmp_path / "bench.json").read_text())["skipped"])
+    assert answered | skipped == set(bench) and skipped <= {"llava_bench"}
+    header = (tmp_path / "report" / "report.md").read_text().splitlines()[2]
+    assert all(f"| {run} (" in header or f" {run} (" in header for run in answered)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert all(f"[{s}] reused" in again.output for s in steps)

@@ -52,7 +52,16 @@ def run_ablation(
     world, backbones = demo / "world", demo / "backbones"
     base_dir = out / "qformer"
     base_summary = run_demo(
-        base_dir, images, seed, "qformer", None, eval_limit, pretrain_steps, world=world, backbones=backbones
+        base_dir,
+        images,
+        seed,
+        "qformer",
+        None,
+        eval_limit,
+        pretrain_steps,
+        world=world,
+        backbones=backbones,
+        bench=False,
     )
     base = base_dir / "stage2"
     clock = StepClock(out / "steps.json")

@@ -20,7 +20,6 @@ import typer
 
 from graft.cli.app import app, fail
 
-STEPS = ("world", "backbones", "compose", "stage1", "stage2", "eval")
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
 #: tokens as the MLP demo's 2x2-pooled 8x8 grid)
 SHAPES_QFORMER: dict[str, Any] = {
@@ -91,9 +90,13 @@ def run_demo(
     pretrain_steps: dict[str, int | None] | None = None,
     world: Path | None = None,
     backbones: Path | None = None,
+    bench_limit: int | None = 200,
+    bench: bool = True,
 ) -> dict[str, float]:
     """The demo in ``out``; ``world`` and ``backbones`` default to folders inside it (give another
-    run's to share them: the ablation does)."""
+    run's to share them: the ablation does). With ``bench`` the model also answers every task of
+    the world's benchmark suite (``graft eval --bench``; ``bench_limit`` samples per run), into
+    ``out/{run}/``, and the report shows them beside the demo's own numbers."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
@@ -149,6 +152,20 @@ def run_demo(
         write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
+
+    def do_bench() -> None:
+        from graft.cli.inference import load_for_inference
+        from graft.eval.runner import run_bench
+
+        results = run_bench(*load_for_inference(stage2), world / "bench", out, limit=bench_limit)
+        failed = {run: r["error"] for run, r in results.items() if "error" in r}
+        if failed:
+            raise RuntimeError(f"benchmark runs failed: {failed}")
+        skipped = {run: r["skipped"] for run, r in results.items() if "skipped" in r}
+        write_atomic(out / "bench.json", json.dumps({"runs": sorted(results), "skipped": skipped}, indent=2))
+
+    if bench:
+        clock.run("bench", lambda: (out / "bench.json").exists(), do_bench)
     summary = json.loads((out / "metrics.json").read_text())
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
@@ -156,7 +173,7 @@ def run_demo(
     write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
     from graft.eval.report import build_report
 
-    build_report([summary_path], out / "report")
+    build_report([out], out / "report")  # the demo's numbers and every benchmark run's
     return summary
 
 
@@ -212,6 +229,9 @@ def demo_cmd(
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N questions per file.")] = None,
     vision_steps: Annotated[int | None, typer.Option(help="CLIP pretraining steps (default 600).")] = None,
     llm_steps: Annotated[int | None, typer.Option(help="Llama pretraining steps (default 1800).")] = None,
+    bench_limit: Annotated[
+        int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
+    ] = 200,
 ) -> None:
     """World, tiny backbones, stage 1, stage 2, held-out evaluation; prints the results table."""
     steps = {"vision_steps": vision_steps, "llm_steps": llm_steps}
@@ -219,6 +239,6 @@ def demo_cmd(
         connector_spec(connector, reduction)
     except ValueError as err:
         fail(str(err))
-    summary = run_demo(out, images, seed, connector, reduction, eval_limit, steps)
+    summary = run_demo(out, images, seed, connector, reduction, eval_limit, steps, bench_limit=bench_limit)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")
