@@ -7,7 +7,6 @@ import socket
 
 import pytest
 import torch
-from PIL import Image
 
 import graft.eval.predict as predict_mod
 from graft.eval import BadRecordError
@@ -16,7 +15,7 @@ from graft.eval.runner import run_task
 from graft.eval.score import Options
 
 from judge_server import JudgeServer
-from tiny import tiny_model_and_processor
+from tiny import tiny_model_and_processor, write_image, write_jsonl
 
 torch.set_num_threads(1)
 
@@ -24,17 +23,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_model_and_processor()
-
-
-def _img(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
-
-
-def _jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
@@ -52,10 +40,10 @@ def answers(monkeypatch):
 
 def test_missing_image_in_a_task_file(tiny, tmp_path, answers):
     model, processor = tiny
-    _img(tmp_path / "images" / "a.png")
+    write_image(tmp_path / "images" / "a.png")
     rows = [{"question_id": i, "image": "a.png", "text": f"Q{i}?", "label": "yes"} for i in range(3)]
     rows[1]["image"] = "gone.png"
-    data = _jsonl(tmp_path / "coco_pope_random.json", rows)
+    data = write_jsonl(tmp_path / "coco_pope_random.json", rows)
     with pytest.raises(BadRecordError, match=rf"{data}:2: image not found: .*gone.png"):
         run_task(model, processor, "pope", data, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "pope" / "predictions.jsonl").exists()  # found before generating
@@ -68,9 +56,9 @@ def test_an_image_gone_after_reading_is_counted(tiny, tmp_path, answers, monkeyp
     """An image deleted between reading and answering: skipped, counted, the rest answered."""
     model, processor = tiny
     for i in range(3):
-        _img(tmp_path / "images" / f"{i}.png")
+        write_image(tmp_path / "images" / f"{i}.png")
     rows = [{"question_id": i, "image": f"{i}.png", "text": "Q?", "label": "no"} for i in range(3)]
-    data = _jsonl(tmp_path / "coco_pope_random.json", rows)
+    data = write_jsonl(tmp_path / "coco_pope_random.json", rows)
     real = predict_mod.load_image
     monkeypatch.setattr(
         predict_mod, "load_image", lambda p: real(tmp_path / "gone.png" if str(p).endswith("1.png") else p)
@@ -83,8 +71,8 @@ def test_an_image_gone_after_reading_is_counted(tiny, tmp_path, answers, monkeyp
 def test_demon_placeholder_without_a_file(tiny, tmp_path, answers):
     model, processor = tiny
     core = tmp_path / "demon" / "Spot-the-Diff" / "core"
-    _img(core / "images" / "0.jpg")
-    _img(core / "images" / "1.jpg")
+    write_image(core / "images" / "0.jpg")
+    write_image(core / "images" / "1.jpg")
 
     def sample(i, context):
         instance = {"context": context, "images_path": ["0.jpg", "1.jpg"]}
@@ -105,9 +93,9 @@ def test_demon_placeholder_without_a_file(tiny, tmp_path, answers):
 
 def test_empty_predictions_are_counted_and_scored_by_the_family_rule(tiny, tmp_path, answers):
     model, processor = tiny
-    _img(tmp_path / "images" / "a.png")
+    write_image(tmp_path / "images" / "a.png")
     rows = [{"question_id": i, "image": "a.png", "text": f"Question {i}?", "label": "no"} for i in range(4)]
-    data = _jsonl(tmp_path / "coco_pope_random.json", rows)
+    data = write_jsonl(tmp_path / "coco_pope_random.json", rows)
     answers["Question 2"] = ""
     answers["Question"] = "No."
     res = run_task(model, processor, "pope", data, tmp_path / "out", progress=False)
@@ -118,14 +106,16 @@ def test_empty_predictions_are_counted_and_scored_by_the_family_rule(tiny, tmp_p
 
 
 def _llava_bench(root):
-    _img(root / "images" / "001.jpg")
+    write_image(root / "images" / "001.jpg")
     cats = ["conv", "detail", "complex"]
-    _jsonl(
+    write_jsonl(
         root / "questions.jsonl",
         [{"question_id": i, "image": "001.jpg", "text": f"Q{i}?", "category": c} for i, c in enumerate(cats)],
     )
-    _jsonl(root / "context.jsonl", [{"image": "001.jpg", "caption": "A green square."}])
-    _jsonl(root / "answers_gpt4.jsonl", [{"question_id": i, "text": "A green square."} for i in range(3)])
+    write_jsonl(root / "context.jsonl", [{"image": "001.jpg", "caption": "A green square."}])
+    write_jsonl(
+        root / "answers_gpt4.jsonl", [{"question_id": i, "text": "A green square."} for i in range(3)]
+    )
     return root
 
 

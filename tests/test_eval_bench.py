@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import graft.eval.metrics.caption as caption_mod
@@ -16,38 +15,30 @@ from graft.cli import app
 from graft.eval.runner import read_bench, run_bench, run_task
 from graft.eval.score import Options
 
-from tiny import save_tiny_backbones, tiny_model_and_processor
+from tiny import save_tiny_backbones, tiny_model_and_processor, write_image, write_jsonl
 
 torch.set_num_threads(1)
 
 
-def _img(path, color=(10, 200, 10)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).save(path)
-
-
-def _jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _bench(root):
     """A benchmark folder by hand, in the manifest format graft world writes."""
-    _img(root / "pope" / "images" / "a.png")
+    write_image(root / "pope" / "images" / "a.png")
     q = {"image": "a.png", "text": "Is there a green square?"}
-    _jsonl(root / "pope" / "coco_pope_random.json", [q | {"question_id": i, "label": "yes"} for i in (1, 2)])
-    _img(root / "binary" / "images" / "a.png")
-    _jsonl(
+    write_jsonl(
+        root / "pope" / "coco_pope_random.json", [q | {"question_id": i, "label": "yes"} for i in (1, 2)]
+    )
+    write_image(root / "binary" / "images" / "a.png")
+    write_jsonl(
         root / "binary" / "shapes_binary_test.jsonl",
         [q | {"question_id": i, "label": "no", "category": c} for i, c in [(1, "color"), (2, "count")]],
     )
-    _img(root / "coco" / "images" / "1.png")
+    write_image(root / "coco" / "images" / "1.png")
     ann = {
         "images": [{"id": 1, "file_name": "1.png"}],
         "annotations": [{"id": 1, "image_id": 1, "caption": "A green square."}],
     }
     (root / "coco" / "captions_test.json").write_text(json.dumps(ann))
-    _jsonl(
+    write_jsonl(
         root / "qa" / "qa.jsonl", [{"id": "x", "image": "../pope/images/a.png", "q": "Colour?", "a": "yes"}]
     )
     (root / "qa.yaml").write_text(

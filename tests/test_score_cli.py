@@ -11,17 +11,7 @@ from graft.cli import app
 from graft.eval.score import score
 
 from judge_server import JudgeServer
-
-
-def _img(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
-
-
-def _jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tiny import write_image, write_jsonl
 
 
 def _run(*args):
@@ -30,14 +20,14 @@ def _run(*args):
 
 
 def test_pope(tmp_path):
-    _img(tmp_path / "pope" / "images" / "a.jpg")
+    write_image(tmp_path / "pope" / "images" / "a.jpg")
     q = {"image": "a.jpg", "text": "Is there a dog in the image?"}
-    _jsonl(
+    write_jsonl(
         tmp_path / "pope" / "coco_pope_random.json",
         [q | {"question_id": i, "label": lab} for i, lab in [(1, "yes"), (2, "no")]],
     )
-    _jsonl(tmp_path / "pope" / "coco_pope_popular.json", [q | {"question_id": 1, "label": "no"}])
-    preds = _jsonl(
+    write_jsonl(tmp_path / "pope" / "coco_pope_popular.json", [q | {"question_id": 1, "label": "no"}])
+    preds = write_jsonl(
         tmp_path / "preds.jsonl",
         [{"id": "random/1", "prediction": "Yes."}, {"id": "random/2", "prediction": "No, there is not."}],
     )
@@ -53,11 +43,11 @@ def test_pope(tmp_path):
 def test_mme_from_answers_and_from_result_files(tmp_path):
     data = tmp_path / "MME"
     for sub, stem in [("existence", "1"), ("code_reasoning", "2")]:
-        _img(data / sub / f"{stem}.png")
+        write_image(data / sub / f"{stem}.png")
         (data / sub / f"{stem}.txt").write_text(
             "Q one? Please answer yes or no.\tYes\nQ two? Please answer yes or no.\tNo\n"
         )
-    preds = _jsonl(
+    preds = write_jsonl(
         tmp_path / "preds.jsonl",
         [
             {"id": "existence/1.png/0", "prediction": "Yes"},
@@ -88,7 +78,7 @@ def test_demon_per_task_and_category(tmp_path):
         ("NLVR2", "multi-choice", "true", {"choice_list": ["true", "false"]}),
     ]:
         core = root / task / "core"
-        _img(core / "images" / "0.jpg")
+        write_image(core / "images" / "0.jpg")
         sample = {
             "sample_id": 0,
             "task_instruction_id": 0,
@@ -97,7 +87,7 @@ def test_demon_per_task_and_category(tmp_path):
         }
         meta = {"task_instruction": ["Answer. "], "question_type": qtype}
         (core / "core.json").write_text(json.dumps({"metadata": meta, "data": [sample]}))
-    preds = _jsonl(
+    preds = write_jsonl(
         tmp_path / "p.jsonl",
         [
             {"id": "Spot-the-Diff/0", "prediction": "The car moved."},
@@ -118,7 +108,7 @@ def test_demon_per_task_and_category(tmp_path):
 def test_captions_without_java_are_marked(tmp_path, monkeypatch):
     monkeypatch.setattr(caption_mod, "java_available", lambda: False)
     for i in (1, 2):
-        _img(tmp_path / "images" / f"{i}.jpg")
+        write_image(tmp_path / "images" / f"{i}.jpg")
     ann = {
         "images": [{"id": 1, "file_name": "1.jpg"}, {"id": 2, "file_name": "2.jpg"}],
         "annotations": [
@@ -127,7 +117,7 @@ def test_captions_without_java_are_marked(tmp_path, monkeypatch):
         ],
     }
     (tmp_path / "captions.json").write_text(json.dumps(ann))
-    preds = _jsonl(
+    preds = write_jsonl(
         tmp_path / "p.jsonl", [{"id": 1, "prediction": "a green square"}, {"id": 2, "prediction": "a box"}]
     )
     result, out = _run("--task", "coco_caption", "--data", tmp_path / "captions.json", "--predictions", preds)
@@ -139,17 +129,19 @@ def test_captions_without_java_are_marked(tmp_path, monkeypatch):
 
 def test_llava_bench_with_a_local_judge(tmp_path):
     bench = tmp_path / "bench"
-    _img(bench / "images" / "001.jpg")
-    _jsonl(
+    write_image(bench / "images" / "001.jpg")
+    write_jsonl(
         bench / "questions.jsonl",
         [
             {"question_id": i, "image": "001.jpg", "text": f"Q{i}?", "category": c}
             for i, c in enumerate(["conv", "complex"])
         ],
     )
-    _jsonl(bench / "context.jsonl", [{"image": "001.jpg", "caption": "A green square."}])
-    _jsonl(bench / "answers_gpt4.jsonl", [{"question_id": i, "text": "A green square."} for i in range(2)])
-    preds = _jsonl(
+    write_jsonl(bench / "context.jsonl", [{"image": "001.jpg", "caption": "A green square."}])
+    write_jsonl(
+        bench / "answers_gpt4.jsonl", [{"question_id": i, "text": "A green square."} for i in range(2)]
+    )
+    preds = write_jsonl(
         tmp_path / "p.jsonl",
         [{"question_id": 0, "text": "score=6 green"}, {"question_id": 1, "text": "GARBAGE"}],
     )
@@ -179,12 +171,12 @@ def test_mmbench_circular_in_process(tmp_path):
 
 
 def test_bad_predictions_fail_cleanly(tmp_path):
-    _img(tmp_path / "pope" / "a.jpg")
-    _jsonl(
+    write_image(tmp_path / "pope" / "a.jpg")
+    write_jsonl(
         tmp_path / "pope" / "coco_pope_random.json",
         [{"question_id": 1, "image": "a.jpg", "text": "Q?", "label": "yes"}],
     )
-    preds = _jsonl(
+    preds = write_jsonl(
         tmp_path / "p.jsonl",
         [{"id": "random/1", "prediction": "yes"}, {"id": "random/1", "prediction": "no"}],
     )

@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 import graft.eval.metrics.caption as caption_mod
@@ -15,18 +14,9 @@ from graft.eval import BadRecordError
 from graft.eval.score import ALIASES, TASKS, score
 from graft.eval.tasks import TaskFileError, builtin_tasks, get_task, load_task_file
 
+from tiny import write_image, write_jsonl
+
 torch.set_num_threads(1)
-
-
-def _img(path, color=(10, 200, 10)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).save(path)
-
-
-def _jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def _yaml(path, text):
@@ -53,8 +43,8 @@ QA = """\
 
 def _qa(tmp_path):
     for i in range(3):
-        _img(tmp_path / "data" / "img" / f"{i}.png")
-    _jsonl(
+        write_image(tmp_path / "data" / "img" / f"{i}.png")
+    write_jsonl(
         tmp_path / "data" / "qa.jsonl",
         [
             {"qid": "a", "img": "img/0.png", "q": "What is it?", "ans": "red circle"},
@@ -103,15 +93,15 @@ def test_user_task_file_reads_prompts_and_scores(tmp_path):
 
 def test_score_cli_with_a_task_file(tmp_path, monkeypatch):
     monkeypatch.setattr(caption_mod, "java_available", lambda: False)
-    _img(tmp_path / "a.png")
-    _img(tmp_path / "b.png", (200, 10, 10))
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png", (200, 10, 10))
     common = {"text": "Green?", "options": ["green", "red"]}
     rows = [
         common | {"id": 1, "image": "a.png", "label": "yes", "cap": "a green square"},
         common | {"id": 2, "image": "b.png", "label": "no", "cap": "a red square"},
     ]
-    _jsonl(tmp_path / "q.jsonl", rows)
-    preds = _jsonl(
+    write_jsonl(tmp_path / "q.jsonl", rows)
+    preds = write_jsonl(
         tmp_path / "p.jsonl",
         [{"id": 1, "prediction": "Yes, it is."}, {"id": 2, "prediction": "a red square"}],
     )
@@ -168,8 +158,8 @@ def test_score_cli_with_a_task_file(tmp_path, monkeypatch):
 
 
 def test_builtin_reader_with_prompt_changes(tmp_path):
-    _img(tmp_path / "pope" / "images" / "a.jpg")
-    _jsonl(
+    write_image(tmp_path / "pope" / "images" / "a.jpg")
+    write_jsonl(
         tmp_path / "pope" / "coco_pope_random.json",
         [{"question_id": 1, "image": "a.jpg", "text": "Is there a dog?", "label": "yes"}],
     )
@@ -203,9 +193,9 @@ def test_builtin_reader_with_prompt_changes(tmp_path):
 
 
 def test_demon_placeholders_in_a_user_template(tmp_path):
-    _img(tmp_path / "0.png")
-    _img(tmp_path / "1.png", (1, 2, 3))
-    _jsonl(tmp_path / "d.jsonl", [{"id": "x", "pics": ["0.png", "1.png"], "ans": "the second is dark"}])
+    write_image(tmp_path / "0.png")
+    write_image(tmp_path / "1.png", (1, 2, 3))
+    write_jsonl(tmp_path / "d.jsonl", [{"id": "x", "pics": ["0.png", "1.png"], "ans": "the second is dark"}])
     _yaml(
         tmp_path / "d.yaml",
         """\
@@ -290,7 +280,7 @@ def test_bad_records_name_the_data_file_and_line(tmp_path):
     assert "'q' is undefined" in read.bad[1]
     assert read.bad[2].startswith(f"{data}:6: missing field 'qid' (named in {tmp_path / 'qa.yaml'})")
     # a target the metric cannot score is found when reading, before any generation
-    _jsonl(tmp_path / "yn.jsonl", [{"id": 1, "text": "?", "label": "maybe"}])
+    write_jsonl(tmp_path / "yn.jsonl", [{"id": 1, "text": "?", "label": "maybe"}])
     path = _yaml(
         tmp_path / "yn.yaml",
         "task: yn\nreader: jsonl\ndoc_to_text: '{{text}}'\ndoc_to_target: label\nmetric_list: [yes_no]\n",

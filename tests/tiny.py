@@ -183,3 +183,17 @@ def tiny_recipe(world: dict[str, str], out: Path, **overrides) -> dict:
             node = node.setdefault(part, {})
         node[last] = value
     return raw
+
+
+def write_image(path: Path, color: tuple[int, int, int] = (10, 200, 10)) -> Path:
+    """A small solid image at ``path`` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), color).save(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """One row per line: dicts as JSON, strings as they are (to write broken lines on purpose)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path

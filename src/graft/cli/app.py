@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,17 @@ def _setup(
     hf_logging.set_verbosity_error() if not verbose else hf_logging.set_verbosity_info()
     if quiet or not verbose:
         hf_logging.disable_progress_bar()
+
+
+# the LLM judge's options, shared by the verbs that may score with a judge (eval, score)
+JudgeModel = Annotated[str | None, typer.Option(help="Judge model name (env GRAFT_JUDGE_MODEL).")]
+JudgeBaseUrl = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible base URL (env GRAFT_JUDGE_BASE_URL / OPENAI_BASE_URL).")
+]
+JudgeApiKey = Annotated[str | None, typer.Option(help="API key (env GRAFT_JUDGE_API_KEY / OPENAI_API_KEY).")]
+JudgeCache = Annotated[
+    Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
+]
 
 
 def fail(message: str) -> None:

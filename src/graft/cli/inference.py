@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import app, fail
+from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
 
 
 def load_for_inference(model_dir: Path, bf16: bool = False):  # noqa: ANN201 (model, processor)
@@ -155,17 +155,10 @@ def eval_cmd(
     ] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip (and count) bad records instead of stopping.")] = False,
     bf16: Annotated[bool, typer.Option(help="Run in bfloat16.")] = False,
-    judge_model: Annotated[str | None, typer.Option(help="Judge model name (env GRAFT_JUDGE_MODEL).")] = None,
-    judge_base_url: Annotated[
-        str | None,
-        typer.Option(help="OpenAI-compatible base URL (env GRAFT_JUDGE_BASE_URL / OPENAI_BASE_URL)."),
-    ] = None,
-    judge_api_key: Annotated[
-        str | None, typer.Option(help="API key (env GRAFT_JUDGE_API_KEY / OPENAI_API_KEY).")
-    ] = None,
-    judge_cache: Annotated[
-        Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
-    ] = None,
+    judge_model: JudgeModel = None,
+    judge_base_url: JudgeBaseUrl = None,
+    judge_api_key: JudgeApiKey = None,
+    judge_cache: JudgeCache = None,
 ) -> None:
     """Answer benchmark tasks in batches and score them exactly; a rerun resumes where it stopped.
 

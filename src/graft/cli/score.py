@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import app, fail
+from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
 
 
 @app.command("score")
@@ -35,19 +35,12 @@ def score_cmd(
         bool, typer.Option(help="Skip malformed records (counted) instead of failing.")
     ] = False,
     samples: Annotated[bool, typer.Option(help="Include per-sample results in the output.")] = False,
-    judge_model: Annotated[str | None, typer.Option(help="Judge model name (env GRAFT_JUDGE_MODEL).")] = None,
-    judge_base_url: Annotated[
-        str | None,
-        typer.Option(help="OpenAI-compatible base URL (env GRAFT_JUDGE_BASE_URL / OPENAI_BASE_URL)."),
-    ] = None,
-    judge_api_key: Annotated[
-        str | None, typer.Option(help="API key (env GRAFT_JUDGE_API_KEY / OPENAI_API_KEY).")
-    ] = None,
+    judge_model: JudgeModel = None,
+    judge_base_url: JudgeBaseUrl = None,
+    judge_api_key: JudgeApiKey = None,
     judge_concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.")] = 4,
     judge_retries: Annotated[int, typer.Option(help="Retries of a failed judge request.")] = 4,
-    judge_cache: Annotated[
-        Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
-    ] = None,
+    judge_cache: JudgeCache = None,
     llm_choice_fallback: Annotated[
         bool, typer.Option(help="Multiple choice: ask the judge model when no option letter is found.")
     ] = False,
