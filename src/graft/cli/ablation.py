@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -70,13 +70,23 @@ def run_ablation(
         model = GraftForConditionalGeneration.from_pretrained(base).eval()
         scorer = AttentionScorer(model, GraftProcessor.from_pretrained(base))
         sources = world_sources(world, split)[:count]
-        make_pairs(sources, ShapesEditor(), world, out / "pairs" / split, scorer=scorer, seed=seed,
-                   paths_relative_to=world)  # fmt: skip
+        make_pairs(
+            sources,
+            ShapesEditor(),
+            world,
+            out / "pairs" / split,
+            scorer=scorer,
+            seed=seed,
+            paths_relative_to=world,
+        )
         (out / "pairs" / split / "done").touch()
 
     for split, count in (("train", train_pairs), ("test", test_pairs)):
-        clock.run(f"pairs_{split}", lambda s=split: (out / "pairs" / s / "done").exists(),
-                  lambda s=split, c=count: pairs(s, c))  # fmt: skip
+        clock.run(
+            f"pairs_{split}",
+            lambda s=split: (out / "pairs" / s / "done").exists(),
+            lambda s=split, c=count: pairs(s, c),
+        )
 
     def wrap() -> None:
         model = wrap_with_vpgc(GraftForConditionalGeneration.from_pretrained(base))
@@ -104,8 +114,11 @@ def run_ablation(
         clock.run(row, lambda row=row: (out / row / "config.json").exists(), lambda r=recipe: train(r))
 
     summary: dict[str, float] = {}
-    for row, model_dir in (("qformer", base), ("vpgc_captions", out / "vpgc_captions"),
-                           ("vpgc_pairs", out / "vpgc_pairs")):  # fmt: skip
+    for row, model_dir in (
+        ("qformer", base),
+        ("vpgc_captions", out / "vpgc_captions"),
+        ("vpgc_pairs", out / "vpgc_pairs"),
+    ):
         path = out / f"metrics_{row}.json"
 
         def do_eval(model_dir: Path = model_dir, path: Path = path) -> None:
@@ -132,19 +145,22 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     from graft.eval.readers import IMAGE_MARKER, read_demon_task
     from graft.generate import generate_answers
     from graft.processing import load_image
+    from graft.templates import Message
 
-    metrics = {k: v for k, v in evaluate_demo(model_dir, world, limit, blind=False).items() if "/" in k}
+    metrics = evaluate_demo(model_dir, world, limit, blind=False)
     model, processor = load_for_inference(model_dir)
 
     def answer(prompts: list[str], images: list[list[Path]]) -> list[str]:
-        convs = [[_user(p)] for p in prompts]
+        convs = [[Message("user", p)] for p in prompts]
         loaded = [[load_image(p) for p in paths] for paths in images]
-        return generate_answers(model, processor, convs, loaded, max_new_tokens=32, batch_size=32,
-                                progress=True)  # fmt: skip
+        return generate_answers(
+            model, processor, convs, loaded, max_new_tokens=32, batch_size=32, progress=True
+        )
 
     which = read_demon_task(world / "bench" / "demon" / "Shapes_WhichImage").samples[:limit]
-    got = answer([s.prompt.replace(IMAGE_MARKER, processor.image_token) for s in which],
-                 [s.images for s in which])  # fmt: skip
+    got = answer(
+        [s.prompt.replace(IMAGE_MARKER, processor.image_token) for s in which], [s.images for s in which]
+    )
     kind = which[0].meta["kind"] if which else "image-choice"
     scores = [
         score_sample(kind, g, s.target, s.meta.get("choices"))["score"]
@@ -154,8 +170,7 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     metrics["which_image/n"] = len(scores)
 
     records = [parse_record(r, f"{test_pairs}[{i}]") for i, r in enumerate(read_records(test_pairs))][:limit]
-    got = answer([r.messages[0].content for r in records],
-                 [[world / p for p in r.images] for r in records])  # fmt: skip
+    got = answer([r.messages[0].content for r in records], [[world / p for p in r.images] for r in records])
     rouge = [
         score_sample("open-ended", g, r.messages[1].content, None)["score"]
         for g, r in zip(got, records, strict=True)
@@ -163,12 +178,6 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     metrics["difference/rouge_l"] = 100.0 * sum(rouge) / max(len(rouge), 1)
     metrics["difference/n"] = len(rouge)
     return metrics
-
-
-def _user(text: str) -> Any:
-    from graft.templates import Message
-
-    return Message("user", text)
 
 
 def ablation_markdown(summary: dict[str, float]) -> str:
@@ -180,8 +189,11 @@ def ablation_markdown(summary: dict[str, float]) -> str:
     ]
     for row in ROWS:
         cells = [summary.get(f"{row}/{m}") for m in METRICS]
-        lines.append(f"| {row} | " + " | ".join("-" if c is None else f"{c:.3f}" if c <= 1 else f"{c:.1f}"
-                                                for c in cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {row} | "
+            + " | ".join("-" if c is None else f"{c:.3f}" if c <= 1 else f"{c:.1f}" for c in cells)
+            + " |"
+        )
     lines += ["", "| step | wall time (s) |", "|---|---|"]
     lines += [f"| {k[5:-2]} | {v:.1f} |" for k, v in sorted(summary.items()) if k.startswith("time/")]
     return "\n".join(lines) + "\n"
