@@ -10,6 +10,7 @@ repeating an answer.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -41,7 +42,28 @@ def process_state() -> PartialState:
             multi_cpu = current.current_accelerator() is None
         else:
             multi_cpu = not torch.cuda.is_available()
-    return PartialState(cpu=multi_cpu)
+    state = PartialState(cpu=multi_cpu)
+    if state.num_processes > 1 and not _closing:
+        _closing.append(True)
+        atexit.register(_close_process_group)
+    return state
+
+
+_closing: list[bool] = []
+
+
+def _close_process_group() -> None:
+    """Leave together and close the process group before the interpreter tears down: a process
+    that exits while its peer still holds the gloo connection can abort ("terminate called
+    without an active exception"), which torchrun reports as a failed run although every answer
+    was written."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        torch.distributed.barrier()
+    except RuntimeError as err:  # a peer already gone: nothing to wait for
+        logger.debug("no exit barrier: %s", err)
+    torch.distributed.destroy_process_group()
 
 
 class OtherProcessError(ValueError):
