@@ -121,6 +121,11 @@ def run_demo(
     )
 
     def do_compose() -> None:
+        from transformers import set_seed
+
+        # the new connector's initial weights come from the global RNG: seed it here, or they
+        # would depend on whatever ran before in this process (pretraining, or nothing on a rerun)
+        set_seed(seed)
         model, tokenizer, image_processor = compose_from_pretrained(
             str(backbones / "vision"), str(backbones / "llm"), connector=spec
         )
