@@ -86,3 +86,22 @@ def test_eval_cli(tmp_path):
         app, ["eval", "--model", str(model_dir), "--task", "pope", "--out", str(tmp_path)]
     )
     assert bad.exit_code != 0 and "NAME=PATH" in bad.output
+
+
+def test_a_folder_answered_by_another_model_is_not_resumed(tmp_path):
+    import torch
+
+    model, processor = tiny_model_and_processor()
+    data = _pope(tmp_path / "pope")
+    first = run_task(
+        model, processor, "pope", data, tmp_path / "a", limit=2, max_new_tokens=2, progress=False
+    )
+    with torch.no_grad():  # the same architecture, retrained: only the weights differ
+        model.connector.apply(lambda m: m.weight.add_(0.01) if isinstance(m, torch.nn.Linear) else None)
+    with pytest.raises(ValueError, match="made by another model"):
+        run_task(model, processor, "pope", data, tmp_path / "a", limit=2, max_new_tokens=2, progress=False)
+    second = run_task(
+        model, processor, "pope", data, tmp_path / "b", limit=2, max_new_tokens=2, progress=False
+    )
+    assert second["model_config_hash"] == first["model_config_hash"]
+    assert second["model_weights"] != first["model_weights"]

@@ -4,14 +4,15 @@ of a benchmark folder's ``bench.json``.
 The samples a task's reader gives are written once as a questions file; answers go through
 ``predict_jsonl``, which appends and flushes every batch and skips finished ids, so a killed
 run restarted on the same folder loses and duplicates nothing. Results carry the model's config
-hash and the package version, so a results file always says what produced it.
+hash, a fingerprint of its weights and the package version, so a results file always says what
+produced it; a folder whose answers came from another model is never resumed (``model.json``).
 
 Under ``accelerate launch`` / ``torchrun`` the samples are split across the processes: each
 answers its share into its own file, the main process merges them, scores once and writes
 ``results.json`` once (see ``graft.eval.processes``). With one process nothing of that happens.
 
 Layout of ``out_dir/{run}/`` (run = the task's name unless given): ``questions.jsonl``,
-``predictions.jsonl``, ``results.json``.
+``predictions.jsonl``, ``model.json``, ``results.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import gather_object
 
 import graft
@@ -41,6 +43,32 @@ def config_hash(model: Any) -> str:
     """A short hash of the model's config: which architecture and settings were evaluated."""
     blob = json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@torch.no_grad()
+def weights_fingerprint(model: Any, sample: int = 64) -> str:
+    """A short hash of the weights: every tensor's name, shape and first and last ``sample``
+    values. Cheap even for a 7B model, and it tells a retrained or other model apart."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        ends = torch.cat([flat[:sample], flat[-sample:]]).float().cpu().numpy()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode() + ends.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_same_model(folder: Path, model_id: dict[str, str]) -> None:
+    """Resuming appends to the answers already in ``folder``: refuse when another model (other
+    config or weights) gave them, rather than mix two models' answers in one score."""
+    path = folder / "model.json"
+    if path.exists() and (folder / "predictions.jsonl").exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before != model_id:
+            raise ValueError(
+                f"{folder}: its predictions were made by another model ({before}, now {model_id}); "
+                "evaluate into a new --out folder, or delete this one to start over"
+            )
+    _write_atomic(path, json.dumps(model_id) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -124,8 +152,11 @@ def run_task(
     folder = Path(out_dir) / name
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
 
+    model_id = {"config_hash": config_hash(model), "weights": weights_fingerprint(model)}
+
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        _check_same_model(folder, model_id)
         _questions_file(read, questions, processor.image_token)
         merge_shards(predictions)  # what a killed multi-process run left in its per-process files
 
@@ -167,7 +198,8 @@ def run_task(
             "prediction_counts": counts,
             "generation": gen,
             "processes": world,
-            "model_config_hash": config_hash(model),
+            "model_config_hash": model_id["config_hash"],
+            "model_weights": model_id["weights"],
             "graft_version": graft.__version__,
         }
         _write_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
