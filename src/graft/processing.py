@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import PreTrainedTokenizerBase
 
 from graft.config import DEFAULT_IMAGE_TOKEN
+from graft.files import write_text_atomic
 from graft.templates import Message, Template, get_template
 
 IGNORE_INDEX = -100
@@ -240,9 +241,7 @@ class GraftProcessor:
         if self.instruction_tokenizer is not None:
             self.instruction_tokenizer.save_pretrained(directory / INSTRUCTION_TOKENIZER_DIR)
             settings["instruction_max_length"] = self.instruction_max_length
-        tmp = directory / (PROCESSOR_FILE + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-        os.replace(tmp, directory / PROCESSOR_FILE)
+        write_text_atomic(directory / PROCESSOR_FILE, json.dumps(settings, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> GraftProcessor:

@@ -23,7 +23,8 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app
-from graft.cli.demo import StepClock, run_demo, write_atomic
+from graft.cli.demo import StepClock, run_demo
+from graft.files import write_text_atomic
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
 METRICS = ("binary/accuracy", "mcq/accuracy", "which_image/accuracy", "difference/rouge_l")
@@ -123,15 +124,15 @@ def run_ablation(
 
         def do_eval(model_dir: Path = model_dir, path: Path = path) -> None:
             metrics = evaluate_row(model_dir, world, out / "pairs" / "test" / "pairs.jsonl", eval_limit)
-            write_atomic(path, json.dumps(metrics, indent=2))
+            write_text_atomic(path, json.dumps(metrics, indent=2))
 
         clock.run(f"eval_{row}", path.exists, do_eval)
         summary.update({f"{row}/{k}": v for k, v in json.loads(path.read_text()).items()})
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/qformer_base_s"] = base_summary["time/total_s"]
     summary["time/total_s"] = round(sum(clock.times.values()) + base_summary["time/total_s"], 2)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    write_atomic(out / "summary.md", ablation_markdown(summary))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out / "summary.md", ablation_markdown(summary))
     return summary
 
 

@@ -10,7 +10,6 @@ each took when it ran.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from graft.cli.app import app, fail
+from graft.files import write_text_atomic
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
 #: tokens as the MLP demo's 2x2-pooled 8x8 grid)
@@ -68,16 +68,8 @@ class StepClock:
         start = time.perf_counter()
         work()
         self.times[name] = round(time.perf_counter() - start, 2)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.times, indent=2))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.times, indent=2))
         typer.echo(f"[{name}] done in {self.times[name]:.1f}s")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_demo(
@@ -154,7 +146,7 @@ def run_demo(
 
     def do_eval() -> None:
         summary = evaluate_demo(stage2, world, eval_limit)
-        write_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+        write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
 
@@ -167,15 +159,17 @@ def run_demo(
         if failed:
             raise RuntimeError(f"benchmark runs failed: {failed}")
         skipped = {run: r["skipped"] for run, r in results.items() if "skipped" in r}
-        write_atomic(out / "bench.json", json.dumps({"runs": sorted(results), "skipped": skipped}, indent=2))
+        write_text_atomic(
+            out / "bench.json", json.dumps({"runs": sorted(results), "skipped": skipped}, indent=2)
+        )
 
     if bench:
         clock.run("bench", lambda: (out / "bench.json").exists(), do_bench)
     summary = json.loads((out / "metrics.json").read_text())
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
-    write_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    write_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
+    write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
     from graft.eval.report import build_report
 
     build_report([out], out / "report")  # the demo's numbers and every benchmark run's

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from graft.files import write_text_atomic
 from graft.processing import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         info = self.root / "fingerprint.json"
         if not info.exists():
-            _write_atomic(info, json.dumps(fingerprint, indent=2, sort_keys=True, default=str))
+            write_text_atomic(info, json.dumps(fingerprint, indent=2, sort_keys=True, default=str))
 
     @classmethod
     def for_model(
@@ -187,9 +188,3 @@ def _image_paths(dataset: Any) -> dict[str, str]:
                 continue
             paths.setdefault(key, dataset.image_path(image))
     return paths
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

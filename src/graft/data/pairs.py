@@ -34,6 +34,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from graft.files import cut_partial_last_line
+
 logger = logging.getLogger(__name__)
 
 EDIT_KINDS = ("modify", "swap", "delete", "add")
@@ -207,23 +209,10 @@ class PairStats:
 
 
 def _done_ids(path: Path) -> set[str]:
-    """Ids already written; a line cut by a kill is dropped (atomically) so its source is redone."""
+    """Ids already written (a line cut by a kill is dropped, so its source is redone)."""
     if not path.exists():
         return set()
-    text = path.read_text(encoding="utf-8")
-    kept, done = [], set()
-    for line in text.splitlines():
-        try:
-            done.add(json.loads(line)["id"])
-            kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    clean = "".join(line + "\n" for line in kept)
-    if clean != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(clean, encoding="utf-8")
-        os.replace(tmp, path)
-    return done
+    return {json.loads(line)["id"] for line in cut_partial_last_line(path).splitlines() if line.strip()}
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:

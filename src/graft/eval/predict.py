@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from graft.eval.jsonl import BadRecordError, load_records
+from graft.files import cut_partial_last_line
 from graft.generate import generate_answers
 from graft.processing import (
     GraftProcessor,
@@ -97,15 +98,8 @@ def done_ids(out_path: Path) -> set[str | int]:
     """Ids already answered; a half-written last line (a run killed mid-write) is cut off."""
     if not out_path.exists():
         return set()
-    data = out_path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        logger.warning("%s: dropping a half-written last line left by an interrupted run", out_path)
-        with out_path.open("r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
     done: set[str | int] = set()
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(cut_partial_last_line(out_path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{out_path}:{lineno}"

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graft.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 HEADLINES = {
@@ -333,12 +335,6 @@ def render_html(runs: list[RunReport]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_report(
     sources: list[str | os.PathLike], out_dir: str | os.PathLike, max_failures: int = 5
 ) -> tuple[Path, Path]:
@@ -347,6 +343,6 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "report.md", out / "report.html"
-    _write_atomic(md, render_markdown(runs))
-    _write_atomic(page, render_html(runs))
+    write_text_atomic(md, render_markdown(runs))
+    write_text_atomic(page, render_html(runs))
     return md, page

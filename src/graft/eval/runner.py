@@ -34,6 +34,7 @@ from graft.eval.processes import EXPECTED, from_main, merge_shards, process_stat
 from graft.eval.readers import IMAGE_MARKER, ReadResult
 from graft.eval.score import read_predictions, score_samples
 from graft.eval.tasks import TaskSpec, get_task
+from graft.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 MANIFEST = "bench.json"
@@ -68,13 +69,7 @@ def _check_same_model(folder: Path, model_id: dict[str, str]) -> None:
                 f"{folder}: its predictions were made by another model ({before}, now {model_id}); "
                 "evaluate into a new --out folder, or delete this one to start over"
             )
-    _write_atomic(path, json.dumps(model_id) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(model_id) + "\n")
 
 
 def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
@@ -90,7 +85,7 @@ def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
     ]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
-        _write_atomic(path, text)
+        write_text_atomic(path, text)
 
 
 def _read(spec: TaskSpec, path: Path, limit: int | None, skip_bad: bool) -> ReadResult:
@@ -202,7 +197,7 @@ def run_task(
             "model_weights": model_id["weights"],
             "graft_version": graft.__version__,
         }
-        _write_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+        write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
         return results
 
     # scored once, by the main process (a judge is asked once); the others get its results

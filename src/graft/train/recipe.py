@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from graft.files import write_text_atomic
+
 MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -369,9 +371,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the recipe as run (absolute paths, overrides applied) next to the run's outputs."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
 def packaged_recipe(name: str) -> Path:

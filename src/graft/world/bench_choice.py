@@ -31,7 +31,9 @@ import json
 import random
 from pathlib import Path
 
-from .bench_files import atomic_write, jsonl, place_image
+from graft.files import write_text_atomic
+
+from .bench_files import jsonl, place_image
 from .instructions import IMAGE
 from .questions import FAMILIES, LETTERS, MCQ_SUFFIX, QA, sample_qa, yesno
 from .scene import Scene
@@ -89,7 +91,7 @@ def write_mmbench(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[
                 + ["shapes_world", l2, "", "dev"]
             )
     path = out / "shapes_mmbench_dev.tsv"
-    atomic_write(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
     return path, len(questions)
 
 
@@ -121,7 +123,7 @@ def write_scienceqa(world: Path, rows: list[dict], out: Path, seed: int) -> tupl
         )
         place_image(world / row["image"], out / "images" / image)
     path = out / "llava_test_CQM-A.json"
-    atomic_write(path, json.dumps(records, indent=1))
+    write_text_atomic(path, json.dumps(records, indent=1))
     return path, len(records)
 
 
@@ -154,5 +156,5 @@ def write_binary(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[P
             counts[qa.qtype] += 1
         place_image(world / row["image"], out / "images" / f"{row['id']}.png")
     path = out / "shapes_binary_test.jsonl"
-    atomic_write(path, jsonl(lines))
+    write_text_atomic(path, jsonl(lines))
     return path, counts

@@ -24,7 +24,9 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-from .bench_files import atomic_write, place_image, save_render
+from graft.files import write_text_atomic
+
+from .bench_files import place_image, save_render
 from .describe import join, number_word
 from .scene import COLORS, SHAPES, Scene
 
@@ -48,7 +50,7 @@ IN_CONTEXT_INSTRUCTION = (
 def _task(out: Path, name: str, qtype: str, instruction: str, data: list[dict]) -> None:
     meta = {"dataset": name, "split": "test", "num_sample": len(data), "task_instruction": [instruction]}
     doc = {"metadata": meta | {"question_type": qtype}, "data": data}
-    atomic_write(out / name / "core" / "core.json", json.dumps(doc, indent=1))
+    write_text_atomic(out / name / "core" / "core.json", json.dumps(doc, indent=1))
 
 
 def _sample(

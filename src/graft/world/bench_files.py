@@ -25,12 +25,6 @@ def _in_folder(path: Path, write: Callable[[], None]) -> None:
         write()
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    _in_folder(tmp, lambda: tmp.write_text(text, encoding="utf-8"))
-    os.replace(tmp, path)
-
-
 def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 

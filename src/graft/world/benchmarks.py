@@ -37,9 +37,11 @@ from collections import Counter
 from itertools import combinations
 from pathlib import Path
 
+from graft.files import write_text_atomic
+
 from .bench_choice import write_binary, write_mmbench, write_scienceqa
 from .bench_demon import write_demon
-from .bench_files import atomic_write, jsonl, place_image
+from .bench_files import jsonl, place_image
 from .describe import boxes, detailed_description
 from .instructions import DETAIL_PROMPTS, conversation, reasoning
 from .questions import SHORT_SUFFIX, yesno
@@ -69,7 +71,7 @@ def _coco(world: Path, rows: list[dict], out: Path) -> Path:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": cap})
         place_image(world / row["image"], out / "images" / f"{row['id']}.png")
     path = out / "captions_test.json"
-    atomic_write(
+    write_text_atomic(
         path,
         json.dumps(
             {
@@ -100,7 +102,7 @@ def _mme(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, dic
             pair = [(yes.question, "Yes"), (no.question, "No")]
             rng.shuffle(pair)
             text = "".join(f"{_mme_question(q)}\t{a}\n" for q, a in pair)
-            atomic_write(out / sub / f"{row['id']}.txt", text)
+            write_text_atomic(out / sub / f"{row['id']}.txt", text)
             place_image(world / row["image"], out / sub / f"{row['id']}.png")
             n += 1
         counts[sub] = n
@@ -138,7 +140,7 @@ def _pope(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, di
                     }
                 )
         path = out / f"coco_pope_{split}.json"
-        atomic_write(path, jsonl(lines))
+        write_text_atomic(path, jsonl(lines))
         files[split], counts[split] = path, len(lines)
     for row in rows:
         place_image(world / row["image"], out / "images" / f"{row['id']}.png")
@@ -164,9 +166,9 @@ def _llava_bench(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[P
         instances = [{"category": c, "bbox": b} for c, b in boxes(scene)]
         contexts.append({"image": name, "captions": row["captions"], "instances": instances})
         place_image(world / row["image"], out / "images" / name)
-    atomic_write(out / "questions.jsonl", jsonl(questions))
-    atomic_write(out / "context.jsonl", jsonl(contexts))
-    atomic_write(out / "answers_gpt4.jsonl", jsonl(answers))
+    write_text_atomic(out / "questions.jsonl", jsonl(questions))
+    write_text_atomic(out / "context.jsonl", jsonl(contexts))
+    write_text_atomic(out / "answers_gpt4.jsonl", jsonl(answers))
     return out, len(questions)
 
 
@@ -222,7 +224,7 @@ def write_benchmarks(world_dir: str | os.PathLike, seed: int = 0) -> dict[str, d
         "tasks": tasks,
         "counts": counts,
     }
-    atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     return _absolute(bench, tasks)
 
 

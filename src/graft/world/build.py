@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from graft.files import write_text_atomic
+
 from .benchmarks import write_benchmarks
 from .corpus import DOC_SEP, corpus_docs
 from .describe import boxes, captions
@@ -39,13 +41,6 @@ class WorldArgs:
     questions_per_image: int = 4  # single-question stage-2 records per train image
     corpus_qa_per_image: int = 6  # caption-context QA documents per train image in the LLM corpus
     eval_mcq_per_image: int = 1  # binary eval always has one yes and one no question per test image
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -161,13 +156,13 @@ def build_world(
     rng.shuffle(docs)
     assert not any(DOC_SEP in d for d in docs)
     for split, rows in meta.items():
-        _atomic_write(out / "meta" / f"{split}.jsonl", _jsonl(rows))
-    _atomic_write(out / "stage1.json", json.dumps(stage1))
-    _atomic_write(out / "stage2.json", json.dumps(stage2))
-    _atomic_write(out / "eval" / "binary.jsonl", _jsonl(binary))
-    _atomic_write(out / "eval" / "mcq.jsonl", _jsonl(mcq_rows))
-    _atomic_write(out / "text" / "captions.jsonl", _jsonl(caps_rows))
-    _atomic_write(out / "text" / "llm_corpus.txt", DOC_SEP.join(docs) + "\n")
+        write_text_atomic(out / "meta" / f"{split}.jsonl", _jsonl(rows))
+    write_text_atomic(out / "stage1.json", json.dumps(stage1))
+    write_text_atomic(out / "stage2.json", json.dumps(stage2))
+    write_text_atomic(out / "eval" / "binary.jsonl", _jsonl(binary))
+    write_text_atomic(out / "eval" / "mcq.jsonl", _jsonl(mcq_rows))
+    write_text_atomic(out / "text" / "captions.jsonl", _jsonl(caps_rows))
+    write_text_atomic(out / "text" / "llm_corpus.txt", DOC_SEP.join(docs) + "\n")
 
     mean = pix_sum / max(n_train_pix, 1)
     std = np.sqrt(np.maximum(pix_sq / max(n_train_pix, 1) - mean**2, 1e-6))
@@ -201,5 +196,5 @@ def build_world(
     }
     # held-out benchmark files (bench/) in real formats; about 1 s for 500 test images
     write_benchmarks(out, seed=seed)
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     return manifest

@@ -27,6 +27,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from graft.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -151,9 +153,7 @@ class ChatClient:
                 delay *= 2
         if path:
             # written whole then renamed: a killed run never leaves a half entry
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"request": request, "content": content}), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps({"request": request, "content": content}))
         return content
 
     def map(

@@ -1,0 +1,38 @@
+"""Writes that never leave a half-written file behind, and the repair of an append-only log
+that a kill cut mid-line. Every long job resumes through these."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place (folders are
+    made when missing). The temporary name is unique, so concurrent writers never share one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except FileNotFoundError:  # the folder is missing: make it only then (one syscall less per file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def cut_partial_last_line(path: str | os.PathLike) -> str:
+    """The complete lines of an append-only JSONL file; a last line without its newline (a run
+    killed mid-write) is cut off the file, so appending goes on from a clean line."""
+    path = Path(path)
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping a half-written last line left by an interrupted run", path)
+        with path.open("r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    return data.decode("utf-8")
