@@ -148,8 +148,8 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     from graft.processing import load_image
     from graft.templates import Message
 
-    metrics = evaluate_demo(model_dir, world, limit, blind=False)
     model, processor = load_for_inference(model_dir)
+    metrics = evaluate_demo(model, processor, world, limit, blind=False)
 
     def answer(prompts: list[str], images: list[list[Path]]) -> list[str]:
         convs = [[Message("user", p)] for p in prompts]

@@ -145,7 +145,9 @@ def run_demo(
     summary_path = out / "summary.json"
 
     def do_eval() -> None:
-        summary = evaluate_demo(stage2, world, eval_limit)
+        from graft.cli.inference import load_for_inference
+
+        summary = evaluate_demo(*load_for_inference(stage2), world, eval_limit)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
@@ -176,12 +178,12 @@ def run_demo(
     return summary
 
 
-def evaluate_demo(model_dir: Path, world: Path, limit: int | None, blind: bool = True) -> dict[str, float]:
+def evaluate_demo(
+    model: Any, processor: Any, world: Path, limit: int | None, blind: bool = True
+) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy, with the images and (``blind``) without."""
-    from graft.cli.inference import load_for_inference
     from graft.eval.questions import evaluate_questions
 
-    model, processor = load_for_inference(model_dir)
     metrics: dict[str, float] = {}
     for family in ("binary", "mcq"):
         path = world / "eval" / f"{family}.jsonl"
