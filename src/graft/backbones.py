@@ -57,7 +57,32 @@ def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedM
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
 
 
+#: the files a saved tokenizer leaves (one is enough for AutoTokenizer to find it)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of a folder or hub id; a folder without one, or a GGUF file, is a
+    ValueError that says what to do."""
+    if str(name_or_path).endswith(".gguf"):
+        raise ValueError(
+            f"{name_or_path} is a GGUF file: convert it to a checkpoint folder first with "
+            "`graft import-gguf FILE.gguf --out DIR` and give DIR"
+        )
+    if os.path.isdir(name_or_path) and not any(
+        os.path.exists(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
+    ):
+        raise ValueError(
+            f"{name_or_path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the LLM's tokenizer beside its weights (tokenizer.save_pretrained)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_path}: graft needs a fast tokenizer (label masks use offset mappings)")

@@ -1,11 +1,15 @@
-"""Writes that never leave a half-written file behind, and the repair of an append-only log
-that a kill cut mid-line. Every long job resumes through these."""
+"""Writes that never leave a half-written file (or folder) behind, and the repair of an
+append-only log that a kill cut mid-line. Every long job resumes through these."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -22,6 +26,28 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cut_partial_last_line(path: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalG
 from graft.backbones import compose, load_image_processor, load_tokenizer
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.export.model import LlavaExportError
-from graft.export.writer import atomic_dir
+from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from graft.export.model import to_llava
 from graft.export.processor import llava_processor
+from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_to_llava(
