@@ -213,7 +213,8 @@ def test_nothing_usable_is_an_error(tmp_path):
 
 def test_unknown_template():
     with pytest.raises(
-        ValueError, match=r"unknown template 'vicuna'; valid templates: chatml, llama_2, plain, vicuna_v1"
+        ValueError,
+        match=r"unknown template 'vicuna'; valid templates: chatml, llama_2, plain, smollm2, vicuna_v1",
     ):
         _tiny_processor(template="vicuna")
 

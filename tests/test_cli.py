@@ -17,6 +17,7 @@ VERBS = [
     "score",
     "export-hf",
     "import-hf",
+    "import-gguf",
     "demo",
     "report",
 ]

@@ -20,6 +20,8 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+#: SmolLM2-Instruct's default system prompt (its chat template adds it when no system turn is given)
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,11 @@ class Template:
     system: str = ""
     #: prepend the tokenizer's BOS token when encoding
     add_bos: bool = True
-    #: stop generation at this string as well as at EOS
+    #: the end of an assistant turn: generation stops at this string as well as at EOS
     stop: str | None = None
+    #: the text that opens the next user turn: an answer that runs on into one (a model that
+    #: missed its end of turn) is cut there
+    next_turn: str | None = None
     chat_template: str = ""
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> Rendered:
@@ -134,44 +139,80 @@ class Llama2Template(Template):
 
 
 class ChatMLTemplate(Template):
-    """``<|im_start|>role\\n{content}<|im_end|>\\n`` per turn (Qwen, SmolLM)."""
+    """``<|im_start|>role\\n{content}<|im_end|>\\n`` per turn (Qwen, SmolLM), as their Jinja
+    templates render it: a system turn whenever the conversation gives one (even empty), else the
+    default one; the assistant header only before an assistant turn or as the generation prompt."""
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> Rendered:
+        given = bool(messages) and messages[0].role == "system"
         system, messages = _split_system(messages, self.system)
         _check_alternation(messages, add_generation_prompt)
         b = _Builder()
-        if system:
+        if system or given:
             b.add(f"<|im_start|>system\n{system}<|im_end|>\n")
         for m in messages:
             if m.role == "user":
-                b.add(f"<|im_start|>user\n{m.content}<|im_end|>\n<|im_start|>assistant\n")
+                b.add(f"<|im_start|>user\n{m.content}<|im_end|>\n")
             else:
+                b.add("<|im_start|>assistant\n")
                 b.add(f"{m.content}<|im_end|>", supervised=True)
                 b.add("\n")
+        if add_generation_prompt:
+            b.add("<|im_start|>assistant\n")
         return b.result()
 
+
+#: a message's content as graft writes it: a string as it is; typed parts (a processor's
+#: ``{"type": "image"}`` / ``{"type": "text"}``) as one ``<image>\n`` per image, then the text
+_CONTENT_JINJA = (
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}"
+)
 
 _VICUNA_JINJA = (
     "{% set ns = namespace(system=" + json.dumps(VICUNA_SYSTEM) + ") %}"
     "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] %}{% endif %}"
     "{% endfor %}{{ ns.system + ' ' }}"
     "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'USER: ' }}"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}{{ ' ASSISTANT:' }}"
+    + _CONTENT_JINJA
+    + "{{ ' ASSISTANT:' }}"
     "{% elif m['role'] == 'assistant' %}{{ ' ' }}"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
     "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% endif %}{{ '</s>' }}{% endif %}{% endfor %}"
 )
 
+#: SmolLM2-Instruct's own chat template, rendered the same for string content, and able to take a
+#: processor's typed parts (its own concatenates ``message['content']`` as a string)
+_SMOLLM2_JINJA = (
+    "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + SMOLLM2_SYSTEM + "<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' }}" + _CONTENT_JINJA + "{{ '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 TEMPLATES: dict[str, Template] = {
     "plain": PlainTemplate("plain", add_bos=True),
-    "vicuna_v1": VicunaTemplate("vicuna_v1", system=VICUNA_SYSTEM, chat_template=_VICUNA_JINJA),
-    "llama_2": Llama2Template("llama_2", system=VICUNA_SYSTEM),
+    "vicuna_v1": VicunaTemplate(
+        "vicuna_v1", system=VICUNA_SYSTEM, stop="</s>", next_turn="USER:", chat_template=_VICUNA_JINJA
+    ),
+    "llama_2": Llama2Template("llama_2", system=VICUNA_SYSTEM, stop="</s>", next_turn="[INST]"),
     "chatml": ChatMLTemplate(
-        "chatml", system="You are a helpful assistant.", add_bos=False, stop="<|im_end|>"
+        "chatml",
+        system="You are a helpful assistant.",
+        add_bos=False,
+        stop="<|im_end|>",
+        next_turn="<|im_start|>",
+    ),
+    "smollm2": ChatMLTemplate(
+        "smollm2",
+        system=SMOLLM2_SYSTEM,
+        add_bos=False,
+        stop="<|im_end|>",
+        next_turn="<|im_start|>",
+        chat_template=_SMOLLM2_JINJA,
     ),
 }
 

@@ -22,7 +22,7 @@ def compose_blip2_cmd(
         int | None, typer.Option(help="vpgc only: the LLM layer whose input is guided (default L // 2).")
     ] = None,
     template: Annotated[
-        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml.")
+        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml, smollm2.")
     ] = "vicuna_v1",
 ) -> None:
     """Graft a BLIP-2 / InstructBLIP vision tower and Q-Former onto an LLM and save the result."""

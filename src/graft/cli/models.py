@@ -22,7 +22,7 @@ def compose_cmd(
     ] = "none",
     reduction_factor: Annotated[int, typer.Option(help="k for k x k token reduction.")] = 2,
     template: Annotated[
-        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml.")
+        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml, smollm2.")
     ] = "vicuna_v1",
     feature_layer: Annotated[int, typer.Option(help="Vision layer whose features are used.")] = -2,
     pad_to_square: Annotated[bool, typer.Option(help="Pad images to square with the mean colour.")] = False,
