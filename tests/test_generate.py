@@ -1,11 +1,15 @@
+import warnings
+
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
-from graft.generate import ChatSession, _decode, generate_answers
-from graft.processing import ImageMarkerError, collate_samples
+from graft.generate import ChatSession, _decode, _stop_setup, generate_answers
+from graft.processing import GraftProcessor, ImageMarkerError, collate_samples
 from graft.templates import Message
 
-from tiny import random_image, tiny_model_and_processor
+from tiny import random_image, tiny_image_processor, tiny_llm, tiny_model_and_processor
 
 torch.set_num_threads(1)
 
@@ -20,6 +24,22 @@ def _tiny_sensitive(template: str = "vicuna_v1"):
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model, processor
+
+
+def _bytelevel_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2-like: byte-level BPE whose end of text is <|endoftext|>, so '</s>' is plain text."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(["green red USER: Is it red? ASSISTANT: green</s>"] * 20, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +115,59 @@ def test_decode_stops_at_eos_and_stop_string():
     tok = processor.tokenizer
     ids = tok("Yes it is", add_special_tokens=False)["input_ids"]
     junk = tok(" chat", add_special_tokens=False)["input_ids"]
-    assert _decode(ids + [tok.eos_token_id] + junk, [tok.eos_token_id], None, processor) == "Yes it is"
+    assert _decode(ids + [tok.eos_token_id] + junk, [tok.eos_token_id], [], processor) == "Yes it is"
     stop_ids = tok("<|im_end|> more", add_special_tokens=False)["input_ids"]
-    assert _decode(ids + stop_ids, [tok.eos_token_id], "<|im_end|>", processor) == "Yes it is"
+    assert _decode(ids + stop_ids, [tok.eos_token_id], ["<|im_end|>"], processor) == "Yes it is"
+
+
+def test_vicuna_answer_ends_at_its_turn_end_or_a_made_up_next_turn(sensitive):
+    model, processor = sensitive  # vicuna_v1
+    tok = processor.tokenizer
+    eos_ids, stops = _stop_setup(model, processor)
+    # '</s>' is this tokenizer's EOS token: a token-level stop; 'USER:' is text
+    assert tok.convert_tokens_to_ids("</s>") in eos_ids and stops == ["USER:"]
+    ran_on = tok(" green USER: Is it red? ASSISTANT: green", add_special_tokens=False)["input_ids"]
+    assert _decode(ran_on, eos_ids, stops, processor) == "green"
+
+
+def test_multi_token_turn_end_is_cut_from_the_text():
+    tokenizer = _bytelevel_tokenizer()
+    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    processor = GraftProcessor(tokenizer, tiny_image_processor(), 4, template="vicuna_v1")
+    model = tiny_llm(len(tokenizer))
+    eos_ids, stops = _stop_setup(model, processor)
+    assert stops == ["</s>", "USER:"]
+    assert len(tokenizer("</s>", add_special_tokens=False)["input_ids"]) > 1
+    for tail in ["</s>USER: Is it red? ASSISTANT: green", " USER: Is it red?</s>", "</s>"]:
+        ids = tokenizer(" green" + tail, add_special_tokens=False)["input_ids"]
+        assert _decode(ids, eos_ids, stops, processor) == "green"
+
+
+def test_generate_answers_cuts_a_run_on_answer(sensitive, monkeypatch):
+    # a model that writes its turn end as text and goes on with a made-up next turn: generation is
+    # told to stop at those texts, and what it wrote past them never reaches the answer
+    model, processor = sensitive
+    tok = processor.tokenizer
+    ran_on = tok(" green USER: Is it red? ASSISTANT: green", add_special_tokens=False)["input_ids"]
+    seen = {}
+
+    def fake_generate(input_ids, **kwargs):
+        seen.update(kwargs)
+        return torch.cat([input_ids, torch.tensor([ran_on] * len(input_ids))], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    assert generate_answers(model, processor, CONVS[:2], IMAGES[:2]) == ["green", "green"]
+    assert seen["stop_strings"] == ["USER:"] and seen["tokenizer"] is tok
+
+
+def test_generation_emits_no_warnings(sensitive, capfd):
+    model, processor = sensitive
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate_answers(model, processor, CONVS[:2], IMAGES[:2], max_new_tokens=4)
+        generate_answers(model, processor, CONVS[:2], IMAGES[:2], max_new_tokens=4, do_sample=True, seed=0)
+    assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
 
 
 def test_stop_string_template_generates():
@@ -113,7 +183,7 @@ def test_answers_are_new_tokens_only(sensitive):
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=8, do_sample=False)
     new = out[0, batch["input_ids"].shape[1] :].tolist()
-    expected = _decode(new, [processor.tokenizer.eos_token_id], None, processor)
+    expected = _decode(new, *_stop_setup(model, processor), processor)
     assert generate_answers(model, processor, CONVS[1:2], IMAGES[1:2], max_new_tokens=8) == [expected]
 
 

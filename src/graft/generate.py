@@ -30,9 +30,10 @@ from graft.templates import Message
 logger = logging.getLogger(__name__)
 
 
-def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], str | None, bool]:
-    """Token ids that end an answer, the template's stop string, and whether that string needs a
-    text-level stopping criterion (it is not a single token)."""
+def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], list[str]]:
+    """What ends an answer: token ids (EOS, and the template's turn end or next-turn opening when
+    the tokenizer has it as one whole token), and texts that end it at text level (those markers
+    when they are ordinary text, a few tokens long)."""
     ids: set[int] = set()
     configured = model.generation_config.eos_token_id
     if configured is not None:
@@ -40,27 +41,25 @@ def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], str |
     tokenizer = processor.tokenizer
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    stop = processor.template.stop
-    needs_criteria = False
-    if stop:
-        # a stop marker that is one token (ChatML's <|im_end|> in real tokenizers) is just another EOS
-        stop_id = tokenizer.convert_tokens_to_ids(stop)
-        if stop_id is not None and stop_id != tokenizer.unk_token_id:
-            ids.add(stop_id)
-        else:
-            needs_criteria = True
-    return sorted(ids), stop, needs_criteria
+    whole = tokenizer.get_added_vocab()  # always encoded as one token; decoding may skip them
+    texts: list[str] = []
+    for marker in (processor.template.stop, processor.template.next_turn):
+        if marker in whole:
+            ids.add(whole[marker])
+        elif marker:
+            texts.append(marker)
+    return sorted(ids), texts
 
 
-def _decode(tokens: list[int], eos_ids: list[int], stop: str | None, processor: GraftProcessor) -> str:
+def _decode(tokens: list[int], eos_ids: list[int], stops: list[str], processor: GraftProcessor) -> str:
+    """The answer in ``tokens``: up to the first end token, then up to the first stop text."""
     for i, tok in enumerate(tokens):
         if tok in eos_ids:
             tokens = tokens[:i]
             break
     text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
-    if stop and stop in text:
-        text = text[: text.index(stop)]
-    return text.strip()
+    end = min((text.index(stop) for stop in stops if stop in text), default=len(text))
+    return text[:end].strip()
 
 
 @contextlib.contextmanager
@@ -102,14 +101,15 @@ def generate_answers(
 ) -> list[str]:
     """One answer per conversation (each ends with a user turn), in order.
 
-    Only the new tokens are decoded; an answer ends at EOS or at the template's stop string.
+    Only the new tokens are decoded; an answer ends at EOS, at the template's end of turn, or where
+    the model starts a next user turn itself (the template's ``next_turn``).
     With ``do_sample`` and a ``seed`` the answers are reproducible for the same batching.
     """
     if len(conversations) != len(images):
         raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    eos_ids, stop, needs_criteria = _stop_setup(model, processor)
+    eos_ids, stops = _stop_setup(model, processor)
     tokenizer = processor.tokenizer
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -124,8 +124,8 @@ def generate_answers(
     }
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p)
-    if needs_criteria:
-        gen_kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
+    if stops:
+        gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
 
     answers: list[str] = []
     starts = range(0, len(conversations), batch_size)
@@ -138,7 +138,7 @@ def generate_answers(
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model.generate(**batch, **gen_kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
-            answers.extend(_decode(row, eos_ids, stop, processor) for row in new_tokens)
+            answers.extend(_decode(row, eos_ids, stops, processor) for row in new_tokens)
     return answers
 
 

@@ -218,7 +218,6 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         vision_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -226,12 +225,16 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         instruction_ids: torch.LongTensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         instruction_positions: torch.LongTensor | None = None,
+        supervised_logits_only: bool = False,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """``instruction_ids`` / ``instruction_mask`` (``[B, T]``, the Q-Former tokenizer's ids of
         each sample's latest user turn) reach connectors that read the instruction;
         ``instruction_positions`` (``[B]``) overrides where VPG-C reads the LLM (default: the
-        token before the last supervised answer, else the last attended token)."""
+        token before the last supervised answer, else the last attended token).
+
+        With ``labels`` and ``supervised_logits_only`` (training) the output head runs only
+        where a label is supervised: the same loss and gradients, no ``logits`` returned."""
         context = self._connector_context(instruction_ids, instruction_mask)
         positions = instruction_positions
         guidance: Any = contextlib.nullcontext()
@@ -251,16 +254,49 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         elif pixel_values is not None or vision_features is not None:
             raise ValueError("pass images with input_ids, not with precomputed inputs_embeds")
         with guidance:
+            if supervised_logits_only and labels is not None and self._plain_head():
+                return self._supervised_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
             return self.language_model(
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 labels=labels,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
                 **kwargs,
             )
+
+    def _plain_head(self) -> bool:
+        """The LLM's logits are its output embeddings' product, nothing after (no soft-capping
+        or scaling, which only its own forward applies)."""
+        text = self.config.text_config
+        return all(getattr(text, key, None) is None for key in ("final_logit_softcapping", "logit_scale"))
+
+    def _supervised_loss(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.LongTensor | None,
+        labels: torch.LongTensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """transformers' causal-LM loss (shift by one, ignore -100, sum over ``num_items_in_batch``
+        or mean) with the head applied to the supervised positions only: a 49k-word head is a
+        fifth of a small LLM's FLOPs, and most positions of a chat sample are not supervised."""
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kwargs,
+        ).last_hidden_state
+        targets = labels[:, 1:].to(hidden.device)
+        keep = targets != IGNORE_INDEX
+        logits = self.language_model.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+        return CausalLMOutputWithPast(loss=loss / count)
 
     def _guidance(
         self,
