@@ -116,3 +116,41 @@ def test_cached_features_equal_pixels():
         features = model.select_vision_features(batch.pop("pixel_values"))
         from_cache = model(**batch, vision_features=features).logits
     assert torch.equal(from_pixels, from_cache)
+
+
+def test_supervised_logits_only_gives_the_same_loss_and_gradients():
+    """The head applied at supervised positions only: loss and every gradient as the full path
+    (two samples of different lengths, so padding and unsupervised prompt positions are mixed)."""
+    model, processor = tiny_model_and_processor()
+    model.train()
+    samples = [
+        processor.encode(
+            [Message("user", "<image>\nWhat is it?"), Message("assistant", "A red circle on the left.")],
+            [random_image(0)],
+        ),
+        processor.encode(
+            [
+                Message("user", "<image>\nColour?"),
+                Message("assistant", "Red."),
+                Message("user", "And the shape?"),
+                Message("assistant", "A circle."),
+            ],
+            [random_image(1)],
+        ),
+    ]
+    batch = processor.collate(samples)
+    torch.manual_seed(0)  # the same dropout masks on both paths
+    results = []
+    for only in (False, True):
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(**batch, use_cache=False, supervised_logits_only=only)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), grads, out.logits))
+    (full_loss, full_grads, full_logits), (loss, grads, logits) = results
+    assert full_logits is not None and logits is None
+    torch.testing.assert_close(loss, full_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == full_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -135,6 +135,37 @@ def test_stage_modes_counts_and_param_groups(tmp_path, world):
     assert {g["lr"] for g in param_groups(model, recipe) if g["name"] == "llm"} == {1e-3}
 
 
+def test_llm_top_layers_train_alone_and_backward_stops_there(tmp_path, world):
+    overrides = {"llm.mode": "full", "llm.top_layers": 1, "connector.mode": "frozen"}
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **overrides))
+    model, processor = build_model(recipe)
+    apply_stage(model, recipe)
+    layers = model.language_model.model.layers
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {
+        f"language_model.model.layers.{len(layers) - 1}.{n}" for n, _ in layers[-1].named_parameters()
+    }
+    assert trainable == expected | {"language_model.model.norm.weight"}
+    assert parameter_counts(model)["connector"]["trainable"] == 0
+    # nothing below the top layer asks for a gradient: the lower layers see no backward pass
+    seen = []
+    layers[0].register_full_backward_hook(lambda *args: seen.append(0))
+    layers[-1].register_full_backward_hook(lambda *args: seen.append(-1))
+    batch = processor.collate([LlavaDataset(world["data"], world["root"], processor)[0].encoded])
+    model(**batch, use_cache=False).loss.backward()
+    assert seen == [-1]
+    for bad in (
+        {"llm.top_layers": 0},
+        {"llm.mode": "frozen", "llm.top_layers": 1},
+        {"connector.top_layers": 1},
+    ):
+        with pytest.raises(RecipeError, match="top_layers"):
+            recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "full", **bad}))
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "full", "llm.top_layers": 99}))
+    with pytest.raises(ValueError, match="decoder layers"):
+        apply_stage(build_model(recipe)[0], recipe)
+
+
 def test_merged_lora_model_reloads_to_the_same_logits(tmp_path, world):
     recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
     model, processor = build_model(recipe)

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +225,7 @@ def _step(
     for i, inputs in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            out = model(**inputs, num_items_in_batch=num_tokens, use_cache=False)
+            out = model(**inputs, num_items_in_batch=num_tokens, use_cache=False, supervised_logits_only=True)
             loss = out.loss
             if not loss.requires_grad:
                 # nothing trainable in this batch's graph (text only, connector-only stage): a zero
@@ -256,8 +256,13 @@ def _step(
 
 
 # --- train -----------------------------------------------------------------------------------------------
-def train(recipe: Recipe) -> TrainResult:
-    """Run one stage of a recipe; returns the final loss, step count and paths."""
+def train(recipe: Recipe, on_step: Callable[[int, Any, Any], None] | None = None) -> TrainResult:
+    """Run one stage of a recipe; returns the final loss, step count and paths.
+
+    ``on_step(step, model, processor)``, when given, runs on every process before the first
+    step (step 0) and after every optimizer step, under the run's autocast: a hook for
+    measuring the model as it learns (the demo's learning curve). It decides itself when to act
+    and must leave the model as it found it (``generate_answers`` does)."""
     started = time.perf_counter()
     output_dir = Path(recipe.output_dir)
     # the process group is set up here, before anything asks which process is the main one
@@ -313,7 +318,15 @@ def train(recipe: Recipe) -> TrainResult:
     )
     losses: list[float] = []
     checkpoints: list[Path] = []
+
+    def hook() -> None:
+        if on_step is not None:
+            with accelerator.autocast():
+                on_step(state.step, model, processor)
+
     try:
+        if state.step == 0:
+            hook()
         while state.step < total_steps:
             micro_batches = []
             while len(micro_batches) < grad_accum:
@@ -329,6 +342,7 @@ def train(recipe: Recipe) -> TrainResult:
             window.add(stats)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            hook()
             if state.step % recipe.log_every == 0 or state.step == total_steps:
                 epoch = state.epoch + state.batch / max(sampler.batches_per_epoch, 1)
                 metrics.log(state.step, window.record(epoch=epoch))

@@ -88,6 +88,10 @@ class ComponentSpec:
     #: learning rate of this component (default: ``optim.lr``)
     lr: float | None = None
     lora: LoraSpec = field(default_factory=LoraSpec)
+    #: llm in ``full`` mode: train only its top N decoder layers and final norm (embeddings and
+    #: head stay frozen), so the backward pass stops N layers down; with a frozen connector and
+    #: vision tower that is about twice as fast on a small LLM. Default: every parameter.
+    top_layers: int | None = None
 
 
 @dataclass
@@ -295,6 +299,9 @@ def _validate(recipe: Recipe, source: str) -> None:
             raise RecipeError(f"{source}: {name}.mode is {comp.mode!r}; valid modes: {', '.join(MODES)}")
     if recipe.connector.mode == "lora":
         raise RecipeError(f"{source}: connector.mode lora is not supported; use full or frozen")
+    for name, comp in recipe.components().items():
+        if comp.top_layers is not None and (name != "llm" or comp.mode != "full" or comp.top_layers < 1):
+            raise RecipeError(f"{source}: {name}.top_layers needs llm.mode full and a count >= 1")
     if all(c.mode == "frozen" for c in recipe.components().values()):
         raise RecipeError(f"{source}: every component is frozen: nothing to train")
     checks = [

@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from graft.backbones import compose_from_pretrained
+from graft.connectors.vpgc import decoder_layers
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 from graft.train.recipe import ComponentSpec, LoraSpec, Recipe
@@ -89,9 +90,25 @@ def apply_stage(model: GraftForConditionalGeneration, recipe: Recipe) -> None:
             module.set_trainable(spec.mode == "full")
         else:
             module.requires_grad_(spec.mode == "full")
+        if spec.top_layers is not None:
+            _train_top_layers(module, spec.top_layers)
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+
+
+def _train_top_layers(llm: nn.Module, count: int) -> None:
+    """Only the top ``count`` decoder layers and the final norm learn; everything below them (and
+    the tied embeddings / head) is frozen, so backpropagation ends ``count`` layers down."""
+    layers = decoder_layers(llm)
+    if count > len(layers):
+        raise ValueError(f"llm.top_layers is {count} but the LLM has {len(layers)} decoder layers")
+    llm.requires_grad_(False)
+    for layer in layers[len(layers) - count :]:
+        layer.requires_grad_(True)
+    norm = getattr(llm.get_decoder(), "norm", None)
+    if isinstance(norm, nn.Module):
+        norm.requires_grad_(True)
 
 
 def set_train_mode(model: nn.Module, recipe: Recipe) -> None:
