@@ -133,3 +133,112 @@ def test_two_runs_of_one_family_and_a_user_task_each_get_a_column(tmp_path):
     assert report.tasks["binary"].kind == "pope" and report.tasks["mine"].headline == 0.25
     md = build_report([run], tmp_path / "out")[0].read_text()
     assert "binary (mean F1)" in md and "mine (score)" in md
+
+
+def _demo_with_curve(root):
+    """A demo folder as ``graft demo`` now leaves it: summary with diagnostics, and a learning curve
+    whose last line a kill cut short."""
+    root.mkdir()
+    summary = {
+        "binary/accuracy": 0.9,
+        "binary/accuracy_blind": 0.55,
+        "mcq/accuracy": 0.7,
+        "mcq/accuracy_blind": 0.3,
+        "qtype/binary_color/accuracy": 0.95,
+        "qtype/binary_count/accuracy": 0.6,
+        "qtype/mcq_shape/accuracy": 0.8,
+        "qtype/mcq_shape/accuracy_blind": 0.2,
+        "qtype/mcq_shape/n": 40,
+        "probe/shape_acc": 0.97,
+        "probe/shape_chance": 0.34,
+        "probe/color_acc": 0.99,
+        "caption/exact": 0.42,
+        "caption/object_recall": 0.8,
+        "stage1/final_loss": 1.25,
+        "binary/accuracy_text": 0.98,
+        "mcq/accuracy_text": 0.91,
+        "time/total_s": 12.0,
+    }
+    (root / "summary.json").write_text(json.dumps(summary))
+    points = [
+        {"step": 0, "binary/accuracy": 0.5, "binary/accuracy_blind": 0.5, "mcq/accuracy": 0.25},
+        {
+            "step": 20,
+            "binary/accuracy": 0.75,
+            "binary/accuracy_blind": 0.52,
+            "mcq/accuracy": 0.5,
+            "mcq/accuracy_blind": 0.28,
+        },
+        {
+            "step": 40,
+            "binary/accuracy": 0.9,
+            "binary/accuracy_blind": 0.55,
+            "mcq/accuracy": 0.7,
+            "mcq/accuracy_blind": 0.3,
+        },
+    ]
+    lines = "".join(json.dumps(p) + "\n" for p in points)
+    (root / "curve.jsonl").write_text(lines + '{"step": 60, "binary/accur')
+    return root
+
+
+def test_demo_report_curve_diagnostics_and_blind_bars(tmp_path):
+    demo = _demo_with_curve(tmp_path / "demo")
+    run = load_run(demo)
+    assert [p["step"] for p in run.curve] == [0, 20, 40]  # the torn line is skipped
+    assert run.tasks["demo/mcq"].categories == {"shape": 0.8}  # blind and counts are no types
+
+    md_path, html_path = build_report([demo], tmp_path / "out")
+    md = md_path.read_text()
+    assert "learning curve" in md
+    assert "| 0 | 0.500 | 0.500 | 0.250 | - |" in md  # a missing key shows as "-"
+    assert "| 20 | 0.750 | 0.520 | 0.500 | 0.280 |" in md
+    assert "| 40 | 0.900 | 0.550 | 0.700 | 0.300 |" in md
+    assert "| all | 0.900 | 0.550 | 0.50 |" in md  # with images, blind, chance side by side
+    assert "| shape | 0.800 | 0.200 | 0.25 |" in md
+    assert "| probe/shape_acc | 0.970 (chance 0.340) | vision probe" in md
+    assert "| binary/accuracy_text | 0.980 (with images 0.900) | text upper bound" in md
+    assert "caption/exact" in md and "stage1/final_loss" in md and "probe/size_acc" not in md
+
+    page = html_path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page)
+    assert "alt='demo: accuracy during stage 2' src='data:image/png;base64," in page
+    assert page.count("data:image/png;base64,") == 3  # binary bars, mcq bars, the curve
+    assert "Demo diagnostics" in page and "frozen vision tower" in page and "0.420" in page
+    assert "class='wide'" in page and "overflow-x:auto" in page
+
+
+def test_demo_bar_series_put_blind_beside_seeing_against_chance(tmp_path):
+    from graft.eval.report_demo import bar_series, curve_series
+
+    run = load_run(_demo_with_curve(tmp_path / "demo"))
+    binary = bar_series("binary", [run])
+    assert binary.chance == 0.5 and binary.groups == ["all", "color", "count"]
+    seeing, blind = binary.series
+    assert (seeing.label, seeing.values, seeing.blind) == ("with images", [0.9, 0.95, 0.6], False)
+    # no per-type blind keys: the overall blind accuracy stands beside "all", no bars elsewhere
+    assert blind.blind and blind.values[0] == 0.55 and all(v != v for v in blind.values[1:])
+    mcq = bar_series("mcq", [run])
+    assert mcq.chance == 0.25 and mcq.groups == ["all", "shape"]
+    assert [s.values for s in mcq.series] == [[0.7, 0.8], [0.3, 0.2]]
+    other = load_run(_tiny_demo(tmp_path / "other"))
+    both = bar_series("binary", [run, other])
+    assert [s.label for s in both.series][::2] == ["demo: with images", "other: with images"]
+    assert [s.run for s in both.series] == [0, 0, 1, 1]  # a run's two series share a colour
+    assert bar_series("mcq", [load_run(_tiny_pope_run(tmp_path, {}))]) is None
+
+    lines = {label: (steps, values, style) for label, steps, values, style in curve_series(run.curve)}
+    assert lines["binary with images"] == ([0, 20, 40], [0.5, 0.75, 0.9], "-")
+    assert lines["mcq blind"] == ([20, 40], [0.28, 0.3], "--")
+
+
+def test_wide_results_table_fits_the_page(tmp_path):
+    demo = _tiny_demo(tmp_path / "demo")
+    run = _tiny_pope_run(tmp_path, {})
+    pope = json.loads((run / "pope" / "results.json").read_text())
+    for i in range(8):
+        (run / f"pope_{i}").mkdir()
+        (run / f"pope_{i}" / "results.json").write_text(json.dumps(pope | {"run": f"pope_{i}"}))
+    page = build_report([run, demo], tmp_path / "out")[1].read_text()
+    assert "<table class='results many'" in page and "table-layout:fixed" in page
+    assert "demo/<wbr>binary_<wbr>blind<br><small>" in page  # long headers break at separators

@@ -12,7 +12,8 @@ single table:
 - ``coco_caption``: CIDEr; bars: BLEU-1..4, METEOR, ROUGE-L, CIDEr
 - ``llava_bench``: overall relative score ("all"); bars: per category
 - demo ``binary`` / ``mcq``: held-out accuracy (0-1), and the same with images blanked;
-  bars: accuracy per question type
+  bars: with images beside blind, overall and per question type, against chance; the demo's
+  learning curve and diagnostics get sections of their own (``graft.eval.report_demo``)
 
 Failures are listed only where a sample is simply right or wrong: POPE and MME (the official
 yes/no reading of the answer against the label) and the multiple-choice tasks (the scorer's own
@@ -82,6 +83,9 @@ class RunReport:
     config_hash: str = ""
     version: str = ""
     tasks: dict[str, TaskReport] = field(default_factory=dict)
+    #: a demo's ``summary.json`` (numbers only) and ``curve.jsonl`` points; empty for eval runs
+    summary: dict[str, float] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
 
 
 def _num(value: Any) -> bool:
@@ -151,7 +155,9 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
     summary = path if path.is_file() else path / "summary.json"
     run = RunReport(name=(path.parent if path.is_file() else path).name, source=path)
     if summary.is_file():
-        _add_demo(run, json.loads(summary.read_text(encoding="utf-8")))
+        from graft.eval.report_demo import add_demo
+
+        add_demo(run, summary)
     if path.is_dir():
         for results_path in sorted(path.glob("*/results.json")):
             results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -165,21 +171,6 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
     if not run.tasks:
         raise FileNotFoundError(f"{path}: neither a summary.json nor any */results.json found")
     return run
-
-
-def _add_demo(run: RunReport, summary: dict[str, Any]) -> None:
-    for family in ("binary", "mcq"):
-        prefix = f"qtype/{family}_"
-        cats = {
-            k.removeprefix(prefix).removesuffix("/accuracy"): v
-            for k, v in summary.items()
-            if k.startswith(prefix)
-        }
-        if f"{family}/accuracy" in summary:
-            run.tasks[f"demo/{family}"] = TaskReport(f"demo/{family}", summary[f"{family}/accuracy"], cats)
-        if f"{family}/accuracy_blind" in summary:
-            blind = f"demo/{family}_blind"
-            run.tasks[blind] = TaskReport(blind, summary[f"{family}/accuracy_blind"])
 
 
 def _families(runs: list[RunReport]) -> list[str]:
@@ -201,6 +192,8 @@ def _column(family: str, runs: list[RunReport]) -> str:
 
 
 def render_markdown(runs: list[RunReport]) -> str:
+    from graft.eval import report_demo
+
     families = _families(runs)
     lines = [
         "# graft evaluation report",
@@ -215,6 +208,9 @@ def render_markdown(runs: list[RunReport]) -> str:
         f"- {r.name}: `{r.source}` {r.config_hash} {r.version}".rstrip() for r in runs
     ]
     for family in families:
+        if family in report_demo.FAMILIES:
+            lines += report_demo.category_markdown(family, runs)
+            continue
         cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
         if cats:
             lines += [
@@ -227,6 +223,7 @@ def render_markdown(runs: list[RunReport]) -> str:
             for c in cats:
                 vals = [_fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs]
                 lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    lines += report_demo.render_markdown(runs)
     lines += ["", "## Failures"]
     for run in runs:
         for family, task in run.tasks.items():
@@ -250,7 +247,8 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     matplotlib.use("Agg")  # no display; the Figure API below never touches pyplot's global state
     from matplotlib.figure import Figure
 
-    cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
+    runs = [r for r in runs if family in r.tasks]  # the legend names only the runs that have bars
+    cats = sorted({c for r in runs for c in r.tasks[family].categories})
     if not cats:
         return None
     fig = Figure(figsize=(max(4.0, 0.6 * len(cats) * max(1, len(runs)) + 1.5), 3.2))
@@ -258,8 +256,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         # a category a run lacks gets no bar (NaN), not a misleading zero
-        nan = float("nan")
-        values = [run.tasks[family].categories.get(c, nan) if family in run.tasks else nan for c in cats]
+        values = [run.tasks[family].categories.get(c, float("nan")) for c in cats]
         ax.bar([x + i * width for x in range(len(cats))], values, width, label=run.name)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
     ax.set_title(f"{family} per category")
@@ -290,30 +287,58 @@ def thumbnail_uri(path: Path, size: int = 160) -> str | None:
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
+#: the page's style; wide tables scroll inside their own box instead of running off the page
+_CSS = (
+    "body{font-family:sans-serif;margin:2em}img{max-width:100%;height:auto}"
+    ".wide{max-width:100%;overflow-x:auto}table{border-collapse:collapse;max-width:100%}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+    "th{vertical-align:bottom;overflow-wrap:anywhere;word-wrap:break-word}"
+    "th small{font-weight:normal;color:#555}"
+    "table.many{width:100%;table-layout:fixed;font-size:12px}table.many td,table.many th{padding:3px 4px}"
+    "table.many col.model{width:11em}table.many td:first-child{overflow-wrap:anywhere}"
+    ".text{text-align:left;max-width:40em}"
+    ".fail{border-top:1px solid #eee;padding:6px 0}.fail img{margin-right:6px}"
+)
+
+
+def _header(family: str, runs: list[RunReport]) -> str:
+    """A results column's heading: the name, breakable at its separators, over what it measures."""
+    from html import escape
+
+    kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
+    name = escape(family).replace("/", "/<wbr>").replace("_", "_<wbr>")
+    return f"{name}<br><small>{escape(HEADLINES.get(kind, 'score'))}</small>"
+
+
 def render_html(runs: list[RunReport]) -> str:
     """One page with everything inline: table, charts and thumbnails as data URIs, no links out."""
     from html import escape
 
+    from graft.eval import report_demo
+
     families = _families(runs)
+    many = len(families) > 5  # then: fixed layout, smaller type, wrapped headers
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>graft evaluation report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-        ".fail{border-top:1px solid #eee;padding:6px 0}.fail img{margin-right:6px}</style></head><body>",
-        "<h1>graft evaluation report</h1><table><tr><th>model</th>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>graft evaluation report</h1><div class='wide'>",
+        f"<table class='results{' many' if many else ''}' style='min-width:{8 + 4.5 * len(families):g}em'>"
+        "<colgroup><col class='model'></colgroup><tr><th>model</th>",
     ]
-    parts += [f"<th>{escape(_column(f, runs))}</th>" for f in families] + ["</tr>"]
+    parts += [f"<th>{_header(f, runs)}</th>" for f in families] + ["</tr>"]
     for run in runs:
         cells = "".join(
             f"<td>{_fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families
         )
         title = escape(f"{run.source} {run.config_hash} {run.version}".strip())
         parts.append(f"<tr><td title='{title}'>{escape(run.name)}</td>{cells}</tr>")
-    parts.append("</table><h2>Per category</h2>")
+    parts.append("</table></div><h2>Per category</h2>")
     for family in families:
-        png = bar_chart_png(family, runs)
+        demo = report_demo.FAMILIES.get(family)  # "binary" for "demo/binary"
+        png = report_demo.bar_chart_png(demo, runs) if demo else bar_chart_png(family, runs)
         if png:
             parts.append(f"<div><img alt='{escape(family)} per category' src='{_data_uri(png)}'></div>")
+    parts += report_demo.render_html(runs)
     parts.append("<h2>Failures</h2>")
     for run in runs:
         for family, task in run.tasks.items():

@@ -1,0 +1,323 @@
+"""The ``graft demo`` part of ``graft report``: with-images vs blind bars, learning curve, diagnostics.
+
+A demo output folder holds a flat ``summary.json`` (``binary/accuracy``, ``binary/accuracy_blind``,
+``qtype/binary_color/accuracy``, maybe ``qtype/binary_color/accuracy_blind``, the diagnostics keys
+of ``DIAGNOSTICS``) and, beside it, ``curve.jsonl``: held-out accuracy at a few steps of stage 2,
+one JSON object per line (a line cut by a kill is skipped). Every accuracy is read against
+guessing (``CHANCE``), so each chart draws that level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from graft.eval.report import RunReport, TaskReport, _data_uri, _fmt, _num
+
+#: accuracy of guessing, per question format (as in ``graft.cli.demo``)
+CHANCE = {"binary": 0.5, "mcq": 0.25}
+#: the report's column for each question format
+FAMILIES = {f"demo/{family}": family for family in CHANCE}
+_PROBE = "vision probe: each object's {} read linearly from the frozen vision tower's features"
+#: the diagnostics keys, in the order shown, each with what it measures
+DIAGNOSTICS = {
+    **{
+        f"probe/{a}_acc": _PROBE.format(a.replace("color", "colour"))
+        for a in ("shape", "color", "size", "position")
+    },
+    "caption/exact": "caption: share of stage 1's held-out captions naming exactly the scene's objects",
+    "caption/object_recall": "caption: share of the scenes' objects that stage 1's captions name",
+    "caption/object_precision": "caption: share of the objects stage 1's captions name that are in the scene",
+    "stage1/final_loss": "stage 1 (caption pretraining): training loss at its last logged step",
+    "binary/accuracy_text": "text upper bound: the same yes/no questions answered with the scene's "
+    "description in place of the image",
+    "mcq/accuracy_text": "text upper bound: the same multiple-choice questions answered with the scene's "
+    "description in place of the image",
+}
+_NAN = float("nan")
+
+
+def add_demo(run: RunReport, summary_path: Path) -> None:
+    """The demo's two question formats as tasks of ``run``, its summary and its learning curve."""
+    summary = {k: v for k, v in json.loads(summary_path.read_text(encoding="utf-8")).items() if _num(v)}
+    run.summary, run.curve = summary, read_curve(summary_path.parent / "curve.jsonl")
+    for family in CHANCE:
+        if f"{family}/accuracy" in summary:
+            cats = per_type(summary, family)
+            run.tasks[f"demo/{family}"] = TaskReport(f"demo/{family}", summary[f"{family}/accuracy"], cats)
+        if f"{family}/accuracy_blind" in summary:
+            blind = f"demo/{family}_blind"
+            run.tasks[blind] = TaskReport(blind, summary[f"{family}/accuracy_blind"])
+
+
+def per_type(summary: dict[str, float], family: str, suffix: str = "") -> dict[str, float]:
+    """Accuracy per question type of ``family`` (``suffix="_blind"``: with the images blanked)."""
+    prefix, end = f"qtype/{family}_", f"/accuracy{suffix}"
+    names = {
+        k[len(prefix) : -len(end)]: v for k, v in summary.items() if k.startswith(prefix) and k.endswith(end)
+    }
+    return {name: v for name, v in names.items() if name and "/" not in name}
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    """The learning curve's points in step order; lines that do not parse (a kill) are skipped."""
+    points: dict[int, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+            points[row["step"]] = {k: v for k, v in row.items() if _num(v)}
+    return [points[step] for step in sorted(points)]
+
+
+# ---------------------------------------------------------------- series (what the charts draw)
+
+
+class Series(NamedTuple):
+    label: str
+    values: list[float]
+    blind: bool
+    #: index of the demo run it belongs to (its colour)
+    run: int
+
+
+@dataclass
+class Bars:
+    """One demo format's chart: groups on the x axis, per series one value per group, and chance."""
+
+    groups: list[str]
+    series: list[Series]
+    chance: float
+
+
+def group_value(summary: dict[str, float], family: str, group: str, blind: bool = False) -> float | None:
+    """Accuracy of group "all" (the whole format) or of one question type; None when not measured."""
+    suffix = "_blind" if blind else ""
+    if group == "all":
+        return summary.get(f"{family}/accuracy{suffix}")
+    return per_type(summary, family, suffix).get(group)
+
+
+def bar_series(family: str, runs: list[RunReport]) -> Bars | None:
+    """Group "all" (the format's overall accuracy) then one group per question type; per demo run
+    a with-images series and a blind one (per type where ``..._blind`` keys exist, else NaN: no
+    bar). None when no run has this format."""
+    demos = [r for r in runs if f"{family}/accuracy" in r.summary or f"{family}/accuracy_blind" in r.summary]
+    if not demos:
+        return None
+    types = sorted({t for r in demos for s in ("", "_blind") for t in per_type(r.summary, family, s)})
+    groups, series = ["all", *types], []
+    for i, run in enumerate(demos):
+        label = f"{run.name}: " if len(demos) > 1 else ""
+        for blind, what in ((False, "with images"), (True, "blind (images blanked)")):
+            values = [group_value(run.summary, family, g, blind) for g in groups]
+            if any(v is not None for v in values):
+                series.append(Series(label + what, [_NAN if v is None else v for v in values], blind, i))
+    return Bars(groups, series, CHANCE[family])
+
+
+def curve_series(curve: list[dict[str, float]]) -> list[tuple[str, list[int], list[float], str]]:
+    """The learning curve's lines: (label, steps, accuracies, line style); blind ones dashed."""
+    lines = []
+    for family in CHANCE:
+        for suffix, style, what in (("", "-", "with images"), ("_blind", "--", "blind")):
+            key = f"{family}/accuracy{suffix}"
+            points = [(int(row["step"]), row[key]) for row in curve if key in row]
+            if points:
+                lines.append((f"{family} {what}", [p[0] for p in points], [p[1] for p in points], style))
+    return lines
+
+
+# ---------------------------------------------------------------- charts
+
+
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the Figure API never touches pyplot's global state
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")  # room for outside legends
+
+
+def _png(fig: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
+    """``bar_series`` drawn: seeing bars solid, blind ones hatched in the same colour, chance dashed."""
+    bars = bar_series(family, runs)
+    if bars is None:
+        return None
+    n, k = len(bars.groups), max(1, len(bars.series))
+    # the legend sits below in two columns: wide enough for its longest label (~0.06 in a letter)
+    legend = 2 * (0.06 * max(len(s.label) for s in bars.series) + 0.5)
+    fig = _figure(max(4.5, 0.35 * n * k + 2.0, legend), 3.2 + 0.15 * math.ceil(k / 2))
+    ax = fig.subplots()
+    width = 0.8 / k
+    for i, (label, values, blind, run) in enumerate(bars.series):
+        color = f"C{run}"
+        style = (
+            {"color": color, "alpha": 0.45, "hatch": "//", "edgecolor": color} if blind else {"color": color}
+        )
+        xs = [g + (i - (k - 1) / 2) * width for g in range(n)]
+        drawn = ax.bar(xs, values, width, label=label, **style)
+        ax.bar_label(drawn, ["" if math.isnan(v) else f"{v:.2f}" for v in values], fontsize=6)
+    ax.axhline(bars.chance, color="0.3", linestyle="--", linewidth=1)
+    ax.text(
+        1.0, bars.chance, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.3"
+    )
+    if n > 1:
+        ax.axvline(0.5, color="0.8", linewidth=0.8)  # "all" apart from the question types
+    ax.set_xticks(range(n), bars.groups, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("held-out accuracy", fontsize=8)
+    ax.set_title(f"demo/{family}: with images vs blind (chance {bars.chance:g})", fontsize=9)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2, frameon=False)
+    return _png(fig)
+
+
+def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
+    """Accuracy over stage-2 steps: binary and mcq, with images solid and blind dashed, chance dotted."""
+    lines = curve_series(curve)
+    if not lines:
+        return None
+    fig = _figure(6.0, 3.4)
+    ax = fig.subplots()
+    colors = {family: f"C{i}" for i, family in enumerate(CHANCE)}
+    for label, steps, values, style in lines:
+        ax.plot(steps, values, style, marker="o", markersize=3, color=colors[label.split()[0]], label=label)
+    for family, chance in CHANCE.items():
+        ax.axhline(chance, color=colors[family], linestyle=":", linewidth=1, label=f"{family} chance")
+    ax.set_xlabel("stage-2 step", fontsize=8)
+    ax.set_ylabel("held-out accuracy", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(fontsize=7, loc="outside right center", frameon=False)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _diagnostic_cell(summary: dict[str, float], key: str) -> str:
+    """The value, with what it is read against: the probe's chance or the seeing accuracy."""
+    if key not in summary:
+        return "-"
+    ref = ""
+    if key.startswith("probe/") and key.endswith("_acc"):
+        chance = summary.get(key.removesuffix("_acc") + "_chance")
+        ref = f" (chance {_fmt(chance)})" if chance is not None else ""
+    elif key.endswith("/accuracy_text"):
+        seeing = summary.get(key.removesuffix("_text"))
+        ref = f" (with images {_fmt(seeing)})" if seeing is not None else ""
+    return _fmt(summary[key]) + ref
+
+
+def _diagnostics(runs: list[RunReport]) -> tuple[list[RunReport], list[str]]:
+    demos = [r for r in runs if any(k in r.summary for k in DIAGNOSTICS)]
+    return demos, [k for k in DIAGNOSTICS if any(k in r.summary for r in demos)]
+
+
+def _blind_columns(runs: list[RunReport], family: str) -> list[RunReport]:
+    return [
+        r for r in runs if f"{family}/accuracy_blind" in r.summary or per_type(r.summary, family, "_blind")
+    ]
+
+
+def category_markdown(column: str, runs: list[RunReport]) -> list[str]:
+    """``column`` (``demo/binary``...) per question type, with images and blind, and chance."""
+    family = FAMILIES[column]
+    bars = bar_series(family, runs)
+    if bars is None or len(bars.groups) < 2:
+        return []
+    blinds = _blind_columns(runs, family)
+    head = [r.name for r in runs] + [f"{r.name} blind" for r in blinds] + ["chance"]
+    lines = [
+        "",
+        f"## {column} per category (with images vs blind)",
+        "",
+        "| category | " + " | ".join(head) + " |",
+    ]
+    lines.append("|---" * (len(head) + 1) + "|")
+    for group in bars.groups:
+        cells = [_fmt(group_value(r.summary, family, group)) for r in runs]
+        cells += [_fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
+        lines.append(f"| {group} | " + " | ".join(cells) + f" | {CHANCE[family]:.2f} |")
+    return lines
+
+
+def _curve_rows(curve: list[dict[str, float]]) -> list[list[str]]:
+    keys = [f"{f}/accuracy{s}" for f in CHANCE for s in ("", "_blind")]
+    return [[str(int(row["step"]))] + [_fmt(row.get(k)) for k in keys] for row in curve]
+
+
+_CURVE_HEAD = ["step", "binary", "binary blind", "mcq", "mcq blind"]
+
+
+def render_markdown(runs: list[RunReport]) -> list[str]:
+    """The learning curves' points and the diagnostics, as markdown lines."""
+    lines: list[str] = []
+    for run in runs:
+        if run.curve:
+            lines += ["", f"## {run.name}: learning curve (stage 2, held-out accuracy)", ""]
+            lines += ["| " + " | ".join(_CURVE_HEAD) + " |", "|---" * len(_CURVE_HEAD) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in _curve_rows(run.curve)]
+    demos, keys = _diagnostics(runs)
+    if keys:
+        lines += [
+            "",
+            "## Demo diagnostics",
+            "",
+            "| measurement | " + " | ".join(r.name for r in demos) + " | meaning |",
+        ]
+        lines.append("|---" * (len(demos) + 2) + "|")
+        for key in keys:
+            cells = " | ".join(_diagnostic_cell(r.summary, key) for r in demos)
+            lines.append(f"| {key} | {cells} | {DIAGNOSTICS[key]} |")
+    return lines
+
+
+def render_html(runs: list[RunReport]) -> list[str]:
+    """The learning curves (plot and points) and the diagnostics table, as HTML parts."""
+    parts: list[str] = []
+    curves = [r for r in runs if r.curve]
+    if curves:
+        parts.append("<h2>Learning curve (stage 2, held-out accuracy)</h2>")
+    for run in curves:
+        title = f"{run.name}: accuracy during stage 2"
+        png = curve_png(run.curve, title)
+        if png:
+            parts.append(f"<div><img alt='{escape(title)}' src='{_data_uri(png)}'></div>")
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _curve_rows(run.curve)
+        )
+        head = "".join(f"<th>{h}</th>" for h in _CURVE_HEAD)
+        parts.append(f"<details><summary>points</summary><table><tr>{head}</tr>{rows}</table></details>")
+    demos, keys = _diagnostics(runs)
+    if keys:
+        parts.append(
+            "<h2>Demo diagnostics</h2><div class='wide'><table class='diag'><tr><th>measurement</th>"
+        )
+        parts.append(
+            "".join(f"<th>{escape(r.name)}</th>" for r in demos) + "<th class='text'>meaning</th></tr>"
+        )
+        for key in keys:
+            cells = "".join(f"<td>{escape(_diagnostic_cell(r.summary, key))}</td>" for r in demos)
+            parts.append(
+                f"<tr><td>{escape(key)}</td>{cells}<td class='text'>{escape(DIAGNOSTICS[key])}</td></tr>"
+            )
+        parts.append("</table></div>")
+    return parts
