@@ -1,0 +1,143 @@
+"""Samples/s of the demo's three phases with SmolLM2-135M on this machine, with and without each
+speed lever, in one run: stage 1 (connector only, plain template), stage 2 (instruction tuning)
+and evaluation (greedy short answers).
+
+Every training configuration runs the same batches of the world's own data, with the vision
+features computed once beforehand (the training loop's feature cache does the same), for
+``--warmup`` untimed and ``--steps`` timed optimizer steps (forward, backward, AdamW). Each line
+gives samples/s and the speed-up over the first configuration of its phase.
+
+    python benchmarks/smollm2_speed.py --model runs/demo/stage1 --world runs/demo/world
+
+``--model`` is a graft folder grafted onto SmolLM2 (``runs/demo/composed`` or ``stage1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from graft.data import LlavaDataset, TrainCollator
+from graft.eval.questions import read_questions
+from graft.generate import generate_answers
+from graft.modeling import GraftForConditionalGeneration
+from graft.processing import GraftProcessor, load_image
+from graft.templates import Message
+from graft.train.recipe import recipe_from_dict
+from graft.train.stages import apply_stage, param_groups
+
+#: (name, stage, bf16, label-only logits, recipe components) -- the first of each stage is its baseline
+TRAIN_CASES = [
+    ("stage 1: fp32, full logits", "stage1", False, False, {"connector": {"mode": "full"}}),
+    ("stage 1: bf16 autocast", "stage1", True, False, {"connector": {"mode": "full"}}),
+    ("stage 1: bf16 + label-only logits", "stage1", True, True, {"connector": {"mode": "full"}}),
+    ("stage 2: fp32, full logits, full LLM", "stage2", False, False, {"llm": {"mode": "full"}}),
+    ("stage 2: bf16 autocast", "stage2", True, False, {"llm": {"mode": "full"}}),
+    ("stage 2: bf16 + label-only logits", "stage2", True, True, {"llm": {"mode": "full"}}),
+    (
+        "stage 2: bf16 + label-only + LoRA r=64 (connector learns)",
+        "stage2",
+        True,
+        True,
+        {"llm": {"mode": "lora", "lora": {"r": 64, "alpha": 128}}},
+    ),
+    (
+        "stage 2: bf16 + label-only + top 10 layers (connector frozen)",
+        "stage2",
+        True,
+        True,
+        {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 10}},
+    ),
+]
+
+
+def batches(model_dir: Path, world: Path, stage: str, batch_size: int, count: int, model) -> list[dict]:
+    template = "plain" if stage == "stage1" else "smollm2"
+    processor = GraftProcessor.from_pretrained(model_dir, template=template)
+    dataset = LlavaDataset([str(world / f"{stage}.json")], str(world), processor)
+    collate = TrainCollator(processor.tokenizer.pad_token_id)
+    out = []
+    with torch.no_grad():
+        for start in range(0, batch_size * count, batch_size):
+            batch = collate([dataset[i] for i in range(start, start + batch_size)])
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+            inputs["vision_features"] = model.select_vision_features(batch["pixel_values"])
+            out.append(inputs)
+    return out
+
+
+def time_training(args, name: str, stage: str, bf16: bool, label_only: bool, components: dict) -> float:
+    model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
+    recipe = recipe_from_dict(
+        {"model": {"init_from": str(args.model)}, "data": {"train": ["-"]}, **components}, source="benchmark"
+    )
+    apply_stage(model, recipe)
+    model.train()
+    model.vision_tower.eval()
+    data = batches(args.model, args.world, stage, args.batch_size, args.warmup + args.steps, model)
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=1e-5)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for i, inputs in enumerate(data):
+        if i == args.warmup:
+            start = time.perf_counter()
+        with autocast:
+            loss = model(**inputs, use_cache=False, supervised_logits_only=label_only).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
+def time_eval(args, batch_size: int, bf16: bool) -> float:
+    model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
+    processor = GraftProcessor.from_pretrained(args.model, template="smollm2")
+    questions = read_questions(args.world / "eval" / "binary.jsonl", args.world)[: args.eval_questions]
+    convs = [[Message("user", f"{processor.image_token}\n{q.question}")] for q in questions]
+    images = [[load_image(q.image)] for q in questions]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    start = time.perf_counter()
+    with autocast:
+        generate_answers(model, processor, convs, images, max_new_tokens=8, batch_size=batch_size)
+    return len(questions) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--eval-questions", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict[str, float] = {}
+    base: dict[str, float] = {}
+    for name, stage, bf16, label_only, components in TRAIN_CASES:
+        rate = time_training(args, name, stage, bf16, label_only, components)
+        base.setdefault(stage, rate)
+        results[name] = rate
+        print(f"{name:70s} {rate:7.2f} samples/s  x{rate / base[stage]:.2f}", flush=True)
+    for name, batch_size, bf16 in (
+        ("eval: batch 1, fp32", 1, False),
+        ("eval: batch 32, fp32", 32, False),
+        ("eval: batch 32, bf16 autocast", 32, True),
+    ):
+        rate = time_eval(args, batch_size, bf16)
+        base.setdefault("eval", rate)
+        results[name] = rate
+        print(f"{name:70s} {rate:7.2f} questions/s  x{rate / base['eval']:.2f}", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
