@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from graft.world import build_world
-from graft.world.artifacts import MARKER
+from graft.world.artifacts import MARKER, is_finished
 from graft.world.pretrain import (
     pretrain_llm,
     pretrain_vision,
@@ -61,7 +61,7 @@ def test_pretrain_vision_saves_clip_vision_tower(world, tmp_path):
     pix = proc(images=[Image.open(next((world / "images" / "train").glob("*.png")))], return_tensors="pt")
     assert pix["pixel_values"].shape == (1, 3, 64, 64)
     hidden = model(**pix, output_hidden_states=True).hidden_states[-2]
-    assert hidden.shape == (1, 65, 32)  # CLS + 8x8 patches
+    assert hidden.shape == (1, 257, 32)  # CLS + 16x16 patches (patch 4)
     mtime = (out / MARKER).stat().st_mtime_ns
     pretrain_vision(world, out, steps=2)  # finished: skipped
     assert (out / MARKER).stat().st_mtime_ns == mtime
@@ -114,3 +114,30 @@ def test_corpus_drills_share_one_context(world):
     assert drills and all(d.count("Context: ") == 1 for d in drills)
     answers = [t.split("</s>")[0] for d in drills for t in d.split(" ASSISTANT: ")[1:]]
     assert {"Yes", "No"} <= set(answers) and {"A", "B", "C", "D"} & set(answers)
+
+
+def test_patch_labels_name_the_object_under_each_patch():
+    from graft.world.scene import Obj, Scene
+    from graft.world.vision import patch_labels
+
+    scene = Scene([Obj("square", "blue", "large", 0.25, 0.25)], image_size=64)
+    labels = patch_labels(scene, patch=8, min_cover=0.125)
+    assert labels.shape == (64, 3)
+    grid = labels.view(8, 8, 3)
+    # the square fills x, y in [0.08, 0.42] of the image: patches 1..2 of rows and columns are inside
+    assert grid[2, 2].tolist() == [2, 3, 2]  # square (index 1) + 1, blue (2) + 1, large (1) + 1
+    assert grid[6, 6].tolist() == [0, 0, 0]  # background
+    assert (grid[..., 0] > 0).sum() == (grid[..., 1] > 0).sum() >= 4
+
+
+def test_packaged_vision_tower_is_copied_and_loads(world, tmp_path):
+    from transformers import CLIPVisionModel
+
+    from graft.world.pretrain import PACKAGED_VISION, prepare_vision
+
+    out = prepare_vision(world, tmp_path, "packaged")
+    assert out == tmp_path / "vision" and is_finished(out)
+    model = CLIPVisionModel.from_pretrained(out)
+    assert model.config.patch_size == 4 and (PACKAGED_VISION / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="not a vision-tower folder"):
+        prepare_vision(world, tmp_path, str(tmp_path / "nowhere"))

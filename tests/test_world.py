@@ -92,7 +92,10 @@ def test_no_test_image_in_training_files(world):
     train_images = {r["image"] for r in _read_jsonl(world / "meta" / "train.jsonl")}
     assert test_images and not test_images & train_images
     for name in ("stage1.json", "stage2.json"):
-        used = {r["image"] for r in json.loads((world / name).read_text())}
+        records = json.loads((world / name).read_text())
+        used = {r["image"] for r in records if "image" in r}
+        # a multi-image record's second image may be an exact re-render of a train scene
+        used |= {p for r in records for p in r.get("images", []) if not p.startswith("images/edits/")}
         assert used <= train_images
     assert {r["image"] for r in _read_jsonl(world / "text" / "captions.jsonl")} <= train_images
     for name in ("binary.jsonl", "mcq.jsonl"):
@@ -106,11 +109,42 @@ def test_llava_records(world):
         for r in json.loads((world / name).read_text()):
             conv = r["conversations"]
             assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
-            assert conv[0]["value"].startswith("<image>\n")
-            assert sum(t["value"].count("<image>") for t in conv) == 1
-            assert (world / r["image"]).exists()
-    qtypes = Counter(r["qtype"] for r in json.loads((world / "stage2.json").read_text()))
-    assert {"conversation", "detail", "reasoning", "existence", "count"} <= set(qtypes)
+            images = r.get("images", [r.get("image")])
+            assert sum(t["value"].count("<image>") for t in conv) == len(images)
+            assert all((world / p).exists() for p in images)
+            if "image" in r:
+                assert conv[0]["value"].startswith("<image>\n")
+    stage2 = json.loads((world / "stage2.json").read_text())
+    qtypes = Counter(r["qtype"] for r in stage2)
+    assert {"conversation", "detail", "reasoning", "questions", "which_image", "difference"} <= set(qtypes)
+    # several questions about one image in one record, each asked once
+    for r in stage2:
+        if r["qtype"] == "questions":
+            asked = [t["value"].removeprefix("<image>\n") for t in r["conversations"][::2]]
+            assert len(asked) == len(set(asked)) >= 1
+
+
+def test_multi_image_records_are_true(world):
+    from graft.world.describe import noun_phrase
+
+    meta = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "train.jsonl")}
+    stage2 = json.loads((world / "stage2.json").read_text())
+    which = [r for r in stage2 if r["qtype"] == "which_image"]
+    assert which
+    for r in which:
+        question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        category = question.rsplit("Which image shows a ", 1)[1].rstrip("?")
+        holds = [category in {o.category for o in meta[p].objects} for p in r["images"]]
+        assert holds.count(True) == 1 and answer == f"Image {'ABC'[holds.index(True)]}"
+    differences = [r for r in stage2 if r["qtype"] == "difference"]
+    assert differences
+    for r in differences:
+        before = meta[r["images"][0]]
+        description = r["conversations"][1]["value"]
+        assert r["images"][1].startswith("images/edits/")
+        # the sentence names an object of the first image (modify, delete) or a new one (add)
+        named = any(noun_phrase(o, det=False) in description for o in before.objects)
+        assert named or "has been added" in description
 
 
 def test_eval_formats_and_balance(world):
@@ -125,7 +159,13 @@ def test_eval_formats_and_balance(world):
         for letter, choice in zip(LETTERS, r["choices"], strict=True):
             assert f"\n{letter}. {choice}\n" in r["question"]
     stage2 = json.loads((world / "stage2.json").read_text())
-    yn = Counter(r["conversations"][1]["value"] for r in stage2 if r.get("task") == "yesno")
+    yn = Counter(
+        t["value"]
+        for r in stage2
+        if r["qtype"] == "questions"
+        for t in r["conversations"][1::2]
+        if t["value"] in ("Yes", "No")
+    )
     assert 0.3 < yn["Yes"] / (yn["Yes"] + yn["No"]) < 0.7
 
 

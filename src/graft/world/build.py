@@ -24,10 +24,11 @@ from .benchmarks import write_benchmarks
 from .corpus import DOC_SEP, corpus_docs
 from .describe import boxes, captions
 from .instructions import qa_record, rich_record, single_questions, stage1_record
+from .multi_image import difference_record, which_image_record
 from .questions import FAMILIES, mcq, yesno
 from .scene import COLORS, SHAPES, Scene, sample_scene
 
-WORLD_VERSION = "shapes-1"
+WORLD_VERSION = "shapes-2"
 
 
 @dataclass
@@ -38,7 +39,8 @@ class WorldArgs:
     max_objects: int = 4
     val_frac: float = 0.05
     test_frac: float = 0.05
-    questions_per_image: int = 4  # single-question stage-2 records per train image
+    questions_per_image: int = 6  # turns of each train image's multi-turn question record (stage 2)
+    multi_image_frac: float = 0.25  # train images that also anchor a which-image and a difference record
     corpus_qa_per_image: int = 6  # caption-context QA documents per train image in the LLM corpus
     eval_mcq_per_image: int = 1  # binary eval always has one yes and one no question per test image
 
@@ -77,6 +79,18 @@ def _eval_mcq(scene: Scene, rng: random.Random):
         if qa := mcq(scene, rng, fam):
             return qa
     raise AssertionError("count questions always exist")
+
+
+def _multi_image_records(out: Path, rows: list[dict], args: WorldArgs, rng: random.Random) -> list[dict]:
+    """Which-image and difference records anchored on a share of the train images."""
+    records = []
+    for row in rng.sample(rows, round(len(rows) * args.multi_image_frac)) if len(rows) > 2 else []:
+        made = (
+            which_image_record(f"{row['id']}-w", rows, row, rng),
+            difference_record(f"{row['id']}-d", row, out, rng),
+        )
+        records += [r for r in made if r is not None]
+    return records
 
 
 def build_world(
@@ -133,10 +147,10 @@ def build_world(
             pix_sq += (arr**2).sum(0)
             n_train_pix += arr.shape[0]
             caps_rows.append({"image": rel, "captions": caps})
-            stage1.append(stage1_record(iid, rel, rng.choice(caps), rng))
+            # stage 1 aligns on the caption that names every object's size, colour, shape and place
+            stage1.append(stage1_record(iid, rel, caps[1], rng))
             stage2.append(rich_record(f"{iid}-r", rel, scene, rng))
-            for j, qa in enumerate(single_questions(scene, rng, args.questions_per_image)):
-                stage2.append(qa_record(f"{iid}-q{j}", rel, qa))
+            stage2.append(qa_record(f"{iid}-q", rel, single_questions(scene, rng, args.questions_per_image)))
             docs.extend(corpus_docs(scene, caps, rng, args.corpus_qa_per_image))
         elif split == "test":
             for j, qa in enumerate(_binary_pair(scene, rng)):
@@ -151,6 +165,7 @@ def build_world(
                     | {"qtype": qa.qtype, "choices": qa.choices}
                 )
 
+    stage2 += _multi_image_records(out, meta["train"], args, random.Random(f"multi-{seed}"))
     rng = random.Random(f"shuffle-{seed}")
     rng.shuffle(stage2)
     rng.shuffle(docs)

@@ -196,8 +196,13 @@ def rich_record(rid: str, image: str, scene: Scene, rng: random.Random) -> dict:
     return record(rid, image, [reasoning(scene, rng)], qtype="reasoning")
 
 
-def qa_record(rid: str, image: str, qa: QA) -> dict:
-    return record(rid, image, [(qa.question, qa.answer)], qtype=qa.qtype, task=qa.fmt)
+def qa_record(rid: str, image: str, questions: list[QA]) -> dict:
+    """Several questions about one image as one multi-turn conversation (as LLaVA's data packs
+    them); a question asked twice keeps its first turn only."""
+    turns: dict[str, str] = {}
+    for qa in questions:
+        turns.setdefault(qa.question, qa.answer)
+    return record(rid, image, list(turns.items()), qtype="questions")
 
 
 def stage1_record(rid: str, image: str, caption: str, rng: random.Random) -> dict:
@@ -205,7 +210,7 @@ def stage1_record(rid: str, image: str, caption: str, rng: random.Random) -> dic
 
 
 def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
-    """k single-turn questions: half yes/no (yes or no with equal odds), a quarter MCQ, a quarter short."""
+    """k questions: half yes/no (yes or no with equal odds), a quarter MCQ, a quarter short."""
     out = []
     for _ in range(k):
         u = rng.random()

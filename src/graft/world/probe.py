@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from .corpus import context_for
+from .describe import HIGH, LOW
 from .instructions import vicuna
 from .questions import FAMILIES, mcq, yesno
-from .scene import COLORS, SHAPES, Scene
+from .scene import COLORS, SHAPES, SIZES, Scene
 
 
 def _meta(world_dir: Path, split: str, limit: int | None) -> list[dict]:
@@ -28,9 +29,24 @@ def _meta(world_dir: Path, split: str, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+def _third(v: float) -> int:
+    return 0 if v < LOW else 2 if v > HIGH else 1
+
+
+#: what the probe reads from each object: (label of an object, number of classes); position is
+#: the coarse 3 x 3 cell the captions name ("in the top left")
+PROBED = {
+    "shape": (lambda o: SHAPES.index(o.shape), len(SHAPES)),
+    "color": (lambda o: list(COLORS).index(o.color), len(COLORS)),
+    "size": (lambda o: list(SIZES).index(o.size), len(SIZES)),
+    "position": (lambda o: 3 * _third(o.y) + _third(o.x), 9),
+}
+
+
 @torch.no_grad()
 def _object_features(model, processor, world: Path, rows: list[dict], layer: int, device: str):
-    feats, shape_y, color_y = [], [], []
+    feats: list[torch.Tensor] = []
+    labels: dict[str, list[int]] = {name: [] for name in PROBED}
     grid = model.config.image_size // model.config.patch_size
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
@@ -46,9 +62,9 @@ def _object_features(model, processor, world: Path, rows: list[dict], layer: int
                 cols = np.nonzero((c > x1) & (c < x2))[0].tolist() or [min(int(o.x * grid), grid - 1)]
                 rws = np.nonzero((c > y1) & (c < y2))[0].tolist() or [min(int(o.y * grid), grid - 1)]
                 feats.append(h[rws][:, cols].mean(dim=(0, 1)).float().cpu())
-                shape_y.append(SHAPES.index(o.shape))
-                color_y.append(list(COLORS).index(o.color))
-    return torch.stack(feats), torch.tensor(shape_y), torch.tensor(color_y)
+                for name, (value, _) in PROBED.items():
+                    labels[name].append(value(o))
+    return torch.stack(feats), {name: torch.tensor(y) for name, y in labels.items()}
 
 
 def _linear_probe(xtr, ytr, xte, yte, classes: int, steps: int = 300) -> float:
@@ -72,26 +88,22 @@ def probe_vision_features(
     test_images: int | None = None,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Linear-probe accuracy for shape and colour of each object, trained on train-split objects and
-    measured on test-split objects, from frozen patch features of `layer`."""
+    """Linear-probe accuracy for shape, colour, size and coarse position of each object, trained
+    on train-split objects and measured on test-split objects, from frozen patch features of
+    `layer`."""
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     world = Path(world_dir)
     model = CLIPVisionModel.from_pretrained(vision_dir).to(device).eval()
     processor = CLIPImageProcessor.from_pretrained(vision_dir)
-    xtr, str_, ctr = _object_features(
-        model, processor, world, _meta(world, "train", train_images), layer, device
-    )
-    xte, ste, cte = _object_features(
-        model, processor, world, _meta(world, "test", test_images), layer, device
-    )
-    return {
-        "shape_acc": _linear_probe(xtr, str_, xte, ste, len(SHAPES)),
-        "color_acc": _linear_probe(xtr, ctr, xte, cte, len(COLORS)),
-        "shape_chance": float(np.bincount(ste.numpy()).max() / len(ste)),
-        "color_chance": float(np.bincount(cte.numpy()).max() / len(cte)),
-        "objects": len(ste),
-    }
+    xtr, ytr = _object_features(model, processor, world, _meta(world, "train", train_images), layer, device)
+    xte, yte = _object_features(model, processor, world, _meta(world, "test", test_images), layer, device)
+    out: dict[str, float] = {}
+    for name, (_, classes) in PROBED.items():
+        out[f"{name}_acc"] = _linear_probe(xtr, ytr[name], xte, yte[name], classes)
+        out[f"{name}_chance"] = float(np.bincount(yte[name].numpy()).max() / len(yte[name]))
+    out["objects"] = len(xte)
+    return out
 
 
 @torch.no_grad()

@@ -67,12 +67,11 @@ class Scene:
         x1, y1, x2, y2 = obj.box()
         return (round(x1 * s), round(y1 * s), round(x2 * s) - 1, round(y2 * s) - 1)
 
-    def render(self) -> Image.Image:
-        img = Image.new("RGB", (self.image_size, self.image_size), self.background)
-        draw = ImageDraw.Draw(img)
-        for obj in self.objects:
+    def _draw(self, image: Image.Image, fill_of) -> Image.Image:
+        draw = ImageDraw.Draw(image)
+        for i, obj in enumerate(self.objects):
             x0, y0, x1, y1 = self.pixel_box(obj)
-            fill = COLORS[obj.color]
+            fill = fill_of(i, obj)
             if obj.shape == "circle":
                 draw.ellipse((x0, y0, x1, y1), fill=fill)
             elif obj.shape == "square":
@@ -84,7 +83,16 @@ class Scene:
                 draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
             else:
                 raise ValueError(f"unknown shape {obj.shape!r}")
-        return img
+        return image
+
+    def render(self) -> Image.Image:
+        image = Image.new("RGB", (self.image_size, self.image_size), self.background)
+        return self._draw(image, lambda i, obj: COLORS[obj.color])
+
+    def label_map(self) -> Image.Image:
+        """Per-pixel object index ("L" image): 0 is background, i + 1 is ``objects[i]``; the
+        exact pixels ``render`` paints, for dense (per-patch) supervision."""
+        return self._draw(Image.new("L", (self.image_size, self.image_size), 0), lambda i, obj: i + 1)
 
     def fits(self, obj: Obj, ignore: int | None = None) -> bool:
         """True if `obj` lies inside the image and clear of every object (except index `ignore`)."""

@@ -26,12 +26,14 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionMo
 
 from .artifacts import building, is_finished
 from .describe import captions
-from .scene import COLORS, SHAPES, Scene
+from .scene import COLORS, SHAPES, SIZES, Scene
 
 
 @dataclass
 class VisionArgs:
-    patch_size: int = 8
+    """The recipe of the packaged tower (``graft/world/tower``): 800 steps, patch 4."""
+
+    patch_size: int = 4
     hidden_size: int = 96
     num_layers: int = 4
     num_heads: int = 4
@@ -40,10 +42,15 @@ class VisionArgs:
     text_layers: int = 2
     projection_dim: int = 64
     batch_size: int = 128
-    steps: int = 600
+    steps: int = 800
     lr: float = 2e-3
     warmup: int = 50
     max_text_len: int = 48
+    #: weight of the dense loss: every patch of layer -2 names the colour, shape and size of the
+    #: object under it (or background), read by a linear head; 0 = captions alone
+    dense_weight: float = 1.0
+    #: a patch belongs to the object that covers most of it, when that is at least this share
+    dense_min_cover: float = 0.125
     seed: int = 0
 
 
@@ -92,6 +99,29 @@ def caption_pair(scene: Scene, rng: random.Random) -> tuple[str, str]:
     # Phrasings that do not mention places cannot express a swap of places: use the located one.
     neg = captions(hard_negative(scene.with_objects(scene.objects), rng))[1]
     return pos_caps[1], neg if neg != pos_caps[1] else "An empty image."
+
+
+# ---------------------------------------------------------------- dense targets
+
+#: per-patch target columns and their class counts (class 0 = background)
+DENSE_TARGETS = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1, "size": len(SIZES) + 1}
+
+
+def patch_labels(scene: Scene, patch: int, min_cover: float) -> torch.Tensor:
+    """``[patches, 3]`` (shape, colour, size) class of the object that covers most of each patch
+    (row-major, as the ViT orders them); 0 where no object covers ``min_cover`` of it."""
+    owner = np.asarray(scene.label_map(), dtype=np.int64)
+    grid = scene.image_size // patch
+    blocks = owner[: grid * patch, : grid * patch].reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(grid * grid, patch * patch)
+    counts = np.stack([(blocks == i + 1).sum(1) for i in range(len(scene.objects))], 1)
+    table = [(0, 0, 0)] + [
+        (SHAPES.index(o.shape) + 1, list(COLORS).index(o.color) + 1, list(SIZES).index(o.size) + 1)
+        for o in scene.objects
+    ]
+    best = counts.argmax(1) + 1
+    best[counts.max(1) < min_cover * patch * patch] = 0
+    return torch.tensor([table[b] for b in best], dtype=torch.long)
 
 
 WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
@@ -172,7 +202,10 @@ def pretrain_vision(
         projection_dim=args.projection_dim,
     )
     model = CLIPModel(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    dense_labels = torch.stack([patch_labels(s, args.patch_size, args.dense_min_cover) for s in scenes])
+    dense_head = torch.nn.Linear(args.hidden_size, sum(DENSE_TARGETS.values())).to(device)
+    params = list(model.parameters()) + list(dense_head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -191,13 +224,21 @@ def pretrain_vision(
         pix = ((images[idx].permute(0, 3, 1, 2).float() / 255.0 - mean) / std).to(device)
         pos, neg = zip(*(caption_pair(scenes[i], rng) for i in idx), strict=True)
         ids = vocab.encode(list(pos) + list(neg), args.max_text_len).to(device)
-        img = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
+        seen = model.vision_model(pixel_values=pix, output_hidden_states=args.dense_weight > 0)
+        img = model.visual_projection(seen.pooler_output)
         txt = model.text_model(input_ids=ids, attention_mask=(ids > 0).long()).pooler_output
         img, txt = F.normalize(img, dim=-1), F.normalize(model.text_projection(txt), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T  # [B, 2B]: each image against all true and all hard-negative captions
         target = torch.arange(bs, device=device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :bs].T, target)) / 2
+        if args.dense_weight > 0:  # layer -2's patches: the features a connector reads
+            dense = dense_head(seen.hidden_states[-2][:, 1:]).split(list(DENSE_TARGETS.values()), -1)
+            labels = dense_labels[idx].to(device)
+            dense_loss = sum(
+                F.cross_entropy(d.flatten(0, 1), labels[..., k].flatten()) for k, d in enumerate(dense)
+            )
+            loss = loss + args.dense_weight * dense_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

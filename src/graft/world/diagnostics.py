@@ -1,0 +1,89 @@
+"""Where a model of the shapes world fails: perception, alignment or reasoning.
+
+Three measurements beside the held-out accuracy (the vision probe is ``probe.py``):
+
+- ``caption_accuracy``: does the stage-1 model name what is in a held-out image? Its caption is
+  read for every "colour shape" it mentions and compared, as a multiset, with the scene.
+- ``text_upper_bound``: the same questions answered by a model with the scene's symbolic
+  description (captions and boxes) in place of the image: what perfect perception would give
+  this LLM, so the gap to the seeing score is what perception and alignment still cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from graft.eval.questions import read_questions, score_answer
+from graft.generate import generate_answers
+from graft.processing import load_image
+from graft.templates import Message
+
+from .describe import context_text
+from .instructions import BRIEF_PROMPTS
+from .scene import COLORS, SHAPES, Scene
+
+_MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
+
+
+def _test_scenes(world: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (world / "meta" / "test.jsonl").read_text().splitlines()]
+    return {r["id"]: r for r in rows}
+
+
+def mentioned_objects(text: str) -> Counter:
+    """Every "colour shape" a text names (sizes between them allowed), counted."""
+    return Counter(_MENTION.findall(text.lower()))
+
+
+def caption_accuracy(
+    model: Any, processor: Any, world_dir: str | os.PathLike, limit: int | None = 200, batch_size: int = 32
+) -> dict[str, float]:
+    """Held-out captions of a stage-1 model: the share naming exactly the scene's objects
+    (``caption/exact``), and object recall and precision over all images."""
+    world = Path(world_dir)
+    rows = list(_test_scenes(world).values())[:limit]
+    convs = [[Message("user", f"{processor.image_token}\n{BRIEF_PROMPTS[0]}")] for _ in rows]
+    images = [[load_image(world / r["image"])] for r in rows]
+    answers = generate_answers(model, processor, convs, images, max_new_tokens=64, batch_size=batch_size)
+    exact, hits, said, truth = 0, 0, 0, 0
+    for row, answer in zip(rows, answers, strict=True):
+        scene = Scene.from_dict(row["scene"])
+        want = Counter((o.color, o.shape) for o in scene.objects)
+        got = mentioned_objects(answer)
+        exact += got == want
+        hits += sum((got & want).values())
+        said += sum(got.values())
+        truth += sum(want.values())
+    return {
+        "caption/exact": exact / max(len(rows), 1),
+        "caption/object_recall": hits / max(truth, 1),
+        "caption/object_precision": hits / max(said, 1),
+        "caption/n": len(rows),
+    }
+
+
+def text_upper_bound(
+    model: Any, processor: Any, world_dir: str | os.PathLike, limit: int | None = 200, batch_size: int = 32
+) -> dict[str, float]:
+    """Held-out binary and multiple-choice accuracy with the scene's description in place of the
+    image (``{family}/accuracy_text``)."""
+    world = Path(world_dir)
+    scenes = _test_scenes(world)
+    out: dict[str, float] = {}
+    for family in ("binary", "mcq"):
+        questions = read_questions(world / "eval" / f"{family}.jsonl", world)[:limit]
+        convs = []
+        for q in questions:
+            scene = Scene.from_dict(scenes[q.id.split("-")[0]]["scene"])
+            convs.append([Message("user", f"Context: {context_text(scene)}\n{q.question}")])
+        answers = generate_answers(
+            model, processor, convs, [[] for _ in convs], max_new_tokens=16, batch_size=batch_size
+        )
+        right = [score_answer(a, q.answer, q.choices)[1] for q, a in zip(questions, answers, strict=True)]
+        out[f"{family}/accuracy_text"] = sum(right) / max(len(right), 1)
+    return out
