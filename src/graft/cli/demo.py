@@ -22,7 +22,7 @@ from graft.cli.app import app, fail
 from graft.files import write_text_atomic
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
-#: tokens as the MLP demo's 4x4-pooled 16x16 grid)
+#: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
 SHAPES_QFORMER: dict[str, Any] = {
     "name": "qformer",
     "num_query_tokens": 16,
@@ -40,7 +40,8 @@ DEMO_REDUCTION = 4
 
 
 def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
-    """The demo's connector: a projector (4x4 pooled tokens unless told) or the shapes-sized Q-Former."""
+    """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
+    space-to-depth, which keeps every patch's features) or the shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
@@ -49,8 +50,8 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
         hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
         raise ValueError(f"the demo grafts with one of {', '.join(DEMO_CONNECTORS)}, not {connector!r}{hint}")
     spec: dict[str, Any] = {"name": connector}
-    if (reduction or "pool") != "none":
-        spec.update(reduction=reduction or "pool", reduction_factor=DEMO_REDUCTION)
+    if (reduction or "pixel_shuffle") != "none":
+        spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
     return spec
 
 
@@ -381,7 +382,7 @@ def demo_cmd(
         str, typer.Option(help="Connector: mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
     ] = "mlp2x_gelu",
     reduction: Annotated[
-        str | None, typer.Option(help="Projectors' token reduction: none, pool (default), pixel_shuffle.")
+        str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
     ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
