@@ -85,7 +85,7 @@ class DemoSettings:
     #: smollm2 (the packaged SmolLM2-135M-Instruct), tiny (a tiny Llama pretrained on the world,
     #: for smoke runs), a .gguf file or a causal-LM folder
     llm: str = "smollm2"
-    #: packaged (the vision tower graft ships), train (pretrain one on the world: minutes) or a
+    #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
     connector: str = "mlp2x_gelu"
