@@ -10,20 +10,7 @@ from graft.cli import app
 def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path):
     demo, out = tmp_path / "demo", tmp_path / "ablation"
     args = ["-q", "ablation", "--out", str(out), "--demo", str(demo), "--images", "60"]
-    args += [
-        "--llm",
-        "tiny",
-        "--vision",
-        "train",
-        "--vision-steps",
-        "2",
-        "--llm-steps",
-        "2",
-        "--train-pairs",
-        "12",
-        "--test-pairs",
-        "6",
-    ]
+    args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2 --train-pairs 12 --test-pairs 6".split()
     args += ["--vpgc-steps", "2", "--eval-limit", "6"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

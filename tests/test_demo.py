@@ -9,22 +9,8 @@ from graft.cli import app
 
 
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
-    args = [
-        "-q",
-        "demo",
-        "--out",
-        str(tmp_path),
-        "--images",
-        "60",
-        "--llm",
-        "tiny",
-        "--vision",
-        "train",
-        "--vision-steps",
-        "2",
-        "--llm-steps",
-        "2",
-    ]
+    args = ["-q", "demo", "--out", str(tmp_path), "--images", "60"]
+    args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2".split()
     args += ["--bench-limit", "4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -2,14 +2,12 @@ import warnings
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from graft.generate import ChatSession, _decode, _stop_setup, generate_answers
 from graft.processing import GraftProcessor, ImageMarkerError, collate_samples
 from graft.templates import Message
 
-from tiny import random_image, tiny_image_processor, tiny_llm, tiny_model_and_processor
+from tiny import bytelevel_tokenizer, random_image, tiny_image_processor, tiny_llm, tiny_model_and_processor
 
 torch.set_num_threads(1)
 
@@ -24,22 +22,6 @@ def _tiny_sensitive(template: str = "vicuna_v1"):
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model, processor
-
-
-def _bytelevel_tokenizer() -> PreTrainedTokenizerFast:
-    """GPT-2-like: byte-level BPE whose end of text is <|endoftext|>, so '</s>' is plain text."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["green red USER: Is it red? ASSISTANT: green</s>"] * 20, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +113,7 @@ def test_vicuna_answer_ends_at_its_turn_end_or_a_made_up_next_turn(sensitive):
 
 
 def test_multi_token_turn_end_is_cut_from_the_text():
-    tokenizer = _bytelevel_tokenizer()
+    tokenizer = bytelevel_tokenizer("green red USER: Is it red? ASSISTANT: green</s>")
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     processor = GraftProcessor(tokenizer, tiny_image_processor(), 4, template="vicuna_v1")
     model = tiny_llm(len(tokenizer))

@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from graft.data import LlavaDataset
 from graft.processing import IGNORE_INDEX, GraftProcessor, TokenizationMismatchError
 from graft.templates import VICUNA_SYSTEM, Message
 
-from tiny import random_image, tiny_image_processor, tiny_tokenizer
+from tiny import bytelevel_tokenizer, random_image, tiny_image_processor, tiny_tokenizer
 
 torch.set_num_threads(1)
 
@@ -110,23 +110,6 @@ def test_end_of_turn_token_is_supervised():
     assert sample.input_ids[-1] == eos and sample.labels[-1] == eos
 
 
-def _bytelevel_without_llama_specials() -> PreTrainedTokenizerFast:
-    """A GPT-2-like tokenizer: byte-level BPE whose end of text is <|endoftext|>, so '</s>' and
-    '<s>' are plain text, and with the merge '><' a GPT-2 vocabulary has too."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["</s><s>[INST] Yes </s><s> <html><body>"] * 50, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
-    )
-
-
 def _wordlevel_without_eos_special() -> PreTrainedTokenizerFast:
     """Whitespace words, '</s>' unknown as a special token: 'Yes</s>USER:' is one word."""
     words = ["<unk>", "<eos>", "<image>", "USER:", "ASSISTANT:", "Yes.", "Yes</s>"]
@@ -136,7 +119,7 @@ def _wordlevel_without_eos_special() -> PreTrainedTokenizerFast:
 
 
 def test_llama2_template_with_gpt2_like_tokenizer_is_a_loud_mismatch():
-    tokenizer = _bytelevel_without_llama_specials()
+    tokenizer = bytelevel_tokenizer("</s><s>[INST] Yes </s><s> <html><body>", repeat=50)
     assert "><" in tokenizer.get_vocab()
     processor = _tiny_processor("llama_2", tokenizer)
     with pytest.raises(TokenizationMismatchError, match="record 7.*straddles"):
@@ -164,7 +147,9 @@ def test_mismatch_is_found_when_the_dataset_is_built(tmp_path, caplog):
     (tmp_path / "x.png").write_bytes(b"not read when the dataset is built")
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
-    processor = _tiny_processor("llama_2", _bytelevel_without_llama_specials())
+    processor = _tiny_processor(
+        "llama_2", bytelevel_tokenizer("</s><s>[INST] Yes </s><s> <html><body>", repeat=50)
+    )
     with pytest.raises(TokenizationMismatchError, match=r"data\.json\[1\] \(id 'b'\)"):
         LlavaDataset(path, tmp_path, processor)
     dataset = LlavaDataset(path, tmp_path, processor, skip_bad=True)

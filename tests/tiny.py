@@ -51,6 +51,23 @@ def tiny_tokenizer(extra_special: list[str] | None = None) -> PreTrainedTokenize
     )
 
 
+def bytelevel_tokenizer(corpus: str, repeat: int = 20) -> PreTrainedTokenizerFast:
+    """GPT-2-like: byte-level BPE (300 tokens, trained on ``corpus``) whose end of text is
+    <|endoftext|>, so Llama's '</s>' and '<s>' are plain text."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([corpus] * repeat, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<unk>"
+    )
+
+
 def tiny_vision(seed: int = 0) -> CLIPVisionModel:
     torch.manual_seed(seed)
     cfg = CLIPVisionConfig(
