@@ -17,7 +17,12 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("binary/accuracy", "mcq/accuracy", "binary/accuracy_blind", "mcq/accuracy_blind"):
         assert 0.0 <= summary[key] <= 1.0
-    assert any(k.startswith("qtype/binary_") for k in summary)
+    seen_types = [k for k in summary if k.startswith("qtype/binary_") and k.endswith("/accuracy")]
+    assert seen_types and all(f"{k}_blind" in summary for k in seen_types)
+    curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in curve][0] == 0 and "binary/accuracy_blind" in curve[-1]
+    for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text"):
+        assert key in summary
     steps = ("world", "backbones", "compose", "stage1", "stage2", "eval", "bench")
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")

@@ -197,8 +197,6 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
         if steps is not None:
             overrides["max_steps"] = steps
         recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
-        if hook is not None:
-            hook.total_steps = recipe.max_steps
         clock.run(
             name,
             lambda dst=dst: (dst / "config.json").exists(),
@@ -256,11 +254,9 @@ class LearningCurve:
 
     def __init__(self, path: Path, world: Path, points: int, limit: int | None) -> None:
         self.path, self.world, self.points, self.limit = path, world, points, limit
-        self.total_steps: int | None = None
         self.done = {row["step"] for row in read_curve(path.parent)}
 
-    def __call__(self, step: int, model: Any, processor: Any) -> None:
-        total = self.total_steps
+    def __call__(self, step: int, total: int, model: Any, processor: Any) -> None:
         if not self.points or not total or step in self.done:
             return
         marks = {round(total * k / self.points) for k in range(self.points + 1)}
@@ -320,9 +316,9 @@ def evaluate_demo(
             metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
             metrics[f"{family}/n"] = res["n"]
             for key, value in res.items():
-                if key.startswith("qtype/") and key.endswith("/accuracy") and not blanked:
+                if key.startswith("qtype/") and key.endswith("/accuracy"):
                     # question types repeat across families (colour yes/no, colour MCQ)
-                    metrics[key.replace("qtype/", f"qtype/{family}_", 1)] = value
+                    metrics[key.replace("qtype/", f"qtype/{family}_", 1) + suffix] = value
     return metrics
 
 
@@ -336,11 +332,12 @@ def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[di
     for family, chance in CHANCE.items():
         seen, blind = summary.get(f"{family}/accuracy"), summary.get(f"{family}/accuracy_blind")
         lines.append(f"| {family}/accuracy | {seen:.3f} | {blind:.3f} | {chance:.2f} |")
-    lines += ["", "| question type | accuracy | chance |", "|---|---|---|"]
+    lines += ["", "| question type | with images | images blanked | chance |", "|---|---|---|---|"]
     for key, value in sorted(summary.items()):
-        if key.startswith("qtype/"):
+        if key.startswith("qtype/") and key.endswith("/accuracy"):
             name = key.split("/")[1]
-            lines.append(f"| {name} | {value:.3f} | {CHANCE[name.split('_')[0]]:.2f} |")
+            blind = summary.get(f"{key}_blind", float("nan"))
+            lines.append(f"| {name} | {value:.3f} | {blind:.3f} | {CHANCE[name.split('_')[0]]:.2f} |")
     if curve:
         lines += ["", "## Learning curve (stage 2, held-out questions)", ""]
         lines += ["| step | binary | binary blind | mcq | mcq blind |", "|---|---|---|---|---|"]

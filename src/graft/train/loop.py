@@ -256,10 +256,10 @@ def _step(
 
 
 # --- train -----------------------------------------------------------------------------------------------
-def train(recipe: Recipe, on_step: Callable[[int, Any, Any], None] | None = None) -> TrainResult:
+def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None = None) -> TrainResult:
     """Run one stage of a recipe; returns the final loss, step count and paths.
 
-    ``on_step(step, model, processor)``, when given, runs on every process before the first
+    ``on_step(step, total_steps, model, processor)``, when given, runs on every process before the first
     step (step 0) and after every optimizer step, under the run's autocast: a hook for
     measuring the model as it learns (the demo's learning curve). It decides itself when to act
     and must leave the model as it found it (``generate_answers`` does)."""
@@ -322,7 +322,7 @@ def train(recipe: Recipe, on_step: Callable[[int, Any, Any], None] | None = None
     def hook() -> None:
         if on_step is not None:
             with accelerator.autocast():
-                on_step(state.step, model, processor)
+                on_step(state.step, total_steps, model, processor)
 
     try:
         if state.step == 0:

@@ -1,7 +1,10 @@
-"""Tiny backbones for the shapes world, saved with `save_pretrained` like real checkpoints.
+"""The shapes world's backbones, saved with `save_pretrained` like real checkpoints: a vision
+tower (graft's packaged one, or one pretrained on the world) and an LLM (SmolLM2 converted from
+its GGUF file, a user's folder, or the tiny Llama pretrained on the world's text for smoke runs).
 
 The pieces live one per file (tokenizer, vision, llm, probe); this module is the public face
-the CLI calls. Typical order: build_world -> train_tokenizer -> pretrain_vision, pretrain_llm.
+the CLI calls. Typical order: build_world -> prepare_vision -> import_gguf (or train_tokenizer,
+pretrain_llm).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ its colour words alone. So every batch also holds NegCLIP-style hard negatives: 
 scene's caption after one edit that keeps the bag of colours (colours swapped between two
 objects, one shape changed, two objects' places swapped, one colour changed). Only an image
 embedding that binds colour, shape and place to each other tells them apart.
+
+Captions still left shape hard to read from the patch features a connector takes (a linear
+probe: 0.58). Real towers learn from far richer data; here the world's exact label map stands
+in: a linear head on layer -2 names, for every patch, the shape, colour and size of the object
+covering it (or background). With patch 4 that lifts the probe's shape to 0.85.
 """
 
 from __future__ import annotations
