@@ -136,7 +136,7 @@ def run_ablation(
 
 def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | None) -> dict[str, float]:
     """Single-image accuracy (the demo's), which-image accuracy and difference ROUGE-L."""
-    from graft.cli.demo import evaluate_demo
+    from graft.cli.demo_measure import evaluate_demo
     from graft.cli.inference import load_for_inference
     from graft.data import read_records
     from graft.data.records import parse_record

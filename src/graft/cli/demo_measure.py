@@ -1,0 +1,117 @@
+"""What ``graft demo`` measures: held-out accuracy with and without the images, the learning
+curve during stage 2, the diagnostics (perception, alignment, reasoning) and the summary table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class LearningCurve:
+    """Held-out accuracy with images and blind at a few evenly spaced steps of a training run,
+    one JSON line per point in ``path``; points already there (a resumed run) are kept."""
+
+    def __init__(self, path: Path, world: Path, points: int, limit: int | None) -> None:
+        self.path, self.world, self.points, self.limit = path, world, points, limit
+        self.done = {row["step"] for row in read_curve(path.parent)}
+
+    def __call__(self, step: int, total: int, model: Any, processor: Any) -> None:
+        if not self.points or not total or step in self.done:
+            return
+        marks = {round(total * k / self.points) for k in range(self.points + 1)}
+        if step not in marks:
+            return
+        metrics = evaluate_demo(model, processor, self.world, self.limit, progress=False)
+        row = {"step": step} | {k: v for k, v in metrics.items() if "/accuracy" in k and "qtype" not in k}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.done.add(step)
+
+
+def read_curve(out: Path) -> list[dict[str, float]]:
+    """The learning curve's points in step order (a line cut by a kill is dropped)."""
+    path = out / "curve.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+
+
+def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
+    """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
+    accuracy (alignment) and the text upper bound (the LLM's reasoning without perception)."""
+    from graft.cli.inference import load_for_inference
+    from graft.world.diagnostics import caption_accuracy, text_upper_bound
+    from graft.world.probe import probe_vision_features
+
+    probe = probe_vision_features(vision, world, train_images=1000, test_images=limit)
+    result = {f"probe/{k}": v for k, v in probe.items()}
+    log = out / "stage1" / "log.jsonl"
+    losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()] if log.exists() else []
+    if losses:
+        result["stage1/final_loss"] = losses[-1]
+    result.update(caption_accuracy(*load_for_inference(out / "stage1", bf16), world, limit))
+    result.update(text_upper_bound(*load_for_inference(out / "stage2", bf16), world, limit))
+    return result
+
+
+def evaluate_demo(
+    model: Any, processor: Any, world: Path, limit: int | None, blind: bool = True, progress: bool = True
+) -> dict[str, float]:
+    """Held-out binary and multiple-choice accuracy, with the images and (``blind``) without."""
+    from graft.eval.questions import evaluate_questions
+
+    metrics: dict[str, float] = {}
+    for family in ("binary", "mcq"):
+        path = world / "eval" / f"{family}.jsonl"
+        for blanked in (False, True) if blind else (False,):
+            res = evaluate_questions(
+                model, processor, path, world, blind=blanked, limit=limit, progress=progress
+            )
+            suffix = "_blind" if blanked else ""
+            metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
+            metrics[f"{family}/n"] = res["n"]
+            for key, value in res.items():
+                if key.startswith("qtype/") and key.endswith("/accuracy"):
+                    # question types repeat across families (colour yes/no, colour MCQ)
+                    metrics[key.replace("qtype/", f"qtype/{family}_", 1) + suffix] = value
+    return metrics
+
+
+#: accuracy of guessing, per question format: the reference every bar is read against
+CHANCE = {"binary": 0.5, "mcq": 0.25}
+
+
+def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[dict[str, float]]) -> str:
+    lines = ["# graft demo: shapes world", "", "| metric | with images | images blanked | chance |"]
+    lines.append("|---|---|---|---|")
+    for family, chance in CHANCE.items():
+        seen, blind = summary.get(f"{family}/accuracy"), summary.get(f"{family}/accuracy_blind")
+        lines.append(f"| {family}/accuracy | {seen:.3f} | {blind:.3f} | {chance:.2f} |")
+    lines += ["", "| question type | with images | images blanked | chance |", "|---|---|---|---|"]
+    for key, value in sorted(summary.items()):
+        if key.startswith("qtype/") and key.endswith("/accuracy"):
+            name = key.split("/")[1]
+            blind = summary.get(f"{key}_blind", float("nan"))
+            lines.append(f"| {name} | {value:.3f} | {blind:.3f} | {CHANCE[name.split('_')[0]]:.2f} |")
+    if curve:
+        lines += ["", "## Learning curve (stage 2, held-out questions)", ""]
+        lines += ["| step | binary | binary blind | mcq | mcq blind |", "|---|---|---|---|---|"]
+        for row in curve:
+            cells = [row.get(f"{f}/accuracy{b}", float("nan")) for f in CHANCE for b in ("", "_blind")]
+            lines.append(f"| {row['step']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    diagnostics = {k: v for k, v in summary.items() if k.split("/")[0] in ("probe", "caption", "stage1")}
+    diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
+    if diagnostics:
+        lines += ["", "## Diagnostics", "", "| measurement | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(diagnostics.items())]
+    lines += ["", "| step | wall time (s) |", "|---|---|"]
+    for key, value in summary.items():
+        if key.startswith("time/"):
+            step = key.removeprefix("time/").removesuffix("_s")
+            lines.append(f"| {step}{' (reused)' if step in reused else ''} | {value:.1f} |")
+    return "\n".join(lines) + "\n"
