@@ -27,18 +27,21 @@ def _rows(subtask, answers):
     ]
 
 
-def test_acc_acc_plus_and_totals():
-    rows = _rows(
-        "existence",
-        {
-            "1.jpg": [("yes", "Yes"), ("no", "No")],  # both right
-            "2.jpg": [("yes", "yes, there is"), ("no", "Nope")],  # both right
-            "3.jpg": [("yes", "I think yes"), ("no", "no")],  # one right ("other")
-        },
-    )
-    rows += _rows("count", {"a.png": [("yes", "no"), ("no", "yes")]})  # both wrong
-    rows += _rows("code_reasoning", {"c.png": [("no", "No."), ("yes", "Yes.")]})
-    out = mme_scores(rows)
+# subtask -> {image: [(truth, prediction), (truth, prediction)]}; also scored from question files
+# without images in test_score_no_images.py
+WORKED = {
+    "existence": {
+        "1.jpg": [("yes", "Yes"), ("no", "No")],  # both right
+        "2.jpg": [("yes", "yes, there is"), ("no", "Nope")],  # both right
+        "3.jpg": [("yes", "I think yes"), ("no", "no")],  # one right ("other")
+    },
+    "count": {"a.png": [("yes", "no"), ("no", "yes")]},  # both wrong
+    "code_reasoning": {"c.png": [("no", "No."), ("yes", "Yes.")]},
+}
+
+
+def check_worked_example(out):
+    """The numbers the official calculation.py gives on ``WORKED``."""
     ex = out["details"]["existence"]
     assert ex["acc"] == pytest.approx(100 * 5 / 6) and ex["acc_plus"] == pytest.approx(100 * 2 / 3)
     assert ex["other"] == 1 and ex["images"] == 3
@@ -49,11 +52,15 @@ def test_acc_acc_plus_and_totals():
     assert out["cognition"] == 200.0
     assert "position" in out["details"]["missing"] and "existence" not in out["details"]["missing"]
     # subtasks come in the official order
-    assert [k for k in out if k not in ("perception", "cognition", "details")] == [
+    assert [k for k in out if k not in ("perception", "cognition", "details", "counts")] == [
         "existence",
         "count",
         "code_reasoning",
     ]
+
+
+def test_acc_acc_plus_and_totals():
+    check_worked_example(mme_scores([r for sub, answers in WORKED.items() for r in _rows(sub, answers)]))
 
 
 def test_a_broken_pair_is_an_error():

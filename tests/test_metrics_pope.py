@@ -16,18 +16,21 @@ def test_reference_parsing():
     assert parse_answer("NO") == "yes" and parse_answer("Nope") == "yes" and parse_answer("") == "yes"
 
 
-def test_worked_example_per_split():
-    rows = [
-        ("random", "yes", "Yes, there is a dog."),
-        ("random", "yes", "No."),
-        ("random", "no", "There is no cat"),
-        ("random", "no", "not at all"),
-        ("random", "yes", "I see a cat. No doubt"),
-        ("adversarial", "no", "Yes"),
-        ("adversarial", "no", ""),
-    ]
-    out = pope_scores(rows)
-    assert list(out) == ["random", "adversarial"]
+# (split, label, answer); also scored from files without images in test_score_no_images.py
+WORKED = [
+    ("random", "yes", "Yes, there is a dog."),
+    ("random", "yes", "No."),
+    ("random", "no", "There is no cat"),
+    ("random", "no", "not at all"),
+    ("random", "yes", "I see a cat. No doubt"),
+    ("adversarial", "no", "Yes"),
+    ("adversarial", "no", ""),
+]
+
+
+def check_worked_example(out):
+    """The numbers LLaVA's eval_pope.py gives on ``WORKED``."""
+    assert set(out) - {"counts"} == {"random", "adversarial"}
     r = out["random"]
     assert (r["TP"], r["FP"], r["TN"], r["FN"]) == (2, 0, 2, 1)
     assert r["accuracy"] == pytest.approx(0.8)
@@ -39,3 +42,9 @@ def test_worked_example_per_split():
     # no true yes at all: the reference would divide by zero; here 0.0
     assert a["recall"] == 0.0 and a["f1"] == 0.0 and a["accuracy"] == 0.0 and a["yes_ratio"] == 1.0
     assert a["empty"] == 1 and r["empty"] == 0
+
+
+def test_worked_example_per_split():
+    out = pope_scores(WORKED)
+    check_worked_example(out)
+    assert list(out) == ["random", "adversarial"]

@@ -1,4 +1,7 @@
-"""``graft score``: metrics of answers another system produced, as one JSON object on stdout."""
+"""``graft score``: metrics of answers another system produced, as one JSON object on stdout.
+
+Only the annotations are read: no image is looked for or opened.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +47,15 @@ def score_cmd(
     llm_choice_fallback: Annotated[
         bool, typer.Option(help="Multiple choice: ask the judge model when no option letter is found.")
     ] = False,
+    lenient_image_choice: Annotated[
+        bool,
+        typer.Option(
+            help="DEMON image choices: accept 'Image X' anywhere in the answer instead of the "
+            "benchmark's rule (reported as accuracy_lenient)."
+        ),
+    ] = False,
 ) -> None:
-    """Score predictions made elsewhere with graft's reference-equal scorers."""
+    """Score predictions made elsewhere with graft's reference-equal scorers (no images needed)."""
     from graft.eval.jsonl import BadRecordError
     from graft.eval.metrics import JudgeConfig
     from graft.eval.score import Options, score
@@ -65,7 +75,9 @@ def score_cmd(
             retries=judge_retries,
             cache_dir=judge_cache,
         )
-    options = Options(judge=judge, llm_choice_fallback=llm_choice_fallback)
+    options = Options(
+        judge=judge, llm_choice_fallback=llm_choice_fallback, lenient_image_choice=lenient_image_choice
+    )
     try:
         result = score(spec, data, predictions, options, skip_bad=skip_bad, keep_samples=samples)
     except (BadRecordError, FileNotFoundError, ValueError, KeyError) as err:

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from graft.eval.jsonl import BadRecordError
-from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, iter_jsonl, load_json
+from graft.eval.readers.base import (
+    IMAGE_MARKER,
+    Collector,
+    ReadResult,
+    Sample,
+    existing_image,
+    iter_jsonl,
+    load_json,
+)
 from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
 
 _LEADING_IMAGES = re.compile(rf"^(?:{re.escape(IMAGE_MARKER)}\s*)*")
@@ -118,7 +126,7 @@ def _field(record: dict, key: str, where: str, source: str) -> Any:
     return record[key]
 
 
-def _sample(record: dict, where: str, f: JsonlFields, root: Path) -> Sample:
+def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: bool) -> Sample:
     id_key = f.id or ("id" if "id" in record else "question_id")
     rid = _field(record, id_key, where, f.source if f.id else "doc_to_id's default")
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
@@ -131,10 +139,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path) -> Sample:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadRecordError(f"{where}: field {key!r} must be an image path or a list of them")
         for name in names:
-            path = root / name
-            if not path.is_file():
-                raise BadRecordError(f"{where}: field {key!r}: image not found: {path}")
-            images.append(path)
+            images.append(existing_image(root / name, f"{where}: field {key!r}", check_images))
     text = render(f.text, record, where, f"doc_to_text of {f.source}")
     prompt, order = compose_prompt(text, len(images), f.pre_prompt, f.post_prompt, where)
     if isinstance(f.target, str):
@@ -157,11 +162,16 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path) -> Sample:
 
 
 def read_jsonl_task(
-    path: str | os.PathLike, fields: JsonlFields, skip_bad: bool = False, check: Any = None
+    path: str | os.PathLike,
+    fields: JsonlFields,
+    skip_bad: bool = False,
+    check: Any = None,
+    check_images: bool = True,
 ) -> ReadResult:
     """Every record of a question file as a ``Sample``; ``check(sample)`` may reject one
     (``BadRecordError``) as unscorable. Image paths are relative to ``fields.image_root``
-    (itself relative to the file's folder; default: that folder)."""
+    (itself relative to the file's folder; default: that folder); they must exist unless
+    ``check_images`` is off (reading to score)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file not found: {path}")
@@ -169,7 +179,7 @@ def read_jsonl_task(
     out = Collector(skip_bad)
     for record, where in _records(path):
         try:
-            sample = _sample(record, where, fields, root)
+            sample = _sample(record, where, fields, root, check_images)
             if check is not None:
                 check(sample)
         except BadRecordError as err:

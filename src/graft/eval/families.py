@@ -40,7 +40,7 @@ from graft.eval.readers import (
     read_pope,
     read_scienceqa,
 )
-from graft.eval.readers.mme import MMEResult
+from graft.eval.readers.mme import MMEResult, match_ids
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Options:
     judge: JudgeConfig | None = None
     llm_choice_fallback: bool = False  # ask the judge model when no option letter is found
     java: bool | None = None  # captioning: None = use Java when found
+    lenient_image_choice: bool = False  # DEMON: read "Image X" anywhere, not the benchmark's rule
 
 
 def answers(samples: list[Sample], preds: Mapping[str, str], counts: dict[str, Any]) -> dict[str, str | None]:
@@ -156,13 +157,15 @@ def _demon(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: di
         }
         rows.append(row | ({"choices": s.meta["choices"]} if "choices" in s.meta else {}))
     try:
-        tasks = score_tasks(rows)
+        tasks = score_tasks(rows, lenient_images=opts.lenient_image_choice)
     except ValueError as err:
         raise BadRecordError(f"DEMON: {err}") from None
     cats = category_scores(tasks)
     return {
         "categories": {c: v["score"] for c, v in cats.items()},
         "tasks": {t: v["score"] for t, v in tasks.items()},
+        # image-choice answers read by the benchmark's evaluate.py rule, or leniently on request
+        "image_choice_rule": "lenient" if opts.lenient_image_choice else "official",
         "details": {"categories": cats, "tasks": tasks},
     }
 
@@ -187,14 +190,18 @@ def _judge(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: di
 
 @dataclass(frozen=True)
 class Family:
-    read: Callable[..., ReadResult]  # (path, ..., skip_bad=False) -> ReadResult
+    read: Callable[..., ReadResult]  # (path, ..., skip_bad=False, check_images=True) -> ReadResult
     score: Scorer
     needs_judge: bool = False
+    # (predictions, sample ids) -> predictions keyed by the samples' ids, where a family's ids
+    # may be spelt two ways
+    match_ids: Callable[[Mapping[str, str], list[str]], dict[str, str]] | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "coco_caption": Family(read_coco_captions, _caption),
-    "mme": Family(read_mme, _mme),
+    # read without images, MME ids name an image by its stem
+    "mme": Family(read_mme, _mme, match_ids=match_ids),
     "pope": Family(read_pope, _pope),
     # LLaVA's strict ScienceQA reading, so numbers compare with its tables
     "scienceqa_img": Family(read_scienceqa, _choice(circular=False, extract=sqa_letter)),

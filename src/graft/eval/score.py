@@ -1,5 +1,10 @@
 """Score answers made elsewhere: a benchmark's real files + a predictions JSONL -> metrics.
 
+Scoring reads the annotations only: no image is looked for or opened (the readers'
+``check_images=False``), so POPE's question files, MME's question files or a COCO caption
+annotation file suffice, as for LLaVA's ``eval_pope.py``, MME's ``calculation.py`` and
+pycocoevalcap.
+
 Predictions are JSONL rows ``{"id", "prediction"}`` (LLaVA's ``{"question_id", "text"}`` is
 read too); ids are those the task's reader gives its samples (see each reader) and are matched
 as strings. For MME, a folder of the official tool's result files may stand in for both.
@@ -96,7 +101,7 @@ def score(
     if data is None and spec.dataset_path is None:
         raise ValueError(f"task {spec.name!r} needs --data")
     path = spec.data_path(data)
-    read = spec.read(path, skip_bad=skip_bad)
+    read = spec.read(path, skip_bad=skip_bad, check_images=False)
     if not read.samples:
         raise BadRecordError(f"{path}: no samples read")
     preds = predictions if isinstance(predictions, Mapping) else read_predictions(predictions)

@@ -142,7 +142,7 @@ def get_reader_kwargs(raw: dict, reader: str, source: str) -> dict[str, Any]:
             source, "reader_kwargs", "the jsonl reader takes doc_to_* keys and image_root instead"
         )
     params = list(inspect.signature(FAMILIES[reader].read).parameters)[1:] if reader != "jsonl" else []
-    allowed = [p for p in params if p != "skip_bad"]
+    allowed = [p for p in params if p not in ("skip_bad", "check_images")]  # the caller's, not the file's
     for key in kwargs:
         if key not in allowed:
             raise key_error(source, f"reader_kwargs.{key}", f"reader {reader} takes {allowed}")

@@ -72,13 +72,19 @@ class TaskSpec:
             raise ValueError(f"task {self.name!r} has no dataset_path ({self.source}): give the data path")
         return self.dataset_path
 
-    def read(self, data: str | os.PathLike | None = None, skip_bad: bool = False) -> ReadResult:
+    def read(
+        self, data: str | os.PathLike | None = None, skip_bad: bool = False, check_images: bool = True
+    ) -> ReadResult:
         """The task's samples with their final prompts; bad records raise ``BadRecordError``, or
-        with ``skip_bad`` are counted in ``ReadResult.bad``."""
+        with ``skip_bad`` are counted in ``ReadResult.bad``. ``check_images=False`` reads for
+        scoring: no image is looked for, a missing one is no error."""
         path = self.data_path(data)
         if self.fields is not None:
-            return read_jsonl_task(path, self.fields, skip_bad, lambda s: check_sample(list(self.metrics), s))
-        read = FAMILIES[self.reader].read(path, skip_bad=skip_bad, **self.reader_kwargs)
+            return read_jsonl_task(
+                path, self.fields, skip_bad, lambda s: check_sample(list(self.metrics), s), check_images
+            )
+        reader = FAMILIES[self.reader].read
+        read = reader(path, skip_bad=skip_bad, check_images=check_images, **self.reader_kwargs)
         reprompt = self.text is not None or self.pre_prompt or self.post_prompt
         if not reprompt and not self.metrics:
             return read
@@ -108,6 +114,9 @@ class TaskSpec:
         self, data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict
     ) -> dict[str, Any]:
         """Metrics of ``preds`` (id as a string -> answer) on samples this task read."""
+        family = FAMILIES.get(self.reader)
+        if family is not None and family.match_ids is not None:
+            preds = family.match_ids(preds, [str(s.id) for s in data.samples])
         if self.family is not None:
             out = FAMILIES[self.family].score(data, preds, opts, counts)
             got = {str(s.id): preds.get(str(s.id)) for s in data.samples}

@@ -9,15 +9,22 @@ punctuation handling, periods dropped, lower-cased). Then, per task:
 - multi-choice: the answer picks the option with the highest TF-IDF cosine similarity
   (scikit-learn's ``TfidfVectorizer`` fitted on the answer and the options); when no vocabulary
   can be built, an exact match decides.
-- image-choice (options are images): the answer must name exactly one image, the right "Image X".
+- image-choice (options are images): the benchmark's ``evaluate.py`` rule by default: the answer
+  must begin with the right "image x" and mention no second of "image a".."image d" (plain
+  substrings, so "image about" mentions image a). "The answer is Image B." is wrong. A lenient
+  reading (``lenient_images``: exactly one "Image X" named anywhere, as whole words) is an
+  explicit option, reported as the metric ``accuracy_lenient``.
 
-Category score = mean of its tasks' scores x 100. Deliberate departures from the scripts, each a
-bug there: every task gets its own score (the scripts gave a category's tasks the last task's
-file); RecipeQA_VisualCloze is scored as image-choice (misspelt there); ALFRED's empty
-question_type is inferred (the reader does it); all periods not followed by a digit are
-dropped (``re.sub`` got ``re.UNICODE`` as its count, so only the first 32 were); an answer that
-shares no word with any option, or ties between options, picks none instead of the first
-option; "image a" inside a longer word ("image about") is not a mention.
+An empty answer (empty once normalised) is wrong for every kind and counted per task as
+``empty``. Category score = mean of its tasks' scores x 100. Deliberate departures from the
+scripts, each a bug there (docs/tasks.md, "DEMON scoring"): every task gets its own score (the
+scripts gave a category's tasks the last task's file); RecipeQA_VisualCloze is scored as
+image-choice (misspelt there, so it fell to TF-IDF matching, which ignores one-letter words
+and cannot tell "Image A" from "Image B"); ALFRED's empty question_type is inferred (the
+reader does it); all periods not followed by a digit are dropped (``re.sub`` got
+``re.UNICODE`` as its count, so only the first 32 were); an answer that shares no word with
+any option (an empty one included), or ties between options, picks none instead of the first
+option (the argmax of an all-zero similarity vector).
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ _PUNCT = [
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
 _NAMED_IMAGE = re.compile(r"\bimage ([a-z])\b")
+# the image options the benchmark's evaluate.py looks for in an answer
+_OFFICIAL_IMAGES = ("image a", "image b", "image c", "image d")
+_IMAGE_AT_START = re.compile(r"image ([a-z])")
 
 
 def normalize(text: str) -> str:
@@ -135,49 +145,73 @@ def tfidf_choice(answer: str, choices: Sequence[str]) -> int | None:
 
 
 def named_image(answer: str) -> str | None:
-    """The one image letter a (normalised) answer names ("image b" -> "b"), else None."""
+    """The lenient reading: the one image letter a (normalised) answer names anywhere
+    ("the answer is image b" -> "b"), else None."""
     letters = set(_NAMED_IMAGE.findall(answer))
     return letters.pop() if len(letters) == 1 else None
 
 
-def score_sample(kind: str, prediction: str, response: str, choices: Sequence[str] | None) -> dict[str, Any]:
-    """``{"score", "picked"?}`` for one sample of a task of the given kind."""
+def image_choice(answer: str) -> str | None:
+    """The benchmark's reading (``evaluate.py``): the letter of the "image x" a (normalised)
+    answer begins with, None when it begins otherwise or also mentions another of image a-d."""
+    m = _IMAGE_AT_START.fullmatch(answer[:7])
+    if m is None or sum(option in answer for option in _OFFICIAL_IMAGES) > 1:
+        return None
+    return m.group(1)
+
+
+def score_sample(
+    kind: str,
+    prediction: str,
+    response: str,
+    choices: Sequence[str] | None,
+    lenient_images: bool = False,
+) -> dict[str, Any]:
+    """``{"score", "picked"?}`` for one sample of a task of the given kind; ``lenient_images``
+    reads image choices leniently (``named_image``) instead of the benchmark's way."""
     pred, gold = normalize(prediction), normalize(response)
     if not gold:
         raise ValueError(f"the reference {response!r} is empty once normalised")
     if kind == "open-ended":
         return {"score": rouge_l(pred, gold) if pred else 0.0}
     if kind == "image-choice":
-        want = named_image(gold)
+        read = named_image if lenient_images else image_choice
+        want = read(gold)
         if want is None:
-            raise ValueError(f"the reference {response!r} names no 'Image X'")
-        got = named_image(pred)
+            where = "" if lenient_images else " at its start"
+            raise ValueError(f"the reference {response!r} names no 'Image X'{where}")
+        got = read(pred)
         return {"score": float(got == want), "picked": got}
     options = [normalize(c) for c in choices or []]
     if gold not in options:
         raise ValueError(f"the reference {response!r} is not one of the options {list(choices or [])}")
-    picked = tfidf_choice(pred, options)
+    picked = tfidf_choice(pred, options) if pred else None  # empty: wrong, not the first option
     return {"score": float(picked is not None and options[picked] == gold), "picked": picked}
 
 
-def score_tasks(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per task ``{"metric", "score" (x100), "n", "unmatched"}`` from per-sample rows
-    ``{"task", "kind", "prediction", "response", "choices"?}``."""
-    per_task: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+def score_tasks(rows: Sequence[Mapping[str, Any]], lenient_images: bool = False) -> dict[str, dict[str, Any]]:
+    """Per task ``{"metric", "score" (x100), "n", "empty", "unmatched"?}`` from per-sample rows
+    ``{"task", "kind", "prediction", "response", "choices"?}``. Image-choice tasks read with
+    ``lenient_images`` report the metric ``accuracy_lenient``."""
+    per_task: dict[str, list[tuple[str, dict, bool]]] = defaultdict(list)
     for row in rows:
-        result = score_sample(row["kind"], row["prediction"], row["response"], row.get("choices"))
-        per_task[row["task"]].append((row["kind"], result))
+        result = score_sample(
+            row["kind"], row["prediction"], row["response"], row.get("choices"), lenient_images
+        )
+        per_task[row["task"]].append((row["kind"], result, not normalize(row["prediction"])))
     out = {}
     for task, results in per_task.items():
         kind = results[0][0]
-        scores = [r["score"] for _, r in results]
+        scores = [r["score"] for _, r, _ in results]
+        metric = "ROUGE_L" if kind == "open-ended" else "accuracy"
         out[task] = {
-            "metric": "ROUGE_L" if kind == "open-ended" else "accuracy",
+            "metric": f"{metric}_lenient" if kind == "image-choice" and lenient_images else metric,
             "score": 100.0 * sum(scores) / len(scores),
             "n": len(scores),
+            "empty": sum(empty for _, _, empty in results),
         }
         if kind != "open-ended":
-            out[task]["unmatched"] = sum(r["picked"] is None for _, r in results)
+            out[task]["unmatched"] = sum(r["picked"] is None for _, r, _ in results)
     return out
 
 

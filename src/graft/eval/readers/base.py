@@ -8,6 +8,10 @@ letter); ``meta`` holds what the scorer needs beyond it (split, subtask, choices
 
 Bad records raise ``BadRecordError`` naming file, line or record and field; with
 ``skip_bad=True`` a reader keeps going and returns the messages of the rows it skipped.
+
+Every reader takes ``check_images``: on (the default) for answering, where a record naming a
+missing image is bad; off for scoring, which needs the annotations only, so no image is looked
+for or opened (``graft score`` reads this way).
 """
 
 from __future__ import annotations
@@ -87,8 +91,10 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def existing_image(path: Path, where: str) -> Path:
-    if not path.is_file():
+def existing_image(path: Path, where: str, check: bool = True) -> Path:
+    """``path``, checked to be a file unless ``check`` is off (reading to score: no image is
+    opened or looked for)."""
+    if check and not path.is_file():
         raise BadRecordError(f"{where}: image not found: {path}")
     return path
 

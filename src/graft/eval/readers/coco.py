@@ -28,6 +28,7 @@ def read_coco_captions(
     image_root: str | os.PathLike | None = None,
     prompt: str = DEFAULT_PROMPT,
     skip_bad: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
     """One sample per image that has at least one caption.
 
@@ -69,7 +70,7 @@ def read_coco_captions(
             where = f"{path}: images[{i}] (id {image_id})"
             if image_id not in captions:
                 continue  # an image without captions has nothing to score against
-            image = existing_image(image_root / file_name, where)
+            image = existing_image(image_root / file_name, where, check_images)
         except BadRecordError as err:
             out.fail(str(err))
             continue

@@ -134,7 +134,9 @@ def _choices(instance: dict, context: str, where: str) -> list[str]:
     return choices
 
 
-def _prompt(context: str, images_path: list[str], image_dir: Path, where: str) -> tuple[str, list[Path]]:
+def _prompt(
+    context: str, images_path: list[str], image_dir: Path, where: str, check_images: bool
+) -> tuple[str, list[Path]]:
     """The context with one image marker per placeholder, and the images in marker order."""
     try:
         (text,), order = demon_to_markers([context], len(images_path), IMAGE_MARKER, where)
@@ -144,11 +146,15 @@ def _prompt(context: str, images_path: list[str], image_dir: Path, where: str) -
         # a context without placeholders: its images go first, as single-image prompts do
         order = list(range(len(images_path)))
         text = f"{IMAGE_MARKER}\n" * len(images_path) + text
-    images = [existing_image(image_dir / images_path[k], f"{where} image #{k + 1}") for k in order]
+    images = [
+        existing_image(image_dir / images_path[k], f"{where} image #{k + 1}", check_images) for k in order
+    ]
     return text, images
 
 
-def read_demon_task(task_dir: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
+def read_demon_task(
+    task_dir: str | os.PathLike, skip_bad: bool = False, check_images: bool = True
+) -> ReadResult:
     """Every sample of one DEMON task folder (the one that holds ``core/``)."""
     task_dir = Path(task_dir)
     core = task_dir / "core" / "core.json"
@@ -187,7 +193,7 @@ def read_demon_task(task_dir: str | os.PathLike, skip_bad: bool = False) -> Read
                         f"{where}: task_instruction_id {k} out of range 0..{len(instructions) - 1}"
                     )
                 instruction = instructions[k]
-            text, images = _prompt(context, images_path, task_dir / "core" / "images", where)
+            text, images = _prompt(context, images_path, task_dir / "core" / "images", where, check_images)
             meta = {"task": task, "category": TASK_CATEGORY.get(task), "kind": kind}
             if kind != "open-ended":
                 meta["choices"] = _choices(instance, context, where)
@@ -202,7 +208,12 @@ def read_demon_task(task_dir: str | os.PathLike, skip_bad: bool = False) -> Read
     return out.result
 
 
-def read_demon(root: str | os.PathLike, tasks: list[str] | None = None, skip_bad: bool = False) -> ReadResult:
+def read_demon(
+    root: str | os.PathLike,
+    tasks: list[str] | None = None,
+    skip_bad: bool = False,
+    check_images: bool = True,
+) -> ReadResult:
     """Samples of every task under ``root`` (or the named ones), task by task."""
     found = find_tasks(root)
     if tasks is not None:
@@ -213,7 +224,7 @@ def read_demon(root: str | os.PathLike, tasks: list[str] | None = None, skip_bad
         found = {t: found[t] for t in wanted}
     result = ReadResult([])
     for task_dir in found.values():
-        part = read_demon_task(task_dir, skip_bad)
+        part = read_demon_task(task_dir, skip_bad, check_images)
         result.samples.extend(part.samples)
         result.bad.extend(part.bad)
     return result

@@ -50,6 +50,7 @@ def read_llava_bench(
     answers: str = "answers_gpt4.jsonl",
     image_root: str | os.PathLike | None = None,
     skip_bad: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
     """Questions with their context and reference answer; ids are the ``question_id``."""
     folder = Path(folder)
@@ -76,7 +77,7 @@ def read_llava_bench(
                 raise BadRecordError(
                     f"{where}: question_id {qid!r} has no reference answer in {folder / answers}"
                 )
-            path = existing_image(image_root / image, where)
+            path = existing_image(image_root / image, where, check_images)
         except BadRecordError as err:
             out.fail(str(err))
             continue

@@ -4,7 +4,8 @@ Columns: ``index, question, hint?, A, B, C?, D?, answer?, category?, l2-category
 are kept in ``meta``). Options stop at the first empty one. Circular copies of a question (its
 options rotated) carry ``index + k * 1e6``; ``index % 1e6`` groups them for circular
 evaluation. A copy's ``image`` may hold just the index of the row whose image it shares.
-Images are decoded once into ``image_dir`` (default: ``{tsv stem}_images/`` beside the file).
+Images are decoded once into ``image_dir`` (default: ``{tsv stem}_images/`` beside the file);
+a reading for scoring (``check_images=False``) leaves the image column alone and writes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ def _image_suffix(data: bytes) -> str:
     return ".img"  # PIL reads it by content whatever the name
 
 
+def _image_file(row: dict, images_by_index: dict[str, str], image_dir: Path, index: int, where: str) -> Path:
+    """The row's picture decoded into ``image_dir`` (written once), as a file path."""
+    encoded = row["image"] or ""
+    if len(encoded) <= 64:
+        # a circular copy pointing at the row that holds the picture
+        encoded = images_by_index.get(encoded.strip(), "")
+    if not encoded:
+        raise BadRecordError(f"{where}: empty 'image' (no base64 data, no index of a row with one)")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRecordError(f"{where}: column 'image' is not valid base64") from None
+    image = image_dir / f"{index}{_image_suffix(data)}"
+    if not image.is_file() or image.stat().st_size != len(data):
+        image.write_bytes(data)
+    return image
+
+
 def build_prompt(question: str, hint: str | None, choices: list[str], suffix: str = LETTER_PROMPT) -> str:
     """LLaVA's MMBench prompt: hint, question, one ``X. option`` line per option, the suffix."""
     text = f"{hint}\n{question}" if hint else question
@@ -51,19 +70,22 @@ def read_mmbench(
     image_dir: str | os.PathLike | None = None,
     suffix: str = LETTER_PROMPT,
     skip_bad: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
-    """Every row of an MMBench TSV; images are written to ``image_dir`` as files."""
+    """Every row of an MMBench TSV; images are written to ``image_dir`` as files (unless
+    ``check_images`` is off: then no image is decoded or written)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     image_dir = Path(image_dir) if image_dir is not None else path.with_name(f"{path.stem}_images")
-    image_dir.mkdir(parents=True, exist_ok=True)
+    if check_images:
+        image_dir.mkdir(parents=True, exist_ok=True)
     csv.field_size_limit(sys.maxsize)  # base64 images far exceed csv's default field limit
     with path.open(encoding="utf-8", newline="") as f:
         # pandas (which writes these files) quotes fields holding tabs, quotes or newlines
         reader = csv.DictReader(f, delimiter="\t")
         header = reader.fieldnames or []
-        for column in ("index", "question", "A", "B", "image"):
+        for column in ("index", "question", "A", "B", *(["image"] if check_images else [])):
             if column not in header:
                 raise BadRecordError(f"{path}:1: missing column {column!r} (header: {header})")
         rows = [(n, row) for n, row in enumerate(reader, start=2)]
@@ -94,19 +116,10 @@ def read_mmbench(
             answer = None if _missing(row.get("answer")) else row["answer"].strip().upper()
             if answer is not None and answer not in OPTION_COLUMNS[: len(choices)]:
                 raise BadRecordError(f"{where}: answer {row['answer']!r} is not one of the option letters")
-            encoded = row["image"] or ""
-            if len(encoded) <= 64:
-                # a circular copy pointing at the row that holds the picture
-                encoded = images_by_index.get(encoded.strip(), "")
-            if not encoded:
-                raise BadRecordError(f"{where}: empty 'image' (no base64 data, no index of a row with one)")
-            try:
-                data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRecordError(f"{where}: column 'image' is not valid base64") from None
-            image = image_dir / f"{index}{_image_suffix(data)}"
-            if not image.is_file() or image.stat().st_size != len(data):
-                image.write_bytes(data)
+            if check_images:
+                image = _image_file(row, images_by_index, image_dir, index, where)
+            else:
+                image = image_dir / str(index)  # never written: scoring needs no picture
         except BadRecordError as err:
             out.fail(str(err))
             continue

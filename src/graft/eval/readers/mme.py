@@ -4,7 +4,9 @@ Release layout, per subtask folder, either
   flat:  ``{subtask}/{stem}.jpg|png`` beside ``{stem}.txt``, or
   split: ``{subtask}/images/{stem}.*`` and ``{subtask}/questions_answers_YN/{stem}.txt``;
 each ``.txt`` holds ``question<TAB>Yes|No`` lines (two per image). Sample ids are
-``"{subtask}/{image file}/{k}"`` (k = the question's line, 0 or 1).
+``"{subtask}/{image file}/{k}"`` (k = the question's line, 0 or 1). Read for scoring
+(``check_images=False``) no image is looked for, so an id names the image by its stem
+(``"{subtask}/{stem}/{k}"``); ``match_ids`` lets predictions name it either way.
 
 The official ``eval_tool/calculation.py`` reads ``{results_dir}/{subtask}.txt`` with lines
 ``image<TAB>question<TAB>ground truth<TAB>prediction`` where an image's two questions are
@@ -14,6 +16,7 @@ adjacent; ``write_results`` / ``read_results`` speak that layout.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +73,9 @@ def subtask_dirs(root: Path) -> list[Path]:
     return [dirs[n] for n in order]
 
 
-def read_mme(root: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
-    """Every question of an MME release folder (or of one subtask folder)."""
+def read_mme(root: str | os.PathLike, skip_bad: bool = False, check_images: bool = True) -> ReadResult:
+    """Every question of an MME release folder (or of one subtask folder); without
+    ``check_images`` the images are not looked for (their question files suffice)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"MME folder not found: {root}")
@@ -83,7 +87,7 @@ def read_mme(root: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
         files, image_dir = _question_files(sub)
         for qfile in files:
             try:
-                image = _image_for(qfile.stem, image_dir)
+                image = _image_for(qfile.stem, image_dir) if check_images else image_dir / qfile.stem
                 if image is None:
                     raise BadRecordError(f"{qfile}: no image {qfile.stem}.jpg/.png in {image_dir}")
                 lines = [(n, ln) for n, ln in enumerate(qfile.read_text(encoding="utf-8").splitlines(), 1)]
@@ -109,6 +113,31 @@ def read_mme(root: str | os.PathLike, skip_bad: bool = False) -> ReadResult:
                     Sample(sample_id, f"{IMAGE_MARKER}\n{question}", [image], answer, meta, f"{qfile}:{n}")
                 )
     return out.result
+
+
+def _without_suffix(sample_id: str) -> str:
+    parts = sample_id.rsplit("/", 2)
+    if len(parts) == 3 and Path(parts[1]).suffix in IMAGE_SUFFIXES:
+        parts[1] = Path(parts[1]).stem
+    return "/".join(parts)
+
+
+def match_ids(preds: Mapping[str, str], sample_ids: Iterable[str]) -> dict[str, str]:
+    """Predictions keyed by the samples' own ids, where a prediction names the image with its
+    suffix and the sample without (``existence/1.png/0`` -> ``existence/1/0``) or the other way
+    round; other ids are kept as they are. Two predictions for one question are an error."""
+    ids = set(sample_ids)
+    by_stem = {_without_suffix(i): i for i in ids}
+    out: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for key, text in preds.items():
+        target = key if key in ids else by_stem.get(_without_suffix(key), key)
+        if target in out:
+            raise BadRecordError(
+                f"MME: predictions {source[target]!r} and {key!r} answer one question ({target!r})"
+            )
+        out[target], source[target] = text, key
+    return out
 
 
 def write_results(results_dir: str | os.PathLike, rows: list[MMEResult]) -> list[Path]:

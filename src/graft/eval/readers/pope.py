@@ -34,7 +34,12 @@ def split_from_name(path: Path) -> str | None:
 
 
 def _read_file(
-    path: Path, image_root: Path, out: Collector, prefix_split: bool, default_split: str | None
+    path: Path,
+    image_root: Path,
+    out: Collector,
+    prefix_split: bool,
+    default_split: str | None,
+    check_images: bool,
 ) -> None:
     for record, where in iter_jsonl(path):
         try:
@@ -49,7 +54,7 @@ def _read_file(
                 raise BadRecordError(
                     f"{where}: no split: give 'category' or name the file coco_pope_<split>.json"
                 )
-            img = existing_image(image_root / image, where)
+            img = existing_image(image_root / image, where, check_images)
         except BadRecordError as err:
             out.fail(str(err))
             continue
@@ -59,7 +64,10 @@ def _read_file(
 
 
 def read_pope(
-    path: str | os.PathLike, image_root: str | os.PathLike | None = None, skip_bad: bool = False
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
     """POPE questions from one file or a folder of per-split files.
 
@@ -77,7 +85,7 @@ def read_pope(
         if not files:
             raise FileNotFoundError(f"{path}: no POPE question file (coco_pope_<split>.json)")
         for f in files:
-            _read_file(f, image_root, out, prefix_split=True, default_split=split_from_name(f))
+            _read_file(f, image_root, out, True, split_from_name(f), check_images)
     else:
-        _read_file(path, image_root, out, prefix_split=False, default_split=split_from_name(path))
+        _read_file(path, image_root, out, False, split_from_name(path), check_images)
     return out.result

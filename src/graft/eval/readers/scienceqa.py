@@ -71,6 +71,7 @@ def read_scienceqa(
     image_root: str | os.PathLike | None = None,
     images_only: bool = True,
     skip_bad: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
     """Questions of a converted ScienceQA file; ``images_only`` keeps the IMG subset.
 
@@ -105,7 +106,8 @@ def read_scienceqa(
             images = []
             prompt = question
             if "image" in record:
-                images = [existing_image(image_root / need(record, "image", str, where), where)]
+                image = image_root / need(record, "image", str, where)
+                images = [existing_image(image, where, check_images)]
                 if IMAGE_MARKER not in prompt:
                     prompt = f"{IMAGE_MARKER}\n{prompt}"
             elif IMAGE_MARKER in prompt:
