@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from graft.config import IGNORE_INDEX
 from graft.data import GroupedBatchSampler, LlavaDataset, TrainCollator, parse_record, read_records
-from graft.processing import IGNORE_INDEX, GraftProcessor, pad_to_square
+from graft.processing import GraftProcessor, pad_to_square
 
 from tiny import random_image, tiny_image_processor, tiny_tokenizer
 

@@ -13,9 +13,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from graft.backbones import load_tokenizer
 from graft.cli import app
 from graft.gguf import DONE_FILE, import_gguf, load_gguf, smollm2_gguf_path
+from graft.processing import load_tokenizer
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,10 @@ only the assistant turns, and ships a chat template an exported LLaVA processor 
 import pytest
 import torch
 
-from graft.backbones import compose, load_tokenizer
+from graft.backbones import compose
+from graft.config import IGNORE_INDEX
 from graft.export.processor import llava_processor
-from graft.processing import IGNORE_INDEX, GraftProcessor
+from graft.processing import GraftProcessor, load_tokenizer
 from graft.templates import Message, get_template
 
 from tiny import tiny_image_processor, tiny_llm, tiny_tokenizer, tiny_vision

@@ -7,8 +7,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from graft.config import IGNORE_INDEX
 from graft.data import LlavaDataset
-from graft.processing import IGNORE_INDEX, GraftProcessor, TokenizationMismatchError
+from graft.processing import GraftProcessor, TokenizationMismatchError
 from graft.templates import VICUNA_SYSTEM, Message
 
 from tiny import bytelevel_tokenizer, random_image, tiny_image_processor, tiny_tokenizer

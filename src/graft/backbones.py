@@ -1,7 +1,8 @@
-"""Load pretrained parts through transformers' Auto classes and graft them together.
+"""Load pretrained backbones through transformers' Auto classes and graft them together.
 
-Everything takes a local folder or a hub id, exactly as transformers does; nothing here knows
-whether it is loading Vicuna or the shapes world's tiny Llama.
+The tokenizer and the image processor come from ``graft.processing``. Everything takes a local
+folder or a hub id, exactly as transformers does; nothing here knows whether it is loading
+Vicuna or the shapes world's tiny Llama.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import torch
 from accelerate import init_empty_weights
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -26,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from graft.config import DEFAULT_IMAGE_TOKEN, GraftConfig
 from graft.connectors import build_connector
 from graft.modeling import GraftForConditionalGeneration
-from graft.processing import GraftProcessor
+from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -48,45 +47,8 @@ def load_vision_tower(name_or_path: str, dtype: torch.dtype | None = None) -> Pr
     return vision_class.from_pretrained(name_or_path, dtype=dtype)
 
 
-def load_image_processor(name_or_path: str) -> Any:
-    # the PIL backend, explicitly: torchvision may be absent (or not importable) beside torch
-    return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
-
-
 def load_llm(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-
-
-#: the files a saved tokenizer leaves (one is enough for AutoTokenizer to find it)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "spiece.model",
-    "vocab.json",
-    "vocab.txt",
-)
-
-
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """The fast tokenizer of a folder or hub id; a folder without one, or a GGUF file, is a
-    ValueError that says what to do."""
-    if str(name_or_path).endswith(".gguf"):
-        raise ValueError(
-            f"{name_or_path} is a GGUF file: convert it to a checkpoint folder first with "
-            "`graft import-gguf FILE.gguf --out DIR` and give DIR"
-        )
-    if os.path.isdir(name_or_path) and not any(
-        os.path.exists(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
-    ):
-        raise ValueError(
-            f"{name_or_path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); "
-            "save the LLM's tokenizer beside its weights (tokenizer.save_pretrained)"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{name_or_path}: graft needs a fast tokenizer (label masks use offset mappings)")
-    return tokenizer
 
 
 def add_image_token(

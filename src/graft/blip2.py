@@ -28,9 +28,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from graft.backbones import compose, load_image_processor, load_llm, load_tokenizer
+from graft.backbones import compose, load_llm
 from graft.connectors.qformer import _QFormerConnector
 from graft.modeling import GraftForConditionalGeneration
+from graft.processing import load_image_processor, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

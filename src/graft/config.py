@@ -12,6 +12,8 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 DEFAULT_IMAGE_TOKEN = "<image>"
+#: the label of a position that is not supervised (PyTorch's cross-entropy default)
+IGNORE_INDEX = -100
 SELECT_STRATEGIES = ("default", "full")  # "default" drops the CLS token, as LLaVA does
 
 

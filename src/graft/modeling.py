@@ -30,11 +30,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from graft.config import GraftConfig
+from graft.config import IGNORE_INDEX, GraftConfig
 from graft.connectors import Connector, build_connector
 from graft.connectors.vpgc import GuidanceContext
-
-IGNORE_INDEX = -100
 
 
 class ImageTokenMismatchError(ValueError):

@@ -3,7 +3,8 @@
 ``GraftProcessor`` bundles the tokenizer, the vision backbone's image processor, the
 conversation template and the number of soft tokens per image. Every ``<image>`` marker in the
 text becomes ``image_seq_length`` copies of the image token id, so the model's
-``masked_scatter`` finds exactly one block per image.
+``masked_scatter`` finds exactly one block per image. Loading a tokenizer or an image processor
+(``load_tokenizer``, ``load_image_processor``) lives here too: preprocessing is this module's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.files import write_text_atomic
@@ -43,6 +44,43 @@ class SampleTooLongError(ValueError):
 
 class ImageLoadError(ValueError):
     """An image file is missing or cannot be decoded."""
+
+
+def load_image_processor(name_or_path: str) -> Any:
+    # the PIL backend, explicitly: torchvision may be absent (or not importable) beside torch
+    return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+
+
+#: the files a saved tokenizer leaves (one is enough for AutoTokenizer to find it)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of a folder or hub id; a folder without one, or a GGUF file, is a
+    ValueError that says what to do."""
+    if str(name_or_path).endswith(".gguf"):
+        raise ValueError(
+            f"{name_or_path} is a GGUF file: convert it to a checkpoint folder first with "
+            "`graft import-gguf FILE.gguf --out DIR` and give DIR"
+        )
+    if os.path.isdir(name_or_path) and not any(
+        os.path.exists(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
+    ):
+        raise ValueError(
+            f"{name_or_path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the LLM's tokenizer beside its weights (tokenizer.save_pretrained)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{name_or_path}: graft needs a fast tokenizer (label masks use offset mappings)")
+    return tokenizer
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -245,8 +283,6 @@ class GraftProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> GraftProcessor:
-        from graft.backbones import load_image_processor, load_tokenizer
-
         directory = Path(directory)
         path = directory / PROCESSOR_FILE
         if not path.exists():

@@ -17,12 +17,12 @@ from accelerate import init_empty_weights
 from torch import nn
 from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
-from graft.backbones import compose, load_image_processor, load_tokenizer
+from graft.backbones import compose
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.export.model import LlavaExportError
 from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
-from graft.processing import GraftProcessor
+from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
 
 
 def _connector_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]:

@@ -35,10 +35,11 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from graft.config import IGNORE_INDEX
 from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, TrainCollator
 from graft.data.feature_cache import FeatureCache
 from graft.modeling import GraftForConditionalGeneration
-from graft.processing import IGNORE_INDEX, GraftProcessor
+from graft.processing import GraftProcessor
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
 from graft.train.recipe import Recipe, save_recipe
