@@ -13,9 +13,9 @@ import torch
 import graft.eval.predict as predict_mod
 from graft.cli import app
 from graft.cli.inference import load_for_inference
-from graft.eval import BadRecordError
 from graft.eval.processes import process_state
 from graft.eval.runner import run_task
+from graft.record_files import RecordError
 
 
 def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
@@ -36,7 +36,7 @@ def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
 
     def fails_on_rank_1(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         if state.process_index == 1:
-            raise BadRecordError("scripted failure on rank 1")
+            raise RecordError("scripted failure on rank 1")
         return real(*args, **kw)
 
     model, processor = load_for_inference(Path(model_dir))
@@ -47,7 +47,7 @@ def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
             model, processor, name, data, Path(outs[0]).parent / "fails", max_new_tokens=2, progress=False
         )
         error = None
-    except ValueError as err:  # BadRecordError here, OtherProcessError on the other process
+    except ValueError as err:  # RecordError here, OtherProcessError on the other process
         error = f"{type(err).__name__}: {err}"
     predict_mod.generate_answers = real
     after = run_task(model, processor, name, data, Path(outs[0]).parent / "after", limit=2, max_new_tokens=2)

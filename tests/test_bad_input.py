@@ -10,9 +10,10 @@ import torch
 
 from graft.config import GraftConfig
 from graft.connectors import UnknownConnectorError, build_connector
-from graft.data import LlavaDataset, RecordError, TrainCollator, read_records
+from graft.data import LlavaDataset, TrainCollator
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError
+from graft.record_files import RecordError, read_records
 
 from tiny import random_image, tiny_image_processor, tiny_llm, tiny_tokenizer, tiny_vision
 
@@ -47,7 +48,7 @@ def _check(folder, bad: dict, reason: str, match: str, error=RecordError, name: 
     path = _write(folder, [GOOD, bad, GOOD], name)
     with pytest.raises(error, match=match) as info:
         LlavaDataset(path, folder, _tiny_processor(**kwargs))
-    where = f"{path}:line 2" if name.endswith(".jsonl") else f"{path}[1]"
+    where = f"{path}:2" if name.endswith(".jsonl") else f"{path}[1]"
     assert where in str(info.value)
     ds = LlavaDataset(path, folder, _tiny_processor(**kwargs), skip_bad=True)
     assert ds.skipped == {reason: 1}
@@ -81,9 +82,9 @@ def test_malformed_json_names_file_and_line(tmp_path):
     path = tmp_path / "data.json"
     path.write_text('[\n  {"id": "a",\n   "conversations": [}\n]\n')
     for skip_bad in (False, True):  # a broken JSON list cannot be partly trusted
-        with pytest.raises(RecordError, match=rf"{path}:line 3 column 22: invalid JSON"):
+        with pytest.raises(RecordError, match=rf"{path}:3: not valid JSON \(.* at column 22\)"):
             LlavaDataset(path, tmp_path, _tiny_processor(), skip_bad=skip_bad)
-    with pytest.raises(RecordError, match="line 3"):
+    with pytest.raises(RecordError, match=rf"{path}:3: not valid JSON"):
         read_records(path)
 
 
@@ -99,7 +100,7 @@ def test_malformed_jsonl_line(tmp_path):
         tmp_path,
         '{"id": "x", "conversations": [',
         "malformed_json",
-        r"line 2 column \d+: invalid JSON",
+        r":2: not valid JSON \(.* at column \d+\)",
         name="d.jsonl",
     )
 

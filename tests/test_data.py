@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from graft.config import IGNORE_INDEX
-from graft.data import GroupedBatchSampler, LlavaDataset, TrainCollator, parse_record, read_records
+from graft.data import GroupedBatchSampler, LlavaDataset, TrainCollator, parse_record
 from graft.processing import GraftProcessor, pad_to_square
+from graft.record_files import read_records
 
 from tiny import random_image, tiny_image_processor, tiny_tokenizer
 
@@ -60,7 +61,7 @@ def test_sources_name_the_file_and_index_or_line(folder):
     json_ds = LlavaDataset(folder / "data.json", folder, processor)
     jsonl_ds = LlavaDataset([str(folder / "data.jsonl")], folder, processor)
     assert json_ds.records[1].source == f"{folder / 'data.json'}[1]"
-    assert jsonl_ds.records[1].source == f"{folder / 'data.jsonl'}:line 2"
+    assert jsonl_ds.records[1].source == f"{folder / 'data.jsonl'}:2"
     assert [r.id for r in jsonl_ds.records] == ["single", "two", "text", "17"]
 
 

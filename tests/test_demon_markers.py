@@ -2,11 +2,11 @@
 
 import pytest
 
-from graft.data.records import RecordError, parse_record
-from graft.eval.jsonl import BadRecordError
+from graft.data.records import parse_record
 from graft.eval.predict import _parse_prompt_row
 from graft.generate import ChatSession
 from graft.processing import ImageMarkerError, demon_to_markers
+from graft.record_files import RecordError
 from graft.templates import Message
 
 from tiny import random_image, tiny_model_and_processor
@@ -48,7 +48,7 @@ def test_prediction_rows_take_placeholders(tmp_path):
     row = _parse_prompt_row(record, "q.jsonl:1", tmp_path, "<image>")
     assert row.text == "<image> vs <image>: same?"
     assert [p.name for p in row.images] == ["b.png", "a.png"]
-    with pytest.raises(BadRecordError, match="q.jsonl:1"):
+    with pytest.raises(RecordError, match="q.jsonl:1"):
         _parse_prompt_row({**record, "question": "{image#3}"}, "q.jsonl:1", tmp_path, "<image>")
     assert record["images"] == ["a.png", "b.png"]  # the caller's record is left as it was
 

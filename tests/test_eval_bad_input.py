@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import graft.eval.predict as predict_mod
-from graft.eval import BadRecordError
 from graft.eval.metrics import JudgeConfig
 from graft.eval.runner import run_task
 from graft.eval.score import Options
+from graft.record_files import RecordError
 
 from judge_server import JudgeServer
 from tiny import tiny_model_and_processor, write_image, write_jsonl
@@ -44,7 +44,7 @@ def test_missing_image_in_a_task_file(tiny, tmp_path, answers):
     rows = [{"question_id": i, "image": "a.png", "text": f"Q{i}?", "label": "yes"} for i in range(3)]
     rows[1]["image"] = "gone.png"
     data = write_jsonl(tmp_path / "coco_pope_random.json", rows)
-    with pytest.raises(BadRecordError, match=rf"{data}:2: image not found: .*gone.png"):
+    with pytest.raises(RecordError, match=rf"{data}:2: image not found: .*gone.png"):
         run_task(model, processor, "pope", data, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "pope" / "predictions.jsonl").exists()  # found before generating
     res = run_task(model, processor, "pope", data, tmp_path / "out", skip_bad=True, progress=False)
@@ -81,7 +81,7 @@ def test_demon_placeholder_without_a_file(tiny, tmp_path, answers):
     data = [sample(0, "{image#1}{image#2} What changed?"), sample(1, "{image#1}{image#3} What changed?")]
     meta = {"task_instruction": ["Compare. "], "question_type": "open-ended"}
     (core / "core.json").write_text(json.dumps({"metadata": meta, "data": data}))
-    with pytest.raises(BadRecordError, match=r"data\[1\] \(sample_id 1\): \{image#3\} in the context"):
+    with pytest.raises(RecordError, match=r"data\[1\] \(sample_id 1\): \{image#3\} in the context"):
         run_task(model, processor, "demon", tmp_path / "demon", tmp_path / "out", progress=False)
     answers["changed"] = "Moved."
     res = run_task(

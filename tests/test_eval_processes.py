@@ -89,6 +89,6 @@ def test_two_processes_split_merge_and_resume(tmp_path):
         asked = sorted(int(p.split("shape ")[1].rstrip("?")) for share in shares for p in share)
         assert asked == sorted(int(i.split("/")[-1]) for i in todo)
     # a step that fails on one process fails on all, and they stay in step for the next run
-    assert ranks[1]["error"] == "BadRecordError: scripted failure on rank 1"
-    assert ranks[0]["error"] == "OtherProcessError: process 1: BadRecordError: scripted failure on rank 1"
+    assert ranks[1]["error"] == "RecordError: scripted failure on rank 1"
+    assert ranks[0]["error"] == "OtherProcessError: process 1: RecordError: scripted failure on rank 1"
     assert ranks[0]["after"] == ranks[1]["after"] == {"total": 2, "already_done": 0, "written": 2, "bad": 0}

@@ -6,8 +6,9 @@ from PIL import Image
 
 import graft.eval.predict as predict_mod
 import graft.eval.questions as questions_mod
-from graft.eval import BadRecordError, evaluate_questions, predict_jsonl
+from graft.eval import evaluate_questions, predict_jsonl
 from graft.eval.questions import normalize_text, parse_choice, parse_yesno, score_answer
+from graft.record_files import RecordError
 
 from tiny import random_image, tiny_model_and_processor
 
@@ -140,7 +141,7 @@ def test_predict_jsonl_bad_rows(tiny, tmp_path, row, message):
     path, _ = _prediction_questions(tmp_path)
     with path.open("a") as f:
         f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
-    with pytest.raises(BadRecordError, match=message) as err:
+    with pytest.raises(RecordError, match=message) as err:
         predict_jsonl(model, processor, path, tmp_path / "o.jsonl", max_new_tokens=2, progress=False)
     assert str(err.value).startswith(f"{path}:6: ")
     assert not (tmp_path / "o.jsonl").exists()  # nothing is generated before the file is checked
@@ -157,7 +158,7 @@ def test_predict_jsonl_undecodable_image(tiny, tmp_path):
     (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
     with path.open("a") as f:
         f.write(json.dumps({"id": "bad", "image": "img/bad.png", "question": "?"}) + "\n")
-    with pytest.raises(BadRecordError, match=rf"{path}:6: cannot read image"):
+    with pytest.raises(RecordError, match=rf"{path}:6: cannot read image"):
         predict_jsonl(model, processor, path, tmp_path / "o.jsonl", max_new_tokens=2, progress=False)
     stats = predict_jsonl(
         model, processor, path, tmp_path / "p.jsonl", max_new_tokens=2, skip_bad=True, progress=False
@@ -308,17 +309,17 @@ def test_evaluate_questions_default_root_and_errors(tiny, tmp_path):
     model, processor = tiny
     path = _question_file(tmp_path)
     # image paths are relative to the file's folder when no root is given: eval/img/... is missing
-    with pytest.raises(BadRecordError, match=rf"{path}:1: image not found"):
+    with pytest.raises(RecordError, match=rf"{path}:1: image not found"):
         evaluate_questions(model, processor, path, progress=False)
     bad = tmp_path / "bad.jsonl"
     _write_jsonl(
         bad, [{"id": 1, "image": "img/0.png", "question": "?", "answer": "E", "qtype": "x", "choices": ["a"]}]
     )
-    with pytest.raises(BadRecordError, match=rf"{bad}:1: .*option letter"):
+    with pytest.raises(RecordError, match=rf"{bad}:1: .*option letter"):
         evaluate_questions(model, processor, bad, tmp_path, progress=False)
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "x.png")
     _write_jsonl(bad, [{"id": 1, "image": "img/x.png", "question": "?", "answer": "yes"}])
-    with pytest.raises(BadRecordError, match=rf"{bad}:1: field 'qtype'"):
+    with pytest.raises(RecordError, match=rf"{bad}:1: field 'qtype'"):
         evaluate_questions(model, processor, bad, tmp_path, progress=False)
 
 
@@ -330,7 +331,7 @@ def test_predict_jsonl_prompt_longer_than_the_context(tmp_path):
     path, ids = _prediction_questions(tmp_path)
     with path.open("a") as f:
         f.write(json.dumps({"id": "long", "question": "Describe it. " * 100}) + "\n")
-    with pytest.raises(BadRecordError, match=rf"{path}:6: .*longer than max_length=160"):
+    with pytest.raises(RecordError, match=rf"{path}:6: .*longer than max_length=160"):
         predict_jsonl(
             model, processor, path, tmp_path / "o.jsonl", batch_size=4, max_new_tokens=2, progress=False
         )

@@ -8,7 +8,6 @@ import json
 import pytest
 from PIL import Image
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers import (
     IMAGE_MARKER,
     read_coco_captions,
@@ -21,6 +20,7 @@ from graft.eval.readers import (
 )
 from graft.eval.readers.demon import CATEGORIES, TASK_CATEGORY, find_tasks
 from graft.eval.readers.mmbench import LETTER_PROMPT
+from graft.record_files import RecordError
 
 
 def _img(path, colour=(200, 30, 30), fmt=None):
@@ -153,14 +153,14 @@ def test_demon_bad_samples(tmp_path):
         ],
     )
     with pytest.raises(
-        BadRecordError, match=r"core\.json: data\[0\] \(sample_id 0\): \{image#3\} in the context"
+        RecordError, match=r"core\.json: data\[0\] \(sample_id 0\): \{image#3\} in the context"
     ):
         read_demon(root)
     result = read_demon(root, skip_bad=True)
     assert [s.id for s in result] == ["IEdit/2"] and len(result.bad) == 2
     assert "image not found" in result.bad[1] and "missing.jpg" in result.bad[1]
     (core / "core.json").write_text(json.dumps({"metadata": {"question_type": "essay"}, "data": []}))
-    with pytest.raises(BadRecordError, match="question_type 'essay'"):
+    with pytest.raises(RecordError, match="question_type 'essay'"):
         read_demon(root)
 
 
@@ -195,7 +195,7 @@ def test_mme_reader_errors(tmp_path):
     _img(root / "count" / "a.jpg")
     (root / "count" / "a.txt").write_text("How many? Please answer yes or no.\tMaybe\nq2\tNo\n")
     (root / "count" / "b.txt").write_text("q\tYes\nq\tNo\n")  # no b.jpg
-    with pytest.raises(BadRecordError, match=r"a\.txt:1: answer must be Yes or No"):
+    with pytest.raises(RecordError, match=r"a\.txt:1: answer must be Yes or No"):
         read_mme(root)
     result = read_mme(root, skip_bad=True)
     assert len(result) == 0 and len(result.bad) == 2 and "no image b.jpg/.png" in result.bad[1]
@@ -229,7 +229,7 @@ def test_pope_reader_folder_and_merged_file(tmp_path):
         tmp_path / "bad" / "questions.jsonl",
         [row | {"label": "perhaps", "category": "random"}, row | {"label": "no"}],
     )
-    with pytest.raises(BadRecordError, match=r"questions\.jsonl:1: field 'label' must be yes or no"):
+    with pytest.raises(RecordError, match=r"questions\.jsonl:1: field 'label' must be yes or no"):
         read_pope(bad, image_root=tmp_path / "images")
     result = read_pope(bad, image_root=tmp_path / "images", skip_bad=True)
     assert len(result.bad) == 2 and "no split" in result.bad[1]
@@ -260,7 +260,7 @@ def test_coco_captions_reader(tmp_path):
     ann["annotations"].append({"id": 4, "image_id": 5, "caption": "orphan"})
     ann["annotations"].append({"id": 5, "image_id": 73})
     (tmp_path / "bad.json").write_text(json.dumps(ann))
-    with pytest.raises(BadRecordError, match=r"annotations\[4\]: missing field 'caption'"):
+    with pytest.raises(RecordError, match=r"annotations\[4\]: missing field 'caption'"):
         read_coco_captions(tmp_path / "bad.json")
     result = read_coco_captions(tmp_path / "bad.json", skip_bad=True)
     assert len(result) == 2 and any("image_id 5" in b for b in result.bad)
@@ -320,9 +320,7 @@ def test_scienceqa_llava_form(tmp_path):
     assert [s.target for s in full] == ["B", "B", "B"] and full.samples[0].images == []
     records[1]["conversations"][1]["value"] = "D"  # not one of its three options
     (tmp_path / "bad.json").write_text(json.dumps(records))
-    with pytest.raises(
-        BadRecordError, match=r"bad\.json: \[1\] \(id '5'\): the gpt turn names no option letter"
-    ):
+    with pytest.raises(RecordError, match=r"bad\.json\[1\] \(id '5'\): the gpt turn names no option letter"):
         read_scienceqa(tmp_path / "bad.json")
 
 
@@ -385,7 +383,7 @@ def test_mmbench_tsv(tmp_path):
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(header)
         writer.writerows(rows)
-    with pytest.raises(BadRecordError, match=r"mmbench_dev_en\.tsv:5 \(index 7\): answer 'E'"):
+    with pytest.raises(RecordError, match=r"mmbench_dev_en\.tsv:5 \(index 7\): answer 'E'"):
         read_mmbench(path, image_dir=tmp_path / "imgs")
 
 
@@ -435,5 +433,5 @@ def test_llava_bench_reader(tmp_path):
     assert coco.samples[0].meta["context"] == "A bowl.\nNoodles.\n\nbowl: [0.1, 0.2, 0.5, 0.6]"
     assert coco.samples[0].meta["rule"] == "conv"
     _jsonl(tmp_path / "answers_gpt4.jsonl", [{"question_id": 0, "text": "Ramen."}])
-    with pytest.raises(BadRecordError, match=r"questions\.jsonl:2: question_id 1 has no reference answer"):
+    with pytest.raises(RecordError, match=r"questions\.jsonl:2: question_id 1 has no reference answer"):
         read_llava_bench(tmp_path)

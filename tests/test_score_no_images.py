@@ -7,11 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.eval.jsonl import BadRecordError
 from graft.eval.metrics.caption import python_tokenize
 from graft.eval.readers import read_coco_captions, read_mme, read_pope
 from graft.eval.score import Options, score
 from graft.eval.tasks import get_task
+from graft.record_files import RecordError
 from test_metrics_caption import PREDS as CAPTION_PREDS
 from test_metrics_caption import REFS as CAPTION_REFS
 from test_metrics_caption import _reference as caption_reference
@@ -50,9 +50,9 @@ def test_pope_from_question_files_and_answers_alone(tmp_path):
     check_pope(out)
     assert out["counts"] == {"samples": 7, "missing": 0, "empty": 1, "unknown_ids": 0, "bad_records": 0}
     # answering still needs the pictures
-    with pytest.raises(BadRecordError, match="image not found: .*COCO_val2014_000000000001.jpg"):
+    with pytest.raises(RecordError, match="image not found: .*COCO_val2014_000000000001.jpg"):
         read_pope(tmp_path / "pope")
-    with pytest.raises(BadRecordError, match="image not found"):
+    with pytest.raises(RecordError, match="image not found"):
         get_task("pope").read(tmp_path / "pope")
 
 
@@ -72,11 +72,11 @@ def test_mme_from_question_files_and_answers_alone(tmp_path):
     out = score("mme", data, preds)
     check_mme(out)
     assert out["counts"]["unknown_ids"] == 0 and out["counts"]["missing"] == 0
-    with pytest.raises(BadRecordError, match="no image 1.jpg/.png"):
+    with pytest.raises(RecordError, match="no image 1.jpg/.png"):
         read_mme(data)
     # one question answered under both spellings of its id
     twice = {"existence/1.jpg/0": "Yes", "existence/1/0": "No"}
-    with pytest.raises(BadRecordError, match="answer one question"):
+    with pytest.raises(RecordError, match="answer one question"):
         score("mme", data, twice)
 
 
@@ -103,7 +103,7 @@ def test_coco_captions_from_the_annotation_file_alone(tmp_path):
     for name, value in caption_reference(CAPTION_REFS, CAPTION_PREDS, tokens).items():
         assert out[name] == pytest.approx(value, abs=1e-12), name
     assert out["counts"]["samples"] == len(CAPTION_REFS)
-    with pytest.raises(BadRecordError, match="image not found"):
+    with pytest.raises(RecordError, match="image not found"):
         read_coco_captions(tmp_path / "captions_val2014.json")
 
 
@@ -118,7 +118,7 @@ def test_own_question_file_and_mmbench_need_no_images(tmp_path):
         "doc_to_target: answer\nmetric_list: [{metric: exact_match}]\n"
     )
     assert score(task, tmp_path / "q.jsonl", {"a": "Yes."})["exact_match"] == 1.0
-    with pytest.raises(BadRecordError, match="field 'img': image not found"):
+    with pytest.raises(RecordError, match="field 'img': image not found"):
         get_task(task).read(tmp_path / "q.jsonl")
 
     # an MMBench TSV: the image column is neither decoded nor written when scoring

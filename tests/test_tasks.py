@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 import graft.eval.metrics.caption as caption_mod
 from graft.cli import app
-from graft.eval import BadRecordError
 from graft.eval.score import ALIASES, TASKS, score
 from graft.eval.tasks import TaskFileError, builtin_tasks, get_task, load_task_file
+from graft.record_files import RecordError
 
 from tiny import write_image, write_jsonl
 
@@ -270,9 +270,7 @@ def test_bad_records_name_the_data_file_and_line(tmp_path):
         f.write(json.dumps({"qid": "m", "img": "img/gone.png", "q": "?", "ans": "x"}) + "\n")
         f.write(json.dumps({"qid": "n", "img": "img/0.png", "ans": "x"}) + "\n")
         f.write(json.dumps({"img": "img/0.png", "q": "?", "ans": "x"}) + "\n")
-    with pytest.raises(
-        BadRecordError, match=rf"{data}:4 \(id 'm'\): field 'img': image not found: .*gone.png"
-    ):
+    with pytest.raises(RecordError, match=rf"{data}:4 \(id 'm'\): field 'img': image not found: .*gone.png"):
         spec.read()
     read = spec.read(skip_bad=True)
     assert [s.id for s in read.samples] == ["a", "b", 3] and len(read.bad) == 3
@@ -285,5 +283,5 @@ def test_bad_records_name_the_data_file_and_line(tmp_path):
         tmp_path / "yn.yaml",
         "task: yn\nreader: jsonl\ndoc_to_text: '{{text}}'\ndoc_to_target: label\nmetric_list: [yes_no]\n",
     )
-    with pytest.raises(BadRecordError, match=r"yn.jsonl:1 \(id 1\): metric yes_no needs a yes/no target"):
+    with pytest.raises(RecordError, match=r"yn.jsonl:1 \(id 1\): metric yes_no needs a yes/no target"):
         get_task(str(path)).read(tmp_path / "yn.jsonl")

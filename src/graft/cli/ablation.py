@@ -138,12 +138,12 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     """Single-image accuracy (the demo's), which-image accuracy and difference ROUGE-L."""
     from graft.cli.demo_measure import evaluate_demo
     from graft.cli.inference import load_for_inference
-    from graft.data import read_records
     from graft.data.records import parse_record
     from graft.eval.metrics.demon import score_sample
     from graft.eval.readers import IMAGE_MARKER, read_demon_task
     from graft.generate import generate_answers
     from graft.processing import load_image
+    from graft.record_files import iter_records
     from graft.templates import Message
 
     model, processor = load_for_inference(model_dir, bf16=True)
@@ -168,7 +168,7 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     metrics["which_image/accuracy"] = sum(scores) / max(len(scores), 1)
     metrics["which_image/n"] = len(scores)
 
-    records = [parse_record(r, f"{test_pairs}[{i}]") for i, r in enumerate(read_records(test_pairs))][:limit]
+    records = [parse_record(r, where) for r, where in iter_records(test_pairs)][:limit]
     got = answer([r.messages[0].content for r in records], [[world / p for p in r.images] for r in records])
     rouge = [
         score_sample("open-ended", g, r.messages[1].content, None)["score"]

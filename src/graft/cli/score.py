@@ -56,10 +56,10 @@ def score_cmd(
     ] = False,
 ) -> None:
     """Score predictions made elsewhere with graft's reference-equal scorers (no images needed)."""
-    from graft.eval.jsonl import BadRecordError
     from graft.eval.metrics import JudgeConfig
     from graft.eval.score import Options, score
     from graft.eval.tasks import get_task
+    from graft.record_files import RecordError
 
     try:
         spec = get_task(task)
@@ -80,6 +80,6 @@ def score_cmd(
     )
     try:
         result = score(spec, data, predictions, options, skip_bad=skip_bad, keep_samples=samples)
-    except (BadRecordError, FileNotFoundError, ValueError, KeyError) as err:
+    except (RecordError, FileNotFoundError, ValueError, KeyError) as err:
         fail(str(err))
     typer.echo(json.dumps(result, indent=None, default=str))

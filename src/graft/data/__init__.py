@@ -3,7 +3,7 @@
 from graft.data.collator import TrainCollator
 from graft.data.dataset import LlavaDataset, TrainSample, preprocessing_signature
 from graft.data.mixing import MixedBatchSampler, batch_counts
-from graft.data.records import Record, RecordError, iter_records, parse_record, read_records
+from graft.data.records import Record, parse_record
 from graft.data.sampler import GroupedBatchSampler
 
 __all__ = [
@@ -11,12 +11,9 @@ __all__ = [
     "LlavaDataset",
     "MixedBatchSampler",
     "Record",
-    "RecordError",
     "TrainCollator",
     "TrainSample",
     "batch_counts",
-    "iter_records",
     "parse_record",
     "preprocessing_signature",
-    "read_records",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from graft.data.records import Record, RecordError, iter_records, parse_record
+from graft.data.records import Record, parse_record
 from graft.processing import (
     EncodedSample,
     GraftProcessor,
@@ -28,6 +28,7 @@ from graft.processing import (
     TokenizationMismatchError,
     load_image,
 )
+from graft.record_files import RecordError, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class LlavaDataset(Dataset):
 
         read_from: list[int] = []
         for source, path in enumerate(self.paths):
-            for where, raw in iter_records(path, on_bad=self._skip if skip_bad else None):
+            for raw, where in iter_records(path, on_bad=self._skip if skip_bad else None):
                 try:
                     record = parse_record(raw, where, processor.image_token)
                     self._check_images(record)

@@ -1,31 +1,21 @@
-"""LLaVA-format records: read JSON / JSONL files and check each record before anything is tokenized.
+"""LLaVA-format records: check each record of a training file before anything is tokenized.
 
 A record is ``{"id", "image" | "images" | neither, "conversations": [{"from", "value"}, ...]}``
-with one ``<image>`` marker per image, anywhere in any user turn. Every problem is a
-``RecordError`` whose message names the file, the line (or list index), the record id and
-the field, and whose ``reason`` is a short key the dataset counts when it skips bad records.
+with one ``<image>`` marker per image, anywhere in any user turn. Files are read by
+``graft.record_files``; every problem is its ``RecordError``, whose message names the file, the
+line (or list index), the record id and the field, and whose ``reason`` is a short key the
+dataset counts when it skips bad records.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
+from graft.record_files import RecordError, check_id
 from graft.templates import Message, messages_from_llava
-
-
-class RecordError(ValueError):
-    """A record (or a line of a data file) that cannot be used; ``reason`` names the kind."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -34,71 +24,15 @@ class Record:
     #: image paths as written in the record (relative to the dataset's image root)
     images: list[str]
     messages: list[Message]
-    #: where the record came from: "file.jsonl:line 12" or "file.json[37]"
+    #: where the record came from: "file.jsonl:12" or "file.json[37]"
     source: str
-
-
-def iter_records(
-    path: str | os.PathLike, on_bad: Callable[[RecordError], None] | None = None
-) -> Iterator[tuple[str, Any]]:
-    """``(source, raw record)`` for every record of a LLaVA JSON list or a JSONL file.
-
-    A JSON file that does not parse is always an error (nothing in it can be trusted). A JSONL
-    line that does not parse is an error too, unless ``on_bad`` is given: then it is handed
-    the error and reading goes on with the next line.
-    """
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        yield from _iter_jsonl(path, on_bad)
-        return
-    with path.open(encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise RecordError(
-                f"{path}:line {err.lineno} column {err.colno}: invalid JSON: {err.msg}", "malformed_json"
-            ) from None
-    if not isinstance(data, list):
-        raise RecordError(
-            f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}; "
-            "use the .jsonl suffix for one record per line",
-            "malformed_json",
-        )
-    for i, raw in enumerate(data):
-        yield f"{path}[{i}]", raw
-
-
-def _iter_jsonl(path: Path, on_bad: Callable[[RecordError], None] | None) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                error = RecordError(
-                    f"{path}:line {lineno} column {err.colno}: invalid JSON: {err.msg}", "malformed_json"
-                )
-                if on_bad is None:
-                    raise error from None
-                on_bad(error)
-                continue
-            yield f"{path}:line {lineno}", raw
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """All raw records of a LLaVA JSON list or a JSONL file (errors name the file and line)."""
-    return [raw for _, raw in iter_records(path)]
 
 
 def parse_record(raw: Any, where: str, image_token: str = DEFAULT_IMAGE_TOKEN) -> Record:
     """Check one raw record and turn it into a ``Record``; ``where`` is its source."""
     if not isinstance(raw, dict):
         raise RecordError(f"{where}: a record must be a JSON object, got {type(raw).__name__}", "bad_field")
-    rid = raw.get("id", where)
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise RecordError(f"{where}: field 'id' must be a string or an integer, got {rid!r}", "bad_field")
-    rid = str(rid)
+    rid = str(check_id(raw.get("id", where), where))
     here = f"{where} (id {rid!r})"
 
     images = _images(raw, here)

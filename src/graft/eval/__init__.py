@@ -1,7 +1,6 @@
 """Evaluation: question files, prediction files, and (elsewhere in this package) benchmark tasks."""
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.predict import predict_jsonl
 from graft.eval.questions import evaluate_questions, read_questions, score_answer
 
-__all__ = ["BadRecordError", "evaluate_questions", "predict_jsonl", "read_questions", "score_answer"]
+__all__ = ["evaluate_questions", "predict_jsonl", "read_questions", "score_answer"]

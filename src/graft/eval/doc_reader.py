@@ -6,9 +6,9 @@ uses is an error naming the record's file and line. A prompt places its images w
 markers, or with DEMON's ``{image#k}`` placeholders (the k-th image of the record), or not at all:
 then the images go first. ``pre_prompt`` goes after the leading images, ``post_prompt`` at the end.
 
-The ``jsonl`` reader reads LLaVA-style question files (JSONL, or a JSON list) whose field names a
-task file gives: ``doc_to_id``, ``doc_to_visual``, ``doc_to_text``, ``doc_to_target``,
-``doc_to_choice``.
+The ``jsonl`` reader reads LLaVA-style question files (a ``.jsonl`` file, or a JSON list; see
+``graft.record_files``) whose field names a task file gives: ``doc_to_id``, ``doc_to_visual``,
+``doc_to_text``, ``doc_to_target``, ``doc_to_choice``.
 """
 
 from __future__ import annotations
@@ -20,17 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from graft.eval.jsonl import BadRecordError
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    iter_jsonl,
-    load_json,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, existing_image
 from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
+from graft.record_files import RecordError, check_id, iter_records
 
 _LEADING_IMAGES = re.compile(rf"^(?:{re.escape(IMAGE_MARKER)}\s*)*")
 _TEMPLATE_SYNTAX = ("{{", "{%")
@@ -62,11 +54,11 @@ def render(template: Any, fields: dict[str, Any], where: str, what: str) -> str:
     try:
         return template.render(**fields)
     except jinja2.UndefinedError as err:
-        raise BadRecordError(
+        raise RecordError(
             f"{where}: {what} uses a field the record lacks ({err}); its fields: {sorted(fields)}"
         ) from None
     except jinja2.TemplateError as err:
-        raise BadRecordError(f"{where}: {what} failed: {err}") from None
+        raise RecordError(f"{where}: {what} failed: {err}") from None
 
 
 def compose_prompt(text: str, n_images: int, pre: str, post: str, where: str) -> tuple[str, list[int]]:
@@ -76,14 +68,14 @@ def compose_prompt(text: str, n_images: int, pre: str, post: str, where: str) ->
         try:
             (text,), order = demon_to_markers([text], n_images, IMAGE_MARKER, where)
         except ImageMarkerError as err:
-            raise BadRecordError(str(err)) from None
+            raise RecordError(str(err)) from None
     head = _LEADING_IMAGES.match(text).group(0)  # type: ignore[union-attr]  (matches at least "")
     text = head + pre + text[len(head) :] + post
     markers = text.count(IMAGE_MARKER)
     if markers == 0 and n_images:
         text = f"{IMAGE_MARKER}\n" * n_images + text
     elif markers != len(order):
-        raise BadRecordError(
+        raise RecordError(
             f"{where}: the prompt holds {markers} {IMAGE_MARKER} marker(s) but the record has "
             f"{len(order)} image(s)"
         )
@@ -105,39 +97,22 @@ class JsonlFields:
     post_prompt: str = ""
 
 
-def _records(path: Path):  # noqa: ANN202 (yields (record, where))
-    if path.suffix == ".json":
-        doc = load_json(path)
-        if not isinstance(doc, list):
-            raise BadRecordError(f"{path}: expected a JSON list of records (or use a .jsonl file)")
-        for i, record in enumerate(doc):
-            if not isinstance(record, dict):
-                raise BadRecordError(f"{path}[{i}]: expected an object")
-            yield record, f"{path}[{i}]"
-    else:
-        yield from iter_jsonl(path)
-
-
 def _field(record: dict, key: str, where: str, source: str) -> Any:
     if key not in record:
-        raise BadRecordError(
-            f"{where}: missing field {key!r} (named in {source}); its fields: {sorted(record)}"
-        )
+        raise RecordError(f"{where}: missing field {key!r} (named in {source}); its fields: {sorted(record)}")
     return record[key]
 
 
 def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: bool) -> Sample:
     id_key = f.id or ("id" if "id" in record else "question_id")
-    rid = _field(record, id_key, where, f.source if f.id else "doc_to_id's default")
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise BadRecordError(f"{where}: field {id_key!r} must be a string or an integer, got {rid!r:.80}")
+    rid = check_id(_field(record, id_key, where, f.source if f.id else "doc_to_id's default"), where, id_key)
     where = f"{where} (id {rid!r})"
     images: list[Path] = []
     for key in f.visual:
         value = _field(record, key, where, f.source)
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise BadRecordError(f"{where}: field {key!r} must be an image path or a list of them")
+            raise RecordError(f"{where}: field {key!r} must be an image path or a list of them")
         for name in names:
             images.append(existing_image(root / name, f"{where}: field {key!r}", check_images))
     text = render(f.text, record, where, f"doc_to_text of {f.source}")
@@ -150,7 +125,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: 
     if f.choices is not None:
         choices = _field(record, f.choices, where, f.source)
         if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise BadRecordError(f"{where}: field {f.choices!r} must be a list of option strings")
+            raise RecordError(f"{where}: field {f.choices!r} must be a list of option strings")
         meta["choices"] = choices
         # an option's text as target means its letter
         texts = [c.strip().casefold() for c in choices]
@@ -169,7 +144,7 @@ def read_jsonl_task(
     check_images: bool = True,
 ) -> ReadResult:
     """Every record of a question file as a ``Sample``; ``check(sample)`` may reject one
-    (``BadRecordError``) as unscorable. Image paths are relative to ``fields.image_root``
+    (``RecordError``) as unscorable. Image paths are relative to ``fields.image_root``
     (itself relative to the file's folder; default: that folder); they must exist unless
     ``check_images`` is off (reading to score)."""
     path = Path(path)
@@ -177,12 +152,12 @@ def read_jsonl_task(
         raise FileNotFoundError(f"question file not found: {path}")
     root = path.parent / fields.image_root if fields.image_root else path.parent
     out = Collector(skip_bad)
-    for record, where in _records(path):
+    for record, where in iter_records(path):
         try:
             sample = _sample(record, where, fields, root, check_images)
             if check is not None:
                 check(sample)
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         out.add(sample)

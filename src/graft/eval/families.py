@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.metrics import (
     ChatClient,
     ChoiceRow,
@@ -41,6 +40,7 @@ from graft.eval.readers import (
     read_scienceqa,
 )
 from graft.eval.readers.mme import MMEResult, match_ids
+from graft.record_files import RecordError
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _choice(circular: bool, extract: Callable | None = None) -> Scorer:
         got = answers(data.samples, preds, counts)
         unlabelled = [s.where for s in data.samples if s.target is None]
         if unlabelled:
-            raise BadRecordError(
+            raise RecordError(
                 f"{len(unlabelled)} question(s) have no answer to score against, e.g. {unlabelled[0]}"
             )
         fallback = None
@@ -159,7 +159,7 @@ def _demon(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: di
     try:
         tasks = score_tasks(rows, lenient_images=opts.lenient_image_choice)
     except ValueError as err:
-        raise BadRecordError(f"DEMON: {err}") from None
+        raise RecordError(f"DEMON: {err}") from None
     cats = category_scores(tasks)
     return {
         "categories": {c: v["score"] for c, v in cats.items()},

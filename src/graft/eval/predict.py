@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from graft.eval.jsonl import BadRecordError, load_records
 from graft.files import cut_partial_last_line
 from graft.generate import generate_answers
 from graft.processing import (
@@ -31,6 +30,7 @@ from graft.processing import (
     has_demon_placeholders,
     load_image,
 )
+from graft.record_files import RecordError, UniqueIds, check_id, load_records
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
@@ -40,15 +40,8 @@ T = TypeVar("T")
 def field_str(record: dict, key: str, where: str) -> str:
     value = record.get(key)
     if not isinstance(value, str):
-        raise BadRecordError(f"{where}: field {key!r} must be a string, got {value!r}")
+        raise RecordError(f"{where}: field {key!r} must be a string, got {value!r}")
     return value
-
-
-def check_id(record: dict, where: str) -> str | int:
-    rid = record.get("id")
-    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise BadRecordError(f"{where}: field 'id' must be a string or an integer, got {rid!r}")
-    return rid
 
 
 @dataclass
@@ -65,32 +58,30 @@ def place_images(text: str, n_images: int, where: str, marker: str = "<image>") 
     if markers == 0:
         return f"{marker}\n" * n_images + text
     if markers != n_images:
-        raise BadRecordError(
-            f"{where}: the question holds {markers} {marker} marker(s) but {n_images} image(s)"
-        )
+        raise RecordError(f"{where}: the question holds {markers} {marker} marker(s) but {n_images} image(s)")
     return text
 
 
 def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> PromptRow:
-    rid = check_id(record, where)
+    rid = check_id(record.get("id"), where)
     if "image" in record and "images" in record:
-        raise BadRecordError(f"{where}: give 'image' or 'images', not both")
+        raise RecordError(f"{where}: give 'image' or 'images', not both")
     names = record.get("images", [record["image"]] if "image" in record else [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise BadRecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
+        raise RecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
     key = "question" if "question" in record else "text"
     text = field_str(record, key, where)
     if has_demon_placeholders(text):  # {image#k}: markers in place, images in marker order
         try:
             (text,), order = demon_to_markers([text], len(names), marker, where)
         except ImageMarkerError as err:
-            raise BadRecordError(str(err)) from None
+            raise RecordError(str(err)) from None
         names = [names[i] for i in order]
     text = place_images(text, len(names), where, marker)
     paths = [image_root / n for n in names]
     for p in paths:
         if not p.is_file():
-            raise BadRecordError(f"{where}: image not found: {p}")
+            raise RecordError(f"{where}: image not found: {p}")
     return PromptRow(rid, text, paths, where)
 
 
@@ -106,10 +97,10 @@ def done_ids(out_path: Path) -> set[str | int]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise BadRecordError(
+            raise RecordError(
                 f"{where}: the existing output is corrupt (not JSON); move it away to restart"
             ) from None
-        done.add(check_id(record, where))
+        done.add(check_id(record.get("id"), where))
     return done
 
 
@@ -133,7 +124,7 @@ def _answer(
     except (SampleTooLongError, ImageMarkerError) as err:
         if len(batch) == 1:
             if not skip_bad:
-                raise BadRecordError(f"{batch[0].where}: {err}") from None
+                raise RecordError(f"{batch[0].where}: {err}") from None
             logger.warning("skipping bad row: %s: %s", batch[0].where, err)
             return [], 1
     done: list[tuple[PromptRow, str]] = []
@@ -175,18 +166,17 @@ def predict_jsonl(
     root = Path(image_root) if image_root is not None else questions_path.parent
     marker = processor.image_token
     rows, bad = load_records(questions_path, lambda r, w: _parse_prompt_row(r, w, root, marker), skip_bad)
-    seen: dict[str | int, str] = {}
-    unique = []
+    seen, unique = UniqueIds(), []
     for row in rows:
-        if row.id in seen:
+        try:
             # ids key the resume: a repeated one would be answered once and silently dropped once
-            message = f"{row.where}: id {row.id!r} already used at {seen[row.id]}; ids must be unique"
+            seen.add(row.id, row.where)
+        except RecordError as err:
             if not skip_bad:
-                raise BadRecordError(message)
+                raise
             bad += 1
-            logger.warning("skipping bad row: %s", message)
+            logger.warning("skipping bad row: %s", err)
             continue
-        seen[row.id] = row.where
         unique.append(row)
     rows = unique
 
@@ -212,7 +202,7 @@ def predict_jsonl(
                     images.append([load_image(p) for p in row.images])
                 except ImageLoadError as err:
                     if not skip_bad:
-                        raise BadRecordError(f"{row.where}: {err}") from None
+                        raise RecordError(f"{row.where}: {err}") from None
                     bad += 1
                     logger.warning("skipping bad row: %s: %s", row.where, err)
                     continue

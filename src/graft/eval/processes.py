@@ -22,13 +22,13 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.predict import done_ids
+from graft.record_files import RecordError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # errors of the data or the setup; any other exception ends the process (and the launcher the rest)
-EXPECTED = (BadRecordError, FileNotFoundError, ValueError, KeyError)
+EXPECTED = (RecordError, FileNotFoundError, ValueError, KeyError)
 
 
 def process_state() -> PartialState:

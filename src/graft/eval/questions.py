@@ -25,10 +25,10 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.eval.jsonl import BadRecordError, load_records
-from graft.eval.predict import check_id, field_str, place_images
+from graft.eval.predict import field_str, place_images
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
+from graft.record_files import RecordError, check_id, load_records
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
@@ -100,19 +100,19 @@ class Question:
 
 
 def _parse_question(record: dict, where: str, image_root: Path) -> Question:
-    rid = check_id(record, where)
+    rid = check_id(record.get("id"), where)
     fields = {k: field_str(record, k, where) for k in ("image", "question", "answer", "qtype")}
     choices = record.get("choices")
     if choices is not None:
         if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-            raise BadRecordError(f"{where}: 'choices' must be a non-empty list of strings")
+            raise RecordError(f"{where}: 'choices' must be a non-empty list of strings")
         if len(choices) > len(LETTERS):
-            raise BadRecordError(f"{where}: {len(choices)} choices; at most {len(LETTERS)}")
+            raise RecordError(f"{where}: {len(choices)} choices; at most {len(LETTERS)}")
         if fields["answer"].strip().upper() not in LETTERS[: len(choices)]:
-            raise BadRecordError(f"{where}: the answer of a multiple-choice record must be an option letter")
+            raise RecordError(f"{where}: the answer of a multiple-choice record must be an option letter")
     image = image_root / fields["image"]
     if not image.is_file():
-        raise BadRecordError(f"{where}: image not found: {image}")
+        raise RecordError(f"{where}: image not found: {image}")
     return Question(rid, image, fields["question"], fields["answer"], fields["qtype"], choices, where)
 
 
@@ -152,7 +152,7 @@ def evaluate_questions(
             try:
                 img = load_image(q.image)
             except ImageLoadError as err:
-                raise BadRecordError(f"{q.where}: {err}") from None
+                raise RecordError(f"{q.where}: {err}") from None
             images.append([Image.new("RGB", img.size, processor.image_fill()) if blind else img])
         convs = [[Message("user", place_images(q.question, 1, q.where, marker))] for q in chunk]
         answers = generate_answers(

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from graft.eval.families import Options
-from graft.eval.jsonl import BadRecordError, iter_jsonl
 from graft.eval.metrics import mme_scores
 from graft.eval.readers import ReadResult
 from graft.eval.readers.mme import read_results
 from graft.eval.tasks import TaskSpec, builtin_tasks, get_task
+from graft.record_files import RecordError, UniqueIds, check_id, iter_jsonl
 
 __all__ = ["ALIASES", "TASKS", "Options", "read_predictions", "score", "score_samples", "task_name"]
 
@@ -34,19 +34,14 @@ __all__ = ["ALIASES", "TASKS", "Options", "read_predictions", "score", "score_sa
 def read_predictions(path: str | os.PathLike) -> dict[str, str]:
     """id (as a string) -> answer, from a JSONL file; a repeated id is an error."""
     out: dict[str, str] = {}
-    seen: dict[str, str] = {}
+    seen = UniqueIds("predicted")
     for record, where in iter_jsonl(path):
-        rid = record.get("id", record.get("question_id"))
+        rid = check_id(record.get("id", record.get("question_id")), where)
         text = record.get("prediction", record.get("text"))
-        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            raise BadRecordError(f"{where}: field 'id' must be a string or an integer, got {rid!r}")
         if not isinstance(text, str):
-            raise BadRecordError(f"{where}: field 'prediction' must be a string, got {text!r:.80}")
-        key = str(rid)
-        if key in seen:
-            raise BadRecordError(f"{where}: id {rid!r} already predicted at {seen[key]}")
-        seen[key] = where
-        out[key] = text
+            raise RecordError(f"{where}: field 'prediction' must be a string, got {text!r:.80}")
+        seen.add(str(rid), where)
+        out[str(rid)] = text
     return out
 
 
@@ -103,7 +98,7 @@ def score(
     path = spec.data_path(data)
     read = spec.read(path, skip_bad=skip_bad, check_images=False)
     if not read.samples:
-        raise BadRecordError(f"{path}: no samples read")
+        raise RecordError(f"{path}: no samples read")
     preds = predictions if isinstance(predictions, Mapping) else read_predictions(predictions)
     return score_samples(spec, read, preds, options, keep_samples)
 

@@ -23,13 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.metrics import ChoiceRow, caption_scores, choice_scores, rouge_l
 from graft.eval.metrics.demon import normalize as demon_normalize
 from graft.eval.metrics.pope import binary_scores
 from graft.eval.metrics.pope import parse_answer as pope_answer
 from graft.eval.questions import LETTERS, normalize_text
 from graft.eval.readers import Sample
+from graft.record_files import RecordError
 
 
 def _strings(target: Any) -> list[str]:
@@ -41,19 +41,19 @@ def _check_text(target: Any, where: str) -> None:
         isinstance(target, list) and target and all(isinstance(t, str) for t in target)
     )
     if not ok:
-        raise BadRecordError(f"{where}: the target must be a string or a list of strings, got {target!r:.80}")
+        raise RecordError(f"{where}: the target must be a string or a list of strings, got {target!r:.80}")
 
 
 def _check_yes_no(target: Any, where: str) -> None:
     if not isinstance(target, str) or target.strip().lower() not in ("yes", "no"):
-        raise BadRecordError(f"{where}: metric yes_no needs a yes/no target, got {target!r:.80}")
+        raise RecordError(f"{where}: metric yes_no needs a yes/no target, got {target!r:.80}")
 
 
 def _check_letter(target: Any, where: str, choices: Any) -> None:
     if not isinstance(choices, list) or len(choices) < 2:
-        raise BadRecordError(f"{where}: metric choice needs a list of at least two options")
+        raise RecordError(f"{where}: metric choice needs a list of at least two options")
     if not isinstance(target, str) or target not in LETTERS[: len(choices)]:
-        raise BadRecordError(
+        raise RecordError(
             f"{where}: metric choice needs an option letter (A..{LETTERS[len(choices) - 1]}) or an "
             f"option's text as target, got {target!r:.80}"
         )
@@ -115,7 +115,7 @@ METRICS: dict[str, Metric] = {
 
 
 def check_sample(metrics: list[str], sample: Sample) -> None:
-    """Raise ``BadRecordError`` (naming the sample's place) when a metric cannot score it."""
+    """Raise ``RecordError`` (naming the sample's place) when a metric cannot score it."""
     for name in metrics:
         metric = METRICS[name]
         if metric.needs_choices:

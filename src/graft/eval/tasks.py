@@ -21,7 +21,6 @@ import yaml
 
 from graft.eval.doc_reader import JsonlFields, compose_prompt, read_jsonl_task, render
 from graft.eval.families import FAMILIES, Options, answers
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers import ReadResult, Sample
 from graft.eval.task_keys import (
     JSONL_ONLY,
@@ -38,6 +37,7 @@ from graft.eval.task_keys import (
     key_error,
 )
 from graft.eval.task_metrics import METRICS, check_sample
+from graft.record_files import RecordError
 
 __all__ = ["TaskFileError", "TaskSpec", "builtin_tasks", "get_task", "load_task_file", "parse_task"]
 
@@ -75,7 +75,7 @@ class TaskSpec:
     def read(
         self, data: str | os.PathLike | None = None, skip_bad: bool = False, check_images: bool = True
     ) -> ReadResult:
-        """The task's samples with their final prompts; bad records raise ``BadRecordError``, or
+        """The task's samples with their final prompts; bad records raise ``RecordError``, or
         with ``skip_bad`` are counted in ``ReadResult.bad``. ``check_images=False`` reads for
         scoring: no image is looked for, a missing one is no error."""
         path = self.data_path(data)
@@ -94,7 +94,7 @@ class TaskSpec:
                 if reprompt:
                     s = self._reprompt(s)
                 check_sample(list(self.metrics), s)
-            except BadRecordError as err:
+            except RecordError as err:
                 if not skip_bad:
                     raise
                 out.bad.append(str(err))

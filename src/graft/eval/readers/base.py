@@ -6,7 +6,7 @@ benchmark puts them); the runner swaps the marker for the processor's own token.
 the reference answer in the family's form (a string, a list of reference captions, an option
 letter); ``meta`` holds what the scorer needs beyond it (split, subtask, choices, category).
 
-Bad records raise ``BadRecordError`` naming file, line or record and field; with
+Bad records raise ``RecordError`` naming file, line or record and field; with
 ``skip_bad=True`` a reader keeps going and returns the messages of the rows it skipped.
 
 Every reader takes ``check_images``: on (the default) for answering, where a record naming a
@@ -16,14 +16,12 @@ for or opened (``graft score`` reads this way).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graft.eval.jsonl import BadRecordError, iter_jsonl  # noqa: F401  (re-exported for readers)
+from graft.record_files import RecordError, UniqueIds
 
 logger = logging.getLogger(__name__)
 IMAGE_MARKER = "<image>"
@@ -59,19 +57,20 @@ class Collector:
     def __init__(self, skip_bad: bool) -> None:
         self.skip_bad = skip_bad
         self.result = ReadResult([])
-        self._seen: dict[str | int, str] = {}
+        self._ids = UniqueIds()
 
     def add(self, sample: Sample) -> None:
-        if sample.id in self._seen:
+        try:
             # ids key predictions and resumption: a repeated id would be scored twice or never
-            self.fail(f"{sample.where}: id {sample.id!r} already used at {self._seen[sample.id]}")
+            self._ids.add(sample.id, sample.where)
+        except RecordError as err:
+            self.fail(str(err))
             return
-        self._seen[sample.id] = sample.where
         self.result.samples.append(sample)
 
     def fail(self, message: str) -> None:
         if not self.skip_bad:
-            raise BadRecordError(message)
+            raise RecordError(message)
         logger.warning("skipping bad record: %s", message)
         self.result.bad.append(message)
 
@@ -79,11 +78,11 @@ class Collector:
 def need(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """``record[key]``, checked to be of ``kind``; the error names the place and the field."""
     if key not in record:
-        raise BadRecordError(f"{where}: missing field {key!r}")
+        raise RecordError(f"{where}: missing field {key!r}")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
         names = "/".join(k.__name__ for k in _as_tuple(kind))
-        raise BadRecordError(f"{where}: field {key!r} must be {names}, got {value!r:.80}")
+        raise RecordError(f"{where}: field {key!r} must be {names}, got {value!r:.80}")
     return value
 
 
@@ -95,15 +94,5 @@ def existing_image(path: Path, where: str, check: bool = True) -> Path:
     """``path``, checked to be a file unless ``check`` is off (reading to score: no image is
     opened or looked for)."""
     if check and not path.is_file():
-        raise BadRecordError(f"{where}: image not found: {path}")
+        raise RecordError(f"{where}: image not found: {path}")
     return path
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise BadRecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None

@@ -9,16 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,
     ReadResult,
     Sample,
     existing_image,
-    load_json,
     need,
 )
+from graft.record_files import RecordError, load_json
 
 DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
 
@@ -38,10 +37,10 @@ def read_coco_captions(
     path = Path(path)
     doc = load_json(path)
     if not isinstance(doc, dict):
-        raise BadRecordError(f"{path}: expected a COCO annotation object with 'images' and 'annotations'")
+        raise RecordError(f"{path}: expected a COCO annotation object with 'images' and 'annotations'")
     images, annotations = doc.get("images"), doc.get("annotations")
     if not isinstance(images, list) or not isinstance(annotations, list):
-        raise BadRecordError(f"{path}: fields 'images' and 'annotations' must be lists")
+        raise RecordError(f"{path}: fields 'images' and 'annotations' must be lists")
     if image_root is None:
         image_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     image_root = Path(image_root)
@@ -52,10 +51,10 @@ def read_coco_captions(
         where = f"{path}: annotations[{i}]"
         try:
             if not isinstance(ann, dict):
-                raise BadRecordError(f"{where}: expected an object")
+                raise RecordError(f"{where}: expected an object")
             image_id = need(ann, "image_id", (int, str), where)
             caption = need(ann, "caption", str, where)
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         captions.setdefault(image_id, []).append(caption)
@@ -64,14 +63,14 @@ def read_coco_captions(
         where = f"{path}: images[{i}]"
         try:
             if not isinstance(img, dict):
-                raise BadRecordError(f"{where}: expected an object")
+                raise RecordError(f"{where}: expected an object")
             image_id = need(img, "id", (int, str), where)
             file_name = need(img, "file_name", str, where)
             where = f"{path}: images[{i}] (id {image_id})"
             if image_id not in captions:
                 continue  # an image without captions has nothing to score against
             image = existing_image(image_root / file_name, where, check_images)
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         meta = {"file_name": file_name}

@@ -19,17 +19,16 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,
     ReadResult,
     Sample,
     existing_image,
-    load_json,
     need,
 )
 from graft.processing import ImageMarkerError, demon_to_markers
+from graft.record_files import RecordError, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def find_tasks(root: str | os.PathLike) -> dict[str, Path]:
         task_dir = core.parent.parent
         name = canonical_task(task_dir.name)
         if name in found:
-            raise BadRecordError(f"{root}: task {name!r} found twice: {found[name]} and {task_dir}")
+            raise RecordError(f"{root}: task {name!r} found twice: {found[name]} and {task_dir}")
         found[name] = task_dir
     if not found:
         raise FileNotFoundError(f"{root}: no DEMON task (no {{task}}/core/core.json below it)")
@@ -91,7 +90,7 @@ def task_kind(task: str, metadata: dict, data: list, where: str) -> str:
     inferred from the task's category, else from whether samples carry a choice list."""
     qtype = metadata.get("question_type") or ""
     if qtype and qtype not in QUESTION_TYPES:
-        raise BadRecordError(f"{where}: metadata.question_type {qtype!r} is not one of {QUESTION_TYPES}")
+        raise RecordError(f"{where}: metadata.question_type {qtype!r} is not one of {QUESTION_TYPES}")
     if not qtype:
         if task in TASK_CATEGORY:
             qtype = "open-ended" if TASK_CATEGORY[task] in OPEN_ENDED_CATEGORIES else "multi-choice"
@@ -122,15 +121,13 @@ def _choices(instance: dict, context: str, where: str) -> list[str]:
         # some releases keep the options only inside the context: "Choice List:['a', 'b']"
         m = _CHOICE_LIST.search(context)
         if not m:
-            raise BadRecordError(f"{where}: multi-choice sample without task_instance.choice_list")
+            raise RecordError(f"{where}: multi-choice sample without task_instance.choice_list")
         try:
             choices = ast.literal_eval(m.group(1))
         except (ValueError, SyntaxError):
-            raise BadRecordError(
-                f"{where}: unreadable Choice List in the context: {m.group(1)!r:.80}"
-            ) from None
+            raise RecordError(f"{where}: unreadable Choice List in the context: {m.group(1)!r:.80}") from None
     if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-        raise BadRecordError(f"{where}: choice_list must be a non-empty list of strings")
+        raise RecordError(f"{where}: choice_list must be a non-empty list of strings")
     return choices
 
 
@@ -141,7 +138,7 @@ def _prompt(
     try:
         (text,), order = demon_to_markers([context], len(images_path), IMAGE_MARKER, where)
     except ImageMarkerError as err:
-        raise BadRecordError(str(err)) from None
+        raise RecordError(str(err)) from None
     if not order and images_path:
         # a context without placeholders: its images go first, as single-image prompts do
         order = list(range(len(images_path)))
@@ -160,36 +157,36 @@ def read_demon_task(
     core = task_dir / "core" / "core.json"
     doc = load_json(core)
     if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
-        raise BadRecordError(f"{core}: expected an object with 'metadata' and 'data'")
+        raise RecordError(f"{core}: expected an object with 'metadata' and 'data'")
     metadata, data = doc["metadata"], doc.get("data")
     if not isinstance(data, list):
-        raise BadRecordError(f"{core}: field 'data' must be a list of samples")
+        raise RecordError(f"{core}: field 'data' must be a list of samples")
     task = canonical_task(task_dir.name)
     kind = task_kind(task, metadata, data, f"{core}: metadata")
     instructions = metadata.get("task_instruction") or []
     if not isinstance(instructions, list) or not all(isinstance(t, str) for t in instructions):
-        raise BadRecordError(f"{core}: metadata.task_instruction must be a list of strings")
+        raise RecordError(f"{core}: metadata.task_instruction must be a list of strings")
     out = Collector(skip_bad)
     for i, record in enumerate(data):
         where = f"{core}: data[{i}]"
         try:
             if not isinstance(record, dict):
-                raise BadRecordError(f"{where}: expected an object")
+                raise RecordError(f"{where}: expected an object")
             sample_id = need(record, "sample_id", (int, str), where)
             where = f"{core}: data[{i}] (sample_id {sample_id})"
             instance = need(record, "task_instance", dict, where)
             context = need(instance, "context", str, f"{where} task_instance")
             images_path = need(instance, "images_path", list, f"{where} task_instance")
             if not all(isinstance(p, str) for p in images_path):
-                raise BadRecordError(f"{where}: task_instance.images_path must be a list of file names")
+                raise RecordError(f"{where}: task_instance.images_path must be a list of file names")
             response = need(record, "response", str, where)
             if not response.strip():
-                raise BadRecordError(f"{where}: empty response (nothing to score against)")
+                raise RecordError(f"{where}: empty response (nothing to score against)")
             instruction = ""
             if instructions:
                 k = need(record, "task_instruction_id", int, where)
                 if not 0 <= k < len(instructions):
-                    raise BadRecordError(
+                    raise RecordError(
                         f"{where}: task_instruction_id {k} out of range 0..{len(instructions) - 1}"
                     )
                 instruction = instructions[k]
@@ -203,7 +200,7 @@ def read_demon_task(
                 else f"{instruction} {text}".strip()
             )
             out.add(Sample(f"{task}/{sample_id}", prompt, images, response, meta, where))
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
     return out.result
 

@@ -13,16 +13,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,
     ReadResult,
     Sample,
     existing_image,
-    iter_jsonl,
     need,
 )
+from graft.record_files import RecordError, iter_jsonl
 
 CATEGORIES = ("conv", "detail", "complex")
 
@@ -35,7 +34,7 @@ def _context_text(record: dict, where: str) -> tuple[str, bool]:
         lines = []
         for j, inst in enumerate(boxes):
             if not isinstance(inst, dict) or "category" not in inst or "bbox" not in inst:
-                raise BadRecordError(f"{where}: instances[{j}] needs 'category' and 'bbox'")
+                raise RecordError(f"{where}: instances[{j}] needs 'category' and 'bbox'")
             lines.append(f"{inst['category']}: {inst['bbox']}")
         return "\n".join(map(str, captions)) + "\n\n" + "\n".join(lines), True
     caption = need(record, "caption", (str, list), where)
@@ -70,15 +69,15 @@ def read_llava_bench(
             text = need(record, "text", str, where)
             category = need(record, "category", str, where)
             if category not in CATEGORIES:
-                raise BadRecordError(f"{where}: category {category!r} is not one of {CATEGORIES}")
+                raise RecordError(f"{where}: category {category!r} is not one of {CATEGORIES}")
             if image not in contexts:
-                raise BadRecordError(f"{where}: image {image!r} has no entry in {folder / context}")
+                raise RecordError(f"{where}: image {image!r} has no entry in {folder / context}")
             if qid not in references:
-                raise BadRecordError(
+                raise RecordError(
                     f"{where}: question_id {qid!r} has no reference answer in {folder / answers}"
                 )
             path = existing_image(image_root / image, where, check_images)
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         ctx, has_boxes = contexts[image]

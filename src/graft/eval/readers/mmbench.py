@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
+from graft.record_files import RecordError
 
 OPTION_COLUMNS = "ABCDEFGHI"
 CIRCULAR_STRIDE = 1_000_000
@@ -46,11 +46,11 @@ def _image_file(row: dict, images_by_index: dict[str, str], image_dir: Path, ind
         # a circular copy pointing at the row that holds the picture
         encoded = images_by_index.get(encoded.strip(), "")
     if not encoded:
-        raise BadRecordError(f"{where}: empty 'image' (no base64 data, no index of a row with one)")
+        raise RecordError(f"{where}: empty 'image' (no base64 data, no index of a row with one)")
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRecordError(f"{where}: column 'image' is not valid base64") from None
+        raise RecordError(f"{where}: column 'image' is not valid base64") from None
     image = image_dir / f"{index}{_image_suffix(data)}"
     if not image.is_file() or image.stat().st_size != len(data):
         image.write_bytes(data)
@@ -87,7 +87,7 @@ def read_mmbench(
         header = reader.fieldnames or []
         for column in ("index", "question", "A", "B", *(["image"] if check_images else [])):
             if column not in header:
-                raise BadRecordError(f"{path}:1: missing column {column!r} (header: {header})")
+                raise RecordError(f"{path}:1: missing column {column!r} (header: {header})")
         rows = [(n, row) for n, row in enumerate(reader, start=2)]
     images_by_index = {
         row["index"]: row["image"] for _, row in rows if row.get("image") and len(row["image"]) > 64
@@ -98,11 +98,11 @@ def read_mmbench(
         where = f"{path}:{n}"
         try:
             if None in row:
-                raise BadRecordError(f"{where}: more fields than the header has columns")
+                raise RecordError(f"{where}: more fields than the header has columns")
             try:
                 index = int(float(row["index"]))
             except (TypeError, ValueError):
-                raise BadRecordError(
+                raise RecordError(
                     f"{where}: column 'index' must be an integer, got {row['index']!r}"
                 ) from None
             where = f"{path}:{n} (index {index})"
@@ -112,15 +112,15 @@ def read_mmbench(
                     break
                 choices.append(row[letter])
             if len(choices) < 2:
-                raise BadRecordError(f"{where}: fewer than two options in columns A, B, ...")
+                raise RecordError(f"{where}: fewer than two options in columns A, B, ...")
             answer = None if _missing(row.get("answer")) else row["answer"].strip().upper()
             if answer is not None and answer not in OPTION_COLUMNS[: len(choices)]:
-                raise BadRecordError(f"{where}: answer {row['answer']!r} is not one of the option letters")
+                raise RecordError(f"{where}: answer {row['answer']!r} is not one of the option letters")
             if check_images:
                 image = _image_file(row, images_by_index, image_dir, index, where)
             else:
                 image = image_dir / str(index)  # never written: scoring needs no picture
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         hint = None if _missing(row.get("hint")) else row["hint"]

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
+from graft.record_files import RecordError
 
 PERCEPTION = [
     "existence",
@@ -89,21 +89,21 @@ def read_mme(root: str | os.PathLike, skip_bad: bool = False, check_images: bool
             try:
                 image = _image_for(qfile.stem, image_dir) if check_images else image_dir / qfile.stem
                 if image is None:
-                    raise BadRecordError(f"{qfile}: no image {qfile.stem}.jpg/.png in {image_dir}")
+                    raise RecordError(f"{qfile}: no image {qfile.stem}.jpg/.png in {image_dir}")
                 lines = [(n, ln) for n, ln in enumerate(qfile.read_text(encoding="utf-8").splitlines(), 1)]
                 rows = [(n, ln) for n, ln in lines if ln.strip()]
                 if len(rows) != 2:
-                    raise BadRecordError(f"{qfile}: expected 2 question lines (MME pairs), found {len(rows)}")
+                    raise RecordError(f"{qfile}: expected 2 question lines (MME pairs), found {len(rows)}")
                 parsed = []
                 for n, line in rows:
                     parts = line.rstrip("\r\n").split("\t")
                     if len(parts) != 2:
-                        raise BadRecordError(f"{qfile}:{n}: expected 'question<TAB>Yes|No', got {line!r:.80}")
+                        raise RecordError(f"{qfile}:{n}: expected 'question<TAB>Yes|No', got {line!r:.80}")
                     question, answer = parts[0].strip(), parts[1].strip().lower()
                     if answer not in ("yes", "no"):
-                        raise BadRecordError(f"{qfile}:{n}: answer must be Yes or No, got {parts[1]!r}")
+                        raise RecordError(f"{qfile}:{n}: answer must be Yes or No, got {parts[1]!r}")
                     parsed.append((n, question, answer))
-            except BadRecordError as err:
+            except RecordError as err:
                 out.fail(str(err))
                 continue
             for k, (n, question, answer) in enumerate(parsed):
@@ -133,7 +133,7 @@ def match_ids(preds: Mapping[str, str], sample_ids: Iterable[str]) -> dict[str, 
     for key, text in preds.items():
         target = key if key in ids else by_stem.get(_without_suffix(key), key)
         if target in out:
-            raise BadRecordError(
+            raise RecordError(
                 f"MME: predictions {source[target]!r} and {key!r} answer one question ({target!r})"
             )
         out[target], source[target] = text, key
@@ -175,13 +175,13 @@ def read_results(results_dir: str | os.PathLike) -> list[MMEResult]:
                 continue
             parts = line.split("\t")
             if len(parts) != 4:
-                raise BadRecordError(
+                raise RecordError(
                     f"{path}:{n}: expected image<TAB>question<TAB>answer<TAB>prediction, "
                     f"found {len(parts)} field(s)"
                 )
             image, question, answer, prediction = parts
             if answer.strip().lower() not in ("yes", "no"):
-                raise BadRecordError(f"{path}:{n}: ground truth must be Yes or No, got {answer!r}")
+                raise RecordError(f"{path}:{n}: ground truth must be Yes or No, got {answer!r}")
             rows.append(
                 MMEResult(path.stem, image, question, answer.strip().lower(), prediction, f"{path}:{n}")
             )

@@ -13,16 +13,15 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,
     ReadResult,
     Sample,
     existing_image,
-    iter_jsonl,
     need,
 )
+from graft.record_files import RecordError, iter_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 _SPLIT_IN_NAME = re.compile(r"(?:^|_)(random|popular|adversarial)(?:\.|_|$)")
@@ -48,14 +47,14 @@ def _read_file(
             text = need(record, "text", str, where)
             label = need(record, "label", str, where).strip().lower()
             if label not in ("yes", "no"):
-                raise BadRecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
+                raise RecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
             split = record.get("category", default_split)
             if not isinstance(split, str) or not split:
-                raise BadRecordError(
+                raise RecordError(
                     f"{where}: no split: give 'category' or name the file coco_pope_<split>.json"
                 )
             img = existing_image(image_root / image, where, check_images)
-        except BadRecordError as err:
+        except RecordError as err:
             out.fail(str(err))
             continue
         sample_id = f"{split}/{qid}" if prefix_split else qid

@@ -14,17 +14,15 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.jsonl import BadRecordError
 from graft.eval.readers.base import (
     IMAGE_MARKER,
     Collector,
     ReadResult,
     Sample,
     existing_image,
-    iter_jsonl,
-    load_json,
     need,
 )
+from graft.record_files import RecordError, check_id, iter_records
 
 LETTERS = "ABCDEFGHIJ"
 _OPTION_LINE = re.compile(r"^([A-J])\. (.*)$")
@@ -53,19 +51,6 @@ def parse_answer_letter(text: str) -> str | None:
     return next((g for g in m.groups() if g), None) if m else None
 
 
-def _records(path: Path):  # noqa: ANN202 (yields (record, where))
-    if path.suffix == ".jsonl":
-        yield from iter_jsonl(path)
-        return
-    doc = load_json(path)
-    if not isinstance(doc, list):
-        raise BadRecordError(f"{path}: expected a JSON list of LLaVA records")
-    for i, record in enumerate(doc):
-        if not isinstance(record, dict):
-            raise BadRecordError(f"{path}: [{i}]: expected an object")
-        yield record, f"{path}: [{i}] (id {record.get('id')!r})"
-
-
 def read_scienceqa(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
@@ -82,27 +67,26 @@ def read_scienceqa(
         image_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
     image_root = Path(image_root)
     out = Collector(skip_bad)
-    for record, where in _records(path):
+    for record, where in iter_records(path):
         try:
             if images_only and "image" not in record:
                 continue
-            rid = need(record, "id", (str, int), where)
+            rid = check_id(record.get("id"), where)
+            where = f"{where} (id {rid!r})"
             turns = need(record, "conversations", list, where)
             if len(turns) < 2 or not all(
                 isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]
             ):
-                raise BadRecordError(
-                    f"{where}: 'conversations' needs a human turn and a gpt turn with 'value'"
-                )
+                raise RecordError(f"{where}: 'conversations' needs a human turn and a gpt turn with 'value'")
             question, answer_text = turns[0]["value"], turns[1]["value"]
             choices = parse_options(question)
             if len(choices) < 2:
-                raise BadRecordError(
+                raise RecordError(
                     f"{where}: no options found in the question ('A. text' lines or 'Options: (A) ...')"
                 )
             answer = parse_answer_letter(answer_text)
             if answer is None or LETTERS.index(answer) >= len(choices):
-                raise BadRecordError(f"{where}: the gpt turn names no option letter: {answer_text!r:.80}")
+                raise RecordError(f"{where}: the gpt turn names no option letter: {answer_text!r:.80}")
             images = []
             prompt = question
             if "image" in record:
@@ -111,10 +95,8 @@ def read_scienceqa(
                 if IMAGE_MARKER not in prompt:
                     prompt = f"{IMAGE_MARKER}\n{prompt}"
             elif IMAGE_MARKER in prompt:
-                raise BadRecordError(
-                    f"{where}: the question holds {IMAGE_MARKER} but the record has no image"
-                )
-        except BadRecordError as err:
+                raise RecordError(f"{where}: the question holds {IMAGE_MARKER} but the record has no image")
+        except RecordError as err:
             out.fail(str(err))
             continue
         meta = {"choices": choices, "has_image": bool(images)}

@@ -1,0 +1,160 @@
+"""Record files (a JSON list, or JSON Lines) read one way, with one error type.
+
+``iter_records`` reads either kind: a ``.jsonl`` file holds one record per line, any other file
+one JSON list of records. ``iter_jsonl`` reads JSON Lines whatever the suffix (POPE ships its
+question lines as ``.json``). Both yield ``(record, where)``, ``where`` being ``"file.jsonl:12"``
+(a line) or ``"file.json[3]"`` (an item of the list).
+
+Every problem with a record is a ``RecordError`` whose message starts with that place, then names
+the record's id where known, then the field; its ``reason`` is a short key that a reader which
+skips bad records counts them under. Ids are checked one way (``check_id``) and must be unique
+(``UniqueIds``): they key predictions, resumption and scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RecordError(ValueError):
+    """A record (or a line of a record file) that cannot be used; the message names the file,
+    the line or list index, the record and the field; ``reason`` names the kind of problem."""
+
+    def __init__(self, message: str, reason: str = "bad_field") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+OnBad = Callable[[RecordError], None]
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    return path
+
+
+def _invalid_json(where: str, err: json.JSONDecodeError) -> RecordError:
+    return RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})", "malformed_json")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """One JSON document; an unreadable one is a ``RecordError`` naming the file and line."""
+    path = _existing(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise _invalid_json(f"{path}:{err.lineno}", err) from None
+
+
+def _yield_object(record: Any, where: str, on_bad: OnBad | None) -> Iterator[tuple[dict, str]]:
+    if isinstance(record, dict):
+        yield record, where
+        return
+    error = RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if on_bad is None:
+        raise error
+    on_bad(error)
+
+
+def iter_jsonl(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator[tuple[dict, str]]:
+    """``(record, "file:line")`` for every non-blank line. A line that is not a JSON object raises
+    ``RecordError``, or, with ``on_bad``, is handed to it and skipped."""
+    path = _existing(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if on_bad is None:
+                    raise _invalid_json(where, err) from None
+                on_bad(_invalid_json(where, err))
+                continue
+            yield from _yield_object(record, where, on_bad)
+
+
+def iter_records(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator[tuple[dict, str]]:
+    """``(record, where)`` for every record of a JSON list, or of a ``.jsonl`` file.
+
+    A JSON list that does not parse is always an error (nothing in it can be trusted); a line of
+    JSON Lines that does not parse, or an item that is not an object, is an error too, unless
+    ``on_bad`` is given: then it is handed the error and reading goes on.
+    """
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        yield from iter_jsonl(path, on_bad)
+        return
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise RecordError(
+            f"{path}: expected a JSON list of records, got {type(data).__name__}; "
+            "use the .jsonl suffix for one record per line",
+            "malformed_json",
+        )
+    for i, record in enumerate(data):
+        yield from _yield_object(record, f"{path}[{i}]", on_bad)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every record of a JSON list or a ``.jsonl`` file (errors name the file and line)."""
+    return [record for record, _ in iter_records(path)]
+
+
+def check_id(value: Any, where: str, key: str = "id") -> str | int:
+    """A record's id: a string or an integer (a bool is neither)."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise RecordError(f"{where}: field {key!r} must be a string or an integer, got {value!r:.80}")
+    return value
+
+
+class UniqueIds:
+    """Ids met so far; a repeated one is a ``RecordError`` naming both places."""
+
+    def __init__(self, verb: str = "used") -> None:
+        self.verb = verb
+        self._first: dict[Any, str] = {}
+
+    def add(self, rid: Any, where: str) -> None:
+        if rid in self._first:
+            raise RecordError(
+                f"{where}: id {rid!r} already {self.verb} at {self._first[rid]}; ids must be unique"
+            )
+        self._first[rid] = where
+
+
+def load_records(
+    path: str | os.PathLike, parse: Callable[[dict, str], T], skip_bad: bool = False
+) -> tuple[list[T], int]:
+    """Parse every line of a JSON Lines file with ``parse(record, where)``.
+
+    ``parse`` raises ``RecordError`` for a bad row. Returns the parsed rows and how many bad rows
+    were skipped (always 0 unless ``skip_bad``).
+    """
+    rows: list[T] = []
+    bad = 0
+
+    def skip(err: RecordError) -> None:
+        nonlocal bad
+        if not skip_bad:
+            raise err
+        bad += 1
+        logger.warning("skipping bad row: %s", err)
+
+    for record, where in iter_jsonl(path, on_bad=skip):
+        try:
+            rows.append(parse(record, where))
+        except RecordError as err:
+            skip(err)
+    return rows, bad
