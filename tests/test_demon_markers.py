@@ -5,7 +5,7 @@ import pytest
 from graft.data.records import parse_record
 from graft.eval.predict import _parse_prompt_row
 from graft.generate import ChatSession
-from graft.processing import ImageMarkerError, demon_to_markers
+from graft.prompts import ImageMarkerError, demon_to_markers
 from graft.record_files import RecordError
 from graft.templates import Message
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from graft.generate import ChatSession, _decode, _stop_setup, generate_answers
-from graft.processing import GraftProcessor, ImageMarkerError, collate_samples
+from graft.processing import GraftProcessor, collate_samples
+from graft.prompts import ImageMarkerError
 from graft.templates import Message
 
 from tiny import bytelevel_tokenizer, random_image, tiny_image_processor, tiny_llm, tiny_model_and_processor

@@ -4,7 +4,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from graft.connectors import TokenReduction, UnknownConnectorError, build_connector
 from graft.modeling import GraftForConditionalGeneration, ImageTokenMismatchError
-from graft.processing import GraftProcessor, ImageMarkerError
+from graft.processing import GraftProcessor
+from graft.prompts import ImageMarkerError
 from graft.templates import Message
 
 from tiny import random_image, tiny_model_and_processor

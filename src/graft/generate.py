@@ -18,13 +18,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.processing import (
-    GraftProcessor,
-    ImageMarkerError,
-    demon_to_markers,
-    has_demon_placeholders,
-    load_image,
-)
+from graft.processing import GraftProcessor, load_image
+from graft.prompts import place_images
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
@@ -149,8 +144,9 @@ class ChatSession:
     """A multi-turn conversation with a model; every turn sees all earlier turns and images.
 
     ``ask("What is in <image>?", images=[img])`` puts the image where the marker is; without
-    a marker the images go first, one ``<image>\\n`` each. The whole history is re-encoded each
-    turn, so the answer is exactly what ``processor.encode`` of the history would give.
+    a marker the images go first, one ``<image>\\n`` each (``graft.prompts.place_images``; a
+    ``{image#k}`` placeholder names the k-th image of the turn). The whole history is re-encoded
+    each turn, so the answer is exactly what ``processor.encode`` of the history would give.
     """
 
     def __init__(
@@ -174,18 +170,9 @@ class ChatSession:
     def ask(self, text: str, images: list[ImageLike] | None = None, **generation: Any) -> str:
         marker = self.processor.image_token
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images or []]
-        if has_demon_placeholders(text):  # {image#k}: the k-th image of this turn
-            where = f"turn {len(self.messages) // 2 + 1}"
-            (text,), order = demon_to_markers([text], len(loaded), marker, where)
-            loaded = [loaded[i] for i in order]
-        markers = text.count(marker)
-        if markers == 0 and loaded:
-            text = f"{marker}\n" * len(loaded) + text
-        elif markers != len(loaded):
-            raise ImageMarkerError(
-                f"turn {len(self.messages) // 2 + 1}: the text holds {markers} {marker} marker(s) but "
-                f"{len(loaded)} image(s) were given; use one marker per image, or none to put them first"
-            )
+        where = f"turn {len(self.messages) // 2 + 1}"
+        text, order = place_images(text, len(loaded), where, marker, what="the text")
+        loaded = [loaded[i] for i in order]
         user = Message("user", text)
         answer = generate_answers(
             self.model,

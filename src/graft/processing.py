@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,13 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.files import write_text_atomic
+from graft.prompts import ImageMarkerError, check_marker_count
 from graft.templates import Message, Template, get_template
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "graft_processor.json"
 #: subfolder of a model folder holding the Q-Former's own tokenizer (as InstructBLIP's processor does)
 INSTRUCTION_TOKENIZER_DIR = "qformer_tokenizer"
-
-
-class ImageMarkerError(ValueError):
-    """A sample's ``<image>`` markers do not match its images."""
 
 
 class TokenizationMismatchError(ValueError):
@@ -191,10 +187,9 @@ class GraftProcessor:
         Checks that the markers match ``num_images`` and that the sample fits ``max_length``
         (default: the processor's)."""
         markers = sum(m.content.count(self.image_token) for m in messages)
-        if markers != num_images:
-            raise ImageMarkerError(
-                f"{where}: {markers} {self.image_token} marker(s) but {num_images} image(s)"
-            )
+        check_marker_count(
+            markers, num_images, where, self.image_token, "the conversation", images_first=False
+        )
         rendered = self.template.render(messages, add_generation_prompt=add_generation_prompt)
         enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = enc["input_ids"]
@@ -332,37 +327,3 @@ def _collate_instructions(samples: list[EncodedSample]) -> dict[str, torch.Tenso
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)  # type: ignore[arg-type]
         mask[i, : len(r)] = 1  # type: ignore[arg-type]
     return {"instruction_ids": ids, "instruction_mask": mask}
-
-
-#: DEMON's placeholders: ``{image#k}`` (and ``{table#k}``, tables ship as pictures) stand for
-#: the k-th file of the sample's image list, 1-based
-DEMON_PLACEHOLDER = re.compile(r"\{(image|table)#(\d+)\}")
-
-
-def has_demon_placeholders(text: str) -> bool:
-    return DEMON_PLACEHOLDER.search(text) is not None
-
-
-def demon_to_markers(
-    texts: list[str], num_images: int, image_token: str = DEFAULT_IMAGE_TOKEN, where: str = "text"
-) -> tuple[list[str], list[int]]:
-    """Replace DEMON placeholders in ``texts`` (the turns of one sample, in order) by
-    ``image_token``; return the new texts and, per marker, the index of the image it shows.
-
-    The image list must then be reordered (and an image repeated) to that order, since graft
-    gives the k-th marker the k-th image."""
-    order: list[int] = []
-
-    def place(match: re.Match) -> str:
-        k = int(match.group(2))
-        if not 1 <= k <= num_images:
-            raise ImageMarkerError(
-                f"{where}: {match.group(0)} in the context but the sample has {num_images} image(s)"
-            )
-        order.append(k - 1)
-        return image_token
-
-    converted = [DEMON_PLACEHOLDER.sub(place, text) for text in texts]
-    if order and any(image_token in text for text in texts):
-        raise ImageMarkerError(f"{where}: mixes {image_token} markers with {{image#k}} placeholders")
-    return converted, order

@@ -23,11 +23,11 @@ from graft.processing import (
     EncodedSample,
     GraftProcessor,
     ImageLoadError,
-    ImageMarkerError,
     SampleTooLongError,
     TokenizationMismatchError,
     load_image,
 )
+from graft.prompts import ImageMarkerError
 from graft.record_files import RecordError, iter_records
 
 logger = logging.getLogger(__name__)

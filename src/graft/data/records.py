@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graft.config import DEFAULT_IMAGE_TOKEN
-from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
+from graft.prompts import ImageMarkerError, check_marker_count, markers_in_order
 from graft.record_files import RecordError, check_id
 from graft.templates import Message, messages_from_llava
 
@@ -51,22 +51,12 @@ def parse_record(raw: Any, where: str, image_token: str = DEFAULT_IMAGE_TOKEN) -
         detail = str(err).removeprefix(f"{here}: ")
         raise RecordError(f"{here}: field {detail}", "bad_field") from None
     _check_turns(messages, here)
-    if any(has_demon_placeholders(m.content) for m in messages):
-        messages, images = _from_demon(messages, images, here, image_token)
+    # DEMON's {image#k} placeholders become markers, the images follow the markers' order
+    texts, order = markers_in_order([m.content for m in messages], len(images), here, image_token)
+    messages = [Message(m.role, t) for m, t in zip(messages, texts, strict=True)]
+    images = [images[i] for i in order]
     _check_markers(messages, images, here, image_token)
     return Record(rid, images, messages, where)
-
-
-def _from_demon(
-    messages: list[Message], images: list[str], here: str, image_token: str
-) -> tuple[list[Message], list[str]]:
-    """DEMON's ``{image#k}`` placeholders become markers; images follow marker order."""
-    try:
-        texts, order = demon_to_markers([m.content for m in messages], len(images), image_token, here)
-    except ImageMarkerError as err:
-        raise RecordError(str(err), "image_marker_mismatch") from None
-    converted = [Message(m.role, t) for m, t in zip(messages, texts, strict=True)]
-    return converted, [images[i] for i in order]
 
 
 def _images(raw: dict, here: str) -> list[str]:
@@ -117,14 +107,8 @@ def _check_turns(messages: list[Message], here: str) -> None:
 def _check_markers(messages: list[Message], images: list[str], here: str, image_token: str) -> None:
     for i, m in enumerate(messages):
         if m.role == "assistant" and image_token in m.content:
-            raise RecordError(
-                f"{here}: field conversations[{i}].value: {image_token} marker in an answer",
-                "image_marker_mismatch",
+            raise ImageMarkerError(
+                f"{here}: field conversations[{i}].value: {image_token} marker in an answer"
             )
     markers = sum(m.content.count(image_token) for m in messages)
-    if markers != len(images):
-        raise RecordError(
-            f"{here}: field 'conversations' holds {markers} {image_token} marker(s) but the record has "
-            f"{len(images)} image(s); put one marker where each image goes",
-            "image_marker_mismatch",
-        )
+    check_marker_count(markers, len(images), here, image_token, "field 'conversations'", images_first=False)

@@ -2,9 +2,9 @@
 
 Templates are Jinja (as in lmms-eval / lm-eval-harness: ``"{{question}}\\nAnswer yes or no."``),
 rendered in a sandbox with strict undefined variables, so a record lacking a field the template
-uses is an error naming the record's file and line. A prompt places its images with ``<image>``
-markers, or with DEMON's ``{image#k}`` placeholders (the k-th image of the record), or not at all:
-then the images go first. ``pre_prompt`` goes after the leading images, ``post_prompt`` at the end.
+uses is an error naming the record's file and line. A prompt places its images by graft's one rule
+(``graft.prompts.place_images``: ``{image#k}`` placeholders, else ``<image>`` markers, else the
+images first); ``pre_prompt`` goes after the leading images, ``post_prompt`` at the end.
 
 The ``jsonl`` reader reads LLaVA-style question files (a ``.jsonl`` file, or a JSON list; see
 ``graft.record_files``) whose field names a task file gives: ``doc_to_id``, ``doc_to_visual``,
@@ -14,17 +14,15 @@ The ``jsonl`` reader reads LLaVA-style question files (a ``.jsonl`` file, or a J
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, existing_image
-from graft.processing import ImageMarkerError, demon_to_markers, has_demon_placeholders
+from graft.prompts import OPTION_LETTERS, place_images
 from graft.record_files import RecordError, check_id, iter_records
 
-_LEADING_IMAGES = re.compile(rf"^(?:{re.escape(IMAGE_MARKER)}\s*)*")
 _TEMPLATE_SYNTAX = ("{{", "{%")
 
 
@@ -61,27 +59,6 @@ def render(template: Any, fields: dict[str, Any], where: str, what: str) -> str:
         raise RecordError(f"{where}: {what} failed: {err}") from None
 
 
-def compose_prompt(text: str, n_images: int, pre: str, post: str, where: str) -> tuple[str, list[int]]:
-    """The user turn with one marker per image, and the order of the images in it."""
-    order = list(range(n_images))
-    if has_demon_placeholders(text):
-        try:
-            (text,), order = demon_to_markers([text], n_images, IMAGE_MARKER, where)
-        except ImageMarkerError as err:
-            raise RecordError(str(err)) from None
-    head = _LEADING_IMAGES.match(text).group(0)  # type: ignore[union-attr]  (matches at least "")
-    text = head + pre + text[len(head) :] + post
-    markers = text.count(IMAGE_MARKER)
-    if markers == 0 and n_images:
-        text = f"{IMAGE_MARKER}\n" * n_images + text
-    elif markers != len(order):
-        raise RecordError(
-            f"{where}: the prompt holds {markers} {IMAGE_MARKER} marker(s) but the record has "
-            f"{len(order)} image(s)"
-        )
-    return text, order
-
-
 @dataclass(frozen=True)
 class JsonlFields:
     """Where a question file keeps each part of a sample (from a task file)."""
@@ -116,7 +93,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: 
         for name in names:
             images.append(existing_image(root / name, f"{where}: field {key!r}", check_images))
     text = render(f.text, record, where, f"doc_to_text of {f.source}")
-    prompt, order = compose_prompt(text, len(images), f.pre_prompt, f.post_prompt, where)
+    prompt, order = place_images(text, len(images), where, IMAGE_MARKER, f.pre_prompt, f.post_prompt)
     if isinstance(f.target, str):
         target = _field(record, f.target, where, f.source)
     else:
@@ -130,7 +107,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: 
         # an option's text as target means its letter
         texts = [c.strip().casefold() for c in choices]
         if isinstance(target, str) and target.strip().casefold() in texts and len(target.strip()) > 1:
-            target = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[texts.index(target.strip().casefold())]
+            target = OPTION_LETTERS[texts.index(target.strip().casefold())]
         elif isinstance(target, str):
             target = target.strip().upper()
     return Sample(rid, prompt, [images[k] for k in order], target, meta, where)

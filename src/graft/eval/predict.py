@@ -1,10 +1,11 @@
 """A JSONL file of questions -> a JSONL file of answers, resumable.
 
 Input rows: ``{"id", "image" | "images", "question" | "text"}``; image paths are relative to
-``image_root``; a question may place its images with ``<image>`` markers, otherwise they are
-put first. Output rows: ``{"id", "prediction"}``, appended and flushed after every batch. A
-rerun skips the ids already written, so a run killed at any moment loses at most the batch in
-flight and never writes an id twice (a half-written last line is cut off before resuming).
+``image_root``; a question places its images by ``graft.prompts.place_images`` (``{image#k}``
+placeholders, else ``<image>`` markers, else the images first). Output rows: ``{"id",
+"prediction"}``, appended and flushed after every batch. A rerun skips the ids already written,
+so a run killed at any moment loses at most the batch in flight and never writes an id twice (a
+half-written last line is cut off before resuming).
 """
 
 from __future__ import annotations
@@ -21,15 +22,8 @@ from tqdm.auto import tqdm
 
 from graft.files import cut_partial_last_line
 from graft.generate import generate_answers
-from graft.processing import (
-    GraftProcessor,
-    ImageLoadError,
-    ImageMarkerError,
-    SampleTooLongError,
-    demon_to_markers,
-    has_demon_placeholders,
-    load_image,
-)
+from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
+from graft.prompts import ImageMarkerError, place_images
 from graft.record_files import RecordError, UniqueIds, check_id, load_records
 from graft.templates import Message
 
@@ -52,16 +46,6 @@ class PromptRow:
     where: str = ""
 
 
-def place_images(text: str, n_images: int, where: str, marker: str = "<image>") -> str:
-    """The user turn with one marker per image: the text's own markers, or images first."""
-    markers = text.count(marker)
-    if markers == 0:
-        return f"{marker}\n" * n_images + text
-    if markers != n_images:
-        raise RecordError(f"{where}: the question holds {markers} {marker} marker(s) but {n_images} image(s)")
-    return text
-
-
 def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> PromptRow:
     rid = check_id(record.get("id"), where)
     if "image" in record and "images" in record:
@@ -70,15 +54,8 @@ def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise RecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
     key = "question" if "question" in record else "text"
-    text = field_str(record, key, where)
-    if has_demon_placeholders(text):  # {image#k}: markers in place, images in marker order
-        try:
-            (text,), order = demon_to_markers([text], len(names), marker, where)
-        except ImageMarkerError as err:
-            raise RecordError(str(err)) from None
-        names = [names[i] for i in order]
-    text = place_images(text, len(names), where, marker)
-    paths = [image_root / n for n in names]
+    text, order = place_images(field_str(record, key, where), len(names), where, marker, what="the question")
+    paths = [image_root / names[i] for i in order]
     for p in paths:
         if not p.is_file():
             raise RecordError(f"{where}: image not found: {p}")

@@ -25,9 +25,10 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.eval.predict import field_str, place_images
+from graft.eval.predict import field_str
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
+from graft.prompts import place_images
 from graft.record_files import RecordError, check_id, load_records
 from graft.templates import Message
 
@@ -154,7 +155,7 @@ def evaluate_questions(
             except ImageLoadError as err:
                 raise RecordError(f"{q.where}: {err}") from None
             images.append([Image.new("RGB", img.size, processor.image_fill()) if blind else img])
-        convs = [[Message("user", place_images(q.question, 1, q.where, marker))] for q in chunk]
+        convs = [[Message("user", place_images(q.question, 1, q.where, marker)[0])] for q in chunk]
         answers = generate_answers(
             model, processor, convs, images, max_new_tokens=max_new_tokens, batch_size=batch_size
         )

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from graft.eval.doc_reader import JsonlFields, compose_prompt, read_jsonl_task, render
+from graft.eval.doc_reader import JsonlFields, read_jsonl_task, render
 from graft.eval.families import FAMILIES, Options, answers
-from graft.eval.readers import ReadResult, Sample
+from graft.eval.readers import IMAGE_MARKER, ReadResult, Sample
 from graft.eval.task_keys import (
     JSONL_ONLY,
     KEYS,
@@ -37,6 +37,7 @@ from graft.eval.task_keys import (
     key_error,
 )
 from graft.eval.task_metrics import METRICS, check_sample
+from graft.prompts import place_images
 from graft.record_files import RecordError
 
 __all__ = ["TaskFileError", "TaskSpec", "builtin_tasks", "get_task", "load_task_file", "parse_task"]
@@ -107,7 +108,9 @@ class TaskSpec:
         if self.text is not None:
             fields = {**s.meta, "prompt": s.prompt, "id": s.id}
             text = render(self.text, fields, s.where, f"doc_to_text of {self.source}")
-        prompt, order = compose_prompt(text, len(s.images), self.pre_prompt, self.post_prompt, s.where)
+        prompt, order = place_images(
+            text, len(s.images), s.where, IMAGE_MARKER, self.pre_prompt, self.post_prompt
+        )
         return Sample(s.id, prompt, [s.images[k] for k in order], s.target, s.meta, s.where)
 
     def score(

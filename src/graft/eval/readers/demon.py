@@ -27,7 +27,7 @@ from graft.eval.readers.base import (
     existing_image,
     need,
 )
-from graft.processing import ImageMarkerError, demon_to_markers
+from graft.prompts import place_images
 from graft.record_files import RecordError, load_json
 
 logger = logging.getLogger(__name__)
@@ -135,14 +135,8 @@ def _prompt(
     context: str, images_path: list[str], image_dir: Path, where: str, check_images: bool
 ) -> tuple[str, list[Path]]:
     """The context with one image marker per placeholder, and the images in marker order."""
-    try:
-        (text,), order = demon_to_markers([context], len(images_path), IMAGE_MARKER, where)
-    except ImageMarkerError as err:
-        raise RecordError(str(err)) from None
-    if not order and images_path:
-        # a context without placeholders: its images go first, as single-image prompts do
-        order = list(range(len(images_path)))
-        text = f"{IMAGE_MARKER}\n" * len(images_path) + text
+    # a context without placeholders gets its images first, as single-image prompts do
+    text, order = place_images(context, len(images_path), where, IMAGE_MARKER, what="the context")
     images = [
         existing_image(image_dir / images_path[k], f"{where} image #{k + 1}", check_images) for k in order
     ]
