@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 from graft.eval.predict import field_str
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
-from graft.prompts import place_images
+from graft.prompts import OPTION_LETTERS, place_images
 from graft.record_files import RecordError, check_id, load_records
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
-LETTERS = string.ascii_uppercase
 _PUNCT = str.maketrans("", "", string.punctuation)
 
 
@@ -51,7 +50,7 @@ def parse_yesno(text: str) -> str:
 
 def parse_choice(text: str, choices: list[str]) -> str | None:
     """The option letter an answer picks, or None when it picks none (or several by text)."""
-    letters = LETTERS[: len(choices)]
+    letters = OPTION_LETTERS[: len(choices)]
     for m in re.finditer(rf"(?<![A-Za-z0-9])([{letters}])(?![A-Za-z0-9])", text):
         # "A red circle": a capital A followed by a lower-case word is the article, not option A
         if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end() :]):
@@ -107,9 +106,9 @@ def _parse_question(record: dict, where: str, image_root: Path) -> Question:
     if choices is not None:
         if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
             raise RecordError(f"{where}: 'choices' must be a non-empty list of strings")
-        if len(choices) > len(LETTERS):
-            raise RecordError(f"{where}: {len(choices)} choices; at most {len(LETTERS)}")
-        if fields["answer"].strip().upper() not in LETTERS[: len(choices)]:
+        if len(choices) > len(OPTION_LETTERS):
+            raise RecordError(f"{where}: {len(choices)} choices; at most {len(OPTION_LETTERS)}")
+        if fields["answer"].strip().upper() not in OPTION_LETTERS[: len(choices)]:
             raise RecordError(f"{where}: the answer of a multiple-choice record must be an option letter")
     image = image_root / fields["image"]
     if not image.is_file():

@@ -27,8 +27,9 @@ from graft.eval.metrics import ChoiceRow, caption_scores, choice_scores, rouge_l
 from graft.eval.metrics.demon import normalize as demon_normalize
 from graft.eval.metrics.pope import binary_scores
 from graft.eval.metrics.pope import parse_answer as pope_answer
-from graft.eval.questions import LETTERS, normalize_text
+from graft.eval.questions import normalize_text
 from graft.eval.readers import Sample
+from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError
 
 
@@ -52,9 +53,9 @@ def _check_yes_no(target: Any, where: str) -> None:
 def _check_letter(target: Any, where: str, choices: Any) -> None:
     if not isinstance(choices, list) or len(choices) < 2:
         raise RecordError(f"{where}: metric choice needs a list of at least two options")
-    if not isinstance(target, str) or target not in LETTERS[: len(choices)]:
+    if not isinstance(target, str) or target not in OPTION_LETTERS[: len(choices)]:
         raise RecordError(
-            f"{where}: metric choice needs an option letter (A..{LETTERS[len(choices) - 1]}) or an "
+            f"{where}: metric choice needs an option letter (A..{OPTION_LETTERS[len(choices) - 1]}) or an "
             f"option's text as target, got {target!r:.80}"
         )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graft.eval.questions import parse_choice
+from graft.prompts import OPTION_LETTERS
 
 Fallback = Callable[[str, Sequence[str]], "str | None"]
 
@@ -27,21 +28,22 @@ def extract_choice(answer: str, choices: Sequence[str], fallback: Fallback | Non
     letter = parse_choice(answer, list(choices))
     if letter is None and fallback is not None and answer.strip():
         letter = fallback(answer, choices)
-        if letter is not None and letter not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]:
+        if letter is not None and letter not in OPTION_LETTERS[: len(choices)]:
             letter = None
     return letter
 
 
 _SQA_ANSWER = re.compile(r"The answer is ([A-Z]).")
+_SQA_LETTERS = OPTION_LETTERS[:5]  # eval_science_qa.py reads A-E only
 
 
 def sqa_letter(answer: str, choices: Sequence[str]) -> str | None:
     """LLaVA's ScienceQA reading (``eval_science_qa.py``), strict: the answer is a bare letter,
     starts with "X. ", or says "The answer is X" (followed by a character) exactly once."""
-    letters = "ABCDE"[: len(choices)]
-    if answer in "ABCDE" and len(answer) == 1:
+    letters = _SQA_LETTERS[: len(choices)]
+    if answer in _SQA_LETTERS and len(answer) == 1:
         return answer if answer in letters else None
-    if len(answer) >= 3 and answer[0] in "ABCDE" and answer[1:3] == ". ":
+    if len(answer) >= 3 and answer[0] in _SQA_LETTERS and answer[1:3] == ". ":
         return answer[0] if answer[0] in letters else None
     found = _SQA_ANSWER.findall(answer)
     return found[0] if len(found) == 1 and found[0] in letters else None

@@ -28,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from graft.files import write_text_atomic
+from graft.prompts import OPTION_LETTERS
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ class LLMChoiceMatcher:
         self.client = client
 
     def __call__(self, answer: str, choices: Sequence[str]) -> str | None:
-        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
+        letters = OPTION_LETTERS[: len(choices)]
         options = "\n".join(f"{letter}. {c}" for letter, c in zip(letters, choices, strict=True))
         prompt = (
             "Which option does the answer below choose? Reply with the option's letter only, "

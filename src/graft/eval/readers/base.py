@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.record_files import RecordError, UniqueIds
 
 logger = logging.getLogger(__name__)
-IMAGE_MARKER = "<image>"
+#: the marker readers write; the runner swaps in the processor's own image token
+IMAGE_MARKER = DEFAULT_IMAGE_TOKEN
 
 
 @dataclass

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
+from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError
 
-OPTION_COLUMNS = "ABCDEFGHI"
+OPTION_COLUMNS = OPTION_LETTERS[:9]  # the TSV's option columns, A-I
 CIRCULAR_STRIDE = 1_000_000
 LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 

@@ -22,9 +22,10 @@ from graft.eval.readers.base import (
     existing_image,
     need,
 )
+from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError, check_id, iter_records
 
-LETTERS = "ABCDEFGHIJ"
+LETTERS = OPTION_LETTERS[:10]  # A-J, as the patterns below read them
 _OPTION_LINE = re.compile(r"^([A-J])\. (.*)$")
 _OPTIONS_INLINE = re.compile(r"\(([A-J])\)\s*(.*?)(?=\s*\([A-J]\)|$)")
 _ANSWER = re.compile(r"^\s*\(?([A-J])\)?\s*\.?\s*$|The answer is \(?([A-J])\b|ANSWER:\s*\(?([A-J])\b")
