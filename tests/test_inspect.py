@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 from graft.backbones import compose_from_pretrained
 from graft.cli import app
 from graft.train.recipe import load_recipe
+from graft.train.shipped import CONFIGS_DIR
 from graft.train.stages import apply_stage, parameter_counts
 
 from tiny import save_tiny_backbones
 
 torch.set_num_threads(1)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 
@@ -36,11 +36,11 @@ def _tiny_recipe(tmp_path: Path, connector: dict, **sections) -> Path:
 
 
 def test_the_shipped_vpgc_recipe_trains_6_320_896_parameters_offline():
-    result = CliRunner().invoke(app, ["inspect", str(CONFIGS / "vpgc-vicuna-7b.yaml")])
+    result = CliRunner().invoke(app, ["inspect", "vpgc-vicuna-7b"])  # by name, as the README says
     assert result.exit_code == 0, result.output
     assert "6,320,896" in result.output
     counts = json.loads(
-        CliRunner().invoke(app, ["inspect", str(CONFIGS / "vpgc-vicuna-7b.yaml"), "--json"]).stdout
+        CliRunner().invoke(app, ["inspect", str(CONFIGS_DIR / "vpgc-vicuna-7b.yaml"), "--json"]).stdout
     )["components"]
     assert counts["connector"]["trainable"] == 6_320_896
     assert counts["llm"] == {"trainable": 0, "total": 6_738_415_616}  # LLaMA-7B

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,12 @@ def test_bad_region_files_and_editor_names(tmp_path):
         build_editor("diffusion")
     with pytest.raises(PairError, match="unknown edit kinds"):
         make_pairs([], OpenCVEditor(), tmp_path, tmp_path, kinds=["blur"], progress=False)
+
+
+def test_without_opencv_the_photo_editor_names_the_extra(photos, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
+    with pytest.raises(PairError, match=r"needs OpenCV.*pip install 'graft\[photos\]'"):
+        build_editor("opencv")
+    _, regions = photos
+    result = CliRunner().invoke(app, ["pairs", "--regions", str(regions), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "graft[photos]" in result.output

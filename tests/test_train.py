@@ -23,7 +23,8 @@ from graft.train import (
     train,
 )
 from graft.train.metrics_log import read_log
-from graft.train.recipe import CONFIGS_DIR, RecipeError, recipe_from_dict
+from graft.train.recipe import RecipeError, recipe_from_dict
+from graft.train.shipped import CONFIGS_DIR
 
 from tiny import random_image, tiny_recipe, tiny_world
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -50,8 +50,14 @@ JudgeCache = Annotated[
     Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
 ]
 
+#: the help of a verb's recipe argument (train, inspect)
+RECIPE_HELP = (
+    "A YAML recipe file, or the name of a recipe graft ships (llava-1.5-7b-stage1, shapes-stage1, "
+    "vpgc-vicuna-7b ...: the files in graft/configs/)."
+)
 
-def fail(message: str) -> None:
+
+def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 

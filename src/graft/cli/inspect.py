@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from graft.cli.app import app, fail, parse_overrides
+from graft.cli.app import RECIPE_HELP, app, fail, parse_overrides
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig
@@ -102,7 +102,7 @@ def _table(recipe: Recipe, counts: dict[str, dict[str, int]]) -> str:
 
 @app.command("inspect")
 def inspect_cmd(
-    recipe: Annotated[Path, typer.Argument(help="A YAML recipe (see configs/).")],
+    recipe: Annotated[Path, typer.Argument(help=RECIPE_HELP)],
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a recipe field: --set llm.mode=lora (repeatable)."),

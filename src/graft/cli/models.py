@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import app, fail, parse_overrides
+from graft.cli.app import RECIPE_HELP, app, fail, parse_overrides
 
 
 @app.command("compose")
@@ -49,7 +49,7 @@ def compose_cmd(
 
 @app.command("train")
 def train_cmd(
-    recipe: Annotated[Path, typer.Argument(help="A YAML recipe (see configs/).")],
+    recipe: Annotated[Path, typer.Argument(help=RECIPE_HELP)],
     out: Annotated[
         Path | None, typer.Option(help="Output folder (overrides the recipe's output_dir).")
     ] = None,

@@ -8,15 +8,16 @@ Boxes are all a photo source has (no masks), so each edit works on the box:
 - add: paste a copy of the object into free background (a place no box overlaps).
 
 A diffusion inpainter would be one more class with the same ``edit`` method, registered with
-``register_editor``.
+``register_editor``. OpenCV is an optional dependency (``pip install 'graft[photos]'``; ``make``
+installs it): without it, building the ``opencv`` editor is an error that says so.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from types import ModuleType
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -52,6 +53,18 @@ def build_editor(name: str) -> Editor:
     return EDITORS[name]()
 
 
+def _opencv() -> ModuleType:
+    """The cv2 module, or a clear error naming the extra that installs it."""
+    try:
+        import cv2
+    except ImportError:
+        raise PairError(
+            "the opencv editor needs OpenCV, an optional dependency of graft: "
+            "pip install 'graft[photos]' (or opencv-python-headless)"
+        ) from None
+    return cv2
+
+
 def _pixels(box: tuple[float, ...], width: int, height: int) -> tuple[int, int, int, int]:
     x1, y1 = int(box[0] * width), int(box[1] * height)
     x2, y2 = max(x1 + 1, round(box[2] * width)), max(y1 + 1, round(box[3] * height))
@@ -69,10 +82,12 @@ class OpenCVEditor:
     def __init__(self, inpaint_radius: int = 7, tries: int = 100) -> None:
         self.inpaint_radius = inpaint_radius
         self.tries = tries
+        self.cv2 = _opencv()
 
     def edit(
         self, image: Image.Image, source: Source, target: int, kind: str, rng: random.Random
     ) -> EditResult | None:
+        cv2 = self.cv2
         arr = np.asarray(image.convert("RGB")).copy()
         h, w = arr.shape[:2]
         boxes = [_pixels(r.box, w, h) for r in source.regions]
@@ -110,10 +125,10 @@ class OpenCVEditor:
             return None  # no free background big enough
         raise PairError(f"editor {self.name!r}: unknown edit kind {kind!r}")
 
-    @staticmethod
     def _recolour(
-        arr: np.ndarray, box: tuple[int, int, int, int], label: str, place: str, rng: random.Random
+        self, arr: np.ndarray, box: tuple[int, int, int, int], label: str, place: str, rng: random.Random
     ) -> EditResult:
+        cv2 = self.cv2
         x1, y1, x2, y2 = box
         hsv = cv2.cvtColor(arr[y1:y2, x1:x2], cv2.COLOR_RGB2HSV)
         # the box's dominant hue among its coloured pixels names what it is now; pick another

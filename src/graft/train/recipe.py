@@ -5,7 +5,9 @@ A recipe says which model to start from, which data and template, what each comp
 checked: an unknown key anywhere is an error that names the key, the file and the valid keys.
 
 Paths written in a recipe are relative to the recipe file (unless absolute); paths given as
-overrides (the CLI's ``--set``) are relative to the working directory. ``model.vision``,
+overrides (the CLI's ``--set``) are relative to the working directory, and so are those of a
+recipe graft ships (given by name, ``graft train shapes-stage1``: its own folder lies inside
+the installed package; see ``graft.train.shipped``). ``model.vision``,
 ``model.llm`` and ``model.tokenizer`` may also be hub ids: a value is a local path when it
 starts with ``./`` or ``../`` or exists beside the recipe, else it is passed on as a hub id.
 """
@@ -23,12 +25,13 @@ from typing import Any
 import yaml
 
 from graft.files import write_text_atomic
+from graft.train.shipped import find_recipe, is_packaged
+from graft.train.shipped import packaged_recipe as packaged_recipe  # its former home: still importable
 
 MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHE_DTYPES = ("fp32", "bf16", "fp16")
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 class RecipeError(ValueError):
@@ -351,17 +354,16 @@ def recipe_from_dict(
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a YAML recipe; ``overrides`` maps dotted keys (``"optim.lr"``) to values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe not found: {path}")
+    """Read a YAML recipe, a file or a shipped recipe's name (``"shapes-stage1"``);
+    ``overrides`` maps dotted keys (``"optim.lr"``) to values."""
+    path = find_recipe(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    _resolve_paths(raw, path.resolve().parent)
+    _resolve_paths(raw, Path.cwd() if is_packaged(path) else path.resolve().parent)
     if overrides:
         # overrides come from a command line: their relative paths are the working directory's
         extra: dict[str, Any] = {}
@@ -379,12 +381,3 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
     """Write the recipe as run (absolute paths, overrides applied) next to the run's outputs."""
     path = Path(path)
     write_text_atomic(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-
-
-def packaged_recipe(name: str) -> Path:
-    """A recipe shipped in ``configs/``: ``"shapes-stage1"`` -> ``configs/shapes-stage1.yaml``."""
-    path = CONFIGS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
-        raise FileNotFoundError(f"no recipe {name!r} in {CONFIGS_DIR}; known: {', '.join(known) or 'none'}")
-    return path

@@ -1,0 +1,64 @@
+"""The recipes graft ships: package data found by name, their relative paths the working
+directory's, and a clear error for the old top-level ``configs/`` paths."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from graft.cli import app
+from graft.train import load_recipe, packaged_recipe, recipe_names
+from graft.train.shipped import CONFIGS_DIR, find_recipe, is_packaged
+
+
+def test_shipped_recipes_live_inside_the_package():
+    import graft
+
+    assert CONFIGS_DIR.parent == Path(graft.__file__).resolve().parent
+    names = recipe_names()
+    assert {"shapes-stage1", "shapes-tiny-stage1", "llava-1.5-7b-stage1", "vpgc-vicuna-7b"} <= set(names)
+    assert packaged_recipe("shapes-stage1") == CONFIGS_DIR / "shapes-stage1.yaml"
+    with pytest.raises(FileNotFoundError, match="no recipe 'nope'.*known: .*shapes-stage1"):
+        packaged_recipe("nope")
+
+
+def test_a_name_finds_a_shipped_recipe_and_a_file_wins_over_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("shapes-stage1") == CONFIGS_DIR / "shapes-stage1.yaml"
+    (tmp_path / "shapes-stage1").write_text("a file of that name")
+    assert find_recipe("shapes-stage1") == Path("shapes-stage1")
+
+
+def test_shipped_recipe_paths_are_the_working_directorys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("shapes-stage1", {"output_dir": "mine"})
+    assert recipe.source == str(CONFIGS_DIR / "shapes-stage1.yaml")
+    runs = tmp_path / "runs" / "shapes"
+    assert recipe.data.train == [str(runs / "world" / "stage1.json")]
+    assert recipe.model.vision == str(runs / "backbones" / "vision")  # ./ marks a path, not a hub id
+    assert recipe.feature_cache.dir == str(runs / "feature_cache")
+    assert recipe.output_dir == str(tmp_path / "mine")
+    stage2 = load_recipe("llava-1.5-7b-stage2")
+    assert stage2.model.init_from == str(tmp_path / "runs" / "llava-1.5-7b" / "stage1")
+    assert stage2.data.image_root == str(tmp_path / "data")
+
+
+def test_a_copy_of_a_shipped_recipe_reads_paths_beside_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "mine" / "r.yaml"
+    copy.parent.mkdir()
+    shutil.copy(packaged_recipe("shapes-tiny-stage2"), copy)
+    assert is_packaged(CONFIGS_DIR / "shapes-tiny-stage2.yaml") and not is_packaged(copy)
+    assert load_recipe(copy).output_dir == str(tmp_path / "mine" / "runs" / "shapes" / "stage2")
+
+
+def test_an_old_configs_path_says_to_give_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="recipe not found: configs/shapes-stage1.yaml; graft ships"):
+        load_recipe("configs/shapes-stage1.yaml")
+    result = CliRunner().invoke(app, ["train", "configs/llava-1.5-7b-stage1.yaml"])
+    assert result.exit_code == 2
+    assert "give that name instead of a path" in result.output and "'llava-1.5-7b-stage1'" in result.output
+    result = CliRunner().invoke(app, ["inspect", "no-such-recipe"])
+    assert result.exit_code == 2 and "recipes shipped with graft, by name:" in result.output
