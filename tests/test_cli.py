@@ -93,3 +93,20 @@ def test_compose_then_chat_round_trip(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):
+    from graft.cli.inference import load_for_inference
+
+    with pytest.raises(FileNotFoundError, match="is not a model folder"):  # library code can catch it
+        load_for_inference(tmp_path)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "1", "question": "hi"}\n')
+    for args in (
+        ["chat", "--prompt", "hi"],
+        ["predict", "--questions", str(questions), "--out", str(tmp_path / "p.jsonl")],
+        ["evaluate", "--questions", str(questions)],
+    ):
+        result = CliRunner().invoke(app, [*args, "--model", str(tmp_path)])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"error: {tmp_path} is not a model folder (no config.json)" in result.output

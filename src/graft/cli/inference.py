@@ -5,26 +5,42 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
 
+if TYPE_CHECKING:
+    from graft.modeling import GraftForConditionalGeneration
+    from graft.processing import GraftProcessor
 
-def load_for_inference(model_dir: Path, bf16: bool = False):  # noqa: ANN201 (model, processor)
-    """A saved graft model and its processor, on accelerate's device, in eval mode."""
+
+def load_for_inference(
+    model_dir: Path, bf16: bool = False
+) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
+    """A saved graft model and its processor, on accelerate's device, in eval mode.
+
+    Raises ``FileNotFoundError`` when ``model_dir`` is not a model folder."""
     import torch
 
     from graft.eval.processes import process_state
     from graft.modeling import GraftForConditionalGeneration
     from graft.processing import GraftProcessor
 
-    if not (model_dir / "config.json").exists():
-        fail(f"{model_dir} is not a model folder (no config.json)")
+    if not (Path(model_dir) / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = GraftForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
     return model.to(process_state().device).eval(), GraftProcessor.from_pretrained(model_dir)
+
+
+def _load(model_dir: Path, bf16: bool = False) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
+    """``load_for_inference`` for a verb: a folder that is no model is a clear error and exit 2."""
+    try:
+        return load_for_inference(model_dir, bf16)
+    except FileNotFoundError as err:
+        fail(str(err))
 
 
 @app.command("chat")
@@ -47,7 +63,7 @@ def chat_cmd(
     from graft.generate import ChatSession
     from graft.processing import load_image
 
-    mdl, processor = load_for_inference(model, bf16)
+    mdl, processor = _load(model, bf16)
     gen = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
     if temperature > 0:
         gen["temperature"] = temperature
@@ -91,7 +107,7 @@ def predict_cmd(
     """Answer a JSONL of questions in batches (greedy), resumable."""
     from graft.eval.predict import predict_jsonl
 
-    mdl, processor = load_for_inference(model, bf16)
+    mdl, processor = _load(model, bf16)
     try:
         stats = predict_jsonl(
             mdl,
@@ -122,7 +138,7 @@ def evaluate_cmd(
     """Accuracy (overall and per question type) on yes/no, multiple-choice or short-answer files."""
     from graft.eval.questions import evaluate_questions
 
-    mdl, processor = load_for_inference(model)
+    mdl, processor = _load(model)
     results = {}
     for path in questions:
         for is_blind in (False, True) if blind else (False,):
@@ -200,7 +216,7 @@ def eval_cmd(
             read_bench(bench)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
-    mdl, processor = load_for_inference(model, bf16)
+    mdl, processor = _load(model, bf16)
     progress = os.environ.get("TQDM_DISABLE") != "1"  # graft -q
     summary: dict = {}
     for spec, data in runs:
