@@ -66,6 +66,13 @@ def _yield_object(record: Any, where: str, on_bad: OnBad | None) -> Iterator[tup
     on_bad(error)
 
 
+def iter_objects(items: list, prefix: str, on_bad: OnBad | None = None) -> Iterator[tuple[dict, str]]:
+    """``(item, "prefix[i]")`` for every item of a list of records read from a document; an item
+    that is not an object raises ``RecordError``, or is handed to ``on_bad`` and skipped."""
+    for i, item in enumerate(items):
+        yield from _yield_object(item, f"{prefix}[{i}]", on_bad)
+
+
 def iter_jsonl(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator[tuple[dict, str]]:
     """``(record, "file:line")`` for every non-blank line. A line that is not a JSON object raises
     ``RecordError``, or, with ``on_bad``, is handed to it and skipped."""
@@ -103,8 +110,7 @@ def iter_records(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterat
             "use the .jsonl suffix for one record per line",
             "malformed_json",
         )
-    for i, record in enumerate(data):
-        yield from _yield_object(record, f"{path}[{i}]", on_bad)
+    yield from iter_objects(data, str(path), on_bad)
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

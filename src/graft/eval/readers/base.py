@@ -70,6 +70,10 @@ class Collector:
             return
         self.result.samples.append(sample)
 
+    def skip(self, err: RecordError) -> None:
+        """``fail`` for a record reading hands over (``on_bad`` of ``graft.record_files``)."""
+        self.fail(str(err))
+
     def fail(self, message: str) -> None:
         if not self.skip_bad:
             raise RecordError(message)

@@ -17,7 +17,7 @@ from graft.eval.readers.base import (
     existing_image,
     need,
 )
-from graft.record_files import RecordError, load_json
+from graft.record_files import RecordError, iter_objects, load_json
 
 DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
 
@@ -47,11 +47,8 @@ def read_coco_captions(
 
     captions: dict[int | str, list[str]] = {}
     out = Collector(skip_bad)
-    for i, ann in enumerate(annotations):
-        where = f"{path}: annotations[{i}]"
+    for ann, where in iter_objects(annotations, f"{path}: annotations", out.skip):
         try:
-            if not isinstance(ann, dict):
-                raise RecordError(f"{where}: expected an object")
             image_id = need(ann, "image_id", (int, str), where)
             caption = need(ann, "caption", str, where)
         except RecordError as err:
@@ -59,14 +56,11 @@ def read_coco_captions(
             continue
         captions.setdefault(image_id, []).append(caption)
 
-    for i, img in enumerate(images):
-        where = f"{path}: images[{i}]"
+    for img, where in iter_objects(images, f"{path}: images", out.skip):
         try:
-            if not isinstance(img, dict):
-                raise RecordError(f"{where}: expected an object")
             image_id = need(img, "id", (int, str), where)
             file_name = need(img, "file_name", str, where)
-            where = f"{path}: images[{i}] (id {image_id})"
+            where = f"{where} (id {image_id})"
             if image_id not in captions:
                 continue  # an image without captions has nothing to score against
             image = existing_image(image_root / file_name, where, check_images)

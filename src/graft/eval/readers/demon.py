@@ -28,7 +28,7 @@ from graft.eval.readers.base import (
     need,
 )
 from graft.prompts import place_images
-from graft.record_files import RecordError, load_json
+from graft.record_files import RecordError, iter_objects, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +161,10 @@ def read_demon_task(
     if not isinstance(instructions, list) or not all(isinstance(t, str) for t in instructions):
         raise RecordError(f"{core}: metadata.task_instruction must be a list of strings")
     out = Collector(skip_bad)
-    for i, record in enumerate(data):
-        where = f"{core}: data[{i}]"
+    for record, where in iter_objects(data, f"{core}: data", out.skip):
         try:
-            if not isinstance(record, dict):
-                raise RecordError(f"{where}: expected an object")
             sample_id = need(record, "sample_id", (int, str), where)
-            where = f"{core}: data[{i}] (sample_id {sample_id})"
+            where = f"{where} (sample_id {sample_id})"
             instance = need(record, "task_instance", dict, where)
             context = need(instance, "context", str, f"{where} task_instance")
             images_path = need(instance, "images_path", list, f"{where} task_instance")
