@@ -3,6 +3,7 @@ reuses every finished step."""
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -23,6 +24,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert [row["step"] for row in curve][0] == 0 and "binary/accuracy_blind" in curve[-1]
     for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text"):
         assert key in summary
+    for stage in ("stage1", "stage2"):
+        gain = summary[f"reliance/{stage}_loss_other"] - summary[f"reliance/{stage}_loss_own"]
+        assert summary[f"reliance/{stage}_gain"] == pytest.approx(gain)
     steps = ("world", "backbones", "compose", "stage1", "stage2", "eval", "bench")
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")

@@ -7,6 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from graft.eval.report_demo import CHANCE
+
+#: training records whose loss with their own and with another image says whether a model sees
+RELIANCE_RECORDS = 64
+
 
 class LearningCurve:
     """Held-out accuracy with images and blind at a few evenly spaced steps of a training run,
@@ -43,8 +48,11 @@ def read_curve(out: Path) -> list[dict[str, float]]:
 
 def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
     """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
-    accuracy (alignment) and the text upper bound (the LLM's reasoning without perception)."""
+    accuracy (alignment), the text upper bound (the LLM's reasoning without perception) and, for
+    both stages, how much the loss of training records grows when each gets another record's
+    image (does the model use the image at all)."""
     from graft.cli.inference import load_for_inference
+    from graft.eval.image_reliance import image_reliance
     from graft.world.diagnostics import caption_accuracy, text_upper_bound
     from graft.world.probe import probe_vision_features
 
@@ -54,8 +62,14 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
     losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()] if log.exists() else []
     if losses:
         result["stage1/final_loss"] = losses[-1]
-    result.update(caption_accuracy(*load_for_inference(out / "stage1", bf16), world, limit))
-    result.update(text_upper_bound(*load_for_inference(out / "stage2", bf16), world, limit))
+    for stage, data, measure in (
+        ("stage1", "stage1.json", caption_accuracy),
+        ("stage2", "stage2.json", text_upper_bound),
+    ):
+        model, processor = load_for_inference(out / stage, bf16)
+        result.update(measure(model, processor, world, limit))
+        reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
+        result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
     return result
 
 
@@ -82,10 +96,6 @@ def evaluate_demo(
     return metrics
 
 
-#: accuracy of guessing, per question format: the reference every bar is read against
-CHANCE = {"binary": 0.5, "mcq": 0.25}
-
-
 def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[dict[str, float]]) -> str:
     lines = ["# graft demo: shapes world", "", "| metric | with images | images blanked | chance |"]
     lines.append("|---|---|---|---|")
@@ -104,7 +114,9 @@ def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[di
         for row in curve:
             cells = [row.get(f"{f}/accuracy{b}", float("nan")) for f in CHANCE for b in ("", "_blind")]
             lines.append(f"| {row['step']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    diagnostics = {k: v for k, v in summary.items() if k.split("/")[0] in ("probe", "caption", "stage1")}
+    diagnostics = {
+        k: v for k, v in summary.items() if k.split("/")[0] in ("probe", "caption", "stage1", "reliance")
+    }
     diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
     if diagnostics:
         lines += ["", "## Diagnostics", "", "| measurement | value |", "|---|---|"]

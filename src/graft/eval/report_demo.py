@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from graft.eval.report import RunReport, TaskReport, _data_uri, _fmt, _num
 
-#: accuracy of guessing, per question format (as in ``graft.cli.demo``)
+#: accuracy of guessing, per question format: the reference every bar is read against
 CHANCE = {"binary": 0.5, "mcq": 0.25}
 #: the report's column for each question format
 FAMILIES = {f"demo/{family}": family for family in CHANCE}
@@ -33,6 +33,10 @@ DIAGNOSTICS = {
     "caption/object_recall": "caption: share of the scenes' objects that stage 1's captions name",
     "caption/object_precision": "caption: share of the objects stage 1's captions name that are in the scene",
     "stage1/final_loss": "stage 1 (caption pretraining): training loss at its last logged step",
+    "reliance/stage1_gain": "image use: stage 1's caption loss with another image minus with its own "
+    "(0: the model ignores the image)",
+    "reliance/stage2_gain": "image use: stage 2's training-record loss with another image minus with "
+    "its own (0: the model ignores the image)",
     "binary/accuracy_text": "text upper bound: the same yes/no questions answered with the scene's "
     "description in place of the image",
     "mcq/accuracy_text": "text upper bound: the same multiple-choice questions answered with the scene's "
@@ -223,6 +227,9 @@ def _diagnostic_cell(summary: dict[str, float], key: str) -> str:
     elif key.endswith("/accuracy_text"):
         seeing = summary.get(key.removesuffix("_text"))
         ref = f" (with images {_fmt(seeing)})" if seeing is not None else ""
+    elif key.startswith("reliance/") and key.endswith("_gain"):
+        own, other = (summary.get(key.replace("_gain", f"_loss_{w}")) for w in ("own", "other"))
+        ref = f" (loss {_fmt(own)} own, {_fmt(other)} other)" if own is not None else ""
     return _fmt(summary[key]) + ref
 
 
