@@ -12,9 +12,9 @@ import torch
 
 import graft.eval.predict as predict_mod
 from graft.cli import app
-from graft.cli.inference import load_for_inference
 from graft.eval.processes import process_state
 from graft.eval.runner import run_task
+from graft.inference import load_for_inference
 from graft.record_files import RecordError
 
 

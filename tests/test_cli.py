@@ -96,7 +96,7 @@ def test_compose_then_chat_round_trip(tmp_path):
 
 
 def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):
-    from graft.cli.inference import load_for_inference
+    from graft.inference import load_for_inference
 
     with pytest.raises(FileNotFoundError, match="is not a model folder"):  # library code can catch it
         load_for_inference(tmp_path)

@@ -10,29 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
+from graft.inference import load_for_inference
 
 if TYPE_CHECKING:
     from graft.modeling import GraftForConditionalGeneration
     from graft.processing import GraftProcessor
-
-
-def load_for_inference(
-    model_dir: Path, bf16: bool = False
-) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
-    """A saved graft model and its processor, on accelerate's device, in eval mode.
-
-    Raises ``FileNotFoundError`` when ``model_dir`` is not a model folder."""
-    import torch
-
-    from graft.eval.processes import process_state
-    from graft.modeling import GraftForConditionalGeneration
-    from graft.processing import GraftProcessor
-
-    if not (Path(model_dir) / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    model = GraftForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
-    return model.to(process_state().device).eval(), GraftProcessor.from_pretrained(model_dir)
 
 
 def _load(model_dir: Path, bf16: bool = False) -> tuple[GraftForConditionalGeneration, GraftProcessor]:

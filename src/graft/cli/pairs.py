@@ -56,7 +56,7 @@ def pairs_cmd(
             root = image_root or regions.parent
         scorer = None
         if model is not None:
-            from graft.cli.inference import load_for_inference
+            from graft.inference import load_for_inference
 
             scorer = AttentionScorer(*load_for_inference(model))
         stats = make_pairs(

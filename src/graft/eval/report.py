@@ -24,15 +24,15 @@ failures are skipped with a note rather than guessed.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graft.eval import report_demo
+from graft.eval.report_model import Failure, RunReport, TaskReport, data_uri, fmt, is_number
 from graft.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -53,45 +53,6 @@ HEADLINES = {
 _CAPTION_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-@dataclass
-class Failure:
-    """One wrong answer, with what was asked and what was expected."""
-
-    id: str
-    question: str
-    prediction: str
-    target: str
-    images: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class TaskReport:
-    #: the run's name for it (two runs may share a family: POPE scores both ``pope`` and ``binary``)
-    family: str
-    headline: float | None
-    categories: dict[str, float] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
-    note: str = ""
-    #: the scoring family, which fixes what the headline means (default: ``family``)
-    kind: str = ""
-
-
-@dataclass
-class RunReport:
-    name: str
-    source: Path
-    config_hash: str = ""
-    version: str = ""
-    tasks: dict[str, TaskReport] = field(default_factory=dict)
-    #: a demo's ``summary.json`` (numbers only) and ``curve.jsonl`` points; empty for eval runs
-    summary: dict[str, float] = field(default_factory=dict)
-    curve: list[dict[str, float]] = field(default_factory=list)
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
     """The family's headline number and its per-category numbers (see the module docstring)."""
     if task == "pope":
@@ -99,20 +60,20 @@ def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float |
         return (sum(splits.values()) / len(splits) if splits else None), splits
     if task == "mme":
         skip = {"perception", "cognition", "details", "counts"}
-        return metrics.get("perception"), {k: v for k, v in metrics.items() if k not in skip and _num(v)}
+        return metrics.get("perception"), {k: v for k, v in metrics.items() if k not in skip and is_number(v)}
     if task in ("scienceqa_img", "mmbench"):
         head = metrics.get("circular_accuracy", metrics.get("accuracy"))
         return head, dict(metrics.get("per_category", {}))
     if task == "demon":
-        cats = {k: v for k, v in metrics.get("categories", {}).items() if _num(v)}
+        cats = {k: v for k, v in metrics.get("categories", {}).items() if is_number(v)}
         return (sum(cats.values()) / len(cats) if cats else None), cats
     if task == "coco_caption":
-        return metrics.get("CIDEr"), {k: metrics[k] for k in _CAPTION_KEYS if _num(metrics.get(k))}
+        return metrics.get("CIDEr"), {k: metrics[k] for k in _CAPTION_KEYS if is_number(metrics.get(k))}
     if task == "llava_bench":
         skip = {"all", "details", "counts", "samples"}
-        return metrics.get("all"), {k: v for k, v in metrics.items() if k not in skip and _num(v)}
+        return metrics.get("all"), {k: v for k, v in metrics.items() if k not in skip and is_number(v)}
     # a user task scored by simple metrics: the first one heads, the rest are its categories
-    numbers = {k: v for k, v in metrics.items() if _num(v)}
+    numbers = {k: v for k, v in metrics.items() if is_number(v)}
     return (next(iter(numbers.values())) if numbers else None), dict(list(numbers.items())[1:])
 
 
@@ -155,9 +116,7 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
     summary = path if path.is_file() else path / "summary.json"
     run = RunReport(name=(path.parent if path.is_file() else path).name, source=path)
     if summary.is_file():
-        from graft.eval.report_demo import add_demo
-
-        add_demo(run, summary)
+        report_demo.add_demo(run, summary)
     if path.is_dir():
         for results_path in sorted(path.glob("*/results.json")):
             results = json.loads(results_path.read_text(encoding="utf-8"))
@@ -180,19 +139,12 @@ def _families(runs: list[RunReport]) -> list[str]:
     return seen
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-
-
 def _column(family: str, runs: list[RunReport]) -> str:
     kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
     return f"{family} ({HEADLINES.get(kind, 'score')})"
 
 
 def render_markdown(runs: list[RunReport]) -> str:
-    from graft.eval import report_demo
 
     families = _families(runs)
     lines = [
@@ -202,7 +154,7 @@ def render_markdown(runs: list[RunReport]) -> str:
     ]
     lines.append("|---" * (len(families) + 1) + "|")
     for run in runs:
-        cells = [_fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
+        cells = [fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
         lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
     lines += ["", "Sources:"] + [
         f"- {r.name}: `{r.source}` {r.config_hash} {r.version}".rstrip() for r in runs
@@ -221,7 +173,7 @@ def render_markdown(runs: list[RunReport]) -> str:
             ]
             lines.append("|---" * (len(runs) + 1) + "|")
             for c in cats:
-                vals = [_fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs]
+                vals = [fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs]
                 lines.append(f"| {c} | " + " | ".join(vals) + " |")
     lines += report_demo.render_markdown(runs)
     lines += ["", "## Failures"]
@@ -267,10 +219,6 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     return buf.getvalue()
 
 
-def _data_uri(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
 def thumbnail_uri(path: Path, size: int = 160) -> str | None:
     """A small JPEG of ``path`` as a data URI; None when it cannot be read."""
     from PIL import Image
@@ -284,7 +232,7 @@ def thumbnail_uri(path: Path, size: int = 160) -> str | None:
     except OSError as err:
         logger.warning("%s: cannot read image for the report: %s", path, err)
         return None
-    return _data_uri(buf.getvalue(), "image/jpeg")
+    return data_uri(buf.getvalue(), "image/jpeg")
 
 
 #: the page's style; wide tables scroll inside their own box instead of running off the page
@@ -314,8 +262,6 @@ def render_html(runs: list[RunReport]) -> str:
     """One page with everything inline: table, charts and thumbnails as data URIs, no links out."""
     from html import escape
 
-    from graft.eval import report_demo
-
     families = _families(runs)
     many = len(families) > 5  # then: fixed layout, smaller type, wrapped headers
     parts = [
@@ -327,9 +273,7 @@ def render_html(runs: list[RunReport]) -> str:
     ]
     parts += [f"<th>{_header(f, runs)}</th>" for f in families] + ["</tr>"]
     for run in runs:
-        cells = "".join(
-            f"<td>{_fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families
-        )
+        cells = "".join(f"<td>{fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families)
         title = escape(f"{run.source} {run.config_hash} {run.version}".strip())
         parts.append(f"<tr><td title='{title}'>{escape(run.name)}</td>{cells}</tr>")
     parts.append("</table></div><h2>Per category</h2>")
@@ -337,7 +281,7 @@ def render_html(runs: list[RunReport]) -> str:
         demo = report_demo.FAMILIES.get(family)  # "binary" for "demo/binary"
         png = report_demo.bar_chart_png(demo, runs) if demo else bar_chart_png(family, runs)
         if png:
-            parts.append(f"<div><img alt='{escape(family)} per category' src='{_data_uri(png)}'></div>")
+            parts.append(f"<div><img alt='{escape(family)} per category' src='{data_uri(png)}'></div>")
     parts += report_demo.render_html(runs)
     parts.append("<h2>Failures</h2>")
     for run in runs:

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from graft.eval.report import RunReport, TaskReport, _data_uri, _fmt, _num
+from graft.eval.report_model import RunReport, TaskReport, data_uri, fmt, is_number
 
 #: accuracy of guessing, per question format: the reference every bar is read against
 CHANCE = {"binary": 0.5, "mcq": 0.25}
@@ -47,7 +47,7 @@ _NAN = float("nan")
 
 def add_demo(run: RunReport, summary_path: Path) -> None:
     """The demo's two question formats as tasks of ``run``, its summary and its learning curve."""
-    summary = {k: v for k, v in json.loads(summary_path.read_text(encoding="utf-8")).items() if _num(v)}
+    summary = {k: v for k, v in json.loads(summary_path.read_text(encoding="utf-8")).items() if is_number(v)}
     run.summary, run.curve = summary, read_curve(summary_path.parent / "curve.jsonl")
     for family in CHANCE:
         if f"{family}/accuracy" in summary:
@@ -76,7 +76,7 @@ def read_curve(path: Path) -> list[dict[str, float]]:
         except ValueError:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
-            points[row["step"]] = {k: v for k, v in row.items() if _num(v)}
+            points[row["step"]] = {k: v for k, v in row.items() if is_number(v)}
     return [points[step] for step in sorted(points)]
 
 
@@ -223,14 +223,14 @@ def _diagnostic_cell(summary: dict[str, float], key: str) -> str:
     ref = ""
     if key.startswith("probe/") and key.endswith("_acc"):
         chance = summary.get(key.removesuffix("_acc") + "_chance")
-        ref = f" (chance {_fmt(chance)})" if chance is not None else ""
+        ref = f" (chance {fmt(chance)})" if chance is not None else ""
     elif key.endswith("/accuracy_text"):
         seeing = summary.get(key.removesuffix("_text"))
-        ref = f" (with images {_fmt(seeing)})" if seeing is not None else ""
+        ref = f" (with images {fmt(seeing)})" if seeing is not None else ""
     elif key.startswith("reliance/") and key.endswith("_gain"):
         own, other = (summary.get(key.replace("_gain", f"_loss_{w}")) for w in ("own", "other"))
-        ref = f" (loss {_fmt(own)} own, {_fmt(other)} other)" if own is not None else ""
-    return _fmt(summary[key]) + ref
+        ref = f" (loss {fmt(own)} own, {fmt(other)} other)" if own is not None else ""
+    return fmt(summary[key]) + ref
 
 
 def _diagnostics(runs: list[RunReport]) -> tuple[list[RunReport], list[str]]:
@@ -260,15 +260,15 @@ def category_markdown(column: str, runs: list[RunReport]) -> list[str]:
     ]
     lines.append("|---" * (len(head) + 1) + "|")
     for group in bars.groups:
-        cells = [_fmt(group_value(r.summary, family, group)) for r in runs]
-        cells += [_fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
+        cells = [fmt(group_value(r.summary, family, group)) for r in runs]
+        cells += [fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
         lines.append(f"| {group} | " + " | ".join(cells) + f" | {CHANCE[family]:.2f} |")
     return lines
 
 
 def _curve_rows(curve: list[dict[str, float]]) -> list[list[str]]:
     keys = [f"{f}/accuracy{s}" for f in CHANCE for s in ("", "_blind")]
-    return [[str(int(row["step"]))] + [_fmt(row.get(k)) for k in keys] for row in curve]
+    return [[str(int(row["step"]))] + [fmt(row.get(k)) for k in keys] for row in curve]
 
 
 _CURVE_HEAD = ["step", "binary", "binary blind", "mcq", "mcq blind"]
@@ -307,7 +307,7 @@ def render_html(runs: list[RunReport]) -> list[str]:
         title = f"{run.name}: accuracy during stage 2"
         png = curve_png(run.curve, title)
         if png:
-            parts.append(f"<div><img alt='{escape(title)}' src='{_data_uri(png)}'></div>")
+            parts.append(f"<div><img alt='{escape(title)}' src='{data_uri(png)}'></div>")
         rows = "".join(
             "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _curve_rows(run.curve)
         )

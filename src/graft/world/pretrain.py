@@ -104,7 +104,7 @@ def check_llm(llm: str) -> None:
             "give smollm2, tiny, a .gguf file or a causal-LM folder"
         )
     else:
-        from graft.backbones import load_tokenizer
+        from graft.processing import load_tokenizer
 
         load_tokenizer(llm)  # a folder without a tokenizer fails here, naming it
 

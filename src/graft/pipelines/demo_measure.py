@@ -51,8 +51,8 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
     accuracy (alignment), the text upper bound (the LLM's reasoning without perception) and, for
     both stages, how much the loss of training records grows when each gets another record's
     image (does the model use the image at all)."""
-    from graft.cli.inference import load_for_inference
     from graft.eval.image_reliance import image_reliance
+    from graft.inference import load_for_inference
     from graft.world.diagnostics import caption_accuracy, text_upper_bound
     from graft.world.probe import probe_vision_features
 

@@ -1,0 +1,247 @@
+"""The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
+
+world -> tiny backbones -> compose -> stage 1 (alignment) -> stage 2 (instruction tuning)
+-> held-out evaluation (with and without the images) -> summary.json / summary.md.
+
+Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
+each took when it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graft.files import write_text_atomic
+from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, read_curve, summary_markdown
+
+#: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
+#: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
+SHAPES_QFORMER: dict[str, Any] = {
+    "name": "qformer",
+    "num_query_tokens": 16,
+    "qformer_config": {
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 384,
+        "cross_attention_frequency": 1,
+    },
+}
+DEMO_CONNECTORS = ("mlp2x_gelu", "linear", "qformer")
+#: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
+DEMO_REDUCTION = 4
+
+
+def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
+    """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
+    space-to-depth, which keeps every patch's features) or the shapes-sized Q-Former."""
+    if connector == "qformer":
+        if reduction not in (None, "none"):
+            raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
+        return dict(SHAPES_QFORMER)
+    if connector not in DEMO_CONNECTORS:
+        hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
+        raise ValueError(f"the demo grafts with one of {', '.join(DEMO_CONNECTORS)}, not {connector!r}{hint}")
+    spec: dict[str, Any] = {"name": connector}
+    if (reduction or "pixel_shuffle") != "none":
+        spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
+    return spec
+
+
+class StepClock:
+    """Wall time per step, persisted so that a rerun that reuses a step still reports it; each
+    step's start and end are told to ``echo`` (the terminal by default)."""
+
+    def __init__(self, path: Path, echo: Callable[[str], Any] = print) -> None:
+        self.path, self.echo = path, echo
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.reused: set[str] = set()
+
+    def run(self, name: str, done: Callable[[], bool], work: Callable[[], Any]) -> None:
+        if done() and name in self.times:
+            self.reused.add(name)
+            self.echo(f"[{name}] reused ({self.times[name]:.1f}s when it ran)")
+            return
+        self.echo(f"[{name}] running ...")
+        start = time.perf_counter()
+        work()
+        self.times[name] = round(time.perf_counter() - start, 2)
+        write_text_atomic(self.path, json.dumps(self.times, indent=2))
+        self.echo(f"[{name}] done in {self.times[name]:.1f}s")
+
+
+@dataclass
+class DemoSettings:
+    """Everything a demo run is told; the defaults are ``make demo``'s."""
+
+    images: int = 8000
+    seed: int = 0
+    #: smollm2 (the packaged SmolLM2-135M-Instruct), tiny (a tiny Llama pretrained on the world,
+    #: for smoke runs), a .gguf file or a causal-LM folder
+    llm: str = "smollm2"
+    #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
+    #: vision-tower folder
+    vision: str = "packaged"
+    connector: str = "mlp2x_gelu"
+    reduction: str | None = None
+    eval_limit: int | None = 200
+    vision_steps: int | None = None
+    llm_steps: int | None = None
+    #: optimizer steps of each stage (default: the recipe's)
+    stage1_steps: int | None = None
+    stage2_steps: int | None = None
+    #: points of the learning curve: held-out accuracy (with images and blind) at this many
+    #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family
+    curve_points: int = 2
+    curve_limit: int | None = 100
+    #: answer every task of the world's benchmark suite (``graft eval --bench``)
+    bench: bool = True
+    bench_limit: int | None = 50
+    #: evaluate in bfloat16, as the recipes train (1.7x faster on a CPU with AVX512-BF16)
+    bf16: bool = True
+    #: the world and backbones folders (default: inside the run's folder; the ablation shares them)
+    world: Path | None = None
+    backbones: Path | None = None
+
+
+def demo_recipe(llm: str, stage: str) -> str:
+    """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
+    return f"shapes-tiny-{stage}" if llm == "tiny" else f"shapes-{stage}"
+
+
+def demo_template(llm: str, llm_dir: Path) -> str:
+    """The chat template stage 2 trains in: the LLM's own where graft knows it."""
+    if llm == "tiny":
+        return "vicuna_v1"
+    if llm == "smollm2":
+        return "smollm2"
+    from graft.processing import load_tokenizer
+
+    return "chatml" if "<|im_start|>" in load_tokenizer(str(llm_dir)).get_vocab() else "vicuna_v1"
+
+
+def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:
+    """The demo in ``out``. With ``settings.bench`` the model also answers every task of the
+    world's benchmark suite into ``out/{run}/``, and the report shows them beside the demo's
+    own numbers."""
+    from graft.backbones import compose_from_pretrained, save_composed
+    from graft.train import load_recipe, train
+    from graft.train.recipe import packaged_recipe
+    from graft.world import build_world
+    from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
+
+    s = settings or DemoSettings()
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StepClock(out / "steps.json")
+    world, backbones = s.world or out / "world", s.backbones or out / "backbones"
+    spec = connector_spec(s.connector, s.reduction)
+    composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
+
+    clock.run(
+        "world",
+        lambda: (world / "world.json").exists(),
+        lambda: build_world(world, num_images=s.images, seed=s.seed),
+    )
+    clock.run(
+        "backbones",
+        lambda: backbones_finished(backbones, s.llm, s.vision),
+        lambda: pretrain_backbones(
+            world,
+            backbones,
+            s.seed,
+            vision_steps=s.vision_steps,
+            llm_steps=s.llm_steps,
+            llm=s.llm,
+            vision=s.vision,
+        ),
+    )
+    llm_dir, vision_dir = llm_folder(backbones, s.llm), vision_folder(backbones, s.vision)
+    template = demo_template(s.llm, llm_dir)
+
+    def do_compose() -> None:
+        from transformers import set_seed
+
+        # the new connector's initial weights come from the global RNG: seed it here, or they
+        # would depend on whatever ran before in this process (pretraining, or nothing on a rerun)
+        set_seed(s.seed)
+        model, tokenizer, image_processor = compose_from_pretrained(
+            str(vision_dir), str(llm_dir), connector=spec
+        )
+        save_composed(model, tokenizer, image_processor, composed, template=template)
+
+    clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
+
+    cache = str(out / "feature_cache")
+    curve = LearningCurve(out / "curve.jsonl", world, s.curve_points, s.curve_limit)
+    for name, src, dst, data, steps, hook in (
+        ("stage1", composed, stage1, world / "stage1.json", s.stage1_steps, None),
+        ("stage2", stage1, stage2, world / "stage2.json", s.stage2_steps, curve),
+    ):
+        overrides = {
+            "model.init_from": str(src),
+            "data.train": [str(data)],
+            "data.image_root": str(world),
+            "output_dir": str(dst),
+            "feature_cache.dir": cache,
+            "seed": s.seed,
+            "resume": True,
+        }
+        if name == "stage2":
+            overrides["template"] = template
+        if steps is not None:
+            overrides["max_steps"] = steps
+        recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
+        clock.run(
+            name,
+            lambda dst=dst: (dst / "config.json").exists(),
+            lambda recipe=recipe, hook=hook: train(recipe, on_step=hook),
+        )
+
+    summary_path = out / "summary.json"
+
+    def do_eval() -> None:
+        from graft.inference import load_for_inference
+
+        summary = evaluate_demo(*load_for_inference(stage2, s.bf16), world, s.eval_limit)
+        write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+
+    clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
+
+    def do_diagnose() -> None:
+        write_text_atomic(
+            out / "diagnostics.json",
+            json.dumps(diagnose(out, world, vision_dir, s.curve_limit, s.bf16), indent=2),
+        )
+
+    clock.run("diagnostics", lambda: (out / "diagnostics.json").exists(), do_diagnose)
+
+    def do_bench() -> None:
+        from graft.eval.runner import run_bench
+        from graft.inference import load_for_inference
+
+        results = run_bench(*load_for_inference(stage2, s.bf16), world / "bench", out, limit=s.bench_limit)
+        failed = {run: r["error"] for run, r in results.items() if "error" in r}
+        if failed:
+            raise RuntimeError(f"benchmark runs failed: {failed}")
+        skipped = {run: r["skipped"] for run, r in results.items() if "skipped" in r}
+        write_text_atomic(
+            out / "bench.json", json.dumps({"runs": sorted(results), "skipped": skipped}, indent=2)
+        )
+
+    if s.bench:
+        clock.run("bench", lambda: (out / "bench.json").exists(), do_bench)
+    summary = json.loads((out / "metrics.json").read_text())
+    summary.update(json.loads((out / "diagnostics.json").read_text()))
+    summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
+    summary["time/total_s"] = round(sum(clock.times.values()), 2)
+    write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out / "summary.md", summary_markdown(summary, clock.reused, read_curve(out)))
+    from graft.eval.report import build_report
+
+    build_report([out], out / "report")  # the demo's numbers and every benchmark run's
+    return summary
