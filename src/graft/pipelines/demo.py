@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graft.eval.report_demo import read_curve
 from graft.files import write_text_atomic
-from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, read_curve, summary_markdown
+from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, summary_markdown
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
 #: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
@@ -240,7 +241,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/total_s"] = round(sum(clock.times.values()), 2)
     write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    write_text_atomic(out / "summary.md", summary_markdown(summary, clock.reused, read_curve(out)))
+    write_text_atomic(
+        out / "summary.md", summary_markdown(summary, clock.reused, read_curve(out / "curve.jsonl"))
+    )
     from graft.eval.report import build_report
 
     build_report([out], out / "report")  # the demo's numbers and every benchmark run's

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from graft.eval.report_demo import CHANCE
+from graft.eval.report_demo import CHANCE, read_curve
 
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 64
@@ -19,7 +19,7 @@ class LearningCurve:
 
     def __init__(self, path: Path, world: Path, points: int, limit: int | None) -> None:
         self.path, self.world, self.points, self.limit = path, world, points, limit
-        self.done = {row["step"] for row in read_curve(path.parent)}
+        self.done = {row["step"] for row in read_curve(path)}
 
     def __call__(self, step: int, total: int, model: Any, processor: Any) -> None:
         if not self.points or not total or step in self.done:
@@ -32,18 +32,6 @@ class LearningCurve:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.done.add(step)
-
-
-def read_curve(out: Path) -> list[dict[str, float]]:
-    """The learning curve's points in step order (a line cut by a kill is dropped)."""
-    path = out / "curve.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
 def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
