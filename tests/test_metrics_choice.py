@@ -2,7 +2,8 @@
 
 import pytest
 
-from graft.eval.metrics.choice import ChoiceRow, choice_scores, extract_choice, sqa_letter
+from graft.eval.answers import sqa_letter
+from graft.eval.metrics.choice import ChoiceRow, choice_scores, extract_choice
 
 OPTS = ["red", "blue", "green", "yellow"]
 

@@ -6,10 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
+from graft.eval.answers import image_choice, named_image
 from graft.eval.metrics.demon import (
     category_scores,
-    image_choice,
-    named_image,
     normalize,
     rouge_l,
     score_sample,

@@ -2,20 +2,21 @@
 
 import pytest
 
-from graft.eval.metrics.mme import mme_scores, parse_answer
+from graft.eval.answers import mme_yes_no
+from graft.eval.metrics.mme import mme_scores
 from graft.eval.readers.mme import MMEResult, read_results, write_results
 
 
 def test_official_answer_parsing():
     # exactly yes/no, else the first four characters decide, else "other" (always wrong)
-    assert parse_answer("Yes") == "yes" and parse_answer("NO") == "no"
-    assert parse_answer("Yes, there is a dog.") == "yes"
-    assert parse_answer("Nope") == "no"
-    assert parse_answer("Not sure") == "no"  # "not " holds "no"
-    assert parse_answer("Yesterday") == "yes"
-    assert parse_answer("I think yes") == "other"  # "i th"
-    assert parse_answer("There is no dog") == "other"
-    assert parse_answer("") == "other"
+    assert mme_yes_no("Yes") == "yes" and mme_yes_no("NO") == "no"
+    assert mme_yes_no("Yes, there is a dog.") == "yes"
+    assert mme_yes_no("Nope") == "no"
+    assert mme_yes_no("Not sure") == "no"  # "not " holds "no"
+    assert mme_yes_no("Yesterday") == "yes"
+    assert mme_yes_no("I think yes") == "other"  # "i th"
+    assert mme_yes_no("There is no dog") == "other"
+    assert mme_yes_no("") == "other"
 
 
 def _rows(subtask, answers):

@@ -2,18 +2,19 @@
 
 import pytest
 
-from graft.eval.metrics.pope import parse_answer, pope_scores
+from graft.eval.answers import pope_yes_no
+from graft.eval.metrics.pope import pope_scores
 
 
 def test_reference_parsing():
-    assert parse_answer("Yes, there is a dog.") == "yes"
-    assert parse_answer("No. There is a dog.") == "no"
-    assert parse_answer("There is no cat in the image") == "no"
-    assert parse_answer("It is not there") == "no"
-    assert parse_answer("I see a cat. No doubt about it") == "yes"  # only the first sentence counts
-    assert parse_answer("No, there is not") == "no"  # the comma is dropped
+    assert pope_yes_no("Yes, there is a dog.") == "yes"
+    assert pope_yes_no("No. There is a dog.") == "no"
+    assert pope_yes_no("There is no cat in the image") == "no"
+    assert pope_yes_no("It is not there") == "no"
+    assert pope_yes_no("I see a cat. No doubt about it") == "yes"  # only the first sentence counts
+    assert pope_yes_no("No, there is not") == "no"  # the comma is dropped
     # the reference's quirks, kept so numbers compare: exact words only
-    assert parse_answer("NO") == "yes" and parse_answer("Nope") == "yes" and parse_answer("") == "yes"
+    assert pope_yes_no("NO") == "yes" and pope_yes_no("Nope") == "yes" and pope_yes_no("") == "yes"
 
 
 # (split, label, answer); also scored from files without images in test_score_no_images.py

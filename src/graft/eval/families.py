@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from graft.eval.answers import sqa_letter
 from graft.eval.metrics import (
     ChatClient,
     ChoiceRow,
@@ -27,7 +28,6 @@ from graft.eval.metrics import (
     pope_scores,
     score_tasks,
 )
-from graft.eval.metrics.choice import sqa_letter
 from graft.eval.readers import (
     ReadResult,
     Sample,

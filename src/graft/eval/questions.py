@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import string
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from graft.eval.answers import normalize_text, parse_choice, parse_yesno
 from graft.eval.predict import field_str
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
@@ -33,38 +32,6 @@ from graft.record_files import RecordError, check_id, load_records
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-# --- answer normalisation --------------------------------------------------------------------
-def normalize_text(text: str) -> str:
-    """Lower-case, punctuation dropped, whitespace collapsed."""
-    return " ".join(text.lower().translate(_PUNCT).split())
-
-
-def parse_yesno(text: str) -> str:
-    """The first word, lower-cased, punctuation stripped ('' for an empty answer)."""
-    words = normalize_text(text).split()
-    return words[0] if words else ""
-
-
-def parse_choice(text: str, choices: list[str]) -> str | None:
-    """The option letter an answer picks, or None when it picks none (or several by text)."""
-    letters = OPTION_LETTERS[: len(choices)]
-    for m in re.finditer(rf"(?<![A-Za-z0-9])([{letters}])(?![A-Za-z0-9])", text):
-        # "A red circle": a capital A followed by a lower-case word is the article, not option A
-        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end() :]):
-            continue
-        return m.group(1)
-    answer = f" {normalize_text(text)} "
-    hits = [i for i, c in enumerate(choices) if normalize_text(c) and f" {normalize_text(c)} " in answer]
-    # an option contained in another hit ("circle" in "red circle") is not a separate pick
-    hits = [
-        i
-        for i in hits
-        if not any(i != j and normalize_text(choices[i]) in normalize_text(choices[j]) for j in hits)
-    ]
-    return letters[hits[0]] if len(hits) == 1 else None
 
 
 def answer_format(answer: str, choices: list[str] | None) -> str:

@@ -79,8 +79,7 @@ def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float |
 
 def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:
     """Up to ``limit`` wrong samples, or none and a note saying why."""
-    from graft.eval.metrics.mme import parse_answer as mme_answer
-    from graft.eval.metrics.pope import parse_answer as pope_answer
+    from graft.eval.answers import mme_yes_no, pope_yes_no
     from graft.eval.score import read_predictions, score_samples
     from graft.eval.tasks import get_task
 
@@ -97,7 +96,7 @@ def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> t
         verdicts = score_samples(spec, read, preds, keep_samples=True)["samples"]
         wrong = {str(v["id"]) for v in verdicts if not v["correct"]}
     else:
-        parse = pope_answer if task == "pope" else mme_answer
+        parse = pope_yes_no if task == "pope" else mme_yes_no
         wrong = {
             str(s.id)
             for s in read.samples

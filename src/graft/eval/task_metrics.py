@@ -2,8 +2,8 @@
 of an existing scorer so numbers agree with the family tools:
 
 - ``exact_match``: the answer equals the target (or one of the targets) after lower-casing and
-  dropping punctuation (``questions.normalize_text``); a fraction. Missing answers are wrong.
-- ``yes_no``: POPE's reading of the answer (``metrics.pope.parse_answer``) against a yes/no
+  dropping punctuation (``answers.normalize_text``); a fraction. Missing answers are wrong.
+- ``yes_no``: POPE's reading of the answer (``answers.pope_yes_no``) against a yes/no
   target; accuracy, precision, recall, F1, predicted-yes ratio (fractions). Missing answers are
   left out (POPE reads an empty one as yes).
 - ``choice``: the option letter the answer picks (``metrics.choice``) against a letter target;
@@ -23,11 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from graft.eval.answers import normalize_text, pope_yes_no
 from graft.eval.metrics import ChoiceRow, caption_scores, choice_scores, rouge_l
 from graft.eval.metrics.demon import normalize as demon_normalize
 from graft.eval.metrics.pope import binary_scores
-from graft.eval.metrics.pope import parse_answer as pope_answer
-from graft.eval.questions import normalize_text
 from graft.eval.readers import Sample
 from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError
@@ -71,7 +70,7 @@ def _exact_match(samples: list[Sample], got: Mapping[str, str | None], opts: Any
 def _yes_no(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> dict[str, Any]:
     kept = [s for s in samples if got[str(s.id)] is not None]
     answers = [got[str(s.id)] or "" for s in kept]
-    out = binary_scores([s.target.strip().lower() for s in kept], [pope_answer(a) for a in answers])
+    out = binary_scores([s.target.strip().lower() for s in kept], [pope_yes_no(a) for a in answers])
     return out | {"empty": sum(not a.strip() for a in answers)}
 
 

@@ -1,23 +1,22 @@
 """Multiple choice: which option an answer picks, plain and circular accuracy.
 
-Letter extraction (``graft.eval.questions.parse_choice``): the first standalone option letter
+Letter extraction (``graft.eval.answers.parse_choice``): the first standalone option letter
 ("B", "B.", "(B)", "The answer is B"; a capital "A" starting a phrase is read as the article),
 else the one option whose text the answer contains. When that finds nothing an optional
 ``fallback(answer, choices) -> letter | None`` (an LLM, see ``metrics.judge.LLMChoiceMatcher``)
 may decide. Circular evaluation (MMBench): the copies of a question with rotated options share
-``index % 1e6``; the question counts as right only when every copy is. ``sqa_letter`` is
+``index % 1e6``; the question counts as right only when every copy is. ``answers.sqa_letter`` is
 LLaVA's stricter ScienceQA reading, used for that benchmark so its numbers compare.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graft.eval.questions import parse_choice
+from graft.eval.answers import parse_choice
 from graft.prompts import OPTION_LETTERS
 
 Fallback = Callable[[str, Sequence[str]], "str | None"]
@@ -31,22 +30,6 @@ def extract_choice(answer: str, choices: Sequence[str], fallback: Fallback | Non
         if letter is not None and letter not in OPTION_LETTERS[: len(choices)]:
             letter = None
     return letter
-
-
-_SQA_ANSWER = re.compile(r"The answer is ([A-Z]).")
-_SQA_LETTERS = OPTION_LETTERS[:5]  # eval_science_qa.py reads A-E only
-
-
-def sqa_letter(answer: str, choices: Sequence[str]) -> str | None:
-    """LLaVA's ScienceQA reading (``eval_science_qa.py``), strict: the answer is a bare letter,
-    starts with "X. ", or says "The answer is X" (followed by a character) exactly once."""
-    letters = _SQA_LETTERS[: len(choices)]
-    if answer in _SQA_LETTERS and len(answer) == 1:
-        return answer if answer in letters else None
-    if len(answer) >= 3 and answer[0] in _SQA_LETTERS and answer[1:3] == ". ":
-        return answer[0] if answer[0] in letters else None
-    found = _SQA_ANSWER.findall(answer)
-    return found[0] if len(found) == 1 and found[0] in letters else None
 
 
 @dataclass

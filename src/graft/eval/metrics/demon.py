@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from graft.eval.answers import image_choice, named_image
 from graft.eval.readers.demon import CATEGORIES, TASK_CATEGORY
 
 _PUNCT = [
@@ -61,10 +62,7 @@ _PUNCT = [
 ]
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
-_NAMED_IMAGE = re.compile(r"\bimage ([a-z])\b")
 # the image options the benchmark's evaluate.py looks for in an answer
-_OFFICIAL_IMAGES = ("image a", "image b", "image c", "image d")
-_IMAGE_AT_START = re.compile(r"image ([a-z])")
 
 
 def normalize(text: str) -> str:
@@ -142,22 +140,6 @@ def tfidf_choice(answer: str, choices: Sequence[str]) -> int | None:
     if best <= 0 or (sims == best).sum() > 1:
         return None
     return int(sims.argmax())
-
-
-def named_image(answer: str) -> str | None:
-    """The lenient reading: the one image letter a (normalised) answer names anywhere
-    ("the answer is image b" -> "b"), else None."""
-    letters = set(_NAMED_IMAGE.findall(answer))
-    return letters.pop() if len(letters) == 1 else None
-
-
-def image_choice(answer: str) -> str | None:
-    """The benchmark's reading (``evaluate.py``): the letter of the "image x" a (normalised)
-    answer begins with, None when it begins otherwise or also mentions another of image a-d."""
-    m = _IMAGE_AT_START.fullmatch(answer[:7])
-    if m is None or sum(option in answer for option in _OFFICIAL_IMAGES) > 1:
-        return None
-    return m.group(1)
 
 
 def score_sample(

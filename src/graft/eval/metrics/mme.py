@@ -13,20 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from graft.eval.answers import mme_yes_no
 from graft.eval.readers.mme import COGNITION, PERCEPTION, MMEResult
-
-
-def parse_answer(text: str) -> str:
-    """yes | no | other, the official way."""
-    text = text.strip().lower()
-    if text in ("yes", "no"):
-        return text
-    head = text[:4]
-    if "yes" in head:
-        return "yes"
-    if "no" in head:
-        return "no"
-    return "other"
 
 
 def mme_scores(rows: Iterable[MMEResult]) -> dict[str, Any]:
@@ -46,7 +34,7 @@ def mme_scores(rows: Iterable[MMEResult]) -> dict[str, Any]:
             if len(qs) != 2:
                 where = ", ".join(q.where for q in qs if q.where)
                 raise ValueError(f"MME {subtask}/{image}: {len(qs)} question(s), expected a pair ({where})")
-            parsed = [parse_answer(q.prediction) for q in qs]
+            parsed = [mme_yes_no(q.prediction) for q in qs]
             hits = [p == q.answer for p, q in zip(parsed, qs, strict=True)]
             right += sum(hits)
             total += len(qs)

@@ -13,14 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from graft.eval.answers import pope_yes_no
 from graft.eval.readers.pope import SPLITS
-
-
-def parse_answer(text: str) -> str:
-    """yes | no, the reference way."""
-    first = text.split(".")[0] if "." in text else text
-    words = first.replace(",", "").split(" ")
-    return "no" if "No" in words or "not" in words or "no" in words else "yes"
 
 
 def binary_scores(labels: list[str], answers: list[str]) -> dict[str, Any]:
@@ -52,7 +46,7 @@ def pope_scores(rows: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
     empty: dict[str, int] = defaultdict(int)
     for split, label, answer in rows:
         by_split[split][0].append(label)
-        by_split[split][1].append(parse_answer(answer))
+        by_split[split][1].append(pope_yes_no(answer))
         empty[split] += not answer.strip()
     order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
     return {s: binary_scores(*by_split[s]) | {"empty": empty[s]} for s in order}
