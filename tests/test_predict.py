@@ -7,8 +7,7 @@ from PIL import Image
 import graft.eval.predict as predict_mod
 import graft.eval.questions as questions_mod
 from graft.eval import evaluate_questions, predict_jsonl
-from graft.eval.answers import normalize_text, parse_choice, parse_yesno
-from graft.eval.questions import score_answer
+from graft.eval.answers import normalize_text, parse_choice, parse_yesno, score_answer
 from graft.record_files import RecordError
 
 from tiny import random_image, tiny_model_and_processor

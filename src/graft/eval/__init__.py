@@ -1,6 +1,7 @@
 """Evaluation: question files, prediction files, and (elsewhere in this package) benchmark tasks."""
 
+from graft.eval.answers import score_answer
 from graft.eval.predict import predict_jsonl
-from graft.eval.questions import evaluate_questions, read_questions, score_answer
+from graft.eval.questions import evaluate_questions, read_questions
 
 __all__ = ["evaluate_questions", "predict_jsonl", "read_questions", "score_answer"]

@@ -51,6 +51,28 @@ def parse_choice(text: str, choices: list[str]) -> str | None:
     return letters[hits[0]] if len(hits) == 1 else None
 
 
+def answer_format(answer: str, choices: list[str] | None) -> str:
+    """How a question file's answer is read: ``mcq`` (with choices), ``yesno`` or ``short``."""
+    if choices:
+        return "mcq"
+    return "yesno" if normalize_text(answer) in ("yes", "no") else "short"
+
+
+def score_answer(prediction: str, answer: str, choices: list[str] | None = None) -> tuple[str | None, bool]:
+    """graft's rule for its own question files: (what the prediction was read as, whether it is
+    right); the first word for yes/no, ``parse_choice`` for options, else the normalised text."""
+    fmt = answer_format(answer, choices)
+    if fmt == "mcq":
+        assert choices is not None
+        parsed = parse_choice(prediction, choices)
+        return parsed, parsed is not None and parsed == answer.strip().upper()
+    if fmt == "yesno":
+        parsed = parse_yesno(prediction)
+        return parsed, parsed == normalize_text(answer)
+    parsed = normalize_text(prediction)
+    return parsed, parsed == normalize_text(answer)
+
+
 def pope_yes_no(text: str) -> str:
     """yes | no, the way LLaVA's ``eval_pope.py`` reads an answer (``metrics.pope``)."""
     first = text.split(".")[0] if "." in text else text

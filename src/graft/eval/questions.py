@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.eval.answers import normalize_text, parse_choice, parse_yesno
+from graft.eval.answers import score_answer
 from graft.eval.predict import field_str
 from graft.generate import generate_answers
 from graft.processing import ImageLoadError, load_image
@@ -32,26 +32,6 @@ from graft.record_files import RecordError, check_id, load_records
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
-
-
-def answer_format(answer: str, choices: list[str] | None) -> str:
-    if choices:
-        return "mcq"
-    return "yesno" if normalize_text(answer) in ("yes", "no") else "short"
-
-
-def score_answer(prediction: str, answer: str, choices: list[str] | None = None) -> tuple[str | None, bool]:
-    """(what the prediction was read as, whether it is right)."""
-    fmt = answer_format(answer, choices)
-    if fmt == "mcq":
-        assert choices is not None
-        parsed = parse_choice(prediction, choices)
-        return parsed, parsed is not None and parsed == answer.strip().upper()
-    if fmt == "yesno":
-        parsed = parse_yesno(prediction)
-        return parsed, parsed == normalize_text(answer)
-    parsed = normalize_text(prediction)
-    return parsed, parsed == normalize_text(answer)
 
 
 # --- records -----------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from graft.eval.questions import read_questions, score_answer
+from graft.eval.answers import score_answer
+from graft.eval.questions import read_questions
 from graft.generate import generate_answers
 from graft.processing import load_image
 from graft.templates import Message
