@@ -68,8 +68,8 @@ def said_yes(monkeypatch):
     """Generation replaced by "Yes" for every prompt; records the settings it was called with."""
     calls = []
 
-    def fake(model, processor, convs, images, **kw):
-        calls.append(kw)
+    def fake(model, processor, convs, images, settings):
+        calls.append(settings)
         return ["Yes"] * len(convs)
 
     monkeypatch.setattr(predict_mod, "generate_answers", fake)
@@ -95,7 +95,7 @@ def test_run_bench_runs_every_listed_run(tmp_path, said_yes):
     assert results["qa"]["generation"] == {"max_new_tokens": 3}
     assert "needs an LLM judge" in results["llava_bench"]["skipped"]
     assert not (out / "llava_bench").exists()
-    assert {c["max_new_tokens"] for c in said_yes} == {64, 3}  # each task's own settings
+    assert {c.max_new_tokens for c in said_yes} == {64, 3}  # each task's own settings
 
     # a run whose data is broken is reported; the others still run (and resume: nothing new to do)
     manifest = json.loads((bench / "bench.json").read_text())
@@ -133,7 +133,7 @@ def test_run_names_and_max_new_tokens_override(tmp_path, said_yes):
     res = run_task(
         model, processor, bench / "qa.yaml", bench / "qa" / "qa.jsonl", tmp_path / "o", max_new_tokens=7
     )
-    assert res["generation"]["max_new_tokens"] == 7 and said_yes[-1]["max_new_tokens"] == 7
+    assert res["generation"]["max_new_tokens"] == 7 and said_yes[-1].max_new_tokens == 7
     assert (tmp_path / "o" / "shapes_qa" / "results.json").exists()
     with pytest.raises(ValueError, match="plain folder name"):
         run_task(model, processor, "pope", bench / "pope", tmp_path / "o", run_name="../x")

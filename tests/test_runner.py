@@ -8,20 +8,7 @@ from typer.testing import CliRunner
 from graft.cli import app
 from graft.eval.runner import run_task
 
-from tiny import random_image, save_tiny_backbones, tiny_model_and_processor
-
-
-def _pope(root, n=6):
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        random_image(i).save(root / "images" / f"{i}.png")
-        label = "yes" if i % 2 else "no"
-        rows.append(
-            {"question_id": i + 1, "image": f"{i}.png", "text": f"Is there a circle {i}?", "label": label}
-        )
-    (root / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+from tiny import save_tiny_backbones, tiny_model_and_processor, write_pope
 
 
 def _lines(path):
@@ -30,7 +17,7 @@ def _lines(path):
 
 def test_a_killed_run_restarts_without_losing_or_duplicating(tmp_path):
     model, processor = tiny_model_and_processor()
-    data = _pope(tmp_path / "pope")
+    data = write_pope(tmp_path / "pope")
     full = run_task(
         model, processor, "pope", data, tmp_path / "a", batch_size=2, max_new_tokens=3, progress=False
     )
@@ -63,7 +50,7 @@ def test_a_killed_run_restarts_without_losing_or_duplicating(tmp_path):
 
 def test_limit_and_unknown_task(tmp_path):
     model, processor = tiny_model_and_processor()
-    data = _pope(tmp_path / "pope")
+    data = write_pope(tmp_path / "pope")
     res = run_task(model, processor, "pope", data, tmp_path / "o", limit=3, max_new_tokens=2, progress=False)
     assert res["metrics"]["counts"]["samples"] == 3
     with pytest.raises(ValueError, match="unknown task"):
@@ -77,7 +64,7 @@ def test_eval_cli(tmp_path):
         app, ["compose", "--vision", str(vision), "--llm", str(llm), "--out", str(model_dir)]
     )
     assert result.exit_code == 0, result.output
-    data = _pope(tmp_path / "pope", n=4)
+    data = write_pope(tmp_path / "pope", n=4)
     args = ["eval", "--model", str(model_dir), "--task", f"pope={data}", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, [*args, "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
@@ -92,7 +79,7 @@ def test_a_folder_answered_by_another_model_is_not_resumed(tmp_path):
     import torch
 
     model, processor = tiny_model_and_processor()
-    data = _pope(tmp_path / "pope")
+    data = write_pope(tmp_path / "pope")
     first = run_task(
         model, processor, "pope", data, tmp_path / "a", limit=2, max_new_tokens=2, progress=False
     )

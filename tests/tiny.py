@@ -214,3 +214,17 @@ def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def write_pope(root: Path, n: int = 6) -> Path:
+    """A POPE folder of ``n`` random images and yes/no questions about them (``coco_pope_random``)."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        random_image(i).save(root / "images" / f"{i}.png")
+        label = "yes" if i % 2 else "no"
+        rows.append(
+            {"question_id": i + 1, "image": f"{i}.png", "text": f"Is there a circle {i}?", "label": label}
+        )
+    write_jsonl(root / "coco_pope_random.json", rows)
+    return root

@@ -3,15 +3,18 @@
 ``generate_answers`` is the one place prompts become answers: evaluation, prediction files and
 the chat session all go through it. Prompts are left-padded (``GraftProcessor.prompts``) so
 every row's last prompt token sits in the same column and the KV cache is shared by the batch;
-greedy answers do not depend on the batch they were generated in.
+greedy answers do not depend on the batch they were generated in. ``GenerationSettings`` holds
+every knob of it (answer length, batch size, sampling), passed as one object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +26,34 @@ from graft.prompts import place_images
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How prompts become answers: the one object every layer passes down to ``generate_answers``
+    (the chat session, ``predict_jsonl``, the evaluation runner)."""
+
+    #: longest answer, in tokens
+    max_new_tokens: int = 64
+    #: prompts per ``model.generate`` call
+    batch_size: int = 16
+    #: sample (with ``temperature`` and ``top_p``) instead of greedy decoding
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: with ``do_sample``: the same seed and batching give the same answers
+    seed: int | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def replace(self, **changes: Any) -> GenerationSettings:
+        """A copy with ``changes`` (field names; an unknown one is a TypeError)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], list[str]]:
@@ -85,47 +116,44 @@ def generate_answers(
     processor: GraftProcessor,
     conversations: list[list[Message]],
     images: list[list[Image.Image]],
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    batch_size: int = 16,
-    seed: int | None = None,
+    settings: GenerationSettings | None = None,
     progress: bool = False,
-    use_cache: bool = True,
+    **changes: Any,
 ) -> list[str]:
     """One answer per conversation (each ends with a user turn), in order.
 
-    Only the new tokens are decoded; an answer ends at EOS, at the template's end of turn, or where
-    the model starts a next user turn itself (the template's ``next_turn``).
-    With ``do_sample`` and a ``seed`` the answers are reproducible for the same batching.
+    ``settings`` default to ``GenerationSettings()``; ``changes`` are fields of it set for this
+    call (``max_new_tokens=12``). Only the new tokens are decoded; an answer ends at EOS, at the
+    template's end of turn, or where the model starts a next user turn itself (the template's
+    ``next_turn``). With ``do_sample`` and a ``seed`` the answers are reproducible for the same
+    batching.
     """
+    s = (settings or GenerationSettings()).replace(**changes)
     if len(conversations) != len(images):
         raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     eos_ids, stops = _stop_setup(model, processor)
     tokenizer = processor.tokenizer
     gen_kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": do_sample,
+        "max_new_tokens": s.max_new_tokens,
+        "do_sample": s.do_sample,
         "eos_token_id": eos_ids or None,
         "pad_token_id": tokenizer.pad_token_id
         if tokenizer.pad_token_id is not None
         else next(iter(eos_ids), None),
-        "use_cache": use_cache,
+        "use_cache": s.use_cache,
         # a generated placeholder would be fed back as an image slot with no image behind it
         "suppress_tokens": [processor.image_token_id],
     }
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p)
+    if s.do_sample:
+        gen_kwargs.update(temperature=s.temperature, top_p=s.top_p)
     if stops:
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
 
     answers: list[str] = []
+    batch_size = s.batch_size
     starts = range(0, len(conversations), batch_size)
     bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) <= 1)
-    with _eval_mode(model), torch.inference_mode(), _seeded(seed, model.device):
+    with _eval_mode(model), torch.inference_mode(), _seeded(s.seed, model.device):
         for start in bar:
             batch = processor.prompts(
                 conversations[start : start + batch_size], images[start : start + batch_size]
@@ -150,12 +178,18 @@ class ChatSession:
     """
 
     def __init__(
-        self, model: Any, processor: GraftProcessor, system: str | None = None, **generation: Any
+        self,
+        model: Any,
+        processor: GraftProcessor,
+        system: str | None = None,
+        settings: GenerationSettings | None = None,
+        **changes: Any,
     ) -> None:
         self.model = model
         self.processor = processor
         self.system = system
-        self.generation = {"max_new_tokens": 256, **generation}
+        #: every turn's settings (default: answers up to 256 tokens)
+        self.settings = (settings or GenerationSettings(max_new_tokens=256)).replace(**changes)
         self.messages: list[Message] = []
         self.images: list[Image.Image] = []
 
@@ -167,7 +201,8 @@ class ChatSession:
         head = [Message("system", self.system)] if self.system is not None else []
         return head + self.messages
 
-    def ask(self, text: str, images: list[ImageLike] | None = None, **generation: Any) -> str:
+    def ask(self, text: str, images: list[ImageLike] | None = None, **changes: Any) -> str:
+        """The model's answer to ``text`` (``changes``: generation settings for this turn only)."""
         marker = self.processor.image_token
         loaded = [img if isinstance(img, Image.Image) else load_image(img) for img in images or []]
         where = f"turn {len(self.messages) // 2 + 1}"
@@ -179,7 +214,7 @@ class ChatSession:
             self.processor,
             [self.conversation() + [user]],
             [self.images + loaded],
-            **{**self.generation, **generation, "batch_size": 1},
+            self.settings.replace(**changes),
         )[0]
         # a literal marker in an answer would claim an image that does not exist on re-encoding
         said = answer.replace(marker, "")

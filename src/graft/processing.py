@@ -144,6 +144,10 @@ class GraftProcessor:
         mean = getattr(self.image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
         return tuple(int(255 * m) for m in mean)  # rounded down, as LLaVA does  # type: ignore[return-value]
 
+    def blank_image(self, image: Image.Image) -> Image.Image:
+        """A blank image of ``image``'s size in ``image_fill``: what a blind evaluation shows."""
+        return Image.new("RGB", image.size, self.image_fill())
+
     def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
         if self.pad_to_square:
             images = [pad_to_square(img, self.image_fill()) for img in images]

@@ -42,17 +42,16 @@ def chat_cmd(
 
     In the interactive session, `/image PATH` attaches an image to the next turn and `/reset`
     starts over; an empty line or Ctrl-D quits."""
-    from graft.generate import ChatSession
+    from graft.generate import ChatSession, GenerationSettings
     from graft.processing import load_image
 
     mdl, processor = _load(model, bf16)
-    gen = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-    if temperature > 0:
-        gen["temperature"] = temperature
-    session = ChatSession(mdl, processor)
+    sampled = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, **sampled)
+    session = ChatSession(mdl, processor, settings=settings)
     pending = [load_image(p) for p in image or []]
     if prompt is not None:
-        typer.echo(session.ask(prompt, images=pending, **gen))
+        typer.echo(session.ask(prompt, images=pending))
         return
     while True:
         try:
@@ -65,11 +64,11 @@ def chat_cmd(
             pending.append(load_image(text.removeprefix("/image ").strip()))
             continue
         if text == "/reset":
-            session = ChatSession(mdl, processor)
+            session = ChatSession(mdl, processor, settings=settings)
             pending = []
             continue
         try:
-            typer.echo("graft> " + session.ask(text, images=pending, **gen))
+            typer.echo("graft> " + session.ask(text, images=pending))
         except ValueError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         pending = []
@@ -88,19 +87,15 @@ def predict_cmd(
 ) -> None:
     """Answer a JSONL of questions in batches (greedy), resumable."""
     from graft.eval.predict import predict_jsonl
+    from graft.eval.settings import EvalSettings
 
+    try:
+        settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, skip_bad=skip_bad)
+    except ValueError as err:
+        fail(str(err))
     mdl, processor = _load(model, bf16)
     try:
-        stats = predict_jsonl(
-            mdl,
-            processor,
-            questions,
-            out,
-            image_root=image_root,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            skip_bad=skip_bad,
-        )
+        stats = predict_jsonl(mdl, processor, questions, out, image_root=image_root, settings=settings)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     typer.echo(json.dumps(stats, indent=2, default=str))
@@ -152,6 +147,13 @@ def eval_cmd(
         int | None, typer.Option(help="Longest answer, in tokens (default: the task's generation_kwargs).")
     ] = None,
     skip_bad: Annotated[bool, typer.Option(help="Skip (and count) bad records instead of stopping.")] = False,
+    blind: Annotated[
+        bool,
+        typer.Option(
+            help="Replace every image by a blank one of the same size in the image processor's mean "
+            "colour (does the model look?); recorded in results.json, never resumed into a seeing run."
+        ),
+    ] = False,
     bf16: Annotated[bool, typer.Option(help="Run in bfloat16.")] = False,
     judge_model: JudgeModel = None,
     judge_base_url: JudgeBaseUrl = None,
@@ -169,6 +171,7 @@ def eval_cmd(
     from graft.eval.processes import process_state
     from graft.eval.runner import read_bench, run_bench, run_task
     from graft.eval.score import Options
+    from graft.eval.settings import EvalSettings
     from graft.eval.tasks import get_task
 
     if not task and bench is None:
@@ -178,7 +181,15 @@ def eval_cmd(
     )
     options = Options(judge=judge)
     runs = []
-    try:  # every task and path checked before the model loads
+    try:  # every setting, task and path checked before the model loads
+        settings = EvalSettings(
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            skip_bad=skip_bad,
+            blind=blind,
+            progress=os.environ.get("TQDM_DISABLE") != "1",  # graft -q
+        )
         for item in task or []:
             name, sep, path = item.partition("=")
             if sep and not path:
@@ -199,40 +210,16 @@ def eval_cmd(
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     mdl, processor = _load(model, bf16)
-    progress = os.environ.get("TQDM_DISABLE") != "1"  # graft -q
     summary: dict = {}
     for spec, data in runs:
         try:
-            result = run_task(
-                mdl,
-                processor,
-                spec,
-                data,
-                out,
-                limit=limit,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                skip_bad=skip_bad,
-                options=options,
-                progress=progress,
-            )
+            result = run_task(mdl, processor, spec, data, out, settings, options=options)
         except (ValueError, FileNotFoundError, KeyError) as err:
             fail(f"task {spec.name}: {err}")
         summary[spec.name] = result["metrics"]
     failed = []
     if bench is not None:
-        results = run_bench(
-            mdl,
-            processor,
-            bench,
-            out,
-            limit=limit,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-            options=options,
-            progress=progress,
-            max_new_tokens=max_new_tokens,
-        )
+        results = run_bench(mdl, processor, bench, out, settings, options=options)
         for run, res in results.items():
             summary[run] = res.get("metrics") or {k: res[k] for k in ("skipped", "error") if k in res}
             failed += [run] if "error" in res else []

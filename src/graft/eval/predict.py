@@ -5,7 +5,8 @@ Input rows: ``{"id", "image" | "images", "question" | "text"}``; image paths are
 placeholders, else ``<image>`` markers, else the images first). Output rows: ``{"id",
 "prediction"}``, appended and flushed after every batch. A rerun skips the ids already written,
 so a run killed at any moment loses at most the batch in flight and never writes an id twice (a
-half-written last line is cut off before resuming).
+half-written last line is cut off before resuming). What a run does (batch size, answer length,
+bad rows, blind images) comes as one ``EvalSettings``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from graft.eval.settings import EvalSettings
 from graft.files import cut_partial_last_line
-from graft.generate import generate_answers
+from graft.generate import GenerationSettings, generate_answers
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.prompts import ImageMarkerError, place_images
 from graft.record_files import RecordError, UniqueIds, check_id, load_records
@@ -87,7 +89,7 @@ def _answer(
     batch: list[PromptRow],
     images: list[list[Any]],
     skip_bad: bool,
-    gen: dict[str, Any],
+    gen: GenerationSettings,
 ) -> tuple[list[tuple[PromptRow, str]], int]:
     """(row, answer) for every row of a batch, and how many rows were skipped as bad.
 
@@ -97,7 +99,8 @@ def _answer(
     """
     convs = [[Message("user", row.text)] for row in batch]
     try:
-        return list(zip(batch, generate_answers(model, processor, convs, images, **gen), strict=True)), 0
+        answers = generate_answers(model, processor, convs, images, settings=gen)
+        return list(zip(batch, answers, strict=True)), 0
     except (SampleTooLongError, ImageMarkerError) as err:
         if len(batch) == 1:
             if not skip_bad:
@@ -119,19 +122,19 @@ def predict_jsonl(
     questions_path: str | os.PathLike,
     out_path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 64,
-    skip_bad: bool = False,
-    progress: bool = True,
+    settings: EvalSettings | None = None,
+    generation_kwargs: Mapping[str, Any] | None = None,
     shard: tuple[int, int] | None = None,
     also_done: Sequence[str | os.PathLike] = (),
-    **gen: Any,
+    **changes: Any,
 ) -> dict[str, int]:
     """Answer every question of ``questions_path`` into ``out_path``; resumes where a run stopped.
 
-    ``image_root`` defaults to the question file's folder. ``gen`` goes to ``generate_answers``
-    (``do_sample``, ``temperature``, ``top_p``, ``seed``). Returns counts: ``total`` rows read,
-    ``already_done``, ``written`` now, ``bad`` rows skipped.
+    ``image_root`` defaults to the question file's folder. ``settings`` (default
+    ``EvalSettings()``, with ``changes`` to its fields on top: ``batch_size=2``) say how many
+    questions, in which batches, and whether the images are blanked; ``generation_kwargs`` are a
+    task's (``do_sample``, ``temperature``, ``top_p``, ``seed``, ``max_new_tokens``). Returns
+    counts: ``total`` rows read, ``already_done``, ``written`` now, ``bad`` rows skipped.
 
     Several processes share the work with ``shard=(rank, world_size)``: of the questions not yet
     answered in ``out_path`` or in any ``also_done`` file, this one answers every
@@ -139,6 +142,8 @@ def predict_jsonl(
     caller keeps the ``also_done`` files still while they run); bad rows of the question file are
     counted by rank 0 only.
     """
+    settings = (settings or EvalSettings()).replace(**changes)
+    gen, skip_bad, batch_size = settings.generation(generation_kwargs), settings.skip_bad, settings.batch_size
     questions_path, out_path = Path(questions_path), Path(out_path)
     root = Path(image_root) if image_root is not None else questions_path.parent
     marker = processor.image_token
@@ -155,7 +160,7 @@ def predict_jsonl(
             logger.warning("skipping bad row: %s", err)
             continue
         unique.append(row)
-    rows = unique
+    rows = unique[: settings.limit]
 
     done = done_ids(out_path).union(*(done_ids(Path(p)) for p in also_done))
     pending = [row for row in rows if row.id not in done]
@@ -170,23 +175,25 @@ def predict_jsonl(
         bad = bad if rank == 0 else 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    bar = tqdm(total=len(pending), desc=f"predict {questions_path.name}", unit="q", disable=not progress)
+    bar = tqdm(
+        total=len(pending), desc=f"predict {questions_path.name}", unit="q", disable=not settings.progress
+    )
     with out_path.open("a", encoding="utf-8") as out:
         for start in range(0, len(pending), batch_size):
             batch, images = [], []
             for row in pending[start : start + batch_size]:
                 try:
-                    images.append([load_image(p) for p in row.images])
+                    loaded = [load_image(p) for p in row.images]
                 except ImageLoadError as err:
                     if not skip_bad:
                         raise RecordError(f"{row.where}: {err}") from None
                     bad += 1
                     logger.warning("skipping bad row: %s: %s", row.where, err)
                     continue
+                images.append([processor.blank_image(img) for img in loaded] if settings.blind else loaded)
                 batch.append(row)
             if batch:
-                gen_all = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, **gen}
-                done_rows, skipped = _answer(model, processor, batch, images, skip_bad, gen_all)
+                done_rows, skipped = _answer(model, processor, batch, images, skip_bad, gen)
                 bad += skipped
                 lines = [json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows]
                 out.write("".join(lines))

@@ -5,7 +5,9 @@ The samples a task's reader gives are written once as a questions file; answers 
 ``predict_jsonl``, which appends and flushes every batch and skips finished ids, so a killed
 run restarted on the same folder loses and duplicates nothing. Results carry the model's config
 hash, a fingerprint of its weights and the package version, so a results file always says what
-produced it; a folder whose answers came from another model is never resumed (``model.json``).
+produced it; a folder whose answers came from another model, or from a blind run when this one
+sees (``EvalSettings.blind``), or the other way round, is never resumed (``model.json``). What a
+run does (limit, batch size, answer length, bad records, blind) is one ``EvalSettings``.
 
 Under ``accelerate launch`` / ``torchrun`` the samples are split across the processes: each
 answers its share into its own file, the main process merges them, scores once and writes
@@ -33,6 +35,7 @@ from graft.eval.predict import predict_jsonl
 from graft.eval.processes import EXPECTED, from_main, merge_shards, process_state, shard_path, step
 from graft.eval.readers import IMAGE_MARKER, ReadResult
 from graft.eval.score import read_predictions, score_samples
+from graft.eval.settings import EvalSettings
 from graft.eval.tasks import TaskSpec, get_task
 from graft.files import write_text_atomic
 
@@ -58,16 +61,25 @@ def weights_fingerprint(model: Any, sample: int = 64) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_same_model(folder: Path, model_id: dict[str, str]) -> None:
+def _answered_by(model: Any, settings: EvalSettings) -> dict[str, Any]:
+    """What gave a folder's answers (its ``model.json``): the model's config hash and weights,
+    and ``"blind": true`` for a blind run (absent otherwise, as in folders written before)."""
+    who: dict[str, Any] = {"config_hash": config_hash(model), "weights": weights_fingerprint(model)}
+    return (who | {"blind": True}) if settings.blind else who
+
+
+def _check_same_model(folder: Path, model_id: dict[str, Any]) -> None:
     """Resuming appends to the answers already in ``folder``: refuse when another model (other
-    config or weights) gave them, rather than mix two models' answers in one score."""
+    config or weights) gave them, or a blind run when this one sees (or the other way round),
+    rather than mix two kinds of answers in one score."""
     path = folder / "model.json"
     if path.exists() and (folder / "predictions.jsonl").exists():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != model_id:
             raise ValueError(
-                f"{folder}: its predictions were made by another model ({before}, now {model_id}); "
-                "evaluate into a new --out folder, or delete this one to start over"
+                f"{folder}: its predictions were made by another model or with another blind "
+                f"setting ({before}, now {model_id}); evaluate into a new --out folder, or delete "
+                "this one to start over"
             )
     write_text_atomic(path, json.dumps(model_id) + "\n")
 
@@ -88,10 +100,10 @@ def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
         write_text_atomic(path, text)
 
 
-def _read(spec: TaskSpec, path: Path, limit: int | None, skip_bad: bool) -> ReadResult:
-    read = spec.read(path, skip_bad=skip_bad)
-    if limit is not None:
-        read = ReadResult(read.samples[:limit], read.bad)
+def _read(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
+    read = spec.read(path, skip_bad=settings.skip_bad)
+    if settings.limit is not None:
+        read = ReadResult(read.samples[: settings.limit], read.bad)
     if not read.samples:
         raise ValueError(f"{path}: task {spec.name!r} read no samples")
     return read
@@ -114,20 +126,20 @@ def run_task(
     task: str | os.PathLike | TaskSpec,
     data: str | os.PathLike | None,
     out_dir: str | os.PathLike,
-    limit: int | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int | None = None,
-    skip_bad: bool = False,
+    settings: EvalSettings | None = None,
     options: Options | None = None,
-    progress: bool = True,
     run_name: str | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on one task (a name, an alias or a task file) read from ``data``
     (default: the task file's ``dataset_path``); returns (and writes) its results.
 
-    ``max_new_tokens`` overrides the task's ``generation_kwargs``; ``run_name`` names the folder
-    under ``out_dir`` (default: the task's name), so one task can score several data sets.
+    ``settings`` default to ``EvalSettings()``, with ``changes`` to its fields on top
+    (``limit=3``); their ``max_new_tokens`` overrides the task's ``generation_kwargs``.
+    ``run_name`` names the folder under ``out_dir`` (default: the task's name), so one task can
+    score several data sets.
     """
+    settings = (settings or EvalSettings()).replace(**changes)
     spec = get_task(task)
     if spec.needs_judge:
         check_judge(options, f"task {spec.name}")  # before hours of generation, not after
@@ -139,15 +151,15 @@ def run_task(
     multi = state.num_processes > 1
 
     # the main process reads first: a reader may write beside the data (MMBench's images)
-    read = step(state, lambda: _read(spec, path, limit, skip_bad), who="main")
+    read = step(state, lambda: _read(spec, path, settings), who="main")
     if multi:
-        theirs = step(state, lambda: _read(spec, path, limit, skip_bad), who="others")
+        theirs = step(state, lambda: _read(spec, path, settings), who="others")
         read = read if state.is_main_process else theirs
     assert read is not None
     folder = Path(out_dir) / name
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
 
-    model_id = {"config_hash": config_hash(model), "weights": weights_fingerprint(model)}
+    model_id = _answered_by(model, settings)
 
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,9 +168,6 @@ def run_task(
         merge_shards(predictions)  # what a killed multi-process run left in its per-process files
 
     step(state, prepare, who="main")
-    gen = dict(spec.generation)
-    if max_new_tokens is not None:
-        gen["max_new_tokens"] = max_new_tokens
     rank, world = state.process_index, state.num_processes
     counts = step(
         state,
@@ -168,12 +177,10 @@ def run_task(
             questions,
             shard_path(predictions, rank) if multi else predictions,
             image_root=folder,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-            progress=progress and state.is_main_process,
+            settings=settings.replace(progress=settings.progress and state.is_main_process),
+            generation_kwargs=spec.generation,
             shard=(rank, world) if multi else None,
             also_done=[predictions] if multi else (),
-            **gen,
         ),
     )
     assert counts is not None
@@ -191,7 +198,8 @@ def run_task(
             "data": str(path),
             "metrics": metrics,
             "prediction_counts": counts,
-            "generation": gen,
+            "generation": settings.generation_kwargs(spec.generation),
+            "blind": settings.blind,
             "processes": world,
             "model_config_hash": model_id["config_hash"],
             "model_weights": model_id["weights"],
@@ -247,20 +255,18 @@ def run_bench(
     processor: Any,
     bench_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    limit: int | None = None,
-    batch_size: int = 16,
-    skip_bad: bool = False,
+    settings: EvalSettings | None = None,
     options: Options | None = None,
-    progress: bool = True,
-    max_new_tokens: int | None = None,
+    **changes: Any,
 ) -> dict[str, dict[str, Any]]:
     """Every run of ``bench_dir/bench.json`` into ``out_dir/{run}/``; run name -> results.
 
-    A run whose task needs an LLM judge when none is configured is skipped (``{"skipped":
-    why}``); a run that fails on its data is reported (``{"error": message}``) and the others
-    go on. Rerunning resumes every run where it stopped. ``max_new_tokens`` overrides every
-    task's own setting.
+    ``settings`` (and ``changes`` to its fields) apply to every run, as in ``run_task``: their
+    ``max_new_tokens`` overrides every task's own. A run whose task needs an LLM judge when none
+    is configured is skipped (``{"skipped": why}``); a run that fails on its data is reported
+    (``{"error": message}``) and the others go on. Rerunning resumes every run where it stopped.
     """
+    settings = (settings or EvalSettings()).replace(**changes)
     results: dict[str, dict[str, Any]] = {}
     for run, (spec, path) in read_bench(bench_dir).items():
         head = {"run": run, "task": spec.name, "data": str(path)}
@@ -273,18 +279,7 @@ def run_bench(
                 continue
         try:
             results[run] = run_task(
-                model,
-                processor,
-                spec,
-                path,
-                out_dir,
-                limit=limit,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                skip_bad=skip_bad,
-                options=options,
-                progress=progress,
-                run_name=run,
+                model, processor, spec, path, out_dir, settings, options=options, run_name=run
             )
         except EXPECTED as err:
             logger.error("%s: failed: %s", run, err)

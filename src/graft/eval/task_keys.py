@@ -10,6 +10,7 @@ from typing import Any
 from graft.eval.doc_reader import JsonlFields, compile_template, is_template
 from graft.eval.families import FAMILIES
 from graft.eval.task_metrics import METRICS
+from graft.generate import GenerationSettings
 
 KEYS = {
     "task", "aliases", "dataset_path", "reader", "reader_kwargs", "doc_to_id", "doc_to_visual",
@@ -17,8 +18,9 @@ KEYS = {
     "lmms_eval_specific_kwargs", "generation_kwargs", "metric_list", "metadata",
 }  # fmt: skip
 JSONL_ONLY = ("doc_to_id", "doc_to_visual", "doc_to_target", "doc_to_choice", "image_root")
+#: the ``GenerationSettings`` fields a task file may set, and their types
 GENERATION = {"max_new_tokens": int, "do_sample": bool, "temperature": float, "top_p": float, "seed": int}
-DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_NEW_TOKENS = GenerationSettings.max_new_tokens  # one home: GenerationSettings
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
