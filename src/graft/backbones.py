@@ -70,12 +70,13 @@ def compose(
     vision_tower: PreTrainedModel,
     llm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    connector: dict[str, Any] | str = "mlp2x_gelu",
+    connector: dict[str, Any] | str | None = None,
     vision_feature_layer: int = -2,
     vision_feature_select_strategy: str = "default",
     image_token: str = DEFAULT_IMAGE_TOKEN,
 ) -> GraftForConditionalGeneration:
-    """Graft ``vision_tower`` onto ``llm`` through a fresh connector.
+    """Graft ``vision_tower`` onto ``llm`` through a fresh connector (default
+    ``graft.config.DEFAULT_CONNECTOR``).
 
     The backbones' own modules are moved into the new model (no copy of a 7B state dict);
     only the connector is newly initialised.
@@ -111,7 +112,7 @@ def compose(
 def compose_from_pretrained(
     vision_name_or_path: str,
     llm_name_or_path: str,
-    connector: dict[str, Any] | str = "mlp2x_gelu",
+    connector: dict[str, Any] | str | None = None,
     tokenizer_name_or_path: str | None = None,
     dtype: torch.dtype | None = None,
     **kwargs: Any,

@@ -12,9 +12,23 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 DEFAULT_IMAGE_TOKEN = "<image>"
+#: the connector of a model composed without one named (LLaVA-1.5's projector)
+DEFAULT_CONNECTOR = "mlp2x_gelu"
 #: the label of a position that is not supervised (PyTorch's cross-entropy default)
 IGNORE_INDEX = -100
 SELECT_STRATEGIES = ("default", "full")  # "default" drops the CLS token, as LLaVA does
+
+
+def connector_spec(connector: dict[str, Any] | str | None) -> dict[str, Any]:
+    """A connector as ``GraftConfig.connector`` holds it: ``{"name": ..., **options}``; a name
+    alone (``"linear"``) is ``{"name": "linear"}``, None is ``DEFAULT_CONNECTOR``."""
+    if not connector:  # None (or an empty spec, as older callers passed)
+        connector = DEFAULT_CONNECTOR
+    if isinstance(connector, str):
+        return {"name": connector}
+    if not isinstance(connector, dict) or not isinstance(connector.get("name"), str):
+        raise ValueError(f"a connector is a name or {{'name': NAME, **options}}, got {connector!r}")
+    return dict(connector)
 
 
 def _as_config(value: Any) -> PreTrainedConfig | None:
@@ -44,8 +58,6 @@ class GraftConfig(PreTrainedConfig):
         image_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(connector, str):
-            connector = {"name": connector}
         if vision_feature_select_strategy not in SELECT_STRATEGIES:
             raise ValueError(
                 f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}, "
@@ -53,7 +65,7 @@ class GraftConfig(PreTrainedConfig):
             )
         self.vision_config = _as_config(vision_config)
         self.text_config = _as_config(text_config)
-        self.connector = dict(connector or {"name": "mlp2x_gelu"})
+        self.connector = connector_spec(connector)
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.vision_feature_layer = vision_feature_layer

@@ -22,7 +22,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerB
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.files import write_text_atomic
 from graft.prompts import ImageMarkerError, check_marker_count
-from graft.templates import Message, Template, get_template
+from graft.templates import DEFAULT_TEMPLATE, Message, Template, get_template
 
 IGNORE_INDEX = -100
 PROCESSOR_FILE = "graft_processor.json"
@@ -118,7 +118,7 @@ class GraftProcessor:
         tokenizer: PreTrainedTokenizerBase,
         image_processor: Any,
         image_seq_length: int,
-        template: str | Template = "vicuna_v1",
+        template: str | Template = DEFAULT_TEMPLATE,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         pad_to_square: bool = False,
         max_length: int | None = None,
@@ -287,11 +287,24 @@ class GraftProcessor:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is {directory} a graft model folder?")
         settings = json.loads(path.read_text())
+        # tokens per image follow from the model's connector: the folder's config.json says how
+        # many (its copy in PROCESSOR_FILE is read only for a folder without a model config)
+        tokens = _model_image_seq_length(directory)
+        if tokens is not None:
+            settings["image_seq_length"] = tokens
         settings.update(overrides)
         instruction_dir = directory / INSTRUCTION_TOKENIZER_DIR
         if "instruction_tokenizer" not in settings and instruction_dir.is_dir():
             settings["instruction_tokenizer"] = load_tokenizer(str(instruction_dir))
         return cls(load_tokenizer(str(directory)), load_image_processor(str(directory)), **settings)
+
+
+def _model_image_seq_length(directory: Path) -> int | None:
+    """Soft tokens per image of the graft model saved in ``directory`` (None: no model config)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("image_seq_length")
 
 
 def collate_samples(

@@ -216,6 +216,11 @@ TEMPLATES: dict[str, Template] = {
     ),
 }
 
+#: the template of a processor, a compose or an import that names none (LLaVA-1.5's)
+DEFAULT_TEMPLATE = "vicuna_v1"
+#: for help texts: "plain, vicuna_v1, ..."
+TEMPLATE_NAMES = ", ".join(TEMPLATES)
+
 
 def get_template(name: str) -> Template:
     try:

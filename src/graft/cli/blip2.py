@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
+from graft.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
 
 
 @app.command("compose-blip2")
@@ -22,8 +23,8 @@ def compose_blip2_cmd(
         int | None, typer.Option(help="vpgc only: the LLM layer whose input is guided (default L // 2).")
     ] = None,
     template: Annotated[
-        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml, smollm2.")
-    ] = "vicuna_v1",
+        str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
+    ] = DEFAULT_TEMPLATE,
 ) -> None:
     """Graft a BLIP-2 / InstructBLIP vision tower and Q-Former onto an LLM and save the result."""
     from graft.backbones import save_composed

@@ -31,7 +31,7 @@ def demo_cmd(
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     connector: Annotated[
         str, typer.Option(help="Connector: mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
-    ] = "mlp2x_gelu",
+    ] = DemoSettings.connector,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
     ] = None,

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import RECIPE_HELP, app, fail, parse_overrides
+from graft.config import DEFAULT_CONNECTOR
+from graft.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
 
 
 @app.command("compose")
@@ -16,14 +18,14 @@ def compose_cmd(
     vision: Annotated[str, typer.Option(help="Vision tower: local folder or hub id (CLIP, SigLIP ...).")],
     llm: Annotated[str, typer.Option(help="Causal LM: local folder or hub id.")],
     out: Annotated[Path, typer.Option(help="Folder to save the grafted (untrained-connector) model.")],
-    connector: Annotated[str, typer.Option(help="Connector name: linear, mlp2x_gelu.")] = "mlp2x_gelu",
+    connector: Annotated[str, typer.Option(help="Connector name: linear, mlp2x_gelu.")] = DEFAULT_CONNECTOR,
     reduction: Annotated[
         str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
     ] = "none",
     reduction_factor: Annotated[int, typer.Option(help="k for k x k token reduction.")] = 2,
     template: Annotated[
-        str, typer.Option(help="Conversation template: plain, vicuna_v1, llama_2, chatml, smollm2.")
-    ] = "vicuna_v1",
+        str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
+    ] = DEFAULT_TEMPLATE,
     feature_layer: Annotated[int, typer.Option(help="Vision layer whose features are used.")] = -2,
     pad_to_square: Annotated[bool, typer.Option(help="Pad images to square with the mean colour.")] = False,
 ) -> None:
@@ -100,7 +102,9 @@ def export_hf_cmd(
 def import_hf_cmd(
     llava: Annotated[Path, typer.Option(help="A transformers LLaVA checkpoint folder (llava-hf layout).")],
     out: Annotated[Path, typer.Option(help="Folder for the graft model.")],
-    template: Annotated[str, typer.Option(help="Conversation template of that checkpoint.")] = "vicuna_v1",
+    template: Annotated[
+        str, typer.Option(help=f"Conversation template of that checkpoint: {TEMPLATE_NAMES}.")
+    ] = DEFAULT_TEMPLATE,
 ) -> None:
     """Turn a transformers LLaVA checkpoint into a graft model folder, ready to fine-tune."""
     from graft.export import import_from_llava

@@ -23,6 +23,7 @@ from graft.export.model import LlavaExportError
 from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
+from graft.templates import DEFAULT_TEMPLATE
 
 
 def _connector_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def _llava_image_token(llava_dir: Path) -> str:
 def import_from_llava(
     llava_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
-    template: str = "vicuna_v1",
+    template: str = DEFAULT_TEMPLATE,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> tuple[GraftForConditionalGeneration, GraftProcessor]:

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from graft.files import write_text_atomic
+from graft.templates import TEMPLATE_NAMES, TEMPLATES
 from graft.train.shipped import find_recipe, is_packaged
 from graft.train.shipped import packaged_recipe as packaged_recipe  # its former home: still importable
 
@@ -46,8 +47,10 @@ class ModelSpec:
     llm: str | None = None
     #: defaults to the LLM's folder / hub id
     tokenizer: str | None = None
-    #: connector name or ``{"name": ..., **options}`` (options are checked by the connector)
-    connector: dict[str, Any] | str = "mlp2x_gelu"
+    #: connector name or ``{"name": ..., **options}`` (options are checked by the connector);
+    #: default ``graft.config.DEFAULT_CONNECTOR``. Like every field below ``init_from`` it is not
+    #: used with ``init_from``: that folder's config.json holds its connector
+    connector: dict[str, Any] | str | None = None
     vision_feature_layer: int = -2
     select_strategy: str = "default"
     #: the backbones' architectures written out (a transformers config dict with ``model_type``),
@@ -124,7 +127,8 @@ class FeatureCacheSpec:
 class Recipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
-    template: str = "vicuna_v1"
+    #: conversation template (default: the model folder's, else ``DEFAULT_TEMPLATE``)
+    template: str | None = None
     vision: ComponentSpec = field(default_factory=ComponentSpec)
     connector: ComponentSpec = field(default_factory=lambda: ComponentSpec(mode="full"))
     llm: ComponentSpec = field(default_factory=ComponentSpec)
@@ -157,6 +161,13 @@ class Recipe:
 
     def components(self) -> dict[str, ComponentSpec]:
         return {"vision": self.vision, "connector": self.connector, "llm": self.llm}
+
+    def processor_settings(self) -> dict[str, Any]:
+        """What this recipe sets on the processor (template, pad_to_square, max_length); a setting
+        left out keeps the model folder's (``model.init_from``), else ``GraftProcessor``'s default."""
+        d = self.data
+        given = {"template": self.template, "pad_to_square": d.pad_to_square, "max_length": d.max_length}
+        return {key: value for key, value in given.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,6 +319,10 @@ def _validate(recipe: Recipe, source: str) -> None:
     if all(c.mode == "frozen" for c in recipe.components().values()):
         raise RecipeError(f"{source}: every component is frozen: nothing to train")
     checks = [
+        (
+            recipe.template is None or recipe.template in TEMPLATES,
+            f"unknown template {recipe.template!r}; valid templates: {TEMPLATE_NAMES}",
+        ),
         (recipe.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
         (recipe.optim.scheduler in SCHEDULERS, f"optim.scheduler must be one of {SCHEDULERS}"),
         (recipe.feature_cache.dtype in CACHE_DTYPES, f"feature_cache.dtype must be one of {CACHE_DTYPES}"),

@@ -37,12 +37,7 @@ def build_model(recipe: Recipe) -> tuple[GraftForConditionalGeneration, GraftPro
     learns fp32.
     """
     dtype = torch.bfloat16 if recipe.precision == "bf16" else torch.float32
-    m, d = recipe.model, recipe.data
-    settings: dict[str, Any] = {"template": recipe.template}
-    if d.pad_to_square is not None:
-        settings["pad_to_square"] = d.pad_to_square
-    if d.max_length is not None:
-        settings["max_length"] = d.max_length
+    m, settings = recipe.model, recipe.processor_settings()
     if m.init_from is not None:
         model = GraftForConditionalGeneration.from_pretrained(m.init_from, dtype=dtype)
         return model, GraftProcessor.from_pretrained(m.init_from, **settings)
