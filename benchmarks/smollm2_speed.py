@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from graft.data import LlavaDataset, TrainCollator
-from graft.eval.questions import read_questions
+from graft.eval.readers.questions import read_questions
 from graft.generate import generate_answers
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image
@@ -96,9 +96,11 @@ def time_training(args, name: str, stage: str, bf16: bool, label_only: bool, com
 def time_eval(args, batch_size: int, bf16: bool) -> float:
     model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     processor = GraftProcessor.from_pretrained(args.model, template="smollm2")
-    questions = read_questions(args.world / "eval" / "binary.jsonl", args.world)[: args.eval_questions]
-    convs = [[Message("user", f"{processor.image_token}\n{q.question}")] for q in questions]
-    images = [[load_image(q.image)] for q in questions]
+    questions = read_questions(args.world / "eval" / "binary.jsonl", args.world).samples[
+        : args.eval_questions
+    ]
+    convs = [[Message("user", f"{processor.image_token}\n{q.meta['question']}")] for q in questions]
+    images = [[load_image(q.images[0])] for q in questions]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     start = time.perf_counter()
     with autocast:

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 import graft.eval.predict as predict_mod
-import graft.eval.questions as questions_mod
-from graft.eval import evaluate_questions, predict_jsonl
+from graft.eval import evaluate_question_files, predict_jsonl
 from graft.eval.answers import normalize_text, parse_choice, parse_yesno, score_answer
+from graft.eval.settings import EvalSettings
 from graft.record_files import RecordError
 
 from tiny import random_image, tiny_model_and_processor
@@ -221,7 +221,7 @@ def test_score_answer_formats():
     assert normalize_text("  To the LEFT, of!  ") == "to the left of"
 
 
-# --- evaluate_questions -------------------------------------------------------------------------------
+# --- evaluate_question_files (the questions task through run_task) ---------------------------------
 def _question_file(root):
     _tiny_images(root, 3)
     rows = [
@@ -257,70 +257,80 @@ def _question_file(root):
     return path
 
 
-def test_evaluate_questions_bookkeeping(tiny, tmp_path, monkeypatch):
+def test_evaluate_question_files_bookkeeping(tiny, tmp_path, monkeypatch):
     model, processor = tiny
     path = _question_file(tmp_path)
-    answers = ["yes.", "Yes", "B", "C. green", "3"]  # right, wrong, right, wrong, right
+    # right, wrong, right, wrong, right
+    replies = {"red circle?": "yes.", "blue?": "Yes", "square": "B", "Color?": "C. green", "many?": "3"}
     seen = []
 
-    def fake(model, processor, convs, images, **kw):
-        seen.extend((c, i) for c, i in zip(convs, images, strict=True))
-        return [answers[len(seen) - len(convs) + k] for k in range(len(convs))]
+    def fake(model, processor, convs, images, *args, **kw):
+        seen.extend(zip(convs, images, strict=True))
+        return [next(r for end, r in replies.items() if c[-1].content.endswith(end)) for c in convs]
 
-    monkeypatch.setattr(questions_mod, "generate_answers", fake)
-    result = evaluate_questions(model, processor, path, image_root=tmp_path, batch_size=2, progress=False)
-    assert result["n"] == 5
-    assert result["accuracy"] == pytest.approx(3 / 5)
-    assert result["qtype/existence/accuracy"] == 1.0 and result["qtype/existence/n"] == 2
-    assert result["qtype/color/accuracy"] == 0.0 and result["qtype/color/n"] == 2
-    assert result["qtype/count/accuracy"] == 1.0
-    preds = result["predictions"]
-    assert [p["correct"] for p in preds] == [True, False, True, False, True]
-    assert preds[3]["parsed"] == "C" and preds[3]["prediction"] == "C. green"
-    conv, imgs = seen[0]
-    assert conv[0].content == "<image>\nIs there a red circle?" and len(conv) == 1
-    assert imgs[0].tobytes() == random_image(0).tobytes()
+    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    out = tmp_path / "runs"
+    settings = EvalSettings(batch_size=2, progress=False)
+    result = evaluate_question_files(model, processor, [path], out, tmp_path, settings, blind=False)
+    assert result["q/n"] == 5
+    assert result["q/accuracy"] == pytest.approx(3 / 5)
+    assert result["qtype/q_existence/accuracy"] == 1.0 and result["qtype/q_color/accuracy"] == 0.0
+    assert result["qtype/q_count/accuracy"] == 1.0
+    answered = {r["id"]: r["prediction"] for r in map(json.loads, (out / "q" / "predictions.jsonl").open())}
+    assert answered == {"b0": "yes.", "b1": "Yes", "m0": "B", "m1": "C. green", "s0": "3"}
+    first = next(c for c in seen if c[0][-1].content.endswith("red circle?"))
+    assert first[0][-1].content == f"{processor.image_token}\nIs there a red circle?"
+    assert first[1][0].tobytes() == random_image(0).tobytes()
 
     seen.clear()
-    blind = evaluate_questions(model, processor, path, tmp_path, blind=True, limit=3, progress=False)
-    assert blind["n"] == 3 and len(seen) == 3
+    blind = evaluate_question_files(model, processor, [path], out, tmp_path, settings.replace(limit=3))
+    # the seeing run's answers are reused (same model), the blind run answers its 3 questions
+    assert blind["q/n"] == 3 and "q/accuracy_blind" in blind and len(seen) == 3
+    assert json.loads((out / "q_blind" / "results.json").read_text())["blind"] is True
     for _, imgs in seen:
         assert imgs[0].size == random_image(0).size
         assert set(imgs[0].getdata()) == {processor.image_fill()}
 
 
-def test_evaluate_questions_real_run(tiny, tmp_path):
+def test_evaluate_question_files_real_run(tiny, tmp_path):
     model, processor = tiny
     path = _question_file(tmp_path)
-    result = evaluate_questions(
-        model, processor, path, image_root=tmp_path, batch_size=4, max_new_tokens=3, progress=False
+    settings = EvalSettings(batch_size=4, max_new_tokens=3, progress=False)
+    result = evaluate_question_files(
+        model, processor, [path], tmp_path / "runs", tmp_path, settings, blind=False
     )
-    assert result["n"] == 5 and len(result["predictions"]) == 5
-    assert 0.0 <= result["accuracy"] <= 1.0
-    assert result["accuracy"] == sum(p["correct"] for p in result["predictions"]) / 5
+    assert result["q/n"] == 5 and 0.0 <= result["q/accuracy"] <= 1.0
+    answers = [json.loads(line) for line in (tmp_path / "runs" / "q" / "predictions.jsonl").open()]
+    assert len(answers) == 5
     assert {k for k in result if k.endswith("/accuracy")} == {
-        "qtype/existence/accuracy",
-        "qtype/color/accuracy",
-        "qtype/count/accuracy",
+        "q/accuracy",
+        "qtype/q_existence/accuracy",
+        "qtype/q_color/accuracy",
+        "qtype/q_count/accuracy",
     }
 
 
-def test_evaluate_questions_default_root_and_errors(tiny, tmp_path):
+def test_evaluate_question_files_default_root_and_errors(tiny, tmp_path):
     model, processor = tiny
     path = _question_file(tmp_path)
+    out = tmp_path / "runs"
+
+    def run(file, root=None):
+        return evaluate_question_files(model, processor, [file], out, root, EvalSettings(progress=False))
+
     # image paths are relative to the file's folder when no root is given: eval/img/... is missing
-    with pytest.raises(RecordError, match=rf"{path}:1: image not found"):
-        evaluate_questions(model, processor, path, progress=False)
+    with pytest.raises(RecordError, match=rf"{path}:1 \(id 'b0'\): field 'image': image not found"):
+        run(path)
     bad = tmp_path / "bad.jsonl"
     _write_jsonl(
         bad, [{"id": 1, "image": "img/0.png", "question": "?", "answer": "E", "qtype": "x", "choices": ["a"]}]
     )
-    with pytest.raises(RecordError, match=rf"{bad}:1: .*option letter"):
-        evaluate_questions(model, processor, bad, tmp_path, progress=False)
+    with pytest.raises(RecordError, match=rf"{bad}:1 .*option letter"):
+        run(bad, tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "x.png")
     _write_jsonl(bad, [{"id": 1, "image": "img/x.png", "question": "?", "answer": "yes"}])
-    with pytest.raises(RecordError, match=rf"{bad}:1: field 'qtype'"):
-        evaluate_questions(model, processor, bad, tmp_path, progress=False)
+    with pytest.raises(RecordError, match=rf"{bad}:1 .*field 'qtype'"):
+        run(bad, tmp_path)
 
 
 def test_predict_jsonl_prompt_longer_than_the_context(tmp_path):

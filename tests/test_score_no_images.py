@@ -127,3 +127,18 @@ def test_own_question_file_and_mmbench_need_no_images(tmp_path):
     out = score("mmbench", tmp_path / "mmb.tsv", {"1": "A", "2": "A"})
     assert out["accuracy"] == 50.0 and "img_accuracy" not in out
     assert not (tmp_path / "mmb_images").exists()
+
+
+def test_graft_question_files_score_per_type_without_images(tmp_path):
+    rows = [
+        {"id": "b0", "image": "gone/0.png", "question": "Is it red?", "answer": "Yes", "qtype": "color"},
+        {"id": "b1", "image": "gone/1.png", "question": "Two?", "answer": "No", "qtype": "count"},
+        {"id": "m0", "image": "gone/2.png", "question": "Which?", "answer": "b", "qtype": "color"}
+        | {"choices": ["red", "blue"]},
+    ]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = score("questions", tmp_path / "q.jsonl", {"b0": "Yes, it is.", "b1": "Yes", "m0": "B. blue"})
+    assert out["accuracy"] == pytest.approx(2 / 3) and out["n"] == 3
+    assert out["qtype/color/accuracy"] == 1.0 and out["qtype/count/accuracy"] == 0.0
+    with pytest.raises(RecordError, match="image not found"):  # reading to answer still checks
+        get_task("questions").read(tmp_path / "q.jsonl")

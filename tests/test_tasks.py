@@ -57,7 +57,16 @@ def _qa(tmp_path):
 
 def test_builtin_task_files_keep_names_and_aliases():
     tasks, aliases = builtin_tasks()
-    assert set(tasks) == {"coco_caption", "mme", "pope", "scienceqa_img", "mmbench", "llava_bench", "demon"}
+    assert set(tasks) == {
+        "coco_caption",
+        "mme",
+        "pope",
+        "scienceqa_img",
+        "mmbench",
+        "llava_bench",
+        "demon",
+        "questions",
+    }
     assert set(TASKS) == set(tasks) and ALIASES == aliases
     assert {a: get_task(a).name for a in ("caption", "coco", "scienceqa", "sqa")} == {
         "caption": "coco_caption",
@@ -67,7 +76,9 @@ def test_builtin_task_files_keep_names_and_aliases():
     }
     for name, spec in tasks.items():
         assert spec.reader == spec.family == name and spec.metrics == ()
-        assert spec.generation == {"max_new_tokens": 64, "do_sample": False}
+        # short-answer question files stop at 16 tokens, as the demo always answered them
+        tokens = 16 if name == "questions" else 64
+        assert spec.generation == {"max_new_tokens": tokens, "do_sample": False}
     assert get_task("llava_bench").needs_judge and not get_task("pope").needs_judge
     with pytest.raises(ValueError, match="unknown task 'popes'.*or a task file"):
         get_task("popes")

@@ -104,26 +104,33 @@ def predict_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model: Annotated[Path, typer.Option(help="A graft model folder.")],
-    questions: Annotated[list[Path], typer.Option(help="Held-out question JSONL (repeatable).")],
-    image_root: Annotated[Path, typer.Option(help="Folder that image paths are relative to.")] = Path("."),
+    questions: Annotated[list[Path], typer.Option(help="Question file, graft's format (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Run folder: {file}/ and {file}_blind/ results.")] = Path(
+        "runs/evaluate"
+    ),
+    image_root: Annotated[
+        Path | None, typer.Option(help="Folder image paths are relative to (default: each file's).")
+    ] = None,
     blind: Annotated[
         bool, typer.Option(help="Also score with every image blanked (does the model look?).")
     ] = True,
     limit: Annotated[int | None, typer.Option(help="Only the first N questions of each file.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
 ) -> None:
-    """Accuracy (overall and per question type) on yes/no, multiple-choice or short-answer files."""
-    from graft.eval.questions import evaluate_questions
+    """Accuracy (overall and per question type) on graft question files, with and without the
+    images: an alias of `graft eval --task questions=FILE` (+ `--blind`) run for each file."""
+    from graft.eval.questions import evaluate_question_files
+    from graft.eval.settings import EvalSettings
 
+    try:
+        settings = EvalSettings(limit=limit, batch_size=batch_size)
+    except ValueError as err:
+        fail(str(err))
     mdl, processor = _load(model)
-    results = {}
-    for path in questions:
-        for is_blind in (False, True) if blind else (False,):
-            res = evaluate_questions(
-                mdl, processor, path, image_root, blind=is_blind, limit=limit, batch_size=batch_size
-            )
-            suffix = "_blind" if is_blind else ""
-            results.update({f"{path.stem}/{k}{suffix}": v for k, v in res.items() if k != "predictions"})
+    try:
+        results = evaluate_question_files(mdl, processor, questions, out, image_root, settings, blind)
+    except (ValueError, OSError) as err:
+        fail(str(err))
     typer.echo(json.dumps(results, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from graft.eval.answers import score_answer
 from graft.eval.predict import predict_jsonl
-from graft.eval.questions import evaluate_questions, read_questions
+from graft.eval.questions import evaluate_question_files
+from graft.eval.readers.questions import read_questions
 
-__all__ = ["evaluate_questions", "predict_jsonl", "read_questions", "score_answer"]
+__all__ = ["evaluate_question_files", "predict_jsonl", "read_questions", "score_answer"]

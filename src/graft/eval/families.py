@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graft.eval.answers import sqa_letter
+from graft.eval.answers import score_answer, sqa_letter
 from graft.eval.metrics import (
     ChatClient,
     ChoiceRow,
@@ -40,6 +40,7 @@ from graft.eval.readers import (
     read_scienceqa,
 )
 from graft.eval.readers.mme import MMEResult, match_ids
+from graft.eval.readers.questions import read_questions
 from graft.record_files import RecordError
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,27 @@ def _judge(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: di
     return judge_scores(items, ChatClient(opts.judge))
 
 
+def _questions(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
+    """graft's question files: accuracy (a fraction) overall and per ``qtype``, each answer read
+    by ``answers.score_answer``; a missing answer is wrong. Per-sample readings under ``samples``."""
+    got = answers(data.samples, preds, counts)
+    by_type: dict[str, list[bool]] = {}
+    samples = []
+    for s in data.samples:
+        answer = got[str(s.id)]
+        parsed, right = (
+            score_answer(answer, s.target, s.meta.get("choices")) if answer is not None else (None, False)
+        )
+        by_type.setdefault(s.meta["qtype"], []).append(right)
+        samples.append({"id": s.id, "qtype": s.meta["qtype"], "parsed": parsed, "correct": right})
+    every = [r for rights in by_type.values() for r in rights]
+    out: dict[str, Any] = {"accuracy": sum(every) / len(every) if every else 0.0, "n": len(every)}
+    for qtype, rights in sorted(by_type.items()):
+        out[f"qtype/{qtype}/accuracy"] = sum(rights) / len(rights)
+        out[f"qtype/{qtype}/n"] = len(rights)
+    return out | {"samples": samples}
+
+
 @dataclass(frozen=True)
 class Family:
     read: Callable[..., ReadResult]  # (path, ..., skip_bad=False, check_images=True) -> ReadResult
@@ -208,6 +230,8 @@ FAMILIES: dict[str, Family] = {
     "mmbench": Family(read_mmbench, _choice(circular=True)),
     "llava_bench": Family(read_llava_bench, _judge, needs_judge=True),
     "demon": Family(read_demon, _demon),
+    # graft's own question files (the demo's held-out yes/no and multiple-choice questions)
+    "questions": Family(read_questions, _questions),
 }
 
 

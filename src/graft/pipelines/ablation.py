@@ -24,6 +24,19 @@ from graft.files import write_text_atomic
 from graft.pipelines.demo import DemoSettings, StepClock, run_demo
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
+#: the world's DEMON-format "which image shows ..." task
+WHICH_IMAGE = "Shapes_WhichImage"
+#: held-out synthetic pairs (LLaVA records: two images, a question, the one-sentence difference)
+#: as a task: the first human turn is the prompt, the first answer the reference
+DIFFERENCE_TASK = {
+    "task": "shapes_difference",
+    "reader": "jsonl",
+    "doc_to_visual": "images",
+    "doc_to_text": "{{ conversations[0].value }}",
+    "doc_to_target": "{{ conversations[1].value }}",
+    "generation_kwargs": {"max_new_tokens": 32, "do_sample": False},
+    "metric_list": [{"metric": "rouge_l"}],
+}
 METRICS = ("binary/accuracy", "mcq/accuracy", "which_image/accuracy", "difference/rouge_l")
 
 
@@ -131,47 +144,31 @@ def run_ablation(
 
 
 def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | None) -> dict[str, float]:
-    """Single-image accuracy (the demo's), which-image accuracy and difference ROUGE-L."""
-    from graft.data.records import parse_record
-    from graft.eval.metrics.demon import score_sample
-    from graft.eval.readers import IMAGE_MARKER, read_demon_task
-    from graft.generate import generate_answers
+    """Single-image accuracy (the demo's), which-image accuracy (the world's DEMON task, by the
+    benchmark's rule) and difference ROUGE-L (DEMON's), all through ``run_task``; run folders in
+    ``heldout_{row}/`` beside the row's model."""
+    from dataclasses import replace
+
+    from graft.eval.runner import run_task
+    from graft.eval.settings import EvalSettings
+    from graft.eval.tasks import get_task, parse_task
     from graft.inference import load_for_inference
     from graft.pipelines.demo_measure import evaluate_demo
-    from graft.processing import load_image
-    from graft.record_files import iter_records
-    from graft.templates import Message
 
     model, processor = load_for_inference(model_dir, bf16=True)
-    metrics = evaluate_demo(model, processor, world, limit, blind=False)
+    out = model_dir.parent / f"heldout_{model_dir.name}"
+    metrics = evaluate_demo(model, processor, world, out, limit, blind=False)
+    settings = EvalSettings(limit=limit, batch_size=32, max_new_tokens=32)
 
-    def answer(prompts: list[str], images: list[list[Path]]) -> list[str]:
-        convs = [[Message("user", p)] for p in prompts]
-        loaded = [[load_image(p) for p in paths] for paths in images]
-        return generate_answers(
-            model, processor, convs, loaded, max_new_tokens=32, batch_size=32, progress=True
-        )
+    which = replace(get_task("demon"), reader_kwargs={"tasks": [WHICH_IMAGE]})
+    res = run_task(model, processor, which, world / "bench" / "demon", out, settings, run_name="which_image")
+    metrics["which_image/accuracy"] = res["metrics"]["tasks"][WHICH_IMAGE] / 100.0
+    metrics["which_image/n"] = res["metrics"]["details"]["tasks"][WHICH_IMAGE]["n"]
 
-    which = read_demon_task(world / "bench" / "demon" / "Shapes_WhichImage").samples[:limit]
-    got = answer(
-        [s.prompt.replace(IMAGE_MARKER, processor.image_token) for s in which], [s.images for s in which]
-    )
-    kind = which[0].meta["kind"] if which else "image-choice"
-    scores = [
-        score_sample(kind, g, s.target, s.meta.get("choices"))["score"]
-        for g, s in zip(got, which, strict=True)
-    ]
-    metrics["which_image/accuracy"] = sum(scores) / max(len(scores), 1)
-    metrics["which_image/n"] = len(scores)
-
-    records = [parse_record(r, where) for r, where in iter_records(test_pairs)][:limit]
-    got = answer([r.messages[0].content for r in records], [[world / p for p in r.images] for r in records])
-    rouge = [
-        score_sample("open-ended", g, r.messages[1].content, None)["score"]
-        for g, r in zip(got, records, strict=True)
-    ]
-    metrics["difference/rouge_l"] = 100.0 * sum(rouge) / max(len(rouge), 1)
-    metrics["difference/n"] = len(rouge)
+    difference = parse_task(DIFFERENCE_TASK | {"image_root": str(world)}, "graft ablation's difference task")
+    res = run_task(model, processor, difference, test_pairs, out, settings, run_name="difference")
+    metrics["difference/rouge_l"] = res["metrics"]["rouge_l"]
+    metrics["difference/n"] = res["prediction_counts"]["total"]
     return metrics
 
 

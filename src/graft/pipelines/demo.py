@@ -10,6 +10,7 @@ each took when it ran.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,7 +209,9 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     def do_eval() -> None:
         from graft.inference import load_for_inference
 
-        summary = evaluate_demo(*load_for_inference(stage2, s.bf16), world, s.eval_limit)
+        # answers of an earlier stage 2 (retrained since) must not be resumed: start afresh
+        shutil.rmtree(out / "heldout", ignore_errors=True)
+        summary = evaluate_demo(*load_for_inference(stage2, s.bf16), world, out / "heldout", s.eval_limit)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)

@@ -4,6 +4,7 @@ curve during stage 2, the diagnostics (perception, alignment, reasoning) and the
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,16 @@ class LearningCurve:
         marks = {round(total * k / self.points) for k in range(self.points + 1)}
         if step not in marks:
             return
-        metrics = evaluate_demo(model, processor, self.world, self.limit, progress=False)
+        folder = self.path.parent / "curve" / f"step{step}"
+        shutil.rmtree(folder, ignore_errors=True)  # a point cut by a kill: its model may differ now
+        metrics = evaluate_demo(
+            model,
+            processor,
+            self.world,
+            folder,
+            self.limit,
+            progress=False,
+        )
         row = {"step": step} | {k: v for k, v in metrics.items() if "/accuracy" in k and "qtype" not in k}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -62,26 +72,22 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
 
 
 def evaluate_demo(
-    model: Any, processor: Any, world: Path, limit: int | None, blind: bool = True, progress: bool = True
+    model: Any,
+    processor: Any,
+    world: Path,
+    out: Path,
+    limit: int | None,
+    blind: bool = True,
+    progress: bool = True,
 ) -> dict[str, float]:
-    """Held-out binary and multiple-choice accuracy, with the images and (``blind``) without."""
-    from graft.eval.questions import evaluate_questions
+    """Held-out binary and multiple-choice accuracy (``binary/accuracy``, ``mcq/accuracy``, per
+    question type), with the images and (``blind``) without; run folders under ``out``."""
+    from graft.eval.questions import evaluate_question_files
+    from graft.eval.settings import EvalSettings
 
-    metrics: dict[str, float] = {}
-    for family in ("binary", "mcq"):
-        path = world / "eval" / f"{family}.jsonl"
-        for blanked in (False, True) if blind else (False,):
-            res = evaluate_questions(
-                model, processor, path, world, blind=blanked, limit=limit, progress=progress
-            )
-            suffix = "_blind" if blanked else ""
-            metrics[f"{family}/accuracy{suffix}"] = res["accuracy"]
-            metrics[f"{family}/n"] = res["n"]
-            for key, value in res.items():
-                if key.startswith("qtype/") and key.endswith("/accuracy"):
-                    # question types repeat across families (colour yes/no, colour MCQ)
-                    metrics[key.replace("qtype/", f"qtype/{family}_", 1) + suffix] = value
-    return metrics
+    files = [world / "eval" / f"{family}.jsonl" for family in CHANCE]
+    settings = EvalSettings(limit=limit, batch_size=32, progress=progress)
+    return evaluate_question_files(model, processor, files, out, world, settings, blind)
 
 
 def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[dict[str, float]]) -> str:

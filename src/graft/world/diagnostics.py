@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.eval.answers import score_answer
-from graft.eval.questions import read_questions
+from graft.eval.readers.questions import read_questions
 from graft.generate import generate_answers
 from graft.processing import load_image
 from graft.templates import Message
@@ -77,14 +77,17 @@ def text_upper_bound(
     scenes = _test_scenes(world)
     out: dict[str, float] = {}
     for family in ("binary", "mcq"):
-        questions = read_questions(world / "eval" / f"{family}.jsonl", world)[:limit]
+        questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
         convs = []
         for q in questions:
-            scene = Scene.from_dict(scenes[q.id.split("-")[0]]["scene"])
-            convs.append([Message("user", f"Context: {context_text(scene)}\n{q.question}")])
+            scene = Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"])
+            convs.append([Message("user", f"Context: {context_text(scene)}\n{q.meta['question']}")])
         answers = generate_answers(
             model, processor, convs, [[] for _ in convs], max_new_tokens=16, batch_size=batch_size
         )
-        right = [score_answer(a, q.answer, q.choices)[1] for q, a in zip(questions, answers, strict=True)]
+        right = [
+            score_answer(a, q.target, q.meta.get("choices"))[1]
+            for q, a in zip(questions, answers, strict=True)
+        ]
         out[f"{family}/accuracy_text"] = sum(right) / max(len(right), 1)
     return out
