@@ -243,10 +243,10 @@ def test_bad_region_files_and_editor_names(tmp_path):
     path.write_text(
         '{"image": "a.jpg", "regions": []}\n{"image": "b.jpg", "regions": [{"box": [0.5, 0, 0.2, 1]}]}\n'
     )
-    with pytest.raises(PairError, match=r"r.jsonl:line 2: field regions\[0\].box"):
+    with pytest.raises(PairError, match=r"r.jsonl:2: field regions\[0\].box"):
         read_regions(path)
     path.write_text("{not json\n")
-    with pytest.raises(PairError, match="line 1: invalid JSON"):
+    with pytest.raises(PairError, match="r.jsonl:1: not valid JSON"):
         read_regions(path)
     with pytest.raises(PairError, match="unknown editor 'diffusion'; registered: opencv"):
         build_editor("diffusion")

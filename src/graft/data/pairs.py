@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from graft.files import cut_partial_last_line
+from graft.record_files import RecordError, iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +107,11 @@ def read_regions(path: str | os.PathLike) -> list[Source]:
     """Sources from JSONL lines ``{"image", "regions": [{"label", "box": [x1, y1, x2, y2]}], "id"?}``
     with boxes normalised to 0..1; a bad line is an error naming the file, line and field."""
     sources = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:line {n}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PairError(f"{where}: invalid JSON: {err.msg}") from None
+    try:
+        rows = list(iter_jsonl(path))
+    except RecordError as err:  # a line that is no JSON object, or a missing file
+        raise PairError(str(err)) from None
+    for raw, where in rows:
         if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
             raise PairError(f"{where}: field 'image' must be a string path")
         regions = []
