@@ -258,3 +258,9 @@ def test_sampler_shards_disjoint_equal_batches_across_ranks(drop_last):
     else:
         assert everything == set(range(len(lengths)))  # padded by repeating, never by dropping
         assert len(set(seen)) >= len(seen) - 2
+
+
+def test_dataset_limit_reads_only_the_head(folder):
+    processor = _tiny_processor()
+    head = LlavaDataset(folder / "data.jsonl", folder, processor, limit=2)
+    assert [r.id for r in head.records] == ["single", "two"] and len(head.lengths) == 2

@@ -66,7 +66,10 @@ class LlavaDataset(Dataset):
         processor: GraftProcessor,
         skip_bad: bool = False,
         max_length: int | None = None,
+        limit: int | None = None,
     ) -> None:
+        """``limit``: read only the first ``limit`` usable records (a quick look, a diagnostic);
+        the rest of the files is not read or tokenized."""
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self.image_root = str(image_root)
         self.processor = processor
@@ -94,6 +97,10 @@ class LlavaDataset(Dataset):
                     continue
                 self.records.append(record)
                 read_from.append(source)
+                if limit is not None and len(self.records) >= limit:
+                    break
+            if limit is not None and len(self.records) >= limit:
+                break
         self._measure(read_from)
         if self.skipped:
             total = sum(self.skipped.values())

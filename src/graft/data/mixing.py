@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+
+from graft.data.sampler import EpochBatchSampler
 
 
 def batch_counts(shares: Sequence[float], batch_size: int) -> list[int]:
@@ -44,7 +45,7 @@ def batch_counts(shares: Sequence[float], batch_size: int) -> list[int]:
     return counts
 
 
-class MixedBatchSampler(Sampler[list[int]]):
+class MixedBatchSampler(EpochBatchSampler):
     """Batches of dataset indices with a fixed count from each source (see the module doc)."""
 
     def __init__(
@@ -57,24 +58,13 @@ class MixedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         start_batch: int = 0,
     ) -> None:
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        super().__init__(batch_size, seed, num_replicas, rank, start_batch)
         self.source_of = np.asarray(source_of, dtype=np.int64)
         self.counts = batch_counts(shares, batch_size)
         self.members = [np.flatnonzero(self.source_of == s) for s in range(len(shares))]
         for s, (count, members) in enumerate(zip(self.counts, self.members, strict=True)):
             if count and not len(members):
                 raise ValueError(f"data source {s} has a share in the mix but no samples")
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self.start_batch = start_batch
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
 
     @property
     def _global_batches(self) -> int:

@@ -19,7 +19,29 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-class GroupedBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list[int]]):
+    """What graft's batch samplers share: a seeded order per epoch, dealt to ``num_replicas``
+    ranks, and ``start_batch`` to resume an epoch after the batches already done."""
+
+    def __init__(self, batch_size: int, seed: int, num_replicas: int, rank: int, start_batch: int) -> None:
+        if batch_size < 1 or num_replicas < 1:
+            raise ValueError("batch_size and num_replicas must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_batch = start_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch's order; ``start_batch`` skips this rank's first batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+
+class GroupedBatchSampler(EpochBatchSampler):
     """Batches of dataset indices.
 
     Every sample appears exactly once per epoch, except that with ``drop_last`` incomplete
@@ -46,26 +68,14 @@ class GroupedBatchSampler(Sampler[list[int]]):
     ) -> None:
         if len(lengths) != len(has_image):
             raise ValueError(f"{len(lengths)} lengths but {len(has_image)} has_image flags")
-        if batch_size < 1 or mega_batch_factor < 1 or num_replicas < 1:
+        if mega_batch_factor < 1:
             raise ValueError("batch_size, mega_batch_factor and num_replicas must be >= 1")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        super().__init__(batch_size, seed, num_replicas, rank, start_batch)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.has_image = np.asarray(has_image, dtype=bool)
-        self.batch_size = batch_size
-        self.seed = seed
         self.drop_last = drop_last
         self.group_by_modality = group_by_modality
         self.mega_batch_factor = mega_batch_factor
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-        self.start_batch = start_batch
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Choose the epoch's order; ``start_batch`` skips this rank's first batches (resume)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
 
     # --- the order ----------------------------------------------------------------------------
     def _groups(self) -> list[np.ndarray]:

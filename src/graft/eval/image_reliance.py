@@ -14,6 +14,9 @@ import torch
 from graft.config import IGNORE_INDEX
 from graft.data import LlavaDataset, TrainCollator
 
+#: records read per record wanted: multi-image and text-only records are passed over
+SCAN_FACTOR = 4
+
 
 @torch.no_grad()
 def image_reliance(
@@ -25,10 +28,12 @@ def image_reliance(
     batch_size: int = 16,
 ) -> dict[str, float]:
     """``loss_own`` and ``loss_other`` (mean per supervised token) over the first ``limit``
-    single-image records of ``data_file``, and their difference ``gain``."""
+    single-image records among the first ``SCAN_FACTOR * limit`` of ``data_file``, and their
+    difference ``gain``."""
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 to swap images, got {batch_size}")
-    dataset = LlavaDataset(data_file, image_root, processor)
+    # only the head of the file is read: a stage-2 file holds tens of thousands of records
+    dataset = LlavaDataset(data_file, image_root, processor, limit=limit * SCAN_FACTOR)
     rows = [i for i, record in enumerate(dataset.records) if len(record.images) == 1][:limit]
     if len(rows) < 2:
         raise ValueError(
@@ -39,6 +44,7 @@ def image_reliance(
     model.eval()
     totals = {"own": 0.0, "other": 0.0}
     tokens = 0
+    rows.sort(key=lambda i: dataset.lengths[i])  # batches of like lengths: little padding
     chunks = [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
     if len(chunks[-1]) == 1:  # a record alone has no neighbour to swap with
         chunks[-2:] = [chunks[-2] + chunks[-1]]
@@ -55,6 +61,7 @@ def image_reliance(
                 attention_mask=batch["attention_mask"].to(model.device),
                 pixel_values=images,
                 labels=labels,
+                supervised_logits_only=True,  # the same loss, the 49k-word head only where labels are
             )
             totals[name] += float(out.loss) * count
         tokens += count
