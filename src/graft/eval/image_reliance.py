@@ -1,8 +1,8 @@
 """Does a model use its images? The loss of training-format records with their own image beside
-the loss of the same records, each given its neighbour's image (the batch's images moved one
-record along). A model that reads the image loses more with the wrong one; a model that learned
-only answer priors loses the same. It needs no generation and no answer parsing, so it tells
-"does not see" apart from "sees but answers in the wrong format"."""
+the loss of the same records, each given its neighbour's image (records batched by length, the
+batch's images moved one record along). A model that reads the image loses more with the wrong
+one; a model that learned only answer priors loses the same. It needs no generation and no
+answer parsing, so it tells "does not see" apart from "sees but answers in the wrong format"."""
 
 from __future__ import annotations
 
