@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from graft.generate import ChatSession, _decode, _stop_setup, generate_answers
+from graft.generate import ChatSession, _decode, answer_stops, generate_answers
 from graft.processing import GraftProcessor, collate_samples
 from graft.prompts import ImageMarkerError
 from graft.templates import Message
@@ -106,7 +106,7 @@ def test_decode_stops_at_eos_and_stop_string():
 def test_vicuna_answer_ends_at_its_turn_end_or_a_made_up_next_turn(sensitive):
     model, processor = sensitive  # vicuna_v1
     tok = processor.tokenizer
-    eos_ids, stops = _stop_setup(model, processor)
+    eos_ids, stops = answer_stops(model, processor)
     # '</s>' is this tokenizer's EOS token: a token-level stop; 'USER:' is text
     assert tok.convert_tokens_to_ids("</s>") in eos_ids and stops == ["USER:"]
     ran_on = tok(" green USER: Is it red? ASSISTANT: green", add_special_tokens=False)["input_ids"]
@@ -118,7 +118,7 @@ def test_multi_token_turn_end_is_cut_from_the_text():
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     processor = GraftProcessor(tokenizer, tiny_image_processor(), 4, template="vicuna_v1")
     model = tiny_llm(len(tokenizer))
-    eos_ids, stops = _stop_setup(model, processor)
+    eos_ids, stops = answer_stops(model, processor)
     assert stops == ["</s>", "USER:"]
     assert len(tokenizer("</s>", add_special_tokens=False)["input_ids"]) > 1
     for tail in ["</s>USER: Is it red? ASSISTANT: green", " USER: Is it red?</s>", "</s>"]:
@@ -166,7 +166,7 @@ def test_answers_are_new_tokens_only(sensitive):
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=8, do_sample=False)
     new = out[0, batch["input_ids"].shape[1] :].tolist()
-    expected = _decode(new, *_stop_setup(model, processor), processor)
+    expected = _decode(new, *answer_stops(model, processor), processor)
     assert generate_answers(model, processor, CONVS[1:2], IMAGES[1:2], max_new_tokens=8) == [expected]
 
 

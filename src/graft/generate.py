@@ -56,7 +56,7 @@ class GenerationSettings:
         return dataclasses.replace(self, **changes)
 
 
-def _stop_setup(model: Any, processor: GraftProcessor) -> tuple[list[int], list[str]]:
+def answer_stops(model: Any, processor: GraftProcessor) -> tuple[list[int], list[str]]:
     """What ends an answer: token ids (EOS, and the template's turn end or next-turn opening when
     the tokenizer has it as one whole token), and texts that end it at text level (those markers
     when they are ordinary text, a few tokens long)."""
@@ -131,7 +131,7 @@ def generate_answers(
     s = (settings or GenerationSettings()).replace(**changes)
     if len(conversations) != len(images):
         raise ValueError(f"{len(conversations)} conversations but {len(images)} image lists")
-    eos_ids, stops = _stop_setup(model, processor)
+    eos_ids, stops = answer_stops(model, processor)
     tokenizer = processor.tokenizer
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": s.max_new_tokens,

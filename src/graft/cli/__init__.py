@@ -3,7 +3,20 @@
 Heavy imports (torch, transformers) happen inside the verbs so ``graft --help`` is instant.
 """
 
-from graft.cli import ablation, blip2, demo, gguf, inference, inspect, models, pairs, report, score, world  # noqa: F401  (each registers its verbs)
+from graft.cli import (  # noqa: F401  (each registers its verbs)
+    ablation,
+    blip2,
+    demo,
+    gguf,
+    inference,
+    inspect,
+    models,
+    pairs,
+    report,
+    score,
+    serve,
+    world,
+)
 from graft.cli.app import app
 
 

@@ -1,0 +1,231 @@
+"""OpenAI's chat-completions request, checked, and the response and chunk objects it is answered with.
+
+What OpenAI defines is taken as it defines it; what graft cannot honour (tools, several choices,
+log-probabilities, penalties ...) is a 400 naming the parameter, never silently ignored. A
+parameter at its neutral value (``n: 1``, ``logprobs: false``) is accepted, since clients send them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from graft.serve.decoding import Sampling
+from graft.serve.errors import APIError, invalid
+from graft.serve.settings import ServeSettings
+from graft.templates import Message
+
+#: parameters graft does not implement, with the values that mean "not used"
+NEUTRAL = {
+    "n": (1,),
+    "logprobs": (False, None),
+    "top_logprobs": (0, None),
+    "presence_penalty": (0, 0.0, None),
+    "frequency_penalty": (0, 0.0, None),
+    "logit_bias": ({}, None),
+    "tools": ([], None),
+    "tool_choice": ("none", None),
+    "functions": ([], None),
+    "function_call": ("none", None),
+    "parallel_tool_calls": (None, False),
+    "response_format": ({"type": "text"}, None),
+}
+SUPPORTED = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "user",
+}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass
+class ImagePart:
+    url: str
+    #: the request field it came from, for error messages
+    param: str
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]
+    #: in order of appearance; a marker stands where each was in ``messages``
+    images: list[ImagePart]
+    #: None: the server's default, bounded by the context left after the prompt
+    max_tokens: int | None
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise invalid(f"{key} must be a number in [{low}, {high}], got {value!r}", key)
+    return float(value)
+
+
+def _integer(body: dict, key: str) -> int | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise invalid(f"{key} must be an integer, got {value!r}", key)
+    return value
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise invalid("stop must be a non-empty string or a list of at most 4 of them", "stop")
+    return tuple(stops)
+
+
+def _content(message: dict, at: str, role: str, image_token: str | None, images: list[ImagePart]) -> str:
+    """A message's text, with ``image_token`` where each image part stands."""
+    content = message.get("content")
+    if isinstance(content, str):
+        parts: list[Any] = [{"type": "text", "text": content}]
+    elif isinstance(content, list) and content:
+        parts = content
+    else:
+        raise invalid(f"{at}.content must be a string or a non-empty list of content parts", f"{at}.content")
+    pieces = []
+    for j, part in enumerate(parts):
+        where = f"{at}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            if image_token and image_token in part["text"]:
+                raise invalid(
+                    f"{where}.text contains {image_token!r}, the model's image marker: send images as "
+                    "image_url parts",
+                    f"{where}.text",
+                    "image_token_in_text",
+                )
+            pieces.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise invalid(f"{where}.image_url.url must be a string", f"{where}.image_url.url")
+            if role != "user":
+                raise invalid(f"{where}: images are accepted in user messages only", where)
+            if image_token is None:
+                raise invalid("this model is text-only: it takes no images", where, "images_not_supported")
+            images.append(ImagePart(url, f"{where}.image_url.url"))
+            pieces.append(image_token)
+        else:
+            raise invalid(f"{where}: content parts are {{type: text}} or {{type: image_url}}", where)
+    return "".join(pieces)
+
+
+def parse_chat_request(
+    body: Any, model_name: str, image_token: str | None, settings: ServeSettings
+) -> ChatRequest:
+    """The checked request, or an ``APIError`` naming the offending field."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object", None, "invalid_json")
+    for key, value in body.items():
+        if key in SUPPORTED:
+            continue
+        if key in NEUTRAL and value in NEUTRAL[key]:
+            continue
+        raise invalid(f"parameter {key!r} is not supported by this server", key, "unsupported_parameter")
+    if body.get("model") != model_name:
+        raise APIError(
+            404,
+            f"model {body.get('model')!r} does not exist; this server serves {model_name!r}",
+            "model_not_found",
+            "model",
+        )
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise invalid("messages must be a non-empty list", "messages")
+    messages: list[Message] = []
+    images: list[ImagePart] = []
+    for i, message in enumerate(raw):
+        at = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise invalid(f"{at}.role must be one of {', '.join(ROLES)}", f"{at}.role")
+        extra = set(message) - {"role", "content", "name"}
+        if extra:
+            raise invalid(
+                f"{at}: field {sorted(extra)[0]!r} is not supported",
+                f"{at}.{sorted(extra)[0]}",
+                "unsupported_parameter",
+            )
+        role = ROLES[message["role"]]
+        if role == "system" and i > 0:
+            raise invalid(f"{at}: a system message may only come first", f"{at}.role")
+        messages.append(Message(role, _content(message, at, role, image_token, images)))  # type: ignore[arg-type]
+    if messages[-1].role != "user":
+        raise invalid("the last message must be a user message", f"messages[{len(raw) - 1}].role")
+    if len(images) > settings.max_images_per_request:
+        raise invalid(
+            f"{len(images)} images in one request; this server takes at most "
+            f"{settings.max_images_per_request}",
+            "messages",
+            "too_many_images",
+        )
+
+    max_tokens = _integer(body, "max_completion_tokens")
+    max_tokens = max_tokens if max_tokens is not None else _integer(body, "max_tokens")
+    if max_tokens is not None and not 1 <= max_tokens <= settings.max_tokens_limit:
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        raise invalid(f"{key} must lie in 1..{settings.max_tokens_limit}, got {max_tokens}", key)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream must be a boolean", "stream")
+    options = body.get("stream_options")
+    if options is not None and (
+        not stream or not isinstance(options, dict) or set(options) - {"include_usage"}
+    ):
+        raise invalid("stream_options takes {include_usage: bool}, with stream: true", "stream_options")
+    sampling = Sampling(
+        max_tokens=max_tokens or settings.default_max_tokens,
+        temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
+        top_p=_number(body, "top_p", 1e-9, 1.0, 1.0),
+        seed=_integer(body, "seed"),
+        stop=_stop(body.get("stop")),
+    )
+    include_usage = bool((options or {}).get("include_usage", False))
+    return ChatRequest(messages, images, max_tokens, sampling, stream, include_usage)
+
+
+class Completion:
+    """The response objects of one request: a full response or its stream's chunks, one ``id``."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.model = model
+        self.created = int(time.time())
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def response(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
+        return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {**self._head("chat.completion.chunk"), "choices": [choice]}
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage}

@@ -1,0 +1,70 @@
+"""A real ``graft serve`` on a free loopback port, in this process, for the server's tests."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import uvicorn
+from PIL import Image
+
+from graft.serve.app import ServerState, build_app
+from graft.serve.server import build_state
+from graft.serve.settings import ServeSettings
+
+from tiny import tiny_model_and_processor
+
+
+def save_sensitive_model(directory: Path, template: str = "vicuna_v1") -> Path:
+    """The tiny model with larger random weights (its greedy answers depend on prompt and images),
+    saved as a graft model folder."""
+    model, processor = tiny_model_and_processor(template=template)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@contextlib.contextmanager
+def running_server(model_dir: Path, settings: ServeSettings) -> Iterator[tuple[str, ServerState]]:
+    """The server on ``settings.port`` (0: a free one); yields its base URL and state."""
+    port = settings.port or free_port()
+    state = build_state(model_dir, settings)
+    config = uvicorn.Config(build_app(state), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        state.engine.drain()

@@ -1,0 +1,373 @@
+"""``graft serve`` driven over HTTP as clients drive it: the openai client, raw SSE, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from graft.generate import generate_answers
+from graft.processing import GraftProcessor
+from graft.serve.settings import ServeSettings
+from graft.templates import Message
+from serve_fixtures import data_url, running_server, save_sensitive_model
+
+from tiny import random_image
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_sensitive_model(tmp_path_factory.mktemp("serve") / "tiny-vlm")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with running_server(model_dir, ServeSettings(port=0, max_batch_size=8)) as (url, state):
+        yield url, state
+
+
+def client(url: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def user(text: str, *images) -> dict:
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": data_url(img)}} for img in images]
+    return {"role": "user", "content": parts}
+
+
+def ask(url: str, messages: list, **kwargs) -> str:
+    reply = client(url).chat.completions.create(
+        model="tiny-vlm", messages=messages, temperature=0, max_tokens=kwargs.pop("max_tokens", 12), **kwargs
+    )
+    return reply.choices[0].message.content
+
+
+def raw_stream(url: str, body: dict, headers: dict | None = None) -> list:
+    """The SSE events of a streamed request: parsed JSON objects, and the string '[DONE]'."""
+    events = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_models_lists_context_and_image_limits(server):
+    url, state = server
+    (card,) = client(url).models.list().data
+    assert card.id == "tiny-vlm"
+    assert card.context_length == 512 and card.max_images_per_request == 8 and card.vision is True
+
+
+def test_answer_equals_graft_generation_and_usage_counts_image_tokens(server, model_dir):
+    url, state = server
+    image = random_image(1)
+    reply = client(url).chat.completions.create(
+        model="tiny-vlm", messages=[user("Is there a red circle?", image)], temperature=0, max_tokens=12
+    )
+    processor = GraftProcessor.from_pretrained(model_dir)
+    conv = [Message("user", "Is there a red circle?<image>")]
+    expected = generate_answers(state.backend.model, processor, [conv], [[image]], max_new_tokens=12)[0]
+    assert reply.choices[0].message.content == expected
+    prompt = processor.encode(conv, [image], add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(prompt.input_ids) > processor.image_seq_length
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_stream_shape_and_equals_non_streamed(server):
+    url, _ = server
+    messages = [user("How many objects are there?", random_image(2))]
+    body = {"model": "tiny-vlm", "messages": messages, "temperature": 0, "max_tokens": 16, "stream": True}
+    events = raw_stream(url, body)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0] is chunks[-1]  # no usage chunk unless asked
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == ask(url, messages, max_tokens=16)
+
+    with_usage = raw_stream(url, {**body, "stream_options": {"include_usage": True}})
+    assert with_usage[-2]["choices"] == [] and with_usage[-2]["usage"]["completion_tokens"] >= 1
+
+
+def test_images_keep_their_order_across_parts_and_turns(server, model_dir):
+    url, state = server
+    a, b, c = random_image(3), random_image(4), random_image(5)
+    first = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": data_url(a)}},
+            {"type": "text", "text": " left, right: "},
+            {"type": "image_url", "image_url": {"url": data_url(b)}},
+        ],
+    }
+    messages = [first, {"role": "assistant", "content": "Yes."}, user("And this one?", c)]
+    served = ask(url, messages)
+    processor = GraftProcessor.from_pretrained(model_dir)
+    conv = [
+        Message("user", "<image> left, right: <image>"),
+        Message("assistant", "Yes."),
+        Message("user", "And this one?<image>"),
+    ]
+    assert (
+        served == generate_answers(state.backend.model, processor, [conv], [[a, b, c]], max_new_tokens=12)[0]
+    )
+    swapped = [
+        {**first, "content": [first["content"][2], first["content"][1], first["content"][0]]}
+    ] + messages[1:]
+    assert ask(url, swapped) != served, "image order should change the answer"
+
+
+def test_concurrent_requests_are_batched_and_equal_solo_answers(server):
+    url, state = server
+    requests = [
+        [user(f"Is there a red circle? {i % 4}", random_image(10 + i % 8))]
+        if i % 3
+        else [user(f"Hi {i % 5}")]
+        for i in range(32)
+    ]
+    solo = [ask(url, m, max_tokens=10) for m in requests[:12]]
+    before = state.metrics.batch_size.collect()[0].samples
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda m: ask(url, m, max_tokens=10), requests))
+    assert together[:12] == solo
+    assert together[12:] == [together[i % 12] for i in range(12, 32)] or len(set(together)) > 3
+    after = {s.name + str(s.labels): s.value for s in state.metrics.batch_size.collect()[0].samples}
+    small = {s.name + str(s.labels): s.value for s in before}
+    one = "graft_batch_size_bucket{'le': '1.0'}"
+    grown = after["graft_batch_size_count{}"] - small["graft_batch_size_count{}"]
+    singles = after[one] - small[one]
+    assert grown > singles, "some steps should have decoded more than one row"
+
+
+def test_same_image_reuses_cached_features(server):
+    url, state = server
+    image = random_image(30)
+    ask(url, [user("What is this?", image)])
+    hits = state.metrics.feature_cache_hits._value.get()
+    ask(url, [user("And now?", image)])
+    assert state.metrics.feature_cache_hits._value.get() == hits + 1
+    text = httpx.get(f"{url}/metrics").text
+    for name in (
+        "graft_requests_total",
+        "graft_queue_depth",
+        "graft_batch_size_bucket",
+        "graft_time_to_first_token_seconds",
+        "graft_decode_tokens_per_second",
+    ):
+        assert name in text
+
+
+def body(content="x", role="user", **extra) -> dict:
+    return {"model": "tiny-vlm", "messages": [{"role": role, "content": content}], **extra}
+
+
+def image_body(url: str) -> dict:
+    return body([{"type": "image_url", "image_url": {"url": url}}])
+
+
+URL = "messages[0].content[0].image_url.url"
+BAD = [
+    # (body or raw bytes, status, code, param)
+    (b"{not json", 400, "invalid_json", None),
+    ([1, 2], 400, "invalid_json", None),
+    ({**body(), "model": "other"}, 404, "model_not_found", "model"),
+    ({"model": "tiny-vlm"}, 400, "invalid_value", "messages"),
+    (body(tools=[{"type": "function"}]), 400, "unsupported_parameter", "tools"),
+    (body(n=2), 400, "unsupported_parameter", "n"),
+    (body(logprobs=True), 400, "unsupported_parameter", "logprobs"),
+    (body(role="tool"), 400, "invalid_value", "messages[0].role"),
+    (body("look <image> here"), 400, "image_token_in_text", "messages[0].content[0].text"),
+    (body(max_tokens=0), 400, "invalid_value", "max_tokens"),
+    (body(temperature=5), 400, "invalid_value", "temperature"),
+    (body(role="assistant"), 400, "invalid_value", "messages[0].role"),
+    (image_body("data:image/png;base64,!!!!"), 400, "invalid_image_url", URL),
+    (image_body("http://example.com/cat.png"), 400, "remote_media_disabled", URL),
+    (image_body("file:///etc/passwd"), 400, "local_media_disabled", URL),
+    (body("x " * 600), 400, "context_length_exceeded", "messages"),
+    (body(max_tokens=500), 400, "context_length_exceeded", "messages"),
+]
+
+
+@pytest.mark.parametrize("bad,status,code,param", BAD)
+def test_bad_requests_get_openai_errors_and_the_server_goes_on(server, bad, status, code, param):
+    url, _ = server
+    kwargs = {"content": bad} if isinstance(bad, bytes) else {"json": bad}
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["param"] == param and error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert ask(url, [user("Hi")], max_tokens=2) is not None
+
+
+def test_too_many_images_and_oversized_images(server):
+    url, _ = server
+    nine = [user("Many", *[random_image(i) for i in range(9)])]
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny-vlm", "messages": nine}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_images"
+    from PIL import Image
+
+    huge = Image.new("1", (20000, 20000))  # a few KB as PNG, 400 Mpixels decoded
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "tiny-vlm", "messages": [user("Big", huge)]}, timeout=30
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_large"
+
+
+def test_body_limit_unknown_routes_and_methods(model_dir):
+    settings = ServeSettings(port=0, max_body_bytes=2048)
+    with running_server(model_dir, settings) as (url, _):
+        big = {"model": "tiny-vlm", "messages": [{"role": "user", "content": "x" * 4096}]}
+        r = httpx.post(f"{url}/v1/chat/completions", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+        def chunks():
+            yield b'{"model": "tiny-vlm", "messages": [{"role": "user", "content": "'
+            yield b"x" * 4096
+            yield b'"}]}'
+
+        r = httpx.post(f"{url}/v1/chat/completions", content=chunks())  # chunked: no Content-Length
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        r = httpx.get(f"{url}/v1/completions")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = httpx.get(f"{url}/v1/chat/completions")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_api_key_guards_every_route_but_the_page(model_dir):
+    with running_server(model_dir, ServeSettings(port=0, api_key="s3cret")) as (url, _):
+        body = {"model": "tiny-vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("GET", "/health"),
+            ("GET", "/metrics"),
+            ("POST", "/v1/chat/completions"),
+            ("GET", "/nowhere"),
+        ]:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                r = httpx.request(method, url + path, json=body, headers=headers)
+                assert r.status_code == 401, (path, headers)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+                assert r.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(url + "/").status_code == 200
+        good = {"Authorization": "Bearer s3cret"}
+        for path in ("/v1/models", "/health", "/metrics"):
+            assert httpx.get(url + path, headers=good).status_code == 200
+        assert client(url, "s3cret").chat.completions.create(**body).choices[0].message.content is not None
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "wrong").models.list()
+
+
+def slowed(state, seconds: float = 0.02) -> None:
+    """Every model step of the server takes at least ``seconds`` (a long answer stays in flight)."""
+    forward = state.backend.forward
+
+    def slow(inputs):
+        time.sleep(seconds)
+        return forward(inputs)
+
+    state.backend.forward = slow
+
+
+def test_cancelled_stream_frees_its_slot(model_dir):
+    settings = ServeSettings(port=0, max_batch_size=1, max_queue=1, max_tokens_limit=400)
+    with running_server(model_dir, settings) as (url, state):
+        slowed(state)
+        long = {"model": "tiny-vlm", "messages": [user("Hi")], "max_tokens": 400, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=long, timeout=30) as r:
+            lines = r.iter_lines()  # held: a dropped iterator would close the connection
+            next(lines)
+            # the worker holds this row; one more waits in the queue; a third is refused
+            queued = threading.Thread(target=ask, args=(url, [user("Hi")]), kwargs={"max_tokens": 2})
+            queued.start()
+            time.sleep(0.3)
+            third = httpx.post(f"{url}/v1/chat/completions", json={**long, "stream": False, "max_tokens": 2})
+            assert third.status_code == 503 and third.headers["Retry-After"] == "1"
+            assert third.json()["error"]["code"] == "server_busy"
+        queued.join(timeout=20)  # the cancelled row left: the queued request ran
+        assert not queued.is_alive()
+        deadline = time.monotonic() + 5
+        while not state.engine.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.engine.idle
+
+
+def test_non_streamed_client_that_leaves_cancels_its_row(model_dir):
+    with running_server(model_dir, ServeSettings(port=0, max_tokens_limit=400)) as (url, state):
+        slowed(state)
+        body = {"model": "tiny-vlm", "messages": [user("Hi")], "max_tokens": 400}  # ~8 s of steps
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 2
+        while not state.engine.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.engine.idle
+
+
+def save_text_model(directory):
+    from tiny import tiny_llm, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tokenizer.save_pretrained(directory)
+    tiny_llm(len(tokenizer)).save_pretrained(directory)
+    return directory
+
+
+def test_a_plain_causal_lm_serves_text_and_refuses_images(tmp_path):
+    with running_server(save_text_model(tmp_path / "judge"), ServeSettings(port=0)) as (url, _):
+        (card,) = client(url).models.list().data
+        assert card.vision is False and card.max_images_per_request == 0
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+        reply = client(url).chat.completions.create(
+            model="judge", messages=messages, max_tokens=5, temperature=0
+        )
+        assert reply.usage.completion_tokens >= 1
+        body = {"model": "judge", "messages": [user("What is it?", random_image(1))]}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "images_not_supported"
+
+
+def test_remote_media_when_enabled_refuses_private_addresses(model_dir):
+    import http.server
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from graft.serve.settings import MediaPolicy
+
+        settings = ServeSettings(port=0, media=MediaPolicy(allow_remote=True))
+        with running_server(model_dir, settings) as (url, _):
+            for target in (
+                f"http://127.0.0.1:{server.server_port}/x.png",
+                f"http://localhost:{server.server_port}/",
+            ):
+                body = {
+                    "model": "tiny-vlm",
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": target}}]}
+                    ],
+                }
+                r = httpx.post(f"{url}/v1/chat/completions", json=body)
+                assert r.status_code == 400 and r.json()["error"]["code"] == "media_forbidden", r.text
+    finally:
+        server.shutdown()
