@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, existing_image
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
 from graft.prompts import OPTION_LETTERS, place_images
 from graft.record_files import RecordError, check_id, iter_records
 
@@ -80,7 +80,7 @@ def _field(record: dict, key: str, where: str, source: str) -> Any:
     return record[key]
 
 
-def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: bool) -> Sample:
+def _sample(record: dict, where: str, f: JsonlFields, root: Path, out: Collector) -> Sample:
     id_key = f.id or ("id" if "id" in record else "question_id")
     rid = check_id(_field(record, id_key, where, f.source if f.id else "doc_to_id's default"), where, id_key)
     where = f"{where} (id {rid!r})"
@@ -91,7 +91,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, check_images: 
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise RecordError(f"{where}: field {key!r} must be an image path or a list of them")
         for name in names:
-            images.append(existing_image(root / name, f"{where}: field {key!r}", check_images))
+            images.append(out.image(root / name, f"{where}: field {key!r}"))
     text = render(f.text, record, where, f"doc_to_text of {f.source}")
     prompt, order = place_images(text, len(images), where, IMAGE_MARKER, f.pre_prompt, f.post_prompt)
     if isinstance(f.target, str):
@@ -128,14 +128,12 @@ def read_jsonl_task(
     if not path.is_file():
         raise FileNotFoundError(f"question file not found: {path}")
     root = path.parent / fields.image_root if fields.image_root else path.parent
-    out = Collector(skip_bad)
-    for record, where in iter_records(path):
-        try:
-            sample = _sample(record, where, fields, root, check_images)
-            if check is not None:
-                check(sample)
-        except RecordError as err:
-            out.fail(str(err))
-            continue
-        out.add(sample)
-    return out.result
+    out = Collector(skip_bad, check_images)
+
+    def sample(record: dict, where: str) -> Sample:
+        sample = _sample(record, where, fields, root, out)
+        if check is not None:
+            check(sample)
+        return sample
+
+    return out.collect(iter_records(path), sample)

@@ -37,32 +37,9 @@ from typing import Any
 from graft.eval.answers import image_choice, named_image
 from graft.eval.readers.demon import CATEGORIES, TASK_CATEGORY
 
-_PUNCT = [
-    ";",
-    r"/",
-    "[",
-    "]",
-    '"',
-    "{",
-    "}",
-    "(",
-    ")",
-    "=",
-    "+",
-    "\\",
-    "_",
-    "-",
-    ">",
-    "<",
-    "@",
-    "`",
-    ",",
-    "?",
-    "!",
-]
+_PUNCT = list(';/[]"{}()=+\\_-><@`,?!')
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
-# the image options the benchmark's evaluate.py looks for in an answer
 
 
 def normalize(text: str) -> str:

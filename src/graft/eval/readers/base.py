@@ -17,6 +17,8 @@ for or opened (``graft score`` reads this way).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,12 @@ class ReadResult:
 
 
 class Collector:
-    """Accumulates samples; a bad record raises, or is logged and counted when ``skip_bad``."""
+    """Accumulates samples; a bad record raises, or is logged and counted when ``skip_bad``.
+    ``image`` checks an image path unless ``check_images`` is off."""
 
-    def __init__(self, skip_bad: bool) -> None:
+    def __init__(self, skip_bad: bool, check_images: bool = True) -> None:
         self.skip_bad = skip_bad
+        self.check_images = check_images
         self.result = ReadResult([])
         self._ids = UniqueIds()
 
@@ -70,6 +74,19 @@ class Collector:
             return
         self.result.samples.append(sample)
 
+    def collect(self, records: Iterable[tuple[Any, str]], make: Callable[[Any, str], Any]) -> ReadResult:
+        """``make(record, where)`` for each record: a ``Sample`` it returns is added, anything
+        else (None) passes the record over, a ``RecordError`` fails it."""
+        for record, where in records:
+            try:
+                sample = make(record, where)
+            except RecordError as err:
+                self.fail(str(err))
+                continue
+            if isinstance(sample, Sample):
+                self.add(sample)
+        return self.result
+
     def skip(self, err: RecordError) -> None:
         """``fail`` for a record reading hands over (``on_bad`` of ``graft.record_files``)."""
         self.fail(str(err))
@@ -80,25 +97,26 @@ class Collector:
         logger.warning("skipping bad record: %s", message)
         self.result.bad.append(message)
 
+    def image(self, path: Path, where: str) -> Path:
+        """``path``, checked to be a file unless reading to score (no image is looked for)."""
+        if self.check_images and not path.is_file():
+            raise RecordError(f"{where}: image not found: {path}")
+        return path
+
 
 def need(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """``record[key]``, checked to be of ``kind``; the error names the place and the field."""
     if key not in record:
         raise RecordError(f"{where}: missing field {key!r}")
-    value = record[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
-        names = "/".join(k.__name__ for k in _as_tuple(kind))
+    value, kinds = record[key], kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = "/".join(k.__name__ for k in kinds)
         raise RecordError(f"{where}: field {key!r} must be {names}, got {value!r:.80}")
     return value
 
 
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def existing_image(path: Path, where: str, check: bool = True) -> Path:
-    """``path``, checked to be a file unless ``check`` is off (reading to score: no image is
-    opened or looked for)."""
-    if check and not path.is_file():
-        raise RecordError(f"{where}: image not found: {path}")
-    return path
+def image_folder(beside: Path, image_root: str | os.PathLike | None) -> Path:
+    """``image_root`` if given, else ``images/`` in ``beside`` when that exists, else ``beside``."""
+    if image_root is not None:
+        return Path(image_root)
+    return beside / "images" if (beside / "images").is_dir() else beside

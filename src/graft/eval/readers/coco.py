@@ -9,14 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    need,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, image_folder, need
 from graft.record_files import RecordError, iter_objects, load_json
 
 DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
@@ -41,34 +34,26 @@ def read_coco_captions(
     images, annotations = doc.get("images"), doc.get("annotations")
     if not isinstance(images, list) or not isinstance(annotations, list):
         raise RecordError(f"{path}: fields 'images' and 'annotations' must be lists")
-    if image_root is None:
-        image_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    image_root = Path(image_root)
-
+    image_root = image_folder(path.parent, image_root)
     captions: dict[int | str, list[str]] = {}
-    out = Collector(skip_bad)
-    for ann, where in iter_objects(annotations, f"{path}: annotations", out.skip):
-        try:
-            image_id = need(ann, "image_id", (int, str), where)
-            caption = need(ann, "caption", str, where)
-        except RecordError as err:
-            out.fail(str(err))
-            continue
-        captions.setdefault(image_id, []).append(caption)
+    out = Collector(skip_bad, check_images)
 
-    for img, where in iter_objects(images, f"{path}: images", out.skip):
-        try:
-            image_id = need(img, "id", (int, str), where)
-            file_name = need(img, "file_name", str, where)
-            where = f"{where} (id {image_id})"
-            if image_id not in captions:
-                continue  # an image without captions has nothing to score against
-            image = existing_image(image_root / file_name, where, check_images)
-        except RecordError as err:
-            out.fail(str(err))
-            continue
+    def caption(ann: dict, where: str) -> None:
+        image_id, text = need(ann, "image_id", (int, str), where), need(ann, "caption", str, where)
+        captions.setdefault(image_id, []).append(text)
+
+    def sample(img: dict, where: str) -> Sample | None:
+        image_id = need(img, "id", (int, str), where)
+        file_name = need(img, "file_name", str, where)
+        where = f"{where} (id {image_id})"
+        if image_id not in captions:
+            return None  # an image without captions has nothing to score against
+        image = out.image(image_root / file_name, where)
         meta = {"file_name": file_name}
-        out.add(Sample(image_id, f"{IMAGE_MARKER}\n{prompt}", [image], captions.pop(image_id), meta, where))
+        return Sample(image_id, f"{IMAGE_MARKER}\n{prompt}", [image], captions.pop(image_id), meta, where)
+
+    out.collect(iter_objects(annotations, f"{path}: annotations", out.skip), caption)
+    out.collect(iter_objects(images, f"{path}: images", out.skip), sample)
     for image_id in captions:
         out.fail(f"{path}: annotations name image_id {image_id!r}, which is not in 'images'")
     return out.result

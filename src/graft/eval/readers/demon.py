@@ -19,14 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    need,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, need
 from graft.prompts import place_images
 from graft.record_files import RecordError, iter_objects, load_json
 
@@ -41,16 +34,10 @@ CATEGORIES: dict[str, list[str]] = {
     "Knowledge Grounded QA": ["WebQA", "TQA", "MultiModalQA"],
     "Text-Rich Images QA": ["SlideVQA", "OCR-VQA", "DocVQA"],
     "Multi-Image Reasoning": [
-        "Fashion200K",
-        "NLVR2",
-        "nuScenes",
-        "VizWiz",
-        "MIT-States_StateCoherence",
-        "MIT-States_PropertyCoherence",
-        "VISION",
-        "RecipeQA_ImageCoherence",
+        "Fashion200K", "NLVR2", "nuScenes", "VizWiz", "MIT-States_StateCoherence",
+        "MIT-States_PropertyCoherence", "VISION", "RecipeQA_ImageCoherence",
     ],
-}
+}  # fmt: skip
 TASK_CATEGORY = {task: cat for cat, tasks in CATEGORIES.items() for task in tasks}
 # categories scored by ROUGE-L; the other four by accuracy
 OPEN_ENDED_CATEGORIES = {"Multimodal Dialogue", "Visual Storytelling", "Visual Relation Inference"}
@@ -131,18 +118,6 @@ def _choices(instance: dict, context: str, where: str) -> list[str]:
     return choices
 
 
-def _prompt(
-    context: str, images_path: list[str], image_dir: Path, where: str, check_images: bool
-) -> tuple[str, list[Path]]:
-    """The context with one image marker per placeholder, and the images in marker order."""
-    # a context without placeholders gets its images first, as single-image prompts do
-    text, order = place_images(context, len(images_path), where, IMAGE_MARKER, what="the context")
-    images = [
-        existing_image(image_dir / images_path[k], f"{where} image #{k + 1}", check_images) for k in order
-    ]
-    return text, images
-
-
 def read_demon_task(
     task_dir: str | os.PathLike, skip_bad: bool = False, check_images: bool = True
 ) -> ReadResult:
@@ -160,40 +135,39 @@ def read_demon_task(
     instructions = metadata.get("task_instruction") or []
     if not isinstance(instructions, list) or not all(isinstance(t, str) for t in instructions):
         raise RecordError(f"{core}: metadata.task_instruction must be a list of strings")
-    out = Collector(skip_bad)
-    for record, where in iter_objects(data, f"{core}: data", out.skip):
-        try:
-            sample_id = need(record, "sample_id", (int, str), where)
-            where = f"{where} (sample_id {sample_id})"
-            instance = need(record, "task_instance", dict, where)
-            context = need(instance, "context", str, f"{where} task_instance")
-            images_path = need(instance, "images_path", list, f"{where} task_instance")
-            if not all(isinstance(p, str) for p in images_path):
-                raise RecordError(f"{where}: task_instance.images_path must be a list of file names")
-            response = need(record, "response", str, where)
-            if not response.strip():
-                raise RecordError(f"{where}: empty response (nothing to score against)")
-            instruction = ""
-            if instructions:
-                k = need(record, "task_instruction_id", int, where)
-                if not 0 <= k < len(instructions):
-                    raise RecordError(
-                        f"{where}: task_instruction_id {k} out of range 0..{len(instructions) - 1}"
-                    )
-                instruction = instructions[k]
-            text, images = _prompt(context, images_path, task_dir / "core" / "images", where, check_images)
-            meta = {"task": task, "category": TASK_CATEGORY.get(task), "kind": kind}
-            if kind != "open-ended":
-                meta["choices"] = _choices(instance, context, where)
-            prompt = (
-                f"{instruction}{text}"
-                if instruction.endswith((" ", "\n"))
-                else f"{instruction} {text}".strip()
-            )
-            out.add(Sample(f"{task}/{sample_id}", prompt, images, response, meta, where))
-        except RecordError as err:
-            out.fail(str(err))
-    return out.result
+    out = Collector(skip_bad, check_images)
+
+    def sample(record: dict, where: str) -> Sample:
+        sample_id = need(record, "sample_id", (int, str), where)
+        where = f"{where} (sample_id {sample_id})"
+        instance = need(record, "task_instance", dict, where)
+        context = need(instance, "context", str, f"{where} task_instance")
+        images_path = need(instance, "images_path", list, f"{where} task_instance")
+        if not all(isinstance(p, str) for p in images_path):
+            raise RecordError(f"{where}: task_instance.images_path must be a list of file names")
+        response = need(record, "response", str, where)
+        if not response.strip():
+            raise RecordError(f"{where}: empty response (nothing to score against)")
+        instruction = ""
+        if instructions:
+            k = need(record, "task_instruction_id", int, where)
+            if not 0 <= k < len(instructions):
+                raise RecordError(f"{where}: task_instruction_id {k} out of range 0..{len(instructions) - 1}")
+            instruction = instructions[k]
+        # one image marker per placeholder; a context without placeholders gets its images first
+        text, order = place_images(context, len(images_path), where, IMAGE_MARKER, what="the context")
+        images = [
+            out.image(core.parent / "images" / images_path[k], f"{where} image #{k + 1}") for k in order
+        ]
+        meta = {"task": task, "category": TASK_CATEGORY.get(task), "kind": kind}
+        if kind != "open-ended":
+            meta["choices"] = _choices(instance, context, where)
+        prompt = (
+            f"{instruction}{text}" if instruction.endswith((" ", "\n")) else f"{instruction} {text}".strip()
+        )
+        return Sample(f"{task}/{sample_id}", prompt, images, response, meta, where)
+
+    return out.collect(iter_objects(data, f"{core}: data", out.skip), sample)
 
 
 def read_demon(

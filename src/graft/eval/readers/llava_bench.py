@@ -13,14 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    need,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, need
 from graft.record_files import RecordError, iter_jsonl
 
 CATEGORIES = ("conv", "detail", "complex")
@@ -61,28 +54,24 @@ def read_llava_bench(
     for record, where in iter_jsonl(folder / answers):
         references[need(record, "question_id", (int, str), where)] = need(record, "text", str, where)
 
-    out = Collector(skip_bad)
-    for record, where in iter_jsonl(folder / questions):
-        try:
-            qid = need(record, "question_id", (int, str), where)
-            image = need(record, "image", str, where)
-            text = need(record, "text", str, where)
-            category = need(record, "category", str, where)
-            if category not in CATEGORIES:
-                raise RecordError(f"{where}: category {category!r} is not one of {CATEGORIES}")
-            if image not in contexts:
-                raise RecordError(f"{where}: image {image!r} has no entry in {folder / context}")
-            if qid not in references:
-                raise RecordError(
-                    f"{where}: question_id {qid!r} has no reference answer in {folder / answers}"
-                )
-            path = existing_image(image_root / image, where, check_images)
-        except RecordError as err:
-            out.fail(str(err))
-            continue
+    out = Collector(skip_bad, check_images)
+
+    def sample(record: dict, where: str) -> Sample:
+        qid = need(record, "question_id", (int, str), where)
+        image = need(record, "image", str, where)
+        text = need(record, "text", str, where)
+        category = need(record, "category", str, where)
+        if category not in CATEGORIES:
+            raise RecordError(f"{where}: category {category!r} is not one of {CATEGORIES}")
+        if image not in contexts:
+            raise RecordError(f"{where}: image {image!r} has no entry in {folder / context}")
+        if qid not in references:
+            raise RecordError(f"{where}: question_id {qid!r} has no reference answer in {folder / answers}")
+        path = out.image(image_root / image, where)
         ctx, has_boxes = contexts[image]
         # LLaVA's judge rules: the in-the-wild prompts describe a caption context, the COCO ones boxes
         rule = category if has_boxes else f"llava_bench_{category}"
         meta = {"category": category, "question": text, "context": ctx, "rule": rule}
-        out.add(Sample(qid, f"{IMAGE_MARKER}\n{text}", [path], references[qid], meta, where))
-    return out.result
+        return Sample(qid, f"{IMAGE_MARKER}\n{text}", [path], references[qid], meta, where)
+
+    return out.collect(iter_jsonl(folder / questions), sample)

@@ -27,17 +27,11 @@ LETTER_PROMPT = "Answer with the option's letter from the given choices directly
 
 
 def _missing(value: str | None) -> bool:
-    return value is None or value.strip() == "" or value.strip().lower() == "nan"
+    return value is None or value.strip().lower() in ("", "nan")
 
 
-def _image_suffix(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return ".png"
-    if data.startswith(b"\xff\xd8"):
-        return ".jpg"
-    if data[:4] in (b"GIF8",):
-        return ".gif"
-    return ".img"  # PIL reads it by content whatever the name
+#: what a decoded picture starts with -> its file suffix (PIL reads any by content whatever the name)
+_SUFFIXES = {b"\x89PNG": ".png", b"\xff\xd8": ".jpg", b"GIF8": ".gif"}
 
 
 def _image_file(row: dict, images_by_index: dict[str, str], image_dir: Path, index: int, where: str) -> Path:
@@ -52,7 +46,8 @@ def _image_file(row: dict, images_by_index: dict[str, str], image_dir: Path, ind
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise RecordError(f"{where}: column 'image' is not valid base64") from None
-    image = image_dir / f"{index}{_image_suffix(data)}"
+    suffix = next((s for magic, s in _SUFFIXES.items() if data.startswith(magic)), ".img")
+    image = image_dir / f"{index}{suffix}"
     if not image.is_file() or image.stat().st_size != len(data):
         image.write_bytes(data)
     return image
@@ -89,45 +84,40 @@ def read_mmbench(
         for column in ("index", "question", "A", "B", *(["image"] if check_images else [])):
             if column not in header:
                 raise RecordError(f"{path}:1: missing column {column!r} (header: {header})")
-        rows = [(n, row) for n, row in enumerate(reader, start=2)]
+        rows = [(row, f"{path}:{n}") for n, row in enumerate(reader, start=2)]
     images_by_index = {
-        row["index"]: row["image"] for _, row in rows if row.get("image") and len(row["image"]) > 64
+        row["index"]: row["image"] for row, _ in rows if row.get("image") and len(row["image"]) > 64
     }
 
-    out = Collector(skip_bad)
-    for n, row in rows:
-        where = f"{path}:{n}"
+    out = Collector(skip_bad, check_images)
+
+    def sample(row: dict, where: str) -> Sample:
+        if None in row:
+            raise RecordError(f"{where}: more fields than the header has columns")
         try:
-            if None in row:
-                raise RecordError(f"{where}: more fields than the header has columns")
-            try:
-                index = int(float(row["index"]))
-            except (TypeError, ValueError):
-                raise RecordError(
-                    f"{where}: column 'index' must be an integer, got {row['index']!r}"
-                ) from None
-            where = f"{path}:{n} (index {index})"
-            choices = []
-            for letter in OPTION_COLUMNS:
-                if letter not in row or _missing(row[letter]):
-                    break
-                choices.append(row[letter])
-            if len(choices) < 2:
-                raise RecordError(f"{where}: fewer than two options in columns A, B, ...")
-            answer = None if _missing(row.get("answer")) else row["answer"].strip().upper()
-            if answer is not None and answer not in OPTION_COLUMNS[: len(choices)]:
-                raise RecordError(f"{where}: answer {row['answer']!r} is not one of the option letters")
-            if check_images:
-                image = _image_file(row, images_by_index, image_dir, index, where)
-            else:
-                image = image_dir / str(index)  # never written: scoring needs no picture
-        except RecordError as err:
-            out.fail(str(err))
-            continue
+            index = int(float(row["index"]))
+        except (TypeError, ValueError):
+            raise RecordError(f"{where}: column 'index' must be an integer, got {row['index']!r}") from None
+        where = f"{where} (index {index})"
+        choices = []
+        for letter in OPTION_COLUMNS:
+            if letter not in row or _missing(row[letter]):
+                break
+            choices.append(row[letter])
+        if len(choices) < 2:
+            raise RecordError(f"{where}: fewer than two options in columns A, B, ...")
+        answer = None if _missing(row.get("answer")) else row["answer"].strip().upper()
+        if answer is not None and answer not in OPTION_COLUMNS[: len(choices)]:
+            raise RecordError(f"{where}: answer {row['answer']!r} is not one of the option letters")
+        if check_images:
+            image = _image_file(row, images_by_index, image_dir, index, where)
+        else:
+            image = image_dir / str(index)  # never written: scoring needs no picture
         hint = None if _missing(row.get("hint")) else row["hint"]
         extra = {k: v for k, v in row.items() if k not in ("image", "index", "answer", *OPTION_COLUMNS)}
         meta = extra | {"choices": choices, "index": index, "group": index % CIRCULAR_STRIDE}
-        out.add(
-            Sample(index, build_prompt(row["question"], hint, choices, suffix), [image], answer, meta, where)
+        return Sample(
+            index, build_prompt(row["question"], hint, choices, suffix), [image], answer, meta, where
         )
-    return out.result
+
+    return out.collect(rows, sample)

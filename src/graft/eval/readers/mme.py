@@ -23,18 +23,7 @@ from pathlib import Path
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
 from graft.record_files import RecordError
 
-PERCEPTION = [
-    "existence",
-    "count",
-    "position",
-    "color",
-    "posters",
-    "celebrity",
-    "scene",
-    "landmark",
-    "artwork",
-    "OCR",
-]
+PERCEPTION = "existence count position color posters celebrity scene landmark artwork OCR".split()
 COGNITION = ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -51,11 +40,21 @@ class MMEResult:
     where: str = ""
 
 
-def _image_for(stem: str, folder: Path) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
+def _tab_lines(path: Path, columns: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``("file:line", fields)`` of each non-blank line of ``path``, fields being ``columns``
+    split at tabs; the ``answer`` column must be Yes or No and comes lower-cased."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields, k = line.split("\t"), columns.index("answer")
+        if len(fields) != len(columns):
+            raise RecordError(f"{path}:{n}: expected {'<TAB>'.join(columns)}, got {line!r:.80}")
+        if fields[k].strip().lower() not in ("yes", "no"):
+            raise RecordError(f"{path}:{n}: answer must be Yes or No, got {fields[k]!r}")
+        fields[k] = fields[k].strip().lower()
+        rows.append((f"{path}:{n}", fields))
+    return rows
 
 
 def _question_files(sub: Path) -> tuple[list[Path], Path]:
@@ -87,31 +86,24 @@ def read_mme(root: str | os.PathLike, skip_bad: bool = False, check_images: bool
         files, image_dir = _question_files(sub)
         for qfile in files:
             try:
-                image = _image_for(qfile.stem, image_dir) if check_images else image_dir / qfile.stem
+                candidates = [image_dir / f"{qfile.stem}{suffix}" for suffix in IMAGE_SUFFIXES]
+                image = (
+                    next((p for p in candidates if p.is_file()), None)
+                    if check_images
+                    else image_dir / qfile.stem
+                )
                 if image is None:
                     raise RecordError(f"{qfile}: no image {qfile.stem}.jpg/.png in {image_dir}")
-                lines = [(n, ln) for n, ln in enumerate(qfile.read_text(encoding="utf-8").splitlines(), 1)]
-                rows = [(n, ln) for n, ln in lines if ln.strip()]
+                rows = _tab_lines(qfile, ("question", "answer"))
                 if len(rows) != 2:
                     raise RecordError(f"{qfile}: expected 2 question lines (MME pairs), found {len(rows)}")
-                parsed = []
-                for n, line in rows:
-                    parts = line.rstrip("\r\n").split("\t")
-                    if len(parts) != 2:
-                        raise RecordError(f"{qfile}:{n}: expected 'question<TAB>Yes|No', got {line!r:.80}")
-                    question, answer = parts[0].strip(), parts[1].strip().lower()
-                    if answer not in ("yes", "no"):
-                        raise RecordError(f"{qfile}:{n}: answer must be Yes or No, got {parts[1]!r}")
-                    parsed.append((n, question, answer))
             except RecordError as err:
                 out.fail(str(err))
                 continue
-            for k, (n, question, answer) in enumerate(parsed):
-                meta = {"subtask": sub.name, "image_name": image.name, "question": question}
-                sample_id = f"{sub.name}/{image.name}/{k}"
-                out.add(
-                    Sample(sample_id, f"{IMAGE_MARKER}\n{question}", [image], answer, meta, f"{qfile}:{n}")
-                )
+            for k, (where, (question, answer)) in enumerate(rows):
+                meta = {"subtask": sub.name, "image_name": image.name, "question": question.strip()}
+                prompt = f"{IMAGE_MARKER}\n{question.strip()}"
+                out.add(Sample(f"{sub.name}/{image.name}/{k}", prompt, [image], answer, meta, where))
     return out.result
 
 
@@ -168,21 +160,7 @@ def read_results(results_dir: str | os.PathLike) -> list[MMEResult]:
     files = sorted(results_dir.glob("*.txt"))
     if not files:
         raise FileNotFoundError(f"{results_dir}: no MME result files ({{subtask}}.txt)")
-    rows = []
-    for path in files:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 4:
-                raise RecordError(
-                    f"{path}:{n}: expected image<TAB>question<TAB>answer<TAB>prediction, "
-                    f"found {len(parts)} field(s)"
-                )
-            image, question, answer, prediction = parts
-            if answer.strip().lower() not in ("yes", "no"):
-                raise RecordError(f"{path}:{n}: ground truth must be Yes or No, got {answer!r}")
-            rows.append(
-                MMEResult(path.stem, image, question, answer.strip().lower(), prediction, f"{path}:{n}")
-            )
-    return rows
+    columns = ("image", "question", "answer", "prediction")
+    return [
+        MMEResult(path.stem, *fields, where) for path in files for where, fields in _tab_lines(path, columns)
+    ]

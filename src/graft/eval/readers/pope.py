@@ -13,14 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    need,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, image_folder, need
 from graft.record_files import RecordError, iter_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
@@ -30,36 +23,6 @@ _SPLIT_IN_NAME = re.compile(r"(?:^|_)(random|popular|adversarial)(?:\.|_|$)")
 def split_from_name(path: Path) -> str | None:
     m = _SPLIT_IN_NAME.search(path.name)
     return m.group(1) if m else None
-
-
-def _read_file(
-    path: Path,
-    image_root: Path,
-    out: Collector,
-    prefix_split: bool,
-    default_split: str | None,
-    check_images: bool,
-) -> None:
-    for record, where in iter_jsonl(path):
-        try:
-            qid = need(record, "question_id", (int, str), where)
-            image = need(record, "image", str, where)
-            text = need(record, "text", str, where)
-            label = need(record, "label", str, where).strip().lower()
-            if label not in ("yes", "no"):
-                raise RecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
-            split = record.get("category", default_split)
-            if not isinstance(split, str) or not split:
-                raise RecordError(
-                    f"{where}: no split: give 'category' or name the file coco_pope_<split>.json"
-                )
-            img = existing_image(image_root / image, where, check_images)
-        except RecordError as err:
-            out.fail(str(err))
-            continue
-        sample_id = f"{split}/{qid}" if prefix_split else qid
-        meta = {"split": split, "question": text}
-        out.add(Sample(sample_id, f"{IMAGE_MARKER}\n{text}", [img], label, meta, where))
 
 
 def read_pope(
@@ -74,17 +37,30 @@ def read_pope(
     that exists, else the questions' own folder.
     """
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if image_root is None:
-        image_root = folder / "images" if (folder / "images").is_dir() else folder
-    image_root = Path(image_root)
-    out = Collector(skip_bad)
+    image_root = image_folder(path if path.is_dir() else path.parent, image_root)
+    out = Collector(skip_bad, check_images)
+
+    def sample(record: dict, where: str, file: Path) -> Sample:
+        qid = need(record, "question_id", (int, str), where)
+        image = need(record, "image", str, where)
+        text = need(record, "text", str, where)
+        label = need(record, "label", str, where).strip().lower()
+        if label not in ("yes", "no"):
+            raise RecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
+        split = record.get("category", split_from_name(file))
+        if not isinstance(split, str) or not split:
+            raise RecordError(f"{where}: no split: give 'category' or name the file coco_pope_<split>.json")
+        img = out.image(image_root / image, where)
+        sample_id = f"{split}/{qid}" if file != path else qid
+        return Sample(
+            sample_id, f"{IMAGE_MARKER}\n{text}", [img], label, {"split": split, "question": text}, where
+        )
+
+    files = [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and split_from_name(p))
         if not files:
             raise FileNotFoundError(f"{path}: no POPE question file (coco_pope_<split>.json)")
-        for f in files:
-            _read_file(f, image_root, out, True, split_from_name(f), check_images)
-    else:
-        _read_file(path, image_root, out, False, split_from_name(path), check_images)
+    for f in files:
+        out.collect(iter_jsonl(f), lambda r, w, f=f: sample(r, w, f))
     return out.result

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, existing_image, need
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, need
 from graft.prompts import OPTION_LETTERS, place_images
 from graft.record_files import RecordError, check_id, iter_records
 
 
-def _sample(record: dict, where: str, root: Path, check_images: bool) -> Sample:
+def _sample(record: dict, where: str, root: Path, out: Collector) -> Sample:
     rid = check_id(record.get("id"), where)
     where = f"{where} (id {rid!r})"
     image, question, answer, qtype = (
@@ -38,7 +38,7 @@ def _sample(record: dict, where: str, root: Path, check_images: bool) -> Sample:
         if answer not in OPTION_LETTERS[: len(choices)]:
             raise RecordError(f"{where}: field 'answer' of a multiple-choice record must be an option letter")
         meta["choices"] = choices
-    path = existing_image(root / image, f"{where}: field 'image'", check_images)
+    path = out.image(root / image, f"{where}: field 'image'")
     prompt, _ = place_images(question, 1, where, IMAGE_MARKER)
     return Sample(rid, prompt, [path], answer, meta, where)
 
@@ -55,10 +55,5 @@ def read_questions(
     if not path.is_file():
         raise FileNotFoundError(f"question file not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
-    out = Collector(skip_bad)
-    for record, where in iter_records(path):
-        try:
-            out.add(_sample(record, where, root, check_images))
-        except RecordError as err:
-            out.fail(str(err))
-    return out.result
+    out = Collector(skip_bad, check_images)
+    return out.collect(iter_records(path), lambda record, where: _sample(record, where, root, out))

@@ -14,14 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from graft.eval.readers.base import (
-    IMAGE_MARKER,
-    Collector,
-    ReadResult,
-    Sample,
-    existing_image,
-    need,
-)
+from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, image_folder, need
 from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError, check_id, iter_records
 
@@ -64,42 +57,35 @@ def read_scienceqa(
     ``image_root`` defaults to ``images/`` beside the file when that exists, else its folder.
     """
     path = Path(path)
-    if image_root is None:
-        image_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    image_root = Path(image_root)
-    out = Collector(skip_bad)
-    for record, where in iter_records(path):
-        try:
-            if images_only and "image" not in record:
-                continue
-            rid = check_id(record.get("id"), where)
-            where = f"{where} (id {rid!r})"
-            turns = need(record, "conversations", list, where)
-            if len(turns) < 2 or not all(
-                isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]
-            ):
-                raise RecordError(f"{where}: 'conversations' needs a human turn and a gpt turn with 'value'")
-            question, answer_text = turns[0]["value"], turns[1]["value"]
-            choices = parse_options(question)
-            if len(choices) < 2:
-                raise RecordError(
-                    f"{where}: no options found in the question ('A. text' lines or 'Options: (A) ...')"
-                )
-            answer = parse_answer_letter(answer_text)
-            if answer is None or LETTERS.index(answer) >= len(choices):
-                raise RecordError(f"{where}: the gpt turn names no option letter: {answer_text!r:.80}")
-            images = []
-            prompt = question
-            if "image" in record:
-                image = image_root / need(record, "image", str, where)
-                images = [existing_image(image, where, check_images)]
-                if IMAGE_MARKER not in prompt:
-                    prompt = f"{IMAGE_MARKER}\n{prompt}"
-            elif IMAGE_MARKER in prompt:
-                raise RecordError(f"{where}: the question holds {IMAGE_MARKER} but the record has no image")
-        except RecordError as err:
-            out.fail(str(err))
-            continue
-        meta = {"choices": choices, "has_image": bool(images)}
-        out.add(Sample(rid, prompt, images, answer, meta, where))
-    return out.result
+    image_root = image_folder(path.parent, image_root)
+    out = Collector(skip_bad, check_images)
+
+    def sample(record: dict, where: str) -> Sample | None:
+        if images_only and "image" not in record:
+            return None
+        rid = check_id(record.get("id"), where)
+        where = f"{where} (id {rid!r})"
+        turns = need(record, "conversations", list, where)
+        if len(turns) < 2 or not all(
+            isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns[:2]
+        ):
+            raise RecordError(f"{where}: 'conversations' needs a human turn and a gpt turn with 'value'")
+        question, answer_text = turns[0]["value"], turns[1]["value"]
+        choices = parse_options(question)
+        if len(choices) < 2:
+            raise RecordError(
+                f"{where}: no options found in the question ('A. text' lines or 'Options: (A) ...')"
+            )
+        answer = parse_answer_letter(answer_text)
+        if answer is None or LETTERS.index(answer) >= len(choices):
+            raise RecordError(f"{where}: the gpt turn names no option letter: {answer_text!r:.80}")
+        images, prompt = [], question
+        if "image" in record:
+            images = [out.image(image_root / need(record, "image", str, where), where)]
+            if IMAGE_MARKER not in prompt:
+                prompt = f"{IMAGE_MARKER}\n{prompt}"
+        elif IMAGE_MARKER in prompt:
+            raise RecordError(f"{where}: the question holds {IMAGE_MARKER} but the record has no image")
+        return Sample(rid, prompt, images, answer, {"choices": choices, "has_image": bool(images)}, where)
+
+    return out.collect(iter_records(path), sample)
