@@ -14,39 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from graft.eval import metrics, readers
 from graft.eval.answers import score_answer, sqa_letter
-from graft.eval.metrics import (
-    ChatClient,
-    ChoiceRow,
-    JudgeConfig,
-    LLMChoiceMatcher,
-    caption_scores,
-    category_scores,
-    choice_scores,
-    judge_scores,
-    mme_scores,
-    pope_scores,
-    score_tasks,
-)
-from graft.eval.readers import (
-    ReadResult,
-    Sample,
-    read_coco_captions,
-    read_demon,
-    read_llava_bench,
-    read_mmbench,
-    read_mme,
-    read_pope,
-    read_scienceqa,
-)
+from graft.eval.metrics import ChatClient, ChoiceRow, JudgeConfig, LLMChoiceMatcher
+from graft.eval.readers import ReadResult, Sample
 from graft.eval.readers.mme import MMEResult, match_ids
-from graft.eval.readers.questions import read_questions
 from graft.record_files import RecordError
 
 logger = logging.getLogger(__name__)
 
-# (samples read, id -> answer, options, counts to fill) -> metrics
-Scorer = Callable[[ReadResult, Mapping[str, str], "Options", dict], dict]
+#: (samples read, sample id -> its answer or None, options) -> metrics
+Scorer = Callable[[list[Sample], Mapping[str, "str | None"], "Options"], Any]
 
 
 @dataclass
@@ -80,88 +58,82 @@ def answers(samples: list[Sample], preds: Mapping[str, str], counts: dict[str, A
     return got
 
 
-def _caption(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-    got = answers(data.samples, preds, counts)
-    refs = {str(s.id): s.target for s in data.samples}
-    return caption_scores(refs, {k: v for k, v in got.items() if v is not None}, java=opts.java)
+def strings(target: Any) -> list[str]:
+    """One reference or several, as a list."""
+    return [target] if isinstance(target, str) else list(target)
 
 
-def _mme(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-    got = answers(data.samples, preds, counts)
-    rows = [
-        MMEResult(
-            s.meta["subtask"],
-            s.meta["image_name"],
-            s.meta["question"],
-            s.target,
+def caption(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+    refs = {str(s.id): strings(s.target) for s in samples}
+    return metrics.caption_scores(refs, {k: v for k, v in got.items() if v is not None}, java=opts.java)
+
+
+def choice_rows(samples: list[Sample], got: Mapping[str, str | None]) -> list[ChoiceRow]:
+    return [
+        ChoiceRow(
+            s.id,
             got[str(s.id)] or "",
-            s.where,
+            s.target,
+            s.meta["choices"],
+            s.meta.get("group"),
+            s.meta.get("category"),
         )
-        for s in data.samples
+        for s in samples
     ]
-    return mme_scores(rows)
 
 
-def _pope(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-    got = answers(data.samples, preds, counts)
-    return pope_scores(
-        (s.meta["split"], s.target, got[str(s.id)]) for s in data.samples if got[str(s.id)] is not None
+def _mme(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+    meta = ("subtask", "image_name", "question")
+    return metrics.mme_scores(
+        MMEResult(*(s.meta[k] for k in meta), s.target, got[str(s.id)] or "", s.where) for s in samples
+    )
+
+
+def _pope(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+    return metrics.pope_scores(
+        (s.meta["split"], s.target, got[str(s.id)]) for s in samples if got[str(s.id)] is not None
     )
 
 
 def _choice(circular: bool, extract: Callable | None = None) -> Scorer:
-    def run(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-        got = answers(data.samples, preds, counts)
-        unlabelled = [s.where for s in data.samples if s.target is None]
+    def run(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+        unlabelled = [s.where for s in samples if s.target is None]
         if unlabelled:
             raise RecordError(
                 f"{len(unlabelled)} question(s) have no answer to score against, e.g. {unlabelled[0]}"
             )
         fallback = None
         if opts.llm_choice_fallback:
-            if opts.judge is None:
-                raise ValueError("the LLM choice fallback needs a judge endpoint (--judge-model ...)")
+            check_judge(opts, "the LLM choice fallback")
             fallback = LLMChoiceMatcher(ChatClient(opts.judge))
-        rows = [
-            ChoiceRow(
-                s.id,
-                got[str(s.id)] or "",
-                s.target,
-                s.meta["choices"],
-                s.meta.get("group"),
-                s.meta.get("category"),
-            )
-            for s in data.samples
-        ]
         # the LLM fallback means the lenient reading; otherwise the family's own one
-        out = choice_scores(rows, fallback=fallback, circular=circular, extract=None if fallback else extract)
-        with_image = [r for r, s in zip(out["samples"], data.samples, strict=True) if s.images]
-        if len(with_image) < len(data.samples):
+        extract_letter = None if fallback else extract
+        out = metrics.choice_scores(choice_rows(samples, got), fallback, circular, extract_letter)
+        with_image = [r for r, s in zip(out["samples"], samples, strict=True) if s.images]
+        if len(with_image) < len(samples):
             # ScienceQA reports IMG accuracy beside the full one
-            out["img_accuracy"] = (
-                100.0 * sum(r["correct"] for r in with_image) / len(with_image) if with_image else 0.0
-            )
+            out["img_accuracy"] = 100.0 * sum(r["correct"] for r in with_image) / max(len(with_image), 1)
         return out
 
     return run
 
 
-def _demon(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-    got = answers(data.samples, preds, counts)
-    rows = []
-    for s in data.samples:
-        row = {
+def _demon(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+    rows = [
+        {
             "task": s.meta["task"],
             "kind": s.meta["kind"],
             "prediction": got[str(s.id)] or "",
             "response": s.target,
         }
-        rows.append(row | ({"choices": s.meta["choices"]} if "choices" in s.meta else {}))
+        | ({"choices": s.meta["choices"]} if "choices" in s.meta else {})
+        for s in samples
+    ]
     try:
-        tasks = score_tasks(rows, lenient_images=opts.lenient_image_choice)
+        tasks = metrics.score_tasks(rows, lenient_images=opts.lenient_image_choice)
     except ValueError as err:
         raise RecordError(f"DEMON: {err}") from None
-    cats = category_scores(tasks)
+    cats = metrics.category_scores(tasks)
     return {
         "categories": {c: v["score"] for c, v in cats.items()},
         "tasks": {t: v["score"] for t, v in tasks.items()},
@@ -171,43 +143,35 @@ def _demon(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: di
     }
 
 
-def _judge(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
-    if opts.judge is None:
-        raise ValueError("LLaVA-Bench needs a judge: --judge-model (and --judge-base-url / --judge-api-key)")
-    got = answers(data.samples, preds, counts)
+def _judge(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
+    check_judge(opts, "LLaVA-Bench")
+    keys = ("category", "context", "question", "rule")
     items = [
-        {
-            "id": s.id,
-            "category": s.meta["category"],
-            "context": s.meta["context"],
-            "question": s.meta["question"],
-        }
-        | {"reference": s.target, "answer": got[str(s.id)], "rule": s.meta["rule"]}
-        for s in data.samples
+        {"id": s.id, "reference": s.target, "answer": got[str(s.id)]} | {k: s.meta[k] for k in keys}
+        for s in samples
         if got[str(s.id)] is not None
     ]
-    return judge_scores(items, ChatClient(opts.judge))
+    return metrics.judge_scores(items, ChatClient(opts.judge))
 
 
-def _questions(data: ReadResult, preds: Mapping[str, str], opts: Options, counts: dict) -> dict:
+def _questions(samples: list[Sample], got: Mapping[str, str | None], opts: Options) -> dict:
     """graft's question files: accuracy (a fraction) overall and per ``qtype``, each answer read
     by ``answers.score_answer``; a missing answer is wrong. Per-sample readings under ``samples``."""
-    got = answers(data.samples, preds, counts)
     by_type: dict[str, list[bool]] = {}
-    samples = []
-    for s in data.samples:
+    samples_out = []
+    for s in samples:
         answer = got[str(s.id)]
         parsed, right = (
             score_answer(answer, s.target, s.meta.get("choices")) if answer is not None else (None, False)
         )
         by_type.setdefault(s.meta["qtype"], []).append(right)
-        samples.append({"id": s.id, "qtype": s.meta["qtype"], "parsed": parsed, "correct": right})
+        samples_out.append({"id": s.id, "qtype": s.meta["qtype"], "parsed": parsed, "correct": right})
     every = [r for rights in by_type.values() for r in rights]
     out: dict[str, Any] = {"accuracy": sum(every) / len(every) if every else 0.0, "n": len(every)}
     for qtype, rights in sorted(by_type.items()):
         out[f"qtype/{qtype}/accuracy"] = sum(rights) / len(rights)
         out[f"qtype/{qtype}/n"] = len(rights)
-    return out | {"samples": samples}
+    return out | {"samples": samples_out}
 
 
 @dataclass(frozen=True)
@@ -221,29 +185,22 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "coco_caption": Family(read_coco_captions, _caption),
+    "coco_caption": Family(readers.read_coco_captions, caption),
     # read without images, MME ids name an image by its stem
-    "mme": Family(read_mme, _mme, match_ids=match_ids),
-    "pope": Family(read_pope, _pope),
+    "mme": Family(readers.read_mme, _mme, match_ids=match_ids),
+    "pope": Family(readers.read_pope, _pope),
     # LLaVA's strict ScienceQA reading, so numbers compare with its tables
-    "scienceqa_img": Family(read_scienceqa, _choice(circular=False, extract=sqa_letter)),
-    "mmbench": Family(read_mmbench, _choice(circular=True)),
-    "llava_bench": Family(read_llava_bench, _judge, needs_judge=True),
-    "demon": Family(read_demon, _demon),
+    "scienceqa_img": Family(readers.read_scienceqa, _choice(circular=False, extract=sqa_letter)),
+    "mmbench": Family(readers.read_mmbench, _choice(circular=True)),
+    "llava_bench": Family(readers.read_llava_bench, _judge, needs_judge=True),
+    "demon": Family(readers.read_demon, _demon),
     # graft's own question files (the demo's held-out yes/no and multiple-choice questions)
-    "questions": Family(read_questions, _questions),
+    "questions": Family(readers.read_questions, _questions),
 }
 
 
 def check_judge(options: Options | None, what: str) -> None:
     """Fail before any generation when a task will need a judge that is not configured."""
-    judge = options.judge if options else None
-    if judge is None or not judge.model:
-        raise ValueError(
-            f"{what} needs an LLM judge: pass --judge-model or set GRAFT_JUDGE_MODEL "
-            "(with --judge-base-url / GRAFT_JUDGE_BASE_URL or an API key)"
-        )
-    if not judge.base_url and not judge.api_key:
-        raise ValueError(
-            f"{what} needs an LLM judge: no API key (GRAFT_JUDGE_API_KEY / OPENAI_API_KEY) and no base URL"
-        )
+    problem = ((options.judge if options else None) or JudgeConfig()).problem()
+    if problem:
+        raise ValueError(f"{what} needs an LLM judge: {problem}")

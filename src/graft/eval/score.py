@@ -17,7 +17,7 @@ A task is a built-in name (``pope``, an alias such as ``coco``) or the path of a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from graft.eval.families import Options
 from graft.eval.metrics import mme_scores
 from graft.eval.readers import ReadResult
 from graft.eval.readers.mme import read_results
-from graft.eval.tasks import TaskSpec, builtin_tasks, get_task
+from graft.eval.tasks import TaskSpec, get_task
 from graft.record_files import RecordError, UniqueIds, check_id, iter_jsonl
 
-__all__ = ["ALIASES", "TASKS", "Options", "read_predictions", "score", "score_samples", "task_name"]
+__all__ = ["Options", "read_predictions", "score", "score_samples"]
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, str]:
@@ -43,13 +43,6 @@ def read_predictions(path: str | os.PathLike) -> dict[str, str]:
         seen.add(str(rid), where)
         out[str(rid)] = text
     return out
-
-
-# name -> (reader of the data path, scorer), one per packaged task file; aliases in ALIASES
-TASKS: dict[str, tuple[Callable[..., ReadResult], Callable[..., dict]]] = {
-    name: (spec.read, spec.score) for name, spec in builtin_tasks()[0].items()
-}
-ALIASES: dict[str, str] = dict(builtin_tasks()[1])
 
 
 def score_samples(
@@ -93,19 +86,12 @@ def score(
         # the official tool's result files carry questions, truths and answers together
         rows = read_results(predictions)
         return _finish(mme_scores(rows), {"samples": len(rows)}, keep_samples)
-    if data is None and spec.dataset_path is None:
-        raise ValueError(f"task {spec.name!r} needs --data")
     path = spec.data_path(data)
     read = spec.read(path, skip_bad=skip_bad, check_images=False)
     if not read.samples:
         raise RecordError(f"{path}: no samples read")
     preds = predictions if isinstance(predictions, Mapping) else read_predictions(predictions)
     return score_samples(spec, read, preds, options, keep_samples)
-
-
-def task_name(task: str | os.PathLike | TaskSpec) -> str:
-    """The task's own name (a built-in's for an alias); raises ``ValueError`` for an unknown one."""
-    return get_task(task).name
 
 
 def _finish(result: dict[str, Any], counts: dict[str, Any], keep_samples: bool) -> dict[str, Any]:

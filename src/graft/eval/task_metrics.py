@@ -20,11 +20,11 @@ before any generation, naming its file and line.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from graft.eval.answers import normalize_text, pope_yes_no
-from graft.eval.metrics import ChoiceRow, caption_scores, choice_scores, rouge_l
+from graft.eval.families import Scorer, caption, choice_rows, strings
+from graft.eval.metrics import choice_scores, rouge_l
 from graft.eval.metrics.demon import normalize as demon_normalize
 from graft.eval.metrics.pope import binary_scores
 from graft.eval.readers import Sample
@@ -32,36 +32,33 @@ from graft.prompts import OPTION_LETTERS
 from graft.record_files import RecordError
 
 
-def _strings(target: Any) -> list[str]:
-    return [target] if isinstance(target, str) else list(target)
-
-
-def _check_text(target: Any, where: str) -> None:
-    ok = isinstance(target, str) or (
-        isinstance(target, list) and target and all(isinstance(t, str) for t in target)
-    )
-    if not ok:
-        raise RecordError(f"{where}: the target must be a string or a list of strings, got {target!r:.80}")
-
-
-def _check_yes_no(target: Any, where: str) -> None:
-    if not isinstance(target, str) or target.strip().lower() not in ("yes", "no"):
-        raise RecordError(f"{where}: metric yes_no needs a yes/no target, got {target!r:.80}")
-
-
-def _check_letter(target: Any, where: str, choices: Any) -> None:
-    if not isinstance(choices, list) or len(choices) < 2:
-        raise RecordError(f"{where}: metric choice needs a list of at least two options")
-    if not isinstance(target, str) or target not in OPTION_LETTERS[: len(choices)]:
+def _check_text(s: Sample) -> None:
+    listed = isinstance(s.target, list) and s.target and all(isinstance(t, str) for t in s.target)
+    if not (isinstance(s.target, str) or listed):
         raise RecordError(
-            f"{where}: metric choice needs an option letter (A..{OPTION_LETTERS[len(choices) - 1]}) or an "
-            f"option's text as target, got {target!r:.80}"
+            f"{s.where}: the target must be a string or a list of strings, got {s.target!r:.80}"
+        )
+
+
+def _check_yes_no(s: Sample) -> None:
+    if not isinstance(s.target, str) or s.target.strip().lower() not in ("yes", "no"):
+        raise RecordError(f"{s.where}: metric yes_no needs a yes/no target, got {s.target!r:.80}")
+
+
+def _check_letter(s: Sample) -> None:
+    choices = s.meta.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise RecordError(f"{s.where}: metric choice needs a list of at least two options")
+    if not isinstance(s.target, str) or s.target not in OPTION_LETTERS[: len(choices)]:
+        raise RecordError(
+            f"{s.where}: metric choice needs an option letter (A..{OPTION_LETTERS[len(choices) - 1]}) or an "
+            f"option's text as target, got {s.target!r:.80}"
         )
 
 
 def _exact_match(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> float:
     hits = [
-        normalize_text(got[str(s.id)] or "") in {normalize_text(t) for t in _strings(s.target)}
+        normalize_text(got[str(s.id)] or "") in {normalize_text(t) for t in strings(s.target)}
         for s in samples
     ]
     return sum(hits) / len(hits) if hits else 0.0
@@ -75,50 +72,34 @@ def _yes_no(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> 
 
 
 def _choice(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> dict[str, Any]:
-    rows = [
-        ChoiceRow(s.id, got[str(s.id)] or "", s.target, s.meta["choices"], None, s.meta.get("category"))
-        for s in samples
-    ]
-    out = choice_scores(rows)
+    out = choice_scores(choice_rows(samples, got))
     out.pop("samples")
     return out
 
 
 def _rouge_l(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> float:
     scores = [
-        max(rouge_l(demon_normalize(got[str(s.id)] or ""), demon_normalize(t)) for t in _strings(s.target))
+        max(rouge_l(demon_normalize(got[str(s.id)] or ""), demon_normalize(t)) for t in strings(s.target))
         for s in samples
     ]
     return 100.0 * sum(scores) / len(scores) if scores else 0.0
 
 
-def _caption(samples: list[Sample], got: Mapping[str, str | None], opts: Any) -> dict[str, Any]:
-    refs = {str(s.id): _strings(s.target) for s in samples}
-    preds = {str(s.id): got[str(s.id)] for s in samples if got[str(s.id)] is not None}
-    return caption_scores(refs, preds, java=getattr(opts, "java", None))
-
-
-@dataclass(frozen=True)
-class Metric:
-    score: Callable[[list[Sample], Mapping[str, str | None], Any], Any]
-    check: Callable[[Any, str], None] | None = None  # (target, where); choice is checked apart
-    needs_choices: bool = False
+class Metric(NamedTuple):
+    score: Scorer
+    check: Callable[[Sample], None]  # raises RecordError when the sample's target cannot be scored
 
 
 METRICS: dict[str, Metric] = {
     "exact_match": Metric(_exact_match, _check_text),
     "yes_no": Metric(_yes_no, _check_yes_no),
-    "choice": Metric(_choice, needs_choices=True),
+    "choice": Metric(_choice, _check_letter),
     "rouge_l": Metric(_rouge_l, _check_text),
-    "caption": Metric(_caption, _check_text),
+    "caption": Metric(caption, _check_text),
 }
 
 
 def check_sample(metrics: list[str], sample: Sample) -> None:
     """Raise ``RecordError`` (naming the sample's place) when a metric cannot score it."""
     for name in metrics:
-        metric = METRICS[name]
-        if metric.needs_choices:
-            _check_letter(sample.target, sample.where, sample.meta.get("choices"))
-        elif metric.check is not None:
-            metric.check(sample.target, sample.where)
+        METRICS[name].check(sample)

@@ -22,6 +22,7 @@ import yaml
 from graft.eval.doc_reader import JsonlFields, read_jsonl_task, render
 from graft.eval.families import FAMILIES, Options, answers
 from graft.eval.readers import IMAGE_MARKER, ReadResult, Sample
+from graft.eval.readers.base import Collector
 from graft.eval.task_keys import (
     JSONL_ONLY,
     KEYS,
@@ -38,7 +39,6 @@ from graft.eval.task_keys import (
 )
 from graft.eval.task_metrics import METRICS, check_sample
 from graft.prompts import place_images
-from graft.record_files import RecordError
 
 __all__ = ["TaskFileError", "TaskSpec", "builtin_tasks", "get_task", "load_task_file", "parse_task"]
 
@@ -89,19 +89,15 @@ class TaskSpec:
         reprompt = self.text is not None or self.pre_prompt or self.post_prompt
         if not reprompt and not self.metrics:
             return read
-        out = ReadResult([], list(read.bad))
-        for s in read.samples:
-            try:
-                if reprompt:
-                    s = self._reprompt(s)
-                check_sample(list(self.metrics), s)
-            except RecordError as err:
-                if not skip_bad:
-                    raise
-                out.bad.append(str(err))
-                continue
-            out.samples.append(s)
-        return out
+        out = Collector(skip_bad)
+        out.result.bad = list(read.bad)
+
+        def checked(s: Sample, where: str) -> Sample:
+            s = self._reprompt(s) if reprompt else s
+            check_sample(list(self.metrics), s)
+            return s
+
+        return out.collect(((s, s.where) for s in read.samples), checked)
 
     def _reprompt(self, s: Sample) -> Sample:
         text = s.prompt
@@ -120,11 +116,8 @@ class TaskSpec:
         family = FAMILIES.get(self.reader)
         if family is not None and family.match_ids is not None:
             preds = family.match_ids(preds, [str(s.id) for s in data.samples])
-        if self.family is not None:
-            out = FAMILIES[self.family].score(data, preds, opts, counts)
-            got = {str(s.id): preds.get(str(s.id)) for s in data.samples}
-        else:
-            out, got = {}, answers(data.samples, preds, counts)
+        got = answers(data.samples, preds, counts)
+        out = FAMILIES[self.family].score(data.samples, got, opts) if self.family is not None else {}
         for name in self.metrics:
             out[name] = METRICS[name].score(data.samples, got, opts)
         return out

@@ -84,6 +84,17 @@ class JudgeConfig:
         values.setdefault("cache_dir", env.get("GRAFT_JUDGE_CACHE"))
         return cls(**values)
 
+    def problem(self) -> str | None:
+        """Why no judge can be asked with this config; None when one can."""
+        if not self.model:
+            return "no judge model: pass --judge-model or set GRAFT_JUDGE_MODEL"
+        if not self.base_url and not self.api_key:
+            return (
+                "no judge API key: pass --judge-api-key or set GRAFT_JUDGE_API_KEY / OPENAI_API_KEY "
+                "(or point --judge-base-url at a local server)"
+            )
+        return None
+
 
 class JudgeError(RuntimeError):
     """A request that failed for good (after its retries, or at once for a non-transient error)."""
@@ -95,13 +106,8 @@ class ChatClient:
     def __init__(self, config: JudgeConfig) -> None:
         import openai
 
-        if not config.model:
-            raise ValueError("no judge model: pass --judge-model or set GRAFT_JUDGE_MODEL")
-        if not config.base_url and not config.api_key:
-            raise ValueError(
-                "no judge API key: pass --judge-api-key or set GRAFT_JUDGE_API_KEY / OPENAI_API_KEY "
-                "(or point --judge-base-url at a local server)"
-            )
+        if problem := config.problem():
+            raise ValueError(problem)
         self.config = config
         self._openai = openai
         # local servers need no key, but the client insists on one

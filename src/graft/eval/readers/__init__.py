@@ -7,6 +7,7 @@ from graft.eval.readers.llava_bench import read_llava_bench
 from graft.eval.readers.mmbench import read_mmbench
 from graft.eval.readers.mme import read_mme
 from graft.eval.readers.pope import read_pope
+from graft.eval.readers.questions import read_questions
 from graft.eval.readers.scienceqa import read_scienceqa
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "read_mmbench",
     "read_mme",
     "read_pope",
+    "read_questions",
     "read_scienceqa",
 ]
