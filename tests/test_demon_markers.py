@@ -46,7 +46,7 @@ def test_prediction_rows_take_placeholders(tmp_path):
         random_image().save(tmp_path / name)
     record = {"id": 1, "images": ["a.png", "b.png"], "question": "{image#2} vs {image#1}: same?"}
     row = _parse_prompt_row(record, "q.jsonl:1", tmp_path, "<image>")
-    assert row.text == "<image> vs <image>: same?"
+    assert row.prompt == "<image> vs <image>: same?"
     assert [p.name for p in row.images] == ["b.png", "a.png"]
     with pytest.raises(RecordError, match="q.jsonl:1"):
         _parse_prompt_row({**record, "question": "{image#3}"}, "q.jsonl:1", tmp_path, "<image>")

@@ -15,53 +15,38 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from graft.eval.readers.base import Collector, Sample, need
 from graft.eval.settings import EvalSettings
 from graft.files import cut_partial_last_line
 from graft.generate import GenerationSettings, generate_answers
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.prompts import ImageMarkerError, place_images
-from graft.record_files import RecordError, UniqueIds, check_id, load_records
+from graft.record_files import RecordError, check_id, iter_jsonl
 from graft.templates import Message
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-def field_str(record: dict, key: str, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str):
-        raise RecordError(f"{where}: field {key!r} must be a string, got {value!r}")
-    return value
-
-
-@dataclass
-class PromptRow:
-    id: str | int
-    text: str  # the user turn, one <image> marker per image
-    images: list[Path] = field(default_factory=list)
-    where: str = ""
-
-
-def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> PromptRow:
+def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> Sample:
+    """The row as a sample without a target: its question, one ``marker`` per image, the images."""
     rid = check_id(record.get("id"), where)
     if "image" in record and "images" in record:
         raise RecordError(f"{where}: give 'image' or 'images', not both")
     names = record.get("images", [record["image"]] if "image" in record else [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise RecordError(f"{where}: 'image' must be a path string and 'images' a list of them")
-    key = "question" if "question" in record else "text"
-    text, order = place_images(field_str(record, key, where), len(names), where, marker, what="the question")
+    question = need(record, "question" if "question" in record else "text", str, where)
+    text, order = place_images(question, len(names), where, marker, what="the question")
     paths = [image_root / names[i] for i in order]
     for p in paths:
         if not p.is_file():
             raise RecordError(f"{where}: image not found: {p}")
-    return PromptRow(rid, text, paths, where)
+    return Sample(rid, text, paths, None, where=where)
 
 
 def done_ids(out_path: Path) -> set[str | int]:
@@ -86,34 +71,29 @@ def done_ids(out_path: Path) -> set[str | int]:
 def _answer(
     model: Any,
     processor: GraftProcessor,
-    batch: list[PromptRow],
+    batch: list[Sample],
     images: list[list[Any]],
-    skip_bad: bool,
+    bad: Collector,
     gen: GenerationSettings,
-) -> tuple[list[tuple[PromptRow, str]], int]:
-    """(row, answer) for every row of a batch, and how many rows were skipped as bad.
+) -> list[tuple[Sample, str]]:
+    """(row, answer) for every row of a batch that can be answered.
 
     A prompt that cannot be encoded (longer than the model's context, markers that do not match
     the images) fails its whole batch; the batch is then answered row by row so the one at fault
-    is named, and skipped and counted with ``skip_bad``.
+    is named (``bad.fail``: raised, or skipped and counted with ``skip_bad``).
     """
-    convs = [[Message("user", row.text)] for row in batch]
+    convs = [[Message("user", row.prompt)] for row in batch]
     try:
-        answers = generate_answers(model, processor, convs, images, settings=gen)
-        return list(zip(batch, answers, strict=True)), 0
+        return list(zip(batch, generate_answers(model, processor, convs, images, settings=gen), strict=True))
     except (SampleTooLongError, ImageMarkerError) as err:
         if len(batch) == 1:
-            if not skip_bad:
-                raise RecordError(f"{batch[0].where}: {err}") from None
-            logger.warning("skipping bad row: %s: %s", batch[0].where, err)
-            return [], 1
-    done: list[tuple[PromptRow, str]] = []
-    skipped = 0
-    for row, imgs in zip(batch, images, strict=True):
-        got, bad = _answer(model, processor, [row], [imgs], skip_bad, gen)
-        done += got
-        skipped += bad
-    return done, skipped
+            bad.fail(f"{batch[0].where}: {err}")
+            return []
+    return [
+        done
+        for row, imgs in zip(batch, images, strict=True)
+        for done in _answer(model, processor, [row], [imgs], bad, gen)
+    ]
 
 
 def predict_jsonl(
@@ -143,24 +123,17 @@ def predict_jsonl(
     counted by rank 0 only.
     """
     settings = (settings or EvalSettings()).replace(**changes)
-    gen, skip_bad, batch_size = settings.generation(generation_kwargs), settings.skip_bad, settings.batch_size
+    gen, batch_size = settings.generation(generation_kwargs), settings.batch_size
     questions_path, out_path = Path(questions_path), Path(out_path)
     root = Path(image_root) if image_root is not None else questions_path.parent
     marker = processor.image_token
-    rows, bad = load_records(questions_path, lambda r, w: _parse_prompt_row(r, w, root, marker), skip_bad)
-    seen, unique = UniqueIds(), []
-    for row in rows:
-        try:
-            # ids key the resume: a repeated one would be answered once and silently dropped once
-            seen.add(row.id, row.where)
-        except RecordError as err:
-            if not skip_bad:
-                raise
-            bad += 1
-            logger.warning("skipping bad row: %s", err)
-            continue
-        unique.append(row)
-    rows = unique[: settings.limit]
+    # bad rows raise, or with skip_bad are counted; a repeated id is bad too (ids key the resume:
+    # it would be answered once and silently dropped once)
+    bad = Collector(settings.skip_bad)
+    read = bad.collect(
+        iter_jsonl(questions_path, bad.skip), lambda r, w: _parse_prompt_row(r, w, root, marker)
+    )
+    rows = read.samples[: settings.limit]
 
     done = done_ids(out_path).union(*(done_ids(Path(p)) for p in also_done))
     pending = [row for row in rows if row.id not in done]
@@ -172,7 +145,8 @@ def predict_jsonl(
         if not 0 <= rank < world:
             raise ValueError(f"shard {shard}: rank must be in 0..world_size-1")
         pending = pending[rank::world]
-        bad = bad if rank == 0 else 0
+        if rank != 0:
+            read.bad.clear()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     bar = tqdm(
@@ -185,22 +159,17 @@ def predict_jsonl(
                 try:
                     loaded = [load_image(p) for p in row.images]
                 except ImageLoadError as err:
-                    if not skip_bad:
-                        raise RecordError(f"{row.where}: {err}") from None
-                    bad += 1
-                    logger.warning("skipping bad row: %s: %s", row.where, err)
+                    bad.fail(f"{row.where}: {err}")
                     continue
                 images.append([processor.blank_image(img) for img in loaded] if settings.blind else loaded)
                 batch.append(row)
             if batch:
-                done_rows, skipped = _answer(model, processor, batch, images, skip_bad, gen)
-                bad += skipped
-                lines = [json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows]
-                out.write("".join(lines))
+                done_rows = _answer(model, processor, batch, images, bad, gen)
+                out.write("".join(json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows))
                 # flushed and synced per batch: a kill loses at most the batch in flight
                 out.flush()
                 os.fsync(out.fileno())
                 written += len(done_rows)
             bar.update(len(pending[start : start + batch_size]))
     bar.close()
-    return {"total": len(rows), "already_done": already_done, "written": written, "bad": bad}
+    return {"total": len(rows), "already_done": already_done, "written": written, "bad": len(read.bad)}
