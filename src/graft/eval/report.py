@@ -28,11 +28,22 @@ import io
 import json
 import logging
 import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from graft.eval import report_demo
-from graft.eval.report_model import Failure, RunReport, TaskReport, data_uri, fmt, is_number
+from graft.eval.report_model import (
+    Failure,
+    RunReport,
+    TaskReport,
+    data_uri,
+    figure,
+    fmt,
+    is_number,
+    md_table,
+    png,
+)
 from graft.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -132,29 +143,27 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
 
 
 def _families(runs: list[RunReport]) -> list[str]:
-    seen: list[str] = []
-    for run in runs:
-        seen += [f for f in run.tasks if f not in seen]
-    return seen
+    return list(dict.fromkeys(f for run in runs for f in run.tasks))
 
 
-def _column(family: str, runs: list[RunReport]) -> str:
+def _measure(family: str, runs: list[RunReport]) -> str:
+    """What a results column's headline measures (its scoring family's)."""
     kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
-    return f"{family} ({HEADLINES.get(kind, 'score')})"
+    return HEADLINES.get(kind, "score")
+
+
+def _headlines(run: RunReport, families: list[str]) -> list[str]:
+    return [fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
 
 
 def render_markdown(runs: list[RunReport]) -> str:
-
     families = _families(runs)
+    head = ["model", *(f"{f} ({_measure(f, runs)})" for f in families)]
     lines = [
         "# graft evaluation report",
         "",
-        "| model | " + " | ".join(_column(f, runs) for f in families) + " |",
+        *md_table(head, [[r.name, *_headlines(r, families)] for r in runs]),
     ]
-    lines.append("|---" * (len(families) + 1) + "|")
-    for run in runs:
-        cells = [fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
-        lines.append(f"| {run.name} | " + " | ".join(cells) + " |")
     lines += ["", "Sources:"] + [
         f"- {r.name}: `{r.source}` {r.config_hash} {r.version}".rstrip() for r in runs
     ]
@@ -163,17 +172,17 @@ def render_markdown(runs: list[RunReport]) -> str:
             lines += report_demo.category_markdown(family, runs)
             continue
         cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
-        if cats:
+        rows = [
+            [c, *(fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs)]
+            for c in cats
+        ]
+        if rows:
             lines += [
                 "",
                 f"## {family} per category",
                 "",
-                "| category | " + " | ".join(r.name for r in runs) + " |",
+                *md_table(["category", *(r.name for r in runs)], rows),
             ]
-            lines.append("|---" * (len(runs) + 1) + "|")
-            for c in cats:
-                vals = [fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs]
-                lines.append(f"| {c} | " + " | ".join(vals) + " |")
     lines += report_demo.render_markdown(runs)
     lines += ["", "## Failures"]
     for run in runs:
@@ -193,16 +202,11 @@ def _one_line(text: str) -> str:
 
 def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     """Grouped bars, one group per category and one bar per run; None when no run has categories."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; the Figure API below never touches pyplot's global state
-    from matplotlib.figure import Figure
-
     runs = [r for r in runs if family in r.tasks]  # the legend names only the runs that have bars
     cats = sorted({c for r in runs for c in r.tasks[family].categories})
     if not cats:
         return None
-    fig = Figure(figsize=(max(4.0, 0.6 * len(cats) * max(1, len(runs)) + 1.5), 3.2))
+    fig = figure(max(4.0, 0.6 * len(cats) * max(1, len(runs)) + 1.5), 3.2, "tight")
     ax = fig.subplots()
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
@@ -212,10 +216,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
     ax.set_title(f"{family} per category")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return buf.getvalue()
+    return png(fig)
 
 
 def thumbnail_uri(path: Path, size: int = 160) -> str | None:
@@ -250,17 +251,12 @@ _CSS = (
 
 def _header(family: str, runs: list[RunReport]) -> str:
     """A results column's heading: the name, breakable at its separators, over what it measures."""
-    from html import escape
-
-    kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
     name = escape(family).replace("/", "/<wbr>").replace("_", "_<wbr>")
-    return f"{name}<br><small>{escape(HEADLINES.get(kind, 'score'))}</small>"
+    return f"{name}<br><small>{escape(_measure(family, runs))}</small>"
 
 
 def render_html(runs: list[RunReport]) -> str:
     """One page with everything inline: table, charts and thumbnails as data URIs, no links out."""
-    from html import escape
-
     families = _families(runs)
     many = len(families) > 5  # then: fixed layout, smaller type, wrapped headers
     parts = [
@@ -272,7 +268,7 @@ def render_html(runs: list[RunReport]) -> str:
     ]
     parts += [f"<th>{_header(f, runs)}</th>" for f in families] + ["</tr>"]
     for run in runs:
-        cells = "".join(f"<td>{fmt(run.tasks[f].headline) if f in run.tasks else '-'}</td>" for f in families)
+        cells = "".join(f"<td>{cell}</td>" for cell in _headlines(run, families))
         title = escape(f"{run.source} {run.config_hash} {run.version}".strip())
         parts.append(f"<tr><td title='{title}'>{escape(run.name)}</td>{cells}</tr>")
     parts.append("</table></div><h2>Per category</h2>")

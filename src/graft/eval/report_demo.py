@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from graft.eval.report_model import RunReport, TaskReport, data_uri, fmt, is_number
+from graft.eval.report_model import RunReport, TaskReport, data_uri, figure, fmt, is_number, md_table, png
 
 #: accuracy of guessing, per question format: the reference every bar is read against
 CHANCE = {"binary": 0.5, "mcq": 0.25}
@@ -138,26 +138,6 @@ def curve_series(curve: list[dict[str, float]]) -> list[tuple[str, list[int], li
     return lines
 
 
-# ---------------------------------------------------------------- charts
-
-
-def _figure(width: float, height: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; the Figure API never touches pyplot's global state
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")  # room for outside legends
-
-
-def _png(fig: Any) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    return buf.getvalue()
-
-
 def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     """``bar_series`` drawn: seeing bars solid, blind ones hatched in the same colour, chance dashed."""
     bars = bar_series(family, runs)
@@ -166,7 +146,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     n, k = len(bars.groups), max(1, len(bars.series))
     # the legend sits below in two columns: wide enough for its longest label (~0.06 in a letter)
     legend = 2 * (0.06 * max(len(s.label) for s in bars.series) + 0.5)
-    fig = _figure(max(4.5, 0.35 * n * k + 2.0, legend), 3.2 + 0.15 * math.ceil(k / 2))
+    fig = figure(max(4.5, 0.35 * n * k + 2.0, legend), 3.2 + 0.15 * math.ceil(k / 2), "constrained")
     ax = fig.subplots()
     width = 0.8 / k
     for i, (label, values, blind, run) in enumerate(bars.series):
@@ -189,7 +169,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     ax.set_ylabel("held-out accuracy", fontsize=8)
     ax.set_title(f"demo/{family}: with images vs blind (chance {bars.chance:g})", fontsize=9)
     fig.legend(fontsize=7, loc="outside lower center", ncols=2, frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
@@ -197,7 +177,7 @@ def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
     lines = curve_series(curve)
     if not lines:
         return None
-    fig = _figure(6.0, 3.4)
+    fig = figure(6.0, 3.4, "constrained")  # room for outside legends
     ax = fig.subplots()
     colors = {family: f"C{i}" for i, family in enumerate(CHANCE)}
     for label, steps, values, style in lines:
@@ -210,10 +190,7 @@ def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
     ax.set_title(title, fontsize=9)
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.legend(fontsize=7, loc="outside right center", frameon=False)
-    return _png(fig)
-
-
-# ---------------------------------------------------------------- tables
+    return png(fig)
 
 
 def _diagnostic_cell(summary: dict[str, float], key: str) -> str:
@@ -251,19 +228,14 @@ def category_markdown(column: str, runs: list[RunReport]) -> list[str]:
     if bars is None or len(bars.groups) < 2:
         return []
     blinds = _blind_columns(runs, family)
-    head = [r.name for r in runs] + [f"{r.name} blind" for r in blinds] + ["chance"]
-    lines = [
-        "",
-        f"## {column} per category (with images vs blind)",
-        "",
-        "| category | " + " | ".join(head) + " |",
+    head = ["category", *(r.name for r in runs), *(f"{r.name} blind" for r in blinds), "chance"]
+    rows = [
+        [group, *(fmt(group_value(r.summary, family, group)) for r in runs)]
+        + [fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
+        + [f"{CHANCE[family]:.2f}"]
+        for group in bars.groups
     ]
-    lines.append("|---" * (len(head) + 1) + "|")
-    for group in bars.groups:
-        cells = [fmt(group_value(r.summary, family, group)) for r in runs]
-        cells += [fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
-        lines.append(f"| {group} | " + " | ".join(cells) + f" | {CHANCE[family]:.2f} |")
-    return lines
+    return ["", f"## {column} per category (with images vs blind)", "", *md_table(head, rows)]
 
 
 def _curve_rows(curve: list[dict[str, float]]) -> list[list[str]]:
@@ -280,20 +252,12 @@ def render_markdown(runs: list[RunReport]) -> list[str]:
     for run in runs:
         if run.curve:
             lines += ["", f"## {run.name}: learning curve (stage 2, held-out accuracy)", ""]
-            lines += ["| " + " | ".join(_CURVE_HEAD) + " |", "|---" * len(_CURVE_HEAD) + "|"]
-            lines += ["| " + " | ".join(row) + " |" for row in _curve_rows(run.curve)]
+            lines += md_table(_CURVE_HEAD, _curve_rows(run.curve))
     demos, keys = _diagnostics(runs)
     if keys:
-        lines += [
-            "",
-            "## Demo diagnostics",
-            "",
-            "| measurement | " + " | ".join(r.name for r in demos) + " | meaning |",
-        ]
-        lines.append("|---" * (len(demos) + 2) + "|")
-        for key in keys:
-            cells = " | ".join(_diagnostic_cell(r.summary, key) for r in demos)
-            lines.append(f"| {key} | {cells} | {DIAGNOSTICS[key]} |")
+        head = ["measurement", *(r.name for r in demos), "meaning"]
+        rows = [[key, *(_diagnostic_cell(r.summary, key) for r in demos), DIAGNOSTICS[key]] for key in keys]
+        lines += ["", "## Demo diagnostics", "", *md_table(head, rows)]
     return lines
 
 

@@ -4,6 +4,7 @@ formatting that the report's markdown and HTML (``report.py``, ``report_demo.py`
 from __future__ import annotations
 
 import base64
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,24 @@ def fmt(value: float | None) -> str:
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return [f"| {' | '.join(head)} |", "|---" * len(head) + "|", *(f"| {' | '.join(r)} |" for r in rows)]
+
+
+def figure(width: float, height: float, layout: str) -> Any:
+    """A matplotlib figure drawn without a display (the Figure API never touches pyplot's state)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout=layout)
+
+
+def png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
