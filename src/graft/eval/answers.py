@@ -51,25 +51,15 @@ def parse_choice(text: str, choices: list[str]) -> str | None:
     return letters[hits[0]] if len(hits) == 1 else None
 
 
-def answer_format(answer: str, choices: list[str] | None) -> str:
-    """How a question file's answer is read: ``mcq`` (with choices), ``yesno`` or ``short``."""
-    if choices:
-        return "mcq"
-    return "yesno" if normalize_text(answer) in ("yes", "no") else "short"
-
-
 def score_answer(prediction: str, answer: str, choices: list[str] | None = None) -> tuple[str | None, bool]:
     """graft's rule for its own question files: (what the prediction was read as, whether it is
-    right); the first word for yes/no, ``parse_choice`` for options, else the normalised text."""
-    fmt = answer_format(answer, choices)
-    if fmt == "mcq":
-        assert choices is not None
-        parsed = parse_choice(prediction, choices)
-        return parsed, parsed is not None and parsed == answer.strip().upper()
-    if fmt == "yesno":
-        parsed = parse_yesno(prediction)
-        return parsed, parsed == normalize_text(answer)
-    parsed = normalize_text(prediction)
+    right); ``parse_choice`` with options, the first word for a yes/no answer, else the
+    normalised text."""
+    if choices:
+        picked = parse_choice(prediction, choices)
+        return picked, picked is not None and picked == answer.strip().upper()
+    yes_no = normalize_text(answer) in ("yes", "no")
+    parsed = parse_yesno(prediction) if yes_no else normalize_text(prediction)
     return parsed, parsed == normalize_text(answer)
 
 

@@ -114,26 +114,14 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, out: Collector
 
 
 def read_jsonl_task(
-    path: str | os.PathLike,
-    fields: JsonlFields,
-    skip_bad: bool = False,
-    check: Any = None,
-    check_images: bool = True,
+    path: str | os.PathLike, fields: JsonlFields, skip_bad: bool = False, check_images: bool = True
 ) -> ReadResult:
-    """Every record of a question file as a ``Sample``; ``check(sample)`` may reject one
-    (``RecordError``) as unscorable. Image paths are relative to ``fields.image_root``
-    (itself relative to the file's folder; default: that folder); they must exist unless
-    ``check_images`` is off (reading to score)."""
+    """Every record of a question file as a ``Sample``. Image paths are relative to
+    ``fields.image_root`` (itself relative to the file's folder; default: that folder); they must
+    exist unless ``check_images`` is off (reading to score)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file not found: {path}")
     root = path.parent / fields.image_root if fields.image_root else path.parent
     out = Collector(skip_bad, check_images)
-
-    def sample(record: dict, where: str) -> Sample:
-        sample = _sample(record, where, fields, root, out)
-        if check is not None:
-            check(sample)
-        return sample
-
-    return out.collect(iter_records(path), sample)
+    return out.collect(iter_records(path), lambda record, where: _sample(record, where, fields, root, out))

@@ -92,23 +92,17 @@ def step(state: PartialState, fn: Callable[[], T], who: str = "all") -> T | None
 
 def from_main(state: PartialState, value: Any) -> Any:
     """The main process's ``value`` on every process."""
-    if state.num_processes == 1:
-        return value
-    return gather_object([value])[0]
+    return value if state.num_processes == 1 else gather_object([value])[0]
 
 
 def shard_path(predictions: Path, rank: int) -> Path:
     return predictions.with_name(f"{predictions.stem}.rank-{rank}{predictions.suffix}")
 
 
-def shard_files(predictions: Path) -> list[Path]:
-    return sorted(predictions.parent.glob(f"{predictions.stem}.rank-*{predictions.suffix}"))
-
-
 def merge_shards(predictions: Path) -> int:
     """Append the rows of the per-process files that ``predictions`` lacks, then remove those
     files; returns how many rows were added."""
-    shards = shard_files(predictions)
+    shards = sorted(predictions.parent.glob(f"{predictions.stem}.rank-*{predictions.suffix}"))
     if not shards:
         return 0
     have = done_ids(predictions)  # also cuts a half-written last line

@@ -80,12 +80,11 @@ class TaskSpec:
         with ``skip_bad`` are counted in ``ReadResult.bad``. ``check_images=False`` reads for
         scoring: no image is looked for, a missing one is no error."""
         path = self.data_path(data)
-        if self.fields is not None:
-            return read_jsonl_task(
-                path, self.fields, skip_bad, lambda s: check_sample(list(self.metrics), s), check_images
-            )
-        reader = FAMILIES[self.reader].read
-        read = reader(path, skip_bad=skip_bad, check_images=check_images, **self.reader_kwargs)
+        if self.fields is not None:  # a jsonl task: its prompts are rendered as it reads
+            read = read_jsonl_task(path, self.fields, skip_bad, check_images)
+        else:
+            reader = FAMILIES[self.reader].read
+            read = reader(path, skip_bad=skip_bad, check_images=check_images, **self.reader_kwargs)
         reprompt = self.text is not None or self.pre_prompt or self.post_prompt
         if not reprompt and not self.metrics:
             return read

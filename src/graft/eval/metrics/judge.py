@@ -118,21 +118,6 @@ class ChatClient:
         if self.cache:
             self.cache.mkdir(parents=True, exist_ok=True)
 
-    def _request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        c = self.config
-        return {
-            "model": c.model,
-            "messages": messages,
-            "temperature": c.temperature,
-            "max_tokens": c.max_tokens,
-        }
-
-    def _cache_path(self, request: dict[str, Any]) -> Path | None:
-        if not self.cache:
-            return None
-        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-        return self.cache / f"{key}.json"
-
     def _transient(self, err: Exception) -> bool:
         o = self._openai
         if isinstance(err, (o.APIConnectionError, o.RateLimitError, o.InternalServerError)):
@@ -141,12 +126,14 @@ class ChatClient:
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """The reply's text; raises ``JudgeError`` when every try failed."""
-        request = self._request(messages)
-        path = self._cache_path(request)
+        c = self.config
+        request = dict(model=c.model, messages=messages, temperature=c.temperature, max_tokens=c.max_tokens)
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+        path = self.cache / f"{key}.json" if self.cache else None
         if path and path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))["content"]
-        delay = self.config.backoff
-        for attempt in range(self.config.retries + 1):
+        delay = c.backoff
+        for attempt in range(c.retries + 1):
             try:
                 response = self.client.chat.completions.create(**request)
                 content = response.choices[0].message.content
@@ -154,18 +141,16 @@ class ChatClient:
                     raise JudgeError("the reply has no text content")
                 break
             except Exception as err:  # noqa: BLE001 (classified below; anything else fails the request)
-                if isinstance(err, JudgeError) or not self._transient(err) or attempt == self.config.retries:
+                if isinstance(err, JudgeError) or not self._transient(err) or attempt == c.retries:
                     raise JudgeError(f"{type(err).__name__}: {err}") from None
-                time.sleep(min(delay, self.config.max_backoff) * (0.5 + random.random()))
+                time.sleep(min(delay, c.max_backoff) * (0.5 + random.random()))
                 delay *= 2
         if path:
             # written whole then renamed: a killed run never leaves a half entry
             write_text_atomic(path, json.dumps({"request": request, "content": content}))
         return content
 
-    def map(
-        self, conversations: Sequence[list[dict[str, str]]], desc: str = "judge"
-    ) -> list[str | JudgeError]:
+    def map(self, conversations: Sequence[list[dict[str, str]]]) -> list[str | JudgeError]:
         """``complete`` over many conversations, ``concurrency`` at a time, in order; a failure is
         returned (not raised) in its slot."""
 
@@ -176,7 +161,9 @@ class ChatClient:
                 return err
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
-            return list(tqdm(pool.map(one, conversations), total=len(conversations), desc=desc, unit="req"))
+            return list(
+                tqdm(pool.map(one, conversations), total=len(conversations), desc="judge", unit="req")
+            )
 
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
@@ -242,10 +229,10 @@ def judge_scores(items: Sequence[dict[str, Any]], client: ChatClient) -> dict[st
     details = {}
     # every category asked about is reported, None where no judgement of it parsed
     for cat in ["all", *sorted({i["category"] for i in items})]:
-        ref = sum(p[0] for p in pairs.get(cat, [])) / len(pairs[cat]) if pairs.get(cat) else None
-        mod = sum(p[1] for p in pairs.get(cat, [])) / len(pairs[cat]) if pairs.get(cat) else None
+        got = pairs.get(cat, [])
+        ref, mod = (sum(p[k] for p in got) / len(got) if got else None for k in (0, 1))
         out[cat] = 100.0 * mod / ref if ref else None
-        details[cat] = {"reference": ref, "model": mod, "n": len(pairs.get(cat, []))}
+        details[cat] = {"reference": ref, "model": mod, "n": len(got)}
     out["details"] = details
     out["counts"] = {
         "items": len(items),
