@@ -15,8 +15,8 @@ from graft.generate import generate_answers
 from graft.processing import GraftProcessor
 from graft.serve.settings import ServeSettings
 from graft.templates import Message
-from serve_fixtures import data_url, running_server, save_sensitive_model
 
+from serve_fixtures import data_url, running_server, save_sensitive_model
 from tiny import random_image
 
 
@@ -142,8 +142,24 @@ def test_concurrent_requests_are_batched_and_equal_solo_answers(server):
     ]
     solo = [ask(url, m, max_tokens=10) for m in requests[:12]]
     before = state.metrics.batch_size.collect()[0].samples
+
+    def either(i: int) -> str:  # every other request streams
+        if i % 2:
+            return ask(url, requests[i], max_tokens=10)
+        stream = raw_stream(
+            url,
+            {
+                "model": "tiny-vlm",
+                "messages": requests[i],
+                "max_tokens": 10,
+                "temperature": 0,
+                "stream": True,
+            },
+        )
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in stream[:-1] if c["choices"])
+
     with ThreadPoolExecutor(32) as pool:
-        together = list(pool.map(lambda m: ask(url, m, max_tokens=10), requests))
+        together = list(pool.map(either, range(32)))
     assert together[:12] == solo
     assert together[12:] == [together[i % 12] for i in range(12, 32)] or len(set(together)) > 3
     after = {s.name + str(s.labels): s.value for s in state.metrics.batch_size.collect()[0].samples}
@@ -371,3 +387,48 @@ def test_remote_media_when_enabled_refuses_private_addresses(model_dir):
                 assert r.status_code == 400 and r.json()["error"]["code"] == "media_forbidden", r.text
     finally:
         server.shutdown()
+
+
+def test_failures_are_shaped_logged_without_prompts_and_health_follows_the_worker(model_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="graft.serve")
+    with running_server(model_dir, ServeSettings(port=0)) as (url, state):
+        encode = state.backend.encode
+        state.backend.encode = lambda *a: (_ for _ in ()).throw(RuntimeError("secret internals"))
+        r = httpx.post(f"{url}/v1/chat/completions", json=body("a private question"))
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert r.headers["x-request-id"] in r.json()["error"]["message"]
+        assert "secret internals" not in r.text and "Traceback" not in r.text
+        state.backend.encode = encode
+
+        forward, calls = state.backend.forward, []
+
+        def failing(inputs):  # the prefill works, the third decode step fails
+            calls.append(1)
+            if len(calls) == 4:
+                raise RuntimeError("boom")
+            return forward(inputs)
+
+        state.backend.forward = failing
+        events = raw_stream(url, {**body("Hi"), "stream": True, "max_tokens": 20})
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"
+        state.backend.forward = forward
+        assert ask(url, [user("Hi")], max_tokens=2) is not None  # the worker survived
+
+        assert "a private question" not in caplog.text and "Hi" not in caplog.text.replace("Hi", "", 0)
+        assert httpx.get(f"{url}/health").status_code == 200
+        state.engine.drain()
+        state.engine.join(timeout=5)
+        r = httpx.get(f"{url}/health")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "worker_down"
+
+
+def test_cors_is_off_unless_origins_are_given(server, model_dir):
+    url, _ = server
+    origin = {"Origin": "http://evil.example"}
+    assert "access-control-allow-origin" not in httpx.get(f"{url}/v1/models", headers=origin).headers
+    with running_server(model_dir, ServeSettings(port=0, cors_origins=("http://app.example",))) as (url2, _):
+        allowed = httpx.get(f"{url2}/v1/models", headers={"Origin": "http://app.example"})
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+        assert "access-control-allow-origin" not in httpx.get(f"{url2}/v1/models", headers=origin).headers

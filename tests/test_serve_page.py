@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_chat_server import FAIL_MESSAGE, XSS_ANSWER, FakeChat, serve_in_thread
 from graft.serve.page import page_response
+
+from fake_chat_server import FAIL_MESSAGE, XSS_ANSWER, FakeChat, serve_in_thread
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -290,3 +291,47 @@ def test_api_key_is_asked_after_401(browser: Browser) -> None:
         assert page.evaluate("localStorage.length") == 0
         context.close()
     assert not [c for c in console if "Content Security Policy" in c]
+
+
+def test_the_real_server_answers_the_page(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The page against ``graft serve`` itself (a tiny model): the streamed answer equals the API's
+    greedy answer to the same message, and an over-limit image shows the server's own error."""
+    import openai
+
+    from graft.serve.settings import MediaPolicy, ServeSettings
+
+    from serve_fixtures import running_server, save_sensitive_model
+
+    model = save_sensitive_model(tmp_path_factory.mktemp("page") / "tiny-vlm")
+    settings = ServeSettings(port=0, media=MediaPolicy(max_image_bytes=50_000))
+    with running_server(model, settings) as (url, _):
+        context = browser.new_context(viewport=VIEWPORT)
+        context.set_default_timeout(20000)
+        page = context.new_page()
+        console = watch_console(page)
+        open_chat(page, url)
+        page.click("#settings summary")
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "12")
+        png = small_png()
+        attach(page, ("square.png", png))
+        answer = wait_answer(ask(page, "What is in the picture?"))
+        content = [
+            {"type": "text", "text": "What is in the picture?"},
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()},
+            },
+        ]
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="none").chat.completions.create(
+            model="tiny-vlm", messages=[{"role": "user", "content": content}], temperature=0, max_tokens=12
+        )
+        assert answer == api.choices[0].message.content.strip() and answer
+        page.screenshot(path=str(artifacts_dir(tmp_path_factory) / "serve_page_real.png"))
+
+        attach(page, ("noise.png", noisy_png()))
+        ask(page, "and this one?")
+        expect(page.locator(".msg.error")).to_contain_text("50000")
+        context.close()
+    # the refused request's 400 is logged by the browser itself; nothing else may be
+    assert [c for c in console if "status of 400" not in c] == []

@@ -43,7 +43,12 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(tmp_pa
                 pass
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)
-        body = {"model": "tiny-vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 480}
+        body = {
+            "model": "tiny-vlm",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 420,
+            "temperature": 0,
+        }
         with httpx.stream(
             "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60
         ) as r:

@@ -51,11 +51,8 @@ class ServerState:
     in_flight: int = 0
 
 
-def error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
-    headers = dict(error.headers)
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 class _BodyTooLarge(Exception):
@@ -86,7 +83,7 @@ class Guard:
 
         refusal = self._refusal(scope, state)
         if refusal is not None:
-            await error_response(refusal, request_id)(scope, receive, send_counted)
+            await error_response(refusal)(scope, receive, send_counted)
         else:
             await self._guarded(scope, receive, send_counted, request_id, route)
         state.metrics.requests.labels(route, str(status[0])).inc()
@@ -144,14 +141,14 @@ class Guard:
             await self.app(scope, limited_receive, tracked_send)
         except _BodyTooLarge:
             if not started[0]:
-                await error_response(self._too_large(), request_id)(scope, receive, send)
+                await error_response(self._too_large())(scope, receive, send)
         except Exception:
             logger.exception("request %s failed", request_id)
             if not started[0]:
                 error = APIError(
                     500, f"internal error (request id {request_id})", "internal_error", type="server_error"
                 )
-                await error_response(error, request_id)(scope, receive, send)
+                await error_response(error)(scope, receive, send)
         finally:
             if route == "/v1/chat/completions":
                 self.state.in_flight -= 1

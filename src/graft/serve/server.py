@@ -63,13 +63,13 @@ class _DrainingServer(uvicorn.Server):
         logger.info(
             "draining: new requests get 503; waiting up to %.0f s", self.state.settings.grace_period_s
         )
-        threading.Thread(target=self._exit_when_done, args=(sig,), daemon=True).start()
+        threading.Thread(target=self._exit_when_done, daemon=True).start()
 
-    def _exit_when_done(self, sig: int) -> None:
+    def _exit_when_done(self) -> None:
         deadline = time.monotonic() + self.state.settings.grace_period_s
         while (self.state.in_flight or not self.state.engine.idle) and time.monotonic() < deadline:
             time.sleep(0.05)
-        super().handle_exit(sig, None)
+        self.should_exit = True  # not handle_exit: uvicorn would re-raise the signal and exit 143
 
 
 def build_state(model_dir: Path, settings: ServeSettings) -> ServerState:
