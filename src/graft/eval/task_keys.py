@@ -1,10 +1,12 @@
-"""The keys of a task file, each read and checked on its own; ``graft.eval.tasks`` puts them
-together. Every error is a ``TaskFileError`` naming the file and the key."""
+"""The keys of a task file, each read and checked on its own and put together by ``task_fields``
+(``graft.eval.tasks`` makes them a ``TaskSpec``). Every error is a ``TaskFileError`` naming the
+file and the key."""
 
 from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 from typing import Any
 
 from graft.eval.doc_reader import JsonlFields, compile_template, is_template
@@ -173,4 +175,53 @@ def get_jsonl_fields(raw: dict, source: str, text: Any, pre: str, post: str) -> 
         image_root=get_str(raw, "image_root", source),
         pre_prompt=pre,
         post_prompt=post,
+    )
+
+
+def task_fields(raw: Any, source: str, folder: Path | None) -> dict[str, Any]:
+    """``TaskSpec``'s fields from a YAML document's contents; ``folder`` resolves a relative
+    ``dataset_path``."""
+    if not isinstance(raw, dict):
+        raise TaskFileError(f"{source}: expected a mapping of task keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise key_error(source, unknown[0], f"unknown key; known keys: {sorted(KEYS)}")
+    name = get_str(raw, "task", source)
+    if not name or not NAME.match(name):
+        raise key_error(
+            source, "task", "needs a name of letters, digits, '_', '-' or '.' (it names the run folder)"
+        )
+    reader = get_str(raw, "reader", source)
+    if reader not in (*FAMILIES, "jsonl"):
+        raise key_error(source, "reader", f"unknown reader {reader!r}; one of {sorted([*FAMILIES, 'jsonl'])}")
+    jsonl = reader == "jsonl"
+    misplaced = [] if jsonl else [k for k in JSONL_ONLY if k in raw]
+    if misplaced:
+        raise key_error(
+            source, misplaced[0], f"only for reader: jsonl (reader {reader} finds its own fields)"
+        )
+    aliases = raw.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise key_error(source, "aliases", "must be a list of names")
+    dataset = get_str(raw, "dataset_path", source)
+    dataset_path = Path(dataset).expanduser() if dataset is not None else None
+    if dataset_path is not None and not dataset_path.is_absolute() and folder is not None:
+        dataset_path = folder / dataset_path
+    family, metrics = get_metrics(raw, reader, source)
+    text = get_template(raw, "doc_to_text", source)
+    pre, post = get_prompts(raw, source)
+    return dict(
+        name=name,
+        reader=reader,
+        source=source,
+        metrics=metrics,
+        family=family,
+        aliases=tuple(aliases),
+        dataset_path=dataset_path,
+        reader_kwargs=get_reader_kwargs(raw, reader, source),
+        text=None if jsonl else text,
+        pre_prompt="" if jsonl else pre,
+        post_prompt="" if jsonl else post,
+        fields=get_jsonl_fields(raw, source, text, pre, post) if jsonl else None,
+        generation=get_generation(raw, source),
     )

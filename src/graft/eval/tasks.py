@@ -23,20 +23,7 @@ from graft.eval.doc_reader import JsonlFields, read_jsonl_task, render
 from graft.eval.families import FAMILIES, Options, answers
 from graft.eval.readers import IMAGE_MARKER, ReadResult, Sample
 from graft.eval.readers.base import Collector
-from graft.eval.task_keys import (
-    JSONL_ONLY,
-    KEYS,
-    NAME,
-    TaskFileError,
-    get_generation,
-    get_jsonl_fields,
-    get_metrics,
-    get_prompts,
-    get_reader_kwargs,
-    get_str,
-    get_template,
-    key_error,
-)
+from graft.eval.task_keys import TaskFileError, task_fields
 from graft.eval.task_metrics import METRICS, check_sample
 from graft.prompts import place_images
 
@@ -122,53 +109,9 @@ class TaskSpec:
         return out
 
 
-# --- loading ----------------------------------------------------------------------------------------
 def parse_task(raw: Any, source: str, folder: Path | None = None) -> TaskSpec:
     """A task from a YAML document's contents; ``folder`` resolves a relative ``dataset_path``."""
-    if not isinstance(raw, dict):
-        raise TaskFileError(f"{source}: expected a mapping of task keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - KEYS)
-    if unknown:
-        raise key_error(source, unknown[0], f"unknown key; known keys: {sorted(KEYS)}")
-    name = get_str(raw, "task", source)
-    if not name or not NAME.match(name):
-        raise key_error(
-            source, "task", "needs a name of letters, digits, '_', '-' or '.' (it names the run folder)"
-        )
-    reader = get_str(raw, "reader", source)
-    if reader not in (*FAMILIES, "jsonl"):
-        raise key_error(source, "reader", f"unknown reader {reader!r}; one of {sorted([*FAMILIES, 'jsonl'])}")
-    if reader != "jsonl":
-        for key in JSONL_ONLY:
-            if key in raw:
-                raise key_error(source, key, f"only for reader: jsonl (reader {reader} finds its own fields)")
-    aliases = raw.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-        raise key_error(source, "aliases", "must be a list of names")
-    dataset = get_str(raw, "dataset_path", source)
-    dataset_path = None
-    if dataset is not None:
-        dataset_path = Path(dataset).expanduser()
-        if not dataset_path.is_absolute() and folder is not None:
-            dataset_path = folder / dataset_path
-    family, metrics = get_metrics(raw, reader, source)
-    text = get_template(raw, "doc_to_text", source)
-    pre, post = get_prompts(raw, source)
-    return TaskSpec(
-        name=name,
-        reader=reader,
-        source=source,
-        metrics=metrics,
-        family=family,
-        aliases=tuple(aliases),
-        dataset_path=dataset_path,
-        reader_kwargs=get_reader_kwargs(raw, reader, source),
-        text=text if reader != "jsonl" else None,
-        pre_prompt=pre if reader != "jsonl" else "",
-        post_prompt=post if reader != "jsonl" else "",
-        fields=get_jsonl_fields(raw, source, text, pre, post) if reader == "jsonl" else None,
-        generation=get_generation(raw, source),
-    )
+    return TaskSpec(**task_fields(raw, source, folder))
 
 
 def _yaml(text: str, source: str) -> Any:

@@ -52,38 +52,34 @@ def choice_scores(
     ``"circular_accuracy"`` over groups and ``"groups"``. Per-sample picks under ``"samples"``.
     ``extract(answer, choices)`` replaces the default letter extraction (e.g. ``sqa_letter``)."""
     rows = list(rows)
-    samples = []
-    for r in rows:
-        if extract is not None:
-            picked = extract(r.answer, r.choices)
-        else:
-            picked = extract_choice(r.answer, r.choices, fallback)
-        samples.append({"id": r.id, "picked": picked, "correct": picked == r.target})
+    picks = [
+        extract(r.answer, r.choices) if extract else extract_choice(r.answer, r.choices, fallback)
+        for r in rows
+    ]
+    samples = [{"id": r.id, "picked": p, "correct": p == r.target} for r, p in zip(rows, picks, strict=True)]
     n = len(rows)
     out: dict[str, Any] = {
         "accuracy": 100.0 * sum(s["correct"] for s in samples) / n if n else 0.0,
         "n": n,
-        "unparsed": sum(s["picked"] is None for s in samples),
+        "unparsed": picks.count(None),
     }
-    by_cat: dict[str, list[bool]] = defaultdict(list)
-    groups: dict[Any, list[bool]] = defaultdict(list)
-    group_cat: dict[Any, str | None] = {}
-    for r, s in zip(rows, samples, strict=True):
-        key = r.group if r.group is not None else ("row", r.id)
-        groups[key].append(s["correct"])
-        group_cat[key] = r.category
-        if r.category is not None:
-            by_cat[r.category].append(s["correct"])
+    # (category, right) per question: per row, or with ``circular`` per group of rotated copies
+    units = [(r.category, s["correct"]) for r, s in zip(rows, samples, strict=True)]
     if circular:
-        passed = {k: all(v) for k, v in groups.items()}
-        out["circular_accuracy"] = 100.0 * sum(passed.values()) / len(passed) if passed else 0.0
-        out["groups"] = len(passed)
-        by_cat = defaultdict(list)
-        for k, ok in passed.items():
-            if group_cat[k] is not None:
-                by_cat[group_cat[k]].append(ok)
+        groups: dict[Any, list[bool]] = defaultdict(list)
+        group_cat: dict[Any, str | None] = {}
+        for r, s in zip(rows, samples, strict=True):
+            key = r.group if r.group is not None else ("row", r.id)
+            groups[key].append(s["correct"])
+            group_cat[key] = r.category
+        units = [(group_cat[k], all(v)) for k, v in groups.items()]
+        out["circular_accuracy"] = 100.0 * sum(ok for _, ok in units) / len(units) if units else 0.0
+        out["groups"] = len(units)
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for category, ok in units:
+        if category is not None:
+            by_cat[category].append(ok)
     if by_cat:
-        # per category: circular accuracy when circular, else plain accuracy
         out["per_category"] = {c: 100.0 * sum(v) / len(v) for c, v in sorted(by_cat.items())}
     out["samples"] = samples
     return out
