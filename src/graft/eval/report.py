@@ -1,25 +1,15 @@
 """``build_report``: run folders and demo summaries -> ``report.md`` and a self-contained ``report.html``.
 
-A source is either an eval run folder (``{task}/results.json`` beside ``questions.jsonl`` and
-``predictions.jsonl``, see ``graft.eval.runner``) or a ``graft demo`` output (its flat
-``summary.json``). Each task family gets one headline number per run, so models line up in a
-single table:
-
-- ``pope``: mean F1 over the splits present (0-1); bars: F1 per split
-- ``mme``: perception total (0-2000 over the full set); bars: score per subtask
-- ``scienceqa_img``: accuracy (x100); ``mmbench``: circular accuracy (x100); bars: per category
-- ``demon``: mean of the category scores; bars: per category
-- ``coco_caption``: CIDEr; bars: BLEU-1..4, METEOR, ROUGE-L, CIDEr
-- ``llava_bench``: overall relative score ("all"); bars: per category
-- demo ``binary`` / ``mcq``: held-out accuracy (0-1), and the same with images blanked;
-  bars: with images beside blind, overall and per question type, against chance; the demo's
-  learning curve and diagnostics get sections of their own (``graft.eval.report_demo``)
+A source is either an eval run folder (``{task}/results.json`` beside ``predictions.jsonl``, see
+``graft.eval.runner``) or a ``graft demo`` output (its flat ``summary.json``, see
+``graft.eval.report_demo``). Each task family gets one headline number per run, so models line up
+in a single table (what it measures: ``HEADLINES``; how it is read: ``headline_and_categories``),
+and bars per category.
 
 Failures are listed only where a sample is simply right or wrong: POPE and MME (the official
 yes/no reading of the answer against the label) and the multiple-choice tasks (the scorer's own
-per-sample verdict). Captions, DEMON and LLaVA-Bench have no such verdict and list none. Targets
-come from re-reading the benchmark at the path ``results.json`` names; when it is gone, the
-failures are skipped with a note rather than guessed.
+per-sample verdict). Targets come from re-reading the benchmark at the path ``results.json``
+names; when it is gone, the failures are skipped with a note rather than guessed.
 """
 
 from __future__ import annotations
@@ -65,7 +55,9 @@ _CAPTION_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "C
 
 
 def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
-    """The family's headline number and its per-category numbers (see the module docstring)."""
+    """The family's headline number and its per-category numbers: POPE's mean F1 over the splits
+    present, MME's perception total, ScienceQA's accuracy, MMBench's circular accuracy, DEMON's mean
+    category score, CIDEr, LLaVA-Bench's overall relative score; for a user task its first metric."""
     if task == "pope":
         splits = {s: v["f1"] for s, v in metrics.items() if isinstance(v, dict) and "f1" in v}
         return (sum(splits.values()) / len(splits) if splits else None), splits

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import NamedTuple
@@ -80,9 +79,6 @@ def read_curve(path: Path) -> list[dict[str, float]]:
     return [points[step] for step in sorted(points)]
 
 
-# ---------------------------------------------------------------- series (what the charts draw)
-
-
 class Series(NamedTuple):
     label: str
     values: list[float]
@@ -91,8 +87,7 @@ class Series(NamedTuple):
     run: int
 
 
-@dataclass
-class Bars:
+class Bars(NamedTuple):
     """One demo format's chart: groups on the x axis, per series one value per group, and chance."""
 
     groups: list[str]

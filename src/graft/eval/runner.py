@@ -5,9 +5,9 @@ The samples a task's reader gives are written once as a questions file; answers 
 ``predict_jsonl``, which appends and flushes every batch and skips finished ids, so a killed
 run restarted on the same folder loses and duplicates nothing. Results carry the model's config
 hash, a fingerprint of its weights and the package version, so a results file always says what
-produced it; a folder whose answers came from another model, or from a blind run when this one
-sees (``EvalSettings.blind``), or the other way round, is never resumed (``model.json``). What a
-run does (limit, batch size, answer length, bad records, blind) is one ``EvalSettings``.
+produced it; a folder whose answers another model or blind setting gave is never resumed
+(``model.json``). What a run does (limit, batch size, answer length, bad records, blind) is one
+``EvalSettings``.
 
 Under ``accelerate launch`` / ``torchrun`` the samples are split across the processes: each
 answers its share into its own file, the main process merges them, scores once and writes
@@ -38,6 +38,7 @@ from graft.eval.score import read_predictions, score_samples
 from graft.eval.settings import EvalSettings
 from graft.eval.tasks import TaskSpec, get_task
 from graft.files import write_text_atomic
+from graft.record_files import load_json
 
 logger = logging.getLogger(__name__)
 MANIFEST = "bench.json"
@@ -221,10 +222,7 @@ def read_bench(bench_dir: str | os.PathLike) -> dict[str, tuple[TaskSpec, Path]]
     manifest = bench / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: is {bench} a benchmark folder (graft world)?")
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{manifest}:{err.lineno}: not valid JSON ({err.msg})") from None
+    doc = load_json(manifest)
     tasks = doc.get("tasks") if isinstance(doc, dict) else None
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"{manifest}: 'tasks' must be a non-empty object of run name -> {{task, path}}")

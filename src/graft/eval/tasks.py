@@ -114,11 +114,12 @@ def parse_task(raw: Any, source: str, folder: Path | None = None) -> TaskSpec:
     return TaskSpec(**task_fields(raw, source, folder))
 
 
-def _yaml(text: str, source: str) -> Any:
+def _load(text: str, source: str, folder: Path | None = None) -> TaskSpec:
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise TaskFileError(f"{source}: not valid YAML ({err})") from None
+    return parse_task(raw, source, folder)
 
 
 def load_task_file(path: str | os.PathLike) -> TaskSpec:
@@ -126,8 +127,9 @@ def load_task_file(path: str | os.PathLike) -> TaskSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
-    spec = parse_task(_yaml(path.read_text(encoding="utf-8"), str(path)), str(path), path.parent.resolve())
-    return replace(spec, file=path.resolve())
+    return replace(
+        _load(path.read_text(encoding="utf-8"), str(path), path.parent.resolve()), file=path.resolve()
+    )
 
 
 @lru_cache(maxsize=1)
@@ -140,7 +142,7 @@ def builtin_tasks() -> tuple[dict[str, TaskSpec], dict[str, str]]:
         if not entry.name.endswith((".yaml", ".yml")):
             continue
         source = f"graft/eval/task_files/{entry.name}"
-        spec = parse_task(_yaml(entry.read_text(encoding="utf-8"), source), source)
+        spec = _load(entry.read_text(encoding="utf-8"), source)
         for name in (spec.name, *spec.aliases):
             if name in tasks or name in aliases:
                 raise TaskFileError(f"{source}: task name or alias {name!r} is used twice")
@@ -149,15 +151,11 @@ def builtin_tasks() -> tuple[dict[str, TaskSpec], dict[str, str]]:
     return tasks, aliases
 
 
-def is_task_file(task: str) -> bool:
-    return task.endswith((".yaml", ".yml"))
-
-
 def get_task(task: str | os.PathLike | TaskSpec, base: str | os.PathLike | None = None) -> TaskSpec:
     """A built-in task by name or alias, or a task file by path (relative to ``base`` if given)."""
     if isinstance(task, TaskSpec):
         return task
-    if isinstance(task, os.PathLike) or is_task_file(task):
+    if isinstance(task, os.PathLike) or task.endswith((".yaml", ".yml")):
         path = Path(task).expanduser()
         return load_task_file(Path(base) / path if base is not None and not path.is_absolute() else path)
     tasks, aliases = builtin_tasks()
