@@ -110,17 +110,6 @@ def _read(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
     return read
 
 
-def _sum_counts(per_process: list[dict[str, int]]) -> dict[str, int]:
-    # every process saw the same questions and finished ids; each wrote (and skipped) its own share
-    first = per_process[0]
-    return {
-        "total": first["total"],
-        "already_done": first["already_done"],
-        "written": sum(c["written"] for c in per_process),
-        "bad": sum(c["bad"] for c in per_process),
-    }
-
-
 def run_task(
     model: Any,
     processor: Any,
@@ -186,7 +175,9 @@ def run_task(
     )
     assert counts is not None
     if multi:  # a collective: every process has finished its share past this line
-        counts = _sum_counts(gather_object([counts]))
+        # every process saw the same questions and finished ids; each wrote (and skipped) its own share
+        shares = gather_object([counts])
+        counts = counts | {k: sum(c[k] for c in shares) for k in ("written", "bad")}
 
     def finish() -> dict[str, Any]:
         merge_shards(predictions)

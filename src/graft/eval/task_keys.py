@@ -22,7 +22,6 @@ KEYS = {
 JSONL_ONLY = ("doc_to_id", "doc_to_visual", "doc_to_target", "doc_to_choice", "image_root")
 #: the ``GenerationSettings`` fields a task file may set, and their types
 GENERATION = {"max_new_tokens": int, "do_sample": bool, "temperature": float, "top_p": float, "seed": int}
-DEFAULT_MAX_NEW_TOKENS = GenerationSettings.max_new_tokens  # one home: GenerationSettings
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -116,7 +115,7 @@ def get_generation(raw: dict, source: str) -> dict[str, Any]:
         if key == "max_new_tokens" and value < 1:
             raise key_error(source, where, "must be at least 1")
         out[key] = float(value) if kind is float else value
-    out.setdefault("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    out.setdefault("max_new_tokens", GenerationSettings.max_new_tokens)  # one home: GenerationSettings
     return out
 
 
