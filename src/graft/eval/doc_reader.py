@@ -23,8 +23,6 @@ from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
 from graft.prompts import OPTION_LETTERS, place_images
 from graft.record_files import RecordError, check_id, iter_records
 
-_TEMPLATE_SYNTAX = ("{{", "{%")
-
 
 @lru_cache(maxsize=1)
 def _env() -> Any:
@@ -35,10 +33,6 @@ def _env() -> Any:
     return ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
     )
-
-
-def is_template(text: str) -> bool:
-    return any(s in text for s in _TEMPLATE_SYNTAX)
 
 
 def compile_template(text: str) -> Any:
@@ -90,8 +84,7 @@ def _sample(record: dict, where: str, f: JsonlFields, root: Path, out: Collector
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise RecordError(f"{where}: field {key!r} must be an image path or a list of them")
-        for name in names:
-            images.append(out.image(root / name, f"{where}: field {key!r}"))
+        images += [out.image(root / name, f"{where}: field {key!r}") for name in names]
     text = render(f.text, record, where, f"doc_to_text of {f.source}")
     prompt, order = place_images(text, len(images), where, IMAGE_MARKER, f.pre_prompt, f.post_prompt)
     if isinstance(f.target, str):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from graft.eval.doc_reader import JsonlFields, compile_template, is_template
+from graft.eval.doc_reader import JsonlFields, compile_template
 from graft.eval.families import FAMILIES
 from graft.eval.task_metrics import METRICS
 from graft.generate import GenerationSettings
@@ -167,7 +167,8 @@ def get_jsonl_fields(raw: dict, source: str, text: Any, pre: str, post: str) -> 
     return JsonlFields(
         source=source,
         text=text,
-        target=get_template(raw, "doc_to_target", source) if is_template(target) else target,
+        # a template (Jinja syntax) or else the name of the field holding the answer
+        target=get_template(raw, "doc_to_target", source) if "{{" in target or "{%" in target else target,
         visual=tuple(visual),
         id=get_str(raw, "doc_to_id", source),
         choices=get_str(raw, "doc_to_choice", source),
