@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
@@ -22,10 +23,13 @@ from graft.serve.settings import ServeSettings
 from tiny import tiny_model_and_processor
 
 
-def save_sensitive_model(directory: Path, template: str = "vicuna_v1") -> Path:
+def save_sensitive_model(
+    directory: Path, connector: dict | str = "mlp2x_gelu", instruction_tokenizer: Any = None
+) -> Path:
     """The tiny model with larger random weights (its greedy answers depend on prompt and images),
-    saved as a graft model folder."""
-    model, processor = tiny_model_and_processor(template=template)
+    saved as a graft model folder; ``instruction_tokenizer`` for connectors that read the prompt."""
+    model, processor = tiny_model_and_processor(connector=connector)
+    processor.instruction_tokenizer = instruction_tokenizer
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

@@ -432,3 +432,35 @@ def test_cors_is_off_unless_origins_are_given(server, model_dir):
         allowed = httpx.get(f"{url2}/v1/models", headers={"Origin": "http://app.example"})
         assert allowed.headers["access-control-allow-origin"] == "http://app.example"
         assert "access-control-allow-origin" not in httpx.get(f"{url2}/v1/models", headers=origin).headers
+
+
+QFORMER = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+INSTRUCT = {**QFORMER, "vocab_size": 64, "max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize(
+    "connector,instruction",
+    [
+        (
+            {"name": "vpgc", "vpg": {"name": "qformer", "num_query_tokens": 4, "qformer_config": QFORMER}},
+            False,
+        ),
+        ({"name": "qformer_instruct", "num_query_tokens": 4, "qformer_config": INSTRUCT}, True),
+    ],
+    ids=["vpgc", "qformer_instruct"],
+)
+def test_connectors_that_read_the_prompt_serve_graft_answers(tmp_path, connector, instruction):
+    from test_qformer import _tiny_instruction_tokenizer
+
+    tokenizer = _tiny_instruction_tokenizer() if instruction else None
+    model_dir = save_sensitive_model(tmp_path / "tiny-vlm", connector, tokenizer)
+    prompts = [("Is there a red circle?", 40), ("How many objects are there?", 41), ("What is this?", 40)]
+    with running_server(model_dir, ServeSettings(port=0)) as (url, state):
+        with ThreadPoolExecutor(3) as pool:  # batched together
+            served = list(pool.map(lambda q: ask(url, [user(q[0], random_image(q[1]))]), prompts))
+        processor = GraftProcessor.from_pretrained(model_dir)
+        convs = [[Message("user", f"{q}<image>")] for q, _ in prompts]
+        images = [[random_image(seed)] for _, seed in prompts]
+        expected = generate_answers(state.backend.model, processor, convs, images, max_new_tokens=12)
+    assert served == expected
+    assert len(set(served)) > 1, "answers should depend on the prompt"
