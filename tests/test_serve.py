@@ -201,6 +201,7 @@ BAD = [
     # (body or raw bytes, status, code, param)
     (b"{not json", 400, "invalid_json", None),
     ([1, 2], 400, "invalid_json", None),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json", None),
     ({**body(), "model": "other"}, 404, "model_not_found", "model"),
     ({"model": "tiny-vlm"}, 400, "invalid_value", "messages"),
     (body(tools=[{"type": "function"}]), 400, "unsupported_parameter", "tools"),
@@ -340,6 +341,7 @@ def save_text_model(directory):
 
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('start with a user turn') }}{% endif %}"
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}"
     )
@@ -360,6 +362,9 @@ def test_a_plain_causal_lm_serves_text_and_refuses_images(tmp_path):
         body = {"model": "judge", "messages": [user("What is it?", random_image(1))]}
         r = httpx.post(f"{url}/v1/chat/completions", json=body)
         assert r.status_code == 400 and r.json()["error"]["code"] == "images_not_supported"
+        turns = [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi"}]
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "judge", "messages": turns})
+        assert r.status_code == 400 and "start with a user turn" in r.json()["error"]["message"]
 
 
 def test_remote_media_when_enabled_refuses_private_addresses(model_dir):

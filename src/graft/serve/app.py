@@ -217,6 +217,8 @@ def build_app(state: ServerState) -> Starlette:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the request body nests too deeply", "invalid_json") from None
         req = parse_chat_request(body, state.model_name, state.backend.image_token, settings)
         images = await asyncio.gather(
             *(load_image_url(part.url, settings.media, part.param) for part in req.images)

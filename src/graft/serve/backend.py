@@ -134,10 +134,15 @@ class TextBackend(Backend):
         return self._stops
 
     def encode(self, messages: list[Message], images: list[Image.Image], digests: list[str]) -> Prompt:
+        from jinja2 import TemplateError
+
         chat = [{"role": m.role, "content": m.content} for m in messages]
-        ids = self.tokenizer.apply_chat_template(
-            chat, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+        except TemplateError as err:  # the model's own template refuses this conversation
+            raise invalid(f"the model's chat template refuses these messages: {err}", "messages") from None
         return Prompt(list(ids["input_ids"]))
 
 
