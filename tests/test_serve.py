@@ -290,15 +290,27 @@ def test_api_key_guards_every_route_but_the_page(model_dir):
             client(url, "wrong").models.list()
 
 
-def slowed(state, seconds: float = 0.02) -> None:
-    """Every model step of the server takes at least ``seconds`` (a long answer stays in flight)."""
-    forward = state.backend.forward
+def slowed(state, seconds: float = 0.02) -> list[float]:
+    """Every model step of the server takes at least ``seconds`` (a long answer stays in flight);
+    returns the list the steps' start times go to."""
+    forward, steps = state.backend.forward, []
 
     def slow(inputs):
+        steps.append(time.monotonic())
         time.sleep(seconds)
         return forward(inputs)
 
     state.backend.forward = slow
+    return steps
+
+
+def steps_after_leaving(state, steps: list[float], left: float) -> int:
+    """The model steps that started after the client left, once the engine is idle."""
+    deadline = time.monotonic() + 5
+    while not state.engine.idle and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state.engine.idle
+    return sum(t > left for t in steps)
 
 
 def test_cancelled_stream_frees_its_slot(model_dir):
@@ -324,16 +336,19 @@ def test_cancelled_stream_frees_its_slot(model_dir):
         assert state.engine.idle
 
 
-def test_non_streamed_client_that_leaves_cancels_its_row(model_dir):
+def test_a_client_that_leaves_stops_its_row_within_one_step(model_dir):
     with running_server(model_dir, ServeSettings(port=0, max_tokens_limit=400)) as (url, state):
-        slowed(state)
+        steps = slowed(state)
         body = {"model": "tiny-vlm", "messages": [user("Hi")], "max_tokens": 400}  # ~8 s of steps
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
-        deadline = time.monotonic() + 2
-        while not state.engine.idle and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert state.engine.idle
+        assert steps_after_leaving(state, steps, time.monotonic()) <= 1
+
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            next(lines)
+        assert steps_after_leaving(state, steps, time.monotonic()) <= 1
 
 
 def save_text_model(directory):
@@ -341,7 +356,7 @@ def save_text_model(directory):
 
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = (
-        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('start with a user turn') }}{% endif %}"
+        "{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('start with user') }}{% endif %}"
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}"
     )
@@ -364,7 +379,7 @@ def test_a_plain_causal_lm_serves_text_and_refuses_images(tmp_path):
         assert r.status_code == 400 and r.json()["error"]["code"] == "images_not_supported"
         turns = [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi"}]
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": "judge", "messages": turns})
-        assert r.status_code == 400 and "start with a user turn" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "start with user" in r.json()["error"]["message"]
 
 
 def test_remote_media_when_enabled_refuses_private_addresses(model_dir):
