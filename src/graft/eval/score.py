@@ -11,7 +11,7 @@ as strings. For MME, a folder of the official tool's result files may stand in f
 
 A task is a built-in name (``pope``, an alias such as ``coco``) or the path of a task file
 (``graft.eval.tasks``). How missing and empty answers count is the family's rule
-(``graft.eval.families``) or the simple metric's (``graft.eval.task_metrics``).
+or the simple metric's (``graft.eval.families``).
 """
 
 from __future__ import annotations

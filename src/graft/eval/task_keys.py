@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.eval.doc_reader import JsonlFields, compile_template
-from graft.eval.families import FAMILIES
-from graft.eval.task_metrics import METRICS
+from graft.eval.families import FAMILIES, METRICS
 from graft.generate import GenerationSettings
 
 KEYS = {

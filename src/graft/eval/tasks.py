@@ -20,11 +20,10 @@ from typing import Any
 import yaml
 
 from graft.eval.doc_reader import JsonlFields, read_jsonl_task, render
-from graft.eval.families import FAMILIES, Options, answers
+from graft.eval.families import FAMILIES, METRICS, Options, answers, check_sample
 from graft.eval.readers import IMAGE_MARKER, ReadResult, Sample
 from graft.eval.readers.base import Collector
 from graft.eval.task_keys import TaskFileError, task_fields
-from graft.eval.task_metrics import METRICS, check_sample
 from graft.prompts import place_images
 
 __all__ = ["TaskFileError", "TaskSpec", "builtin_tasks", "get_task", "load_task_file", "parse_task"]
@@ -37,7 +36,7 @@ class TaskSpec:
     name: str
     reader: str  # a family name (graft.eval.families) or "jsonl"
     source: str  # the task file, for messages
-    metrics: tuple[str, ...]  # simple metrics (graft.eval.task_metrics)
+    metrics: tuple[str, ...]  # simple metrics (graft.eval.families.METRICS)
     family: str | None = None  # the family scorer, when the metric list names one
     aliases: tuple[str, ...] = ()
     dataset_path: Path | None = None
