@@ -74,6 +74,10 @@ class Backend:
     def encode(self, messages: list[Message], images: list[Image.Image], digests: list[str]) -> Prompt:
         raise NotImplementedError
 
+    def suppressed_tokens(self) -> list[int]:
+        """Token ids never generated (a generated image placeholder would claim an image)."""
+        return []
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} takes no images")
 
@@ -96,6 +100,9 @@ class GraftBackend(Backend):
 
     def stops(self) -> tuple[list[int], list[str]]:
         return self._stops
+
+    def suppressed_tokens(self) -> list[int]:
+        return [self.processor.image_token_id]
 
     def encode(self, messages: list[Message], images: list[Image.Image], digests: list[str]) -> Prompt:
         try:

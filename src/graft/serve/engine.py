@@ -93,8 +93,7 @@ class Engine:
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._stop_ids, stop_texts = backend.stops()
         self._stop_texts = tuple(stop_texts)
-        image_token = getattr(backend, "processor", None)
-        self._suppress = [image_token.image_token_id] if image_token is not None else []
+        self._suppress = backend.suppressed_tokens()
         self._draining = threading.Event()
         self._thread = threading.Thread(target=self._run, name="graft-engine", daemon=True)
 
