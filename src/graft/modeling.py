@@ -33,6 +33,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from graft.config import IGNORE_INDEX, GraftConfig
 from graft.connectors import Connector, build_connector
 from graft.connectors.vpgc import GuidanceContext
+from graft.packing import check_packed_call, is_packed
 
 
 class ImageTokenMismatchError(ValueError):
@@ -233,6 +234,8 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
 
         With ``labels`` and ``supervised_logits_only`` (training) the output head runs only
         where a label is supervised: the same loss and gradients, no ``logits`` returned."""
+        if is_packed(kwargs):
+            check_packed_call(self, kwargs, attention_mask, use_cache)
         context = self._connector_context(instruction_ids, instruction_mask)
         positions = instruction_positions
         guidance: Any = contextlib.nullcontext()

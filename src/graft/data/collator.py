@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from graft.data.dataset import TrainSample
+from graft.packing import pack_batch
 from graft.processing import collate_samples
 
 
@@ -20,8 +21,10 @@ class TrainCollator:
     ``None`` and the training loop skips it.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, packed: bool = False) -> None:
         self.pad_token_id = pad_token_id
+        #: one padding-free row per batch (``graft.packing.pack_batch``)
+        self.packed = packed
 
     def __call__(self, samples: list[TrainSample | None]) -> dict[str, Any] | None:
         samples = [s for s in samples if s is not None]
@@ -39,4 +42,4 @@ class TrainCollator:
         batch["image_keys"] = [key for s in samples for key in s.image_keys]
         batch["num_images"] = torch.tensor([len(s.image_keys) for s in samples], dtype=torch.long)
         batch["ids"] = [s.id for s in samples]
-        return batch
+        return pack_batch(batch) if self.packed else batch

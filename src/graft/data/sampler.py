@@ -5,7 +5,9 @@ Each batch holds only image samples or only text-only samples (a text-only sampl
 batch would make the vision tower's work uneven and, with some connectors, change the loss);
 within a modality, samples are shuffled, cut into mega-batches of
 ``mega_batch_factor * batch_size * num_replicas`` samples, each mega-batch sorted by length
-and cut into batches, so a batch wastes little padding. The batches of one optimisation step
+and cut into batches, so a batch wastes little padding (with ``max_batch_tokens``, cut where the
+next sample would take the batch over that many tokens as the model sees them: the sum of lengths
+when ``packed``, else the longest length times the count). The batches of one optimisation step
 (one per rank) are taken side by side from the same mega-batch, so the ranks of a step have
 similar lengths and nobody waits; the steps are then shuffled. The order depends only on
 ``seed + epoch``.
@@ -65,6 +67,8 @@ class GroupedBatchSampler(EpochBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         start_batch: int = 0,
+        max_batch_tokens: int | None = None,
+        packed: bool = False,
     ) -> None:
         if len(lengths) != len(has_image):
             raise ValueError(f"{len(lengths)} lengths but {len(has_image)} has_image flags")
@@ -76,6 +80,8 @@ class GroupedBatchSampler(EpochBatchSampler):
         self.drop_last = drop_last
         self.group_by_modality = group_by_modality
         self.mega_batch_factor = mega_batch_factor
+        self.max_batch_tokens = max_batch_tokens
+        self.packed = packed
 
     # --- the order ----------------------------------------------------------------------------
     def _groups(self) -> list[np.ndarray]:
@@ -93,11 +99,31 @@ class GroupedBatchSampler(EpochBatchSampler):
                 chunk = order[start : start + mega]
                 # longest first; stable so equal lengths keep their shuffled order
                 chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-                for b in range(0, len(chunk), self.batch_size):
-                    batch = chunk[b : b + self.batch_size].tolist()
-                    if len(batch) == self.batch_size or not self.drop_last:
+                for batch in self._cut(chunk):
+                    # by token budget every batch is as full as it can be: none is "incomplete"
+                    if len(batch) == self.batch_size or not self.drop_last or self.max_batch_tokens:
                         batches.append(batch)
         return batches
+
+    def _cut(self, chunk: np.ndarray) -> list[list[int]]:
+        """A length-sorted (longest first) chunk cut into batches of ``batch_size`` samples at most,
+        and of ``max_batch_tokens`` tokens at most when set (a longer sample makes a batch alone)."""
+        if self.max_batch_tokens is None:
+            return [chunk[b : b + self.batch_size].tolist() for b in range(0, len(chunk), self.batch_size)]
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        for index in chunk.tolist():
+            grown = batch + [index]
+            if batch and (len(grown) > self.batch_size or self._tokens(grown) > self.max_batch_tokens):
+                batches.append(batch)
+                grown = [index]
+            batch = grown
+        return batches + [batch] if batch else batches
+
+    def _tokens(self, batch: list[int]) -> int:
+        """The tokens a batch holds as the model sees it: packed, or padded to its longest sample."""
+        lengths = self.lengths[batch]
+        return int(lengths.sum() if self.packed else lengths.max() * len(batch))
 
     def rank_batches(self) -> list[list[int]]:
         """All of this rank's batches for the current epoch (``start_batch`` not applied)."""
@@ -114,7 +140,10 @@ class GroupedBatchSampler(EpochBatchSampler):
 
     @property
     def batches_per_epoch(self) -> int:
-        """This rank's batch count in a whole epoch, whatever ``start_batch`` is."""
+        """This rank's batch count in a whole epoch, whatever ``start_batch`` is (by token budget:
+        the current epoch's, as batch counts then vary a little from epoch to epoch)."""
+        if self.max_batch_tokens is not None:
+            return len(self.rank_batches())
         # mega-batches are whole multiples of batch_size: only a group's last batch is partial
         total = 0
         for group in self._groups():

@@ -39,6 +39,7 @@ from graft.config import IGNORE_INDEX
 from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, TrainCollator
 from graft.data.feature_cache import FeatureCache
 from graft.modeling import GraftForConditionalGeneration
+from graft.packing import PACKED_KEYS, enable_packing, is_packed
 from graft.processing import GraftProcessor
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
@@ -169,12 +170,14 @@ def _data(
             recipe.batch_size,
             seed=recipe.seed,
             group_by_modality=recipe.data.group_by_modality,
+            max_batch_tokens=recipe.data.max_batch_tokens,
+            packed=recipe.data.packing,
             **shard,
         )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=TrainCollator(processor.tokenizer.pad_token_id),
+        collate_fn=TrainCollator(processor.tokenizer.pad_token_id, packed=recipe.data.packing),
         num_workers=recipe.data.num_workers,
         # its own generator: a new epoch's iterator draws a seed from it, and drawing from the
         # global RNG would shift dropout masks between a straight and a resumed run
@@ -198,8 +201,11 @@ def _stream(
 
 
 def _model_inputs(batch: dict[str, Any], cache: FeatureCache | None, device: torch.device) -> dict | None:
-    keys = ("input_ids", "attention_mask", "labels", "instruction_ids", "instruction_mask")
+    keys = ("input_ids", "attention_mask", "labels", "position_ids", "instruction_ids", "instruction_mask")
     inputs = {k: batch[k].to(device) for k in keys if k in batch}
+    inputs.update(
+        {k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k] for k in PACKED_KEYS if k in batch}
+    )
     if cache is not None and batch["image_keys"]:
         if not all(k in cache for k in batch["image_keys"]):
             logger.warning("skipping a batch with an image that could not be cached (ids %s)", batch["ids"])
@@ -211,6 +217,13 @@ def _model_inputs(batch: dict[str, Any], cache: FeatureCache | None, device: tor
 
 
 # --- one optimizer step ----------------------------------------------------------------------------------
+def _sizes(inputs: dict[str, Any]) -> tuple[int, int]:
+    """Samples and real tokens of a micro-batch, padded or packed."""
+    if is_packed(inputs):
+        return len(inputs["cu_seq_lens_q"]) - 1, inputs["input_ids"].numel()
+    return inputs["input_ids"].shape[0], int(inputs["attention_mask"].sum())
+
+
 def _step(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -242,12 +255,9 @@ def _step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    sizes = [_sizes(b) for b in micro_batches]
     counts = torch.tensor(
-        [
-            float(sum(b["input_ids"].shape[0] for b in micro_batches)),
-            float(sum(b["attention_mask"].sum() for b in micro_batches)),
-        ],
-        device=accelerator.device,
+        [float(sum(n for n, _ in sizes)), float(sum(t for _, t in sizes))], device=accelerator.device
     )
     totals = accelerator.reduce(torch.cat([loss_sum.reshape(1), counts]), reduction="sum")
     stats = {"loss": totals[0].item(), "samples": totals[1].item(), "tokens": totals[2].item(), "lrs": lrs}
@@ -285,6 +295,10 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     # a text-only batch leaves the connector (and vision tower) out of the graph: DDP must know
     accelerator = _accelerator(recipe, find_unused_parameters=not all(dataset.has_image))
     model.to(accelerator.device)
+    if d.packing:
+        logger.info(
+            "padding-free batches (data.packing): attention %s", enable_packing(model, accelerator.device)
+        )
     cache = _fill_feature_cache(recipe, model, dataset, accelerator) if recipe.feature_cache.enabled else None
     loader, sampler = _data(recipe, processor, accelerator, dataset)
 

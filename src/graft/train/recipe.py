@@ -77,6 +77,10 @@ class DataSpec:
     #: synthetic pairs); every batch then takes a fixed count from each file, and an epoch is
     #: one pass over the first. Default: the files are pooled and batched by length.
     mix: list[float] | None = None
+    #: padding-free batches: a micro-batch is one row, each sample attending only to itself
+    packing: bool = False
+    #: batches by token budget: length-sorted samples fill a batch up to this many tokens
+    max_batch_tokens: int | None = None
 
 
 @dataclass
@@ -203,14 +207,6 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 # --- strict construction -----------------------------------------------------------------------------
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _dataclass_of(tp: Any) -> type | None:
-    return tp if dataclasses.is_dataclass(tp) else None
-
-
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Light checks: YAML reads ``1e-3`` as a string, so numbers written that way are accepted."""
     args = typing.get_args(tp)
@@ -246,7 +242,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     where = f"{source}: {prefix or 'top level'}"
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    types_ = _field_types(cls)
+    types_ = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(types_))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -257,8 +253,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else name
-        sub = _dataclass_of(types_[name])
-        if sub is not None:
+        sub = types_[name]
+        if dataclasses.is_dataclass(sub):
             if isinstance(value, dict):
                 # a section given in part keeps the rest of its default (connector: mode full)
                 default = dataclasses.asdict(cls.__dataclass_fields__[name].default_factory())
@@ -276,7 +272,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts):
-        types_ = _field_types(cls)
+        types_ = typing.get_type_hints(cls)
         if part not in types_:
             here = ".".join(parts[:i])
             raise RecipeError(
@@ -286,8 +282,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
         if i == len(parts) - 1:
             node[part] = value
             return
-        cls = _dataclass_of(types_[part])
-        if cls is None:
+        cls = types_[part]
+        if not dataclasses.is_dataclass(cls):
             raise RecipeError(f"{source}: override key {key!r}: {'.'.join(parts[: i + 1])} has no sub-keys")
         if not isinstance(node.get(part), dict):
             node[part] = {}
@@ -308,12 +304,11 @@ def _validate(recipe: Recipe, source: str) -> None:
     m = recipe.model
     if m.init_from is None and (m.vision is None or m.llm is None):
         raise RecipeError(f"{source}: model needs init_from (a graft model folder) or both vision and llm")
-    for name, comp in recipe.components().items():
-        if comp.mode not in MODES:
-            raise RecipeError(f"{source}: {name}.mode is {comp.mode!r}; valid modes: {', '.join(MODES)}")
     if recipe.connector.mode == "lora":
         raise RecipeError(f"{source}: connector.mode lora is not supported; use full or frozen")
     for name, comp in recipe.components().items():
+        if comp.mode not in MODES:
+            raise RecipeError(f"{source}: {name}.mode is {comp.mode!r}; valid modes: {', '.join(MODES)}")
         if comp.top_layers is not None and (name != "llm" or comp.mode != "full" or comp.top_layers < 1):
             raise RecipeError(f"{source}: {name}.top_layers needs llm.mode full and a count >= 1")
     if all(c.mode == "frozen" for c in recipe.components().values()):
@@ -350,6 +345,11 @@ def _validate(recipe: Recipe, source: str) -> None:
             not recipe.feature_cache.enabled or recipe.vision.mode == "frozen",
             "feature_cache needs a frozen vision tower (vision.mode: frozen)",
         ),
+        (
+            recipe.data.max_batch_tokens is None
+            or (recipe.data.max_batch_tokens >= 1 and not recipe.data.mix),
+            "data.max_batch_tokens must be >= 1 and cannot go with data.mix (it fixes each batch's counts)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -362,6 +362,10 @@ def recipe_from_dict(
     """Build and check a recipe from a mapping whose relative paths are relative to ``base_dir``."""
     raw = dict(raw or {})
     _resolve_paths(raw, Path(base_dir))
+    return _checked(raw, source)
+
+
+def _checked(raw: dict[str, Any], source: str) -> Recipe:
     recipe = _build(Recipe, raw, "", source)
     recipe.source = source
     _validate(recipe, source)
@@ -386,10 +390,7 @@ def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             _set_dotted(extra, key, value, f"{path} (overrides)")
         _resolve_paths(extra, Path.cwd())
         _merge(raw, extra)
-    recipe = _build(Recipe, raw, "", str(path))
-    recipe.source = str(path)
-    _validate(recipe, str(path))
-    return recipe
+    return _checked(raw, str(path))
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
