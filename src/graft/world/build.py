@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from graft.files import write_text_atomic
 
 from .benchmarks import write_benchmarks
+from .contexts import write_contexts
 from .corpus import DOC_SEP, corpus_docs
 from .describe import boxes, captions
 from .instructions import qa_record, rich_record, single_questions, stage1_record
@@ -178,6 +179,7 @@ def build_world(
     write_text_atomic(out / "eval" / "mcq.jsonl", _jsonl(mcq_rows))
     write_text_atomic(out / "text" / "captions.jsonl", _jsonl(caps_rows))
     write_text_atomic(out / "text" / "llm_corpus.txt", DOC_SEP.join(docs) + "\n")
+    write_contexts(out, meta["train"])  # contexts.jsonl: what `graft gen-data` tells the model
 
     mean = pix_sum / max(n_train_pix, 1)
     std = np.sqrt(np.maximum(pix_sq / max(n_train_pix, 1) - mean**2, 1e-6))
