@@ -166,7 +166,8 @@ class _Runner:
                 return
             else:
                 answer = await self._ask(job, variant, request, key)
-                if answer is None:
+                if answer is None:  # failed (logged) or stopped: left for a rerun
+                    self._tick()
                     return
             verdict: Verdict = to_record(answer.content, answer.finish_reason, job.ctx, job.type, s)
             stats.note(verdict.reason, s)
@@ -182,7 +183,11 @@ class _Runner:
             if variant < s.format_retries:
                 stats.format_retries += 1
         self.done.add(index)
+        self._tick()
+
+    def _tick(self) -> None:
         if self.bar is not None:
+            stats = self.stats
             self.bar.update(1)
             self.bar.set_postfix(
                 ok=stats.accepted, rejected=sum(stats.rejections.values()), failed=stats.failures
