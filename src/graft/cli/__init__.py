@@ -5,13 +5,17 @@ Heavy imports (torch, transformers) happen inside the verbs so ``graft --help`` 
 
 from graft.cli import (  # noqa: F401  (each registers its verbs)
     ablation,
+    adapt,
     blip2,
     demo,
+    gen_data,
     gguf,
     inference,
     inspect,
+    mix,
     models,
     pairs,
+    plan,
     report,
     score,
     serve,

@@ -192,7 +192,7 @@ def _roles(model: Any) -> tuple[dict[str, dict[str, int]], dict[str, int], tuple
 
 def model_shape(recipe: Recipe) -> ModelShape:
     """Build the recipe's model on the meta device (no weights) and measure it."""
-    from graft.cli.inspect import meta_model
+    from graft.train.meta import meta_model
     from graft.train.stages import parameter_counts
 
     recipe = copy.deepcopy(recipe)
