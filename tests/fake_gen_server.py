@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -35,11 +34,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+import asgi_thread
 
 
 @dataclass
@@ -193,30 +193,11 @@ class FakeGenServer:
 
 @contextmanager
 def serve_in_thread(server: FakeGenServer) -> Iterator[str]:
-    """Run the fake with uvicorn in a daemon thread on a free loopback port; yield its base URL (…/v1)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(server.app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
+    """Run the fake on a free loopback port; yield its base URL (…/v1)."""
+    with asgi_thread.serve_in_thread(server.app(), lifespan="off") as url:
+        yield f"{url}/v1"
 
 
 def free_port_url() -> str:
     """A base URL where nothing listens (for the endpoint-down test)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{asgi_thread.free_port()}/v1"

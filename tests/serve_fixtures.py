@@ -5,21 +5,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import uvicorn
 from PIL import Image
 
 from graft.serve.app import ServerState, build_app
 from graft.serve.server import build_state
 from graft.serve.settings import ServeSettings
 
+from asgi_thread import serve_in_thread
 from tiny import tiny_model_and_processor
 
 
@@ -40,12 +37,6 @@ def save_sensitive_model(
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def data_url(image: Image.Image, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
@@ -54,21 +45,10 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
 
 @contextlib.contextmanager
 def running_server(model_dir: Path, settings: ServeSettings) -> Iterator[tuple[str, ServerState]]:
-    """The server on ``settings.port`` (0: a free one); yields its base URL and state."""
-    port = settings.port or free_port()
+    """``graft serve``'s app for ``model_dir`` on a free loopback port; yields its base URL and state."""
     state = build_state(model_dir, settings)
-    config = uvicorn.Config(build_app(state), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", state
+        with serve_in_thread(build_app(state)) as url:
+            yield url, state
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         state.engine.drain()

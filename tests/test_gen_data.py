@@ -18,7 +18,6 @@ import pytest
 from typer.testing import CliRunner
 
 import graft.cli.gen_data  # noqa: F401  (registers the verb)
-from fake_gen_server import FakeGenServer, free_port_url, serve_in_thread
 from graft.cli.app import app
 from graft.data.records import parse_record
 from graft.instruct.gen_cache import RunLock, request_key
@@ -28,6 +27,8 @@ from graft.instruct.gen_prompts import WITH_BOXES, builtin_prompts_root, load_pr
 from graft.instruct.gen_run import generate, plan_jobs
 from graft.instruct.gen_settings import RESPONSE_TYPES, GenError, GenSettings
 from graft.instruct.gen_validate import parse_qa
+
+from fake_gen_server import FakeGenServer, free_port_url, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 

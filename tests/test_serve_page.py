@@ -21,7 +21,8 @@ from PIL import Image
 
 from graft.serve.page import page_response
 
-from fake_chat_server import FAIL_MESSAGE, XSS_ANSWER, FakeChat, serve_in_thread
+from asgi_thread import serve_in_thread
+from fake_chat_server import FAIL_MESSAGE, XSS_ANSWER, FakeChat
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright

@@ -11,7 +11,8 @@ import time
 
 import httpx
 
-from serve_fixtures import free_port, save_sensitive_model
+from asgi_thread import free_port
+from serve_fixtures import save_sensitive_model
 
 
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path):
