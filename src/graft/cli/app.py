@@ -28,6 +28,9 @@ def _setup(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # HTTP clients log every request at INFO (the judge, gen-data, the server's tests): debug only
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
         import os
 
