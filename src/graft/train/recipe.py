@@ -4,16 +4,16 @@ A recipe says which model to start from, which data and template, what each comp
 (``frozen`` | ``full`` | ``lora``) at which learning rate, and how to optimise. Every key is
 checked: an unknown key anywhere is an error that names the key, the file and the valid keys.
 
-Paths written in a recipe are relative to the recipe file (unless absolute); paths given as
-overrides (the CLI's ``--set``) are relative to the working directory, and so are those of a
-recipe graft ships (given by name, ``graft train shapes-stage1``: its own folder lies inside
-the installed package; see ``graft.train.shipped``). ``model.vision``,
-``model.llm`` and ``model.tokenizer`` may also be hub ids: a value is a local path when it
-starts with ``./`` or ``../`` or exists beside the recipe, else it is passed on as a hub id.
+Paths written in a recipe are relative to the recipe file (unless absolute); paths given as overrides
+(the CLI's ``--set``) are relative to the working directory, and so are those of a recipe graft ships
+(given by name, ``graft train shapes-stage1``: its own folder lies inside the installed package; see
+``graft.train.shipped``). ``model.vision``, ``model.llm`` and ``model.tokenizer`` may also be hub ids:
+a value is a local path when it starts with ``./`` or ``../`` or exists beside the recipe, else a hub id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -26,6 +26,7 @@ import yaml
 
 from graft.files import write_text_atomic
 from graft.templates import TEMPLATE_NAMES, TEMPLATES
+from graft.train.distributed import STRATEGIES, DistributedSpec
 from graft.train.shipped import find_recipe, is_packaged
 from graft.train.shipped import packaged_recipe as packaged_recipe  # its former home: still importable
 
@@ -159,6 +160,8 @@ class Recipe:
     resume: bool | str = False
     #: also log to TensorBoard when it is installed
     tensorboard: bool = True
+    #: how processes train together: ddp | zero2 | zero3 | zero3_offload | fsdp2 (graft.train.distributed)
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
 
     def __post_init__(self) -> None:
         self.source = ""  # the YAML file it came from (not a recipe key)
@@ -178,7 +181,7 @@ class Recipe:
 
 
 # --- paths -----------------------------------------------------------------------------------------
-_PATHS = ("model.init_from", "data.image_root", "feature_cache.dir", "output_dir")
+_PATHS = ("model.init_from", "data.image_root", "feature_cache.dir", "output_dir", "distributed.config")
 _PATH_LISTS = ("data.train",)
 _MODEL_REFS = ("model.vision", "model.llm", "model.tokenizer")  # a path or a hub id
 
@@ -220,15 +223,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise RecipeError(f"{where}: {value!r} is not a valid {tp}")
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            pass
-    elif tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif tp is bool and isinstance(value, bool):
-        return value
-    elif tp is str and isinstance(value, str):
+    elif (tp is int and isinstance(value, int) and not isinstance(value, bool)) or (
+        tp in (bool, str) and isinstance(value, tp)
+    ):
         return value
     elif typing.get_origin(tp) is list and isinstance(value, list):
         (item,) = typing.get_args(tp)
@@ -320,6 +319,7 @@ def _validate(recipe: Recipe, source: str) -> None:
         ),
         (recipe.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
         (recipe.optim.scheduler in SCHEDULERS, f"optim.scheduler must be one of {SCHEDULERS}"),
+        (recipe.distributed.strategy in STRATEGIES, f"distributed.strategy must be one of {STRATEGIES}"),
         (recipe.feature_cache.dtype in CACHE_DTYPES, f"feature_cache.dtype must be one of {CACHE_DTYPES}"),
         (len(recipe.optim.betas) == 2, "optim.betas needs two numbers"),
         (recipe.batch_size >= 1, "batch_size must be >= 1"),
