@@ -225,6 +225,7 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         instruction_mask: torch.Tensor | None = None,
         instruction_positions: torch.LongTensor | None = None,
         supervised_logits_only: bool = False,
+        unused_image: str | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """``instruction_ids`` / ``instruction_mask`` (``[B, T]``, the Q-Former tokenizer's ids of
@@ -233,7 +234,11 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         token before the last supervised answer, else the last attended token).
 
         With ``labels`` and ``supervised_logits_only`` (training) the output head runs only
-        where a label is supervised: the same loss and gradients, no ``logits`` returned."""
+        where a label is supervised: the same loss and gradients, no ``logits`` returned.
+
+        ``unused_image`` (``"pixels"`` or ``"features"``), for a batch without images: the
+        connector (and with pixels the vision tower) still runs, on a blank image that counts
+        zero times in the loss, so ZeRO-3 / FSDP2 processes all gather the same weights."""
         if is_packed(kwargs):
             check_packed_call(self, kwargs, attention_mask, use_cache)
         context = self._connector_context(instruction_ids, instruction_mask)
@@ -254,18 +259,43 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
                 guidance = self._guidance(input_ids, vision_features, positions, context)
         elif pixel_values is not None or vision_features is not None:
             raise ValueError("pass images with input_ids, not with precomputed inputs_embeds")
+        blank = None
+        if unused_image is not None and pixel_values is None and vision_features is None:
+            blank = self._blank_image_term(unused_image, context)
         with guidance:
             if supervised_logits_only and labels is not None and self._plain_head():
-                return self._supervised_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
-            return self.language_model(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                labels=labels,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
+                out = self._supervised_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
+            else:
+                out = self.language_model(
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    labels=labels,
+                    use_cache=use_cache,
+                    logits_to_keep=logits_to_keep,
+                    **kwargs,
+                )
+        if blank is not None and out.loss is not None:
+            out.loss = out.loss + blank.to(out.loss.device)
+        return out
+
+    def _blank_image_term(self, kind: str, context: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Zero times the soft tokens of one blank image (as LLaMA-Factory does for text-only
+        batches): ``kind`` ``"features"`` feeds the connector a cached-style feature map,
+        ``"pixels"`` runs the vision tower first."""
+        vision = self.config.vision_config
+        device = next(self.connector.parameters()).device
+        context = {key: value[:1] for key, value in context.items()}
+        if kind == "features":
+            blank = torch.zeros(1, self.num_patches, vision.hidden_size, device=device)
+            embeds = self.get_image_features(vision_features=blank, **context)
+        elif kind == "pixels":
+            size = vision.image_size
+            blank = torch.zeros(1, getattr(vision, "num_channels", 3), size, size, device=device)
+            embeds = self.get_image_features(pixel_values=blank, **context)
+        else:
+            raise ValueError(f"unused_image must be 'pixels' or 'features', not {kind!r}")
+        return embeds.float().sum() * 0.0
 
     def _plain_head(self) -> bool:
         """The LLM's logits are its output embeddings' product, nothing after (no soft-capping
