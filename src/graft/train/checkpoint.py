@@ -9,6 +9,10 @@
   (epoch, batches of that epoch consumed);
 - ``state.json``: the step and the process count, written last.
 
+Under DeepSpeed and FSDP2 (``distributed.strategy``) the trainable weights and the optimizer are
+sharded instead: DeepSpeed's own checkpoint (``deepspeed/``) or ``torch.distributed.checkpoint``'s
+(``fsdp2/``), each process writing its shard; resume then needs the same strategy and process count.
+
 Everything is written into ``step-N.tmp`` and renamed, so a folder named ``step-N`` is whole;
 a run killed mid-write leaves a ``.tmp`` folder that resume ignores and the next save removes.
 The newest ``keep`` checkpoints are kept.
@@ -125,8 +129,10 @@ def save_checkpoint(
     scheduler: Any,
     accelerator: Any,
     keep: int = 2,
+    sharded: Any = None,
 ) -> Path:
-    """Write ``step-N`` (every process calls this; ``model`` is the unwrapped model)."""
+    """Write ``step-N`` (every process calls this; ``model`` is the unwrapped model; ``sharded``,
+    under DeepSpeed / FSDP2, writes the weights and optimizer: ``graft.train.distributed``)."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step-{state.step}"
     tmp = root / f"step-{state.step}.tmp"
@@ -136,14 +142,21 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     position = {"epoch": state.epoch, "batch": state.batch}
     torch.save({"rng": rng_state(), **position}, tmp / f"rank-{accelerator.process_index}.pt")
+    if sharded is not None:
+        sharded.save(tmp)
     if accelerator.is_main_process:
-        weights = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
-        save_file(weights, str(tmp / WEIGHTS_FILE))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if sharded is None:
+            weights = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model).items()}
+            save_file(weights, str(tmp / WEIGHTS_FILE))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = {"step": state.step, "world_size": accelerator.num_processes}
+        info = {
+            "step": state.step,
+            "world_size": accelerator.num_processes,
+            "sharded": getattr(sharded, "kind", None),
+        }
         (tmp / STATE_FILE).write_text(json.dumps(info, indent=2))
         if final.exists():  # the same step written by an earlier, abandoned attempt
             shutil.rmtree(final)
@@ -169,8 +182,10 @@ def load_checkpoint(
     scheduler: Any,
     rank: int = 0,
     world_size: int = 1,
+    sharded: Any = None,
 ) -> TrainState:
-    """Restore weights, optimizer, scheduler and this process's RNG; return the position."""
+    """Restore weights, optimizer, scheduler and this process's RNG; return the position. Under
+    DeepSpeed / FSDP2, ``sharded`` (made after ``prepare``) restores the weights and optimizer."""
     path = Path(path)
     if not (path / STATE_FILE).exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
@@ -180,6 +195,24 @@ def load_checkpoint(
             f"{path} was written by {info['world_size']} process(es) but this run has {world_size}; "
             "the data order and RNG streams would not continue exactly"
         )
+    kind = getattr(sharded, "kind", None)
+    if info.get("sharded") != kind:
+        raise ValueError(
+            f"{path} holds {info.get('sharded') or 'unsharded'} weights but this run's distributed.strategy "
+            f"needs {kind or 'unsharded'} ones: resume with the strategy that wrote it"
+        )
+    if sharded is not None:
+        sharded.load(path)
+    else:
+        _load_weights(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    mine = torch.load(path / f"rank-{rank}.pt", weights_only=True)
+    set_rng_state(mine["rng"])
+    logger.info("resumed from %s (step %d)", path, info["step"])
+    return TrainState(step=info["step"], epoch=mine["epoch"], batch=mine["batch"])
+
+
+def _load_weights(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     weights = load_file(str(path / WEIGHTS_FILE))
     expected = trainable_state_dict(model)
     if set(weights) != set(expected):
@@ -193,11 +226,6 @@ def load_checkpoint(
         for name, param in expected.items():
             param.copy_(weights[name])
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    mine = torch.load(path / f"rank-{rank}.pt", weights_only=True)
-    set_rng_state(mine["rng"])
-    logger.info("resumed from %s (step %d)", path, info["step"])
-    return TrainState(step=info["step"], epoch=mine["epoch"], batch=mine["batch"])
 
 
 # --- the final model -------------------------------------------------------------------------------------

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-from accelerate.state import AcceleratorState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -41,6 +38,7 @@ from graft.data.feature_cache import FeatureCache
 from graft.modeling import GraftForConditionalGeneration
 from graft.packing import PACKED_KEYS, enable_packing, is_packed
 from graft.processing import GraftProcessor
+from graft.train import distributed as dist
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
 from graft.train.recipe import Recipe, save_recipe
@@ -75,7 +73,8 @@ class TrainResult:
     seconds: float = 0.0
     #: processes that trained together (DDP)
     processes: int = 1
-    #: the trained model (LoRA merged), still on the training device
+    #: the trained model (LoRA merged), still on the training device (ZeRO-3, FSDP2: gathered on
+    #: CPU in the main process, None in the others)
     model: GraftForConditionalGeneration | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -90,28 +89,6 @@ class TrainResult:
 
 
 # --- set-up ---------------------------------------------------------------------------------------
-def _accelerator(recipe: Recipe, find_unused_parameters: bool) -> Accelerator:
-    mixed = "bf16" if recipe.precision == "bf16" else "no"
-    previous = AcceleratorState._shared_state.get("_mixed_precision")
-    if previous is not None and previous != mixed:
-        # a second run in one process (a notebook, the demo) with another precision: accelerate
-        # keeps its state in a singleton that refuses the change unless reset
-        AcceleratorState._reset_state()
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-    return Accelerator(mixed_precision=mixed, cpu=_multi_cpu(), kwargs_handlers=[ddp])
-
-
-def _multi_cpu() -> bool:
-    """Several processes and no accelerator: accelerate runs them together (gloo) only when told
-    ``cpu=True``; without it, torchrun's processes would each train alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    current = getattr(torch, "accelerator", None)
-    if current is not None and hasattr(current, "current_accelerator"):
-        return current.current_accelerator() is None
-    return not torch.cuda.is_available()
-
-
 def _grad_accum(recipe: Recipe, num_processes: int) -> int:
     if recipe.global_batch_size is None:
         return recipe.grad_accum or 1
@@ -232,27 +209,32 @@ def _step(
     scheduler: Any,
     trainable: list[torch.nn.Parameter],
     max_grad_norm: float,
+    unused_image: str | None = None,
 ) -> dict[str, Any]:
+    """One optimizer step; ``unused_image`` (sharded strategies): what a micro-batch without images
+    runs the connector on (see ``GraftForConditionalGeneration.forward``)."""
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
     local = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
     num_tokens = accelerator.reduce(local.to(accelerator.device), reduction="sum").clamp(min=1)
     loss_sum = torch.zeros((), device=accelerator.device)
     for i, inputs in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        with nullcontext() if last else accelerator.no_sync(model):
-            out = model(**inputs, num_items_in_batch=num_tokens, use_cache=False, supervised_logits_only=True)
+        images = "pixel_values" in inputs or "vision_features" in inputs
+        blank = {"unused_image": unused_image} if unused_image and not images else {}
+        with dist.no_sync(accelerator, model, last):
+            out = model(
+                **inputs, **blank, num_items_in_batch=num_tokens, use_cache=False, supervised_logits_only=True
+            )
             loss = out.loss
             if not loss.requires_grad:
                 # nothing trainable in this batch's graph (text only, connector-only stage): a zero
                 # term keeps it in the step, so every process still joins DDP's gradient exchange
                 loss = loss + sum(p.sum() for p in trainable) * 0.0
             # DDP averages gradients over processes; the loss is already a share of the global mean
-            accelerator.backward(loss * accelerator.num_processes)
+            dist.backward(accelerator, model, loss * accelerator.num_processes, last)
         loss_sum += out.loss.detach().float()
-    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step used
-    grad_norm = None
-    if max_grad_norm > 0:
-        grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
-    optimizer.step()
+    grad_norm = dist.clip(accelerator, model, trainable, max_grad_norm)
+    optimizer.step()  # under DeepSpeed a no-op: the engine stepped after the last micro-batch
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     sizes = [_sizes(b) for b in micro_batches]
@@ -277,7 +259,8 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     started = time.perf_counter()
     output_dir = Path(recipe.output_dir)
     # the process group is set up here, before anything asks which process is the main one
-    is_main = PartialState(cpu=_multi_cpu()).is_main_process
+    processes = dist.start(recipe.distributed)
+    is_main = processes.is_main_process
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, output_dir / "recipe.yaml")
@@ -292,8 +275,11 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     d = recipe.data
     image_root = d.image_root or str(Path(d.train[0]).parent)
     dataset = LlavaDataset(d.train, image_root, processor, skip_bad=d.skip_bad, max_length=d.max_length)
+    grad_accum = _grad_accum(recipe, processes.num_processes)
     # a text-only batch leaves the connector (and vision tower) out of the graph: DDP must know
-    accelerator = _accelerator(recipe, find_unused_parameters=not all(dataset.has_image))
+    unused = not all(dataset.has_image)
+    hidden = model.config.text_config.hidden_size
+    accelerator = dist.accelerator_for(recipe, unused, grad_accum, hidden)
     model.to(accelerator.device)
     if d.packing:
         logger.info(
@@ -302,19 +288,23 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     cache = _fill_feature_cache(recipe, model, dataset, accelerator) if recipe.feature_cache.enabled else None
     loader, sampler = _data(recipe, processor, accelerator, dataset)
 
-    grad_accum = _grad_accum(recipe, accelerator.num_processes)
     total_steps = recipe.max_steps or math.ceil(recipe.epochs * sampler.batches_per_epoch / grad_accum)
+    dist.shard(model, recipe, accelerator.device)  # FSDP2 only
     o = recipe.optim
     optimizer = torch.optim.AdamW(param_groups(model, recipe), betas=tuple(o.betas), eps=o.eps)
     scheduler = SCHEDULES[o.scheduler](optimizer, round(o.warmup_ratio * total_steps), total_steps)
     state = TrainState()
     resume_from = resolve_resume(recipe.resume, output_dir)
-    if resume_from is not None:
-        rank, world = accelerator.process_index, accelerator.num_processes
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if resume_from is not None and recipe.distributed.strategy == "ddp":
         state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world)
     # only the model and optimizer go through prepare: the sampler already shards by rank, and a
     # prepared scheduler would step once per process
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    ddp_model, optimizer = dist.prepare(accelerator, recipe.distributed, model, optimizer)
+    sharded = dist.sharded_state(recipe.distributed, ddp_model, optimizer)  # DeepSpeed, FSDP2
+    if resume_from is not None and sharded is not None:  # restored into the sharded weights
+        state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world, sharded)
+    unused_image = dist.unused_image_input(recipe.distributed, cache is not None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if is_main:
         logger.info(
@@ -350,7 +340,14 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
                 if inputs is not None:
                     micro_batches.append(inputs)
             stats = _step(
-                accelerator, ddp_model, micro_batches, optimizer, scheduler, trainable, o.max_grad_norm
+                accelerator,
+                ddp_model,
+                micro_batches,
+                optimizer,
+                scheduler,
+                trainable,
+                o.max_grad_norm,
+                unused_image,
             )
             state.step += 1
             losses.append(stats["loss"])
@@ -364,17 +361,21 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
             if recipe.save_every and state.step % recipe.save_every == 0:
                 keep = recipe.keep_checkpoints
                 checkpoints.append(
-                    save_checkpoint(output_dir, state, model, optimizer, scheduler, accelerator, keep)
+                    save_checkpoint(
+                        output_dir, state, model, optimizer, scheduler, accelerator, keep, sharded
+                    )
                 )
     finally:
         bar.close()
         metrics.close()
 
-    # without accelerate's wrapper on forward (autocast under bf16): a plain model from here on
-    model = accelerator.unwrap_model(ddp_model, keep_fp32_wrapper=False).eval()
-    merge_lora(model)  # the saved folder is a plain graft model, whatever the stage
-    if recipe.precision == "bf16":
-        model.to(torch.bfloat16)  # what a bf16 run is released as (LLaVA's checkpoints are bf16)
+    # without accelerate's wrapper on forward (autocast under bf16): a plain model from here on,
+    # whole weights gathered (ZeRO-3, FSDP2: onto the main process only, on CPU; None elsewhere)
+    model = dist.release_model(accelerator, recipe, ddp_model)
+    if model is not None:
+        merge_lora(model.eval())  # the saved folder is a plain graft model, whatever the stage
+        if recipe.precision == "bf16":
+            model.to(torch.bfloat16)  # what a bf16 run is released as (LLaVA's checkpoints are bf16)
     if is_main:
         save_final(model, processor, output_dir)
         logger.info("saved the trained model to %s", output_dir)
