@@ -28,9 +28,6 @@ def _setup(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    # DeepSpeed (graft[deepspeed]) warns on every import that it found no GPU: on a CPU machine
-    # that is the expected case, not news
-    logging.getLogger("DeepSpeed").addFilter(lambda r: "Setting accelerator to CPU" not in r.getMessage())
     # HTTP clients log every request at INFO (the judge, gen-data, the server's tests): debug only
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
