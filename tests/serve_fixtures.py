@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import torch
 from PIL import Image
 
@@ -52,3 +55,33 @@ def running_server(model_dir: Path, settings: ServeSettings) -> Iterator[tuple[s
             yield url, state
     finally:
         state.engine.drain()
+
+
+def client(url: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def user(text: str, *images) -> dict:
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": data_url(img)}} for img in images]
+    return {"role": "user", "content": parts}
+
+
+def ask(url: str, messages: list, **kwargs) -> str:
+    reply = client(url).chat.completions.create(
+        model="tiny-vlm", messages=messages, temperature=0, max_tokens=kwargs.pop("max_tokens", 12), **kwargs
+    )
+    return reply.choices[0].message.content
+
+
+def raw_stream(url: str, body: dict, headers: dict | None = None) -> list:
+    """The SSE events of a streamed request: parsed JSON objects, and the string '[DONE]'."""
+    events = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
