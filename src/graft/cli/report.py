@@ -29,3 +29,5 @@ def report_cmd(
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     typer.echo(f"wrote {md} and {page}")
+    if (md.parent / "expert_comparison.md").exists():
+        typer.echo(f"end-to-end vs expert pipelines: {md.parent / 'expert_comparison.md'}")

@@ -22,7 +22,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from graft.eval import report_demo
+from graft.eval import expert_report, report_demo
 from graft.eval.report_model import (
     Failure,
     RunReport,
@@ -294,11 +294,14 @@ def render_html(runs: list[RunReport]) -> str:
 def build_report(
     sources: list[str | os.PathLike], out_dir: str | os.PathLike, max_failures: int = 5
 ) -> tuple[Path, Path]:
-    """Read every source, write ``report.md`` and ``report.html`` into ``out_dir``; returns both paths."""
+    """Read every source, write ``report.md`` and ``report.html`` into ``out_dir``; returns both paths.
+    When a source holds an expert-pipeline run, ``expert_comparison.md`` is written beside them."""
     runs = [load_run(s, max_failures) for s in sources]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "report.md", out / "report.html"
     write_text_atomic(md, render_markdown(runs))
     write_text_atomic(page, render_html(runs))
+    # expert pipelines among the runs: end-to-end vs expert per run, with cost (expert_comparison.md)
+    expert_report.write_comparison(sources, out)
     return md, page

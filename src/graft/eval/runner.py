@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from accelerate.utils import gather_object
 
 import graft
+from graft.eval.cost import end_to_end_cost
 from graft.eval.families import Options, check_judge
 from graft.eval.predict import predict_jsonl
 from graft.eval.processes import EXPECTED, from_main, merge_shards, process_state, shard_path, step
@@ -159,6 +161,7 @@ def run_task(
 
     step(state, prepare, who="main")
     rank, world = state.process_index, state.num_processes
+    began = time.perf_counter()
     counts = step(
         state,
         lambda: predict_jsonl(
@@ -174,6 +177,7 @@ def run_task(
         ),
     )
     assert counts is not None
+    seconds = time.perf_counter() - began
     if multi:  # a collective: every process has finished its share past this line
         # every process saw the same questions and finished ids; each wrote (and skipped) its own share
         shares = gather_object([counts])
@@ -182,6 +186,7 @@ def run_task(
     def finish() -> dict[str, Any]:
         merge_shards(predictions)
         metrics = score_samples(spec, read, read_predictions(predictions), options)
+        cost = end_to_end_cost(processor, questions, predictions, seconds, counts["written"], folder)
         results = {
             "task": spec.name,
             "run": name,
@@ -193,6 +198,8 @@ def run_task(
             "generation": settings.generation_kwargs(spec.generation),
             "blind": settings.blind,
             "processes": world,
+            "pipeline": "end-to-end",
+            "cost": cost,
             "model_config_hash": model_id["config_hash"],
             "model_weights": model_id["weights"],
             "graft_version": graft.__version__,
