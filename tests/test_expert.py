@@ -212,6 +212,25 @@ def test_the_oracle_describes_a_world_image_exactly_and_refuses_others(world, tm
         OracleDescriber(world).describe([tmp_path / "x.png"])
 
 
+def test_a_render_no_metadata_names_is_read_back_from_its_pixels(world):
+    from graft.world.read_scene import scene_from_render
+    from graft.world.scene import Scene
+
+    rows = [json.loads(line) for line in (world / "meta" / "train.jsonl").read_text().splitlines()]
+    for row in rows:
+        scene = Scene.from_dict(row["scene"])
+        read = scene_from_render(scene.render())
+        assert read is not None, row["id"]
+        key = lambda o: (o.color, o.shape, o.size)  # noqa: E731
+        assert sorted(map(key, read.objects)) == sorted(map(key, scene.objects)), row["id"]
+        for obj in scene.objects:
+            near = min(read.objects, key=lambda o: abs(o.x - obj.x) + abs(o.y - obj.y))
+            assert abs(near.x - obj.x) <= 1 / 64 and abs(near.y - obj.y) <= 1 / 64
+    assert scene_from_render(random_image(0)) is None
+    edited = sorted((world / "bench" / "demon").rglob("*_edit.png"))[:3]
+    assert edited and all(OracleDescriber(world).describe(edited))
+
+
 def test_the_report_shows_end_to_end_model_expert_and_oracle_side_by_side(world, tmp_path):
     model, processor = tiny_model_and_processor()
     bench = world / "bench"

@@ -5,7 +5,8 @@ Three kinds, named by a spec string:
 - ``model:DIR`` — a graft model folder prompted to caption (greedy, ``caption_prompt``);
 - ``oracle:WORLD`` — a shapes world's exact symbolic description of the scene an image shows
   (what a perfect expert would say): the image is found in ``WORLD/meta/{train,val,test}.jsonl``
-  by its content (benchmark folders hard-link or copy the world's images);
+  by its content (benchmark folders hard-link or copy the world's images); a render no row names
+  (DEMON's edited scenes) is read back from its pixels (``graft.world.read_scene``);
 - ``jsonl:FILE`` — a user's descriptions, one ``{"image": PATH, "description": TEXT}`` a line
   (paths relative to the file's folder), matched by path, else by content, else by file name.
 
@@ -141,11 +142,19 @@ class OracleDescriber:
         return self._scenes
 
     def describe(self, images: Sequence[Path]) -> list[Description]:
+        from graft.processing import load_image
+        from graft.world.read_scene import scene_from_render
+
         out = []
         for p in images:
             scene = self._index().get(file_hash(p))
-            if scene is None:
-                raise DescriberError(f"{p}: not an image of the shapes world {self.world} (no scene for it)")
+            if scene is None:  # a render no metadata row names (DEMON's edits): read its pixels
+                read = scene_from_render(load_image(p))
+                if read is None:
+                    raise DescriberError(
+                        f"{p}: not an image of the shapes world {self.world} (no scene for it)"
+                    )
+                scene = read.to_dict()
             out.append(Description(oracle_text(scene)))
         return out
 
