@@ -342,3 +342,31 @@ def test_graft_eval_expert_through_an_endpoint_and_a_clear_error_when_it_is_down
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
     bad = CliRunner().invoke(app, [*args])
     assert bad.exit_code == 2 and "give one answerer" in bad.output
+
+
+def test_graft_eval_expert_with_a_graft_captioner_and_a_local_llm_resumes_from_its_cache(tmp_path):
+    model, processor = tiny_model_and_processor()
+    model.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    data = write_pope(tmp_path / "pope", n=2)
+    args = [
+        "eval-expert",
+        "--describer", f"model:{tmp_path / 'vlm'}",
+        "--answerer", str(save_text_model(tmp_path / "llm")),
+        "--task", f"pope={data}",
+        "--out", str(tmp_path / "out"),
+        "--caption-max-new-tokens", "3",
+        "--max-new-tokens", "2",
+    ]  # fmt: skip
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    cache = tmp_path / "out" / "descriptions.jsonl"
+    described = cache.read_text()
+    assert len(described.splitlines()) == 2
+    (tmp_path / "out" / "pope" / "predictions.jsonl").unlink()  # answered anew, described from the cache
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert cache.read_text() == described
+    results = json.loads((tmp_path / "out" / "pope" / "results.json").read_text())
+    assert results["pipeline"] == "expert" and results["prediction_counts"]["written"] == 2
+    assert results["cost"]["samples_timed"] == 2  # the answers deleted took their cost with them

@@ -199,6 +199,8 @@ def expert_predict_jsonl(
     done = done_ids(out_path)
     pending = [row for row in rows if row.id not in done]
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not done:  # answering from scratch: no cost of answers that are gone
+        out_path.with_name(COST_FILE).unlink(missing_ok=True)
     written = 0
     with out_path.open("a", encoding="utf-8") as out:
         for start in range(0, len(pending), settings.batch_size):

@@ -72,12 +72,14 @@ class LocalAnswerer:
     def __init__(self, model_dir: Path, device: str | None = None, bf16: bool = False) -> None:
         import torch
         from accelerate import PartialState
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from graft.processing import load_tokenizer
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(str(model_dir))
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"{model_dir}: the tokenizer has no chat_template; the answerer needs one")
         self.tokenizer.padding_side = "left"
