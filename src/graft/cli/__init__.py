@@ -8,6 +8,7 @@ from graft.cli import (  # noqa: F401  (each registers its verbs)
     adapt,
     blip2,
     demo,
+    expert,
     gen_data,
     gguf,
     inference,
