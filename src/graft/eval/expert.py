@@ -27,19 +27,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import graft
 from graft.eval.expert_answer import IMAGE_TEXT, Answer, Answerer, EndpointError, with_descriptions
 from graft.eval.expert_describe import DescriberError, DescriptionCache, file_hash, parse_spec
-from graft.eval.families import Options, check_judge
+from graft.eval.families import Options
 from graft.eval.predict import _parse_prompt_row, done_ids
-from graft.eval.processes import EXPECTED
 from graft.eval.readers import IMAGE_MARKER
 from graft.eval.readers.base import Collector, Sample
-from graft.eval.runner import _check_same_model, _questions_file, _read, read_bench
+from graft.eval.runner import (
+    _check_same_model,
+    _questions_file,
+    _read,
+    bench_runs,
+    plan_run,
+    result_head,
+    write_results,
+)
 from graft.eval.score import read_predictions, score_samples
 from graft.eval.settings import EvalSettings
-from graft.eval.tasks import TaskSpec, get_task
-from graft.files import write_text_atomic
+from graft.eval.tasks import TaskSpec
 from graft.processing import ImageLoadError
 from graft.record_files import iter_jsonl
 
@@ -272,15 +277,8 @@ def run_expert_task(
     layout; ``results.json`` says ``"pipeline": "expert"`` and which describer and answerer.
     ``changes`` are fields of ``settings`` (``limit=3``)."""
     settings = (settings or EvalSettings()).replace(**changes)
-    spec = get_task(task)
-    if spec.needs_judge:
-        check_judge(options, f"task {spec.name}")
-    path = spec.data_path(data)
-    name = run_name or spec.name
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"run name {name!r} must be a plain folder name")
+    spec, path, name, folder = plan_run(task, data, out_dir, options, run_name)
     read = _read(spec, path, settings)
-    folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     _check_same_model(folder, pipe.identity)
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
@@ -290,24 +288,17 @@ def run_expert_task(
         pipe, questions, predictions, image_root=folder, settings=settings, generation_kwargs=spec.generation
     )
     metrics = score_samples(spec, read, read_predictions(predictions), options)
-    results = {
-        "task": spec.name,
-        "run": name,
-        "family": spec.family,
-        "task_file": str(spec.file) if spec.file else None,
-        "data": str(path),
-        "metrics": metrics,
-        "prediction_counts": counts,
-        "generation": settings.generation_kwargs(spec.generation),
-        "blind": False,
-        "processes": 1,
-        **pipe.identity,
-        "wall_seconds": round(time.perf_counter() - began, 3),
-        "cost": expert_cost(pipe, read.samples, folder),
-        "graft_version": graft.__version__,
-    }
-    write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    return results
+    return write_results(
+        folder,
+        result_head(spec, name, path, settings, metrics, counts)
+        | {
+            "blind": False,
+            "processes": 1,
+            **pipe.identity,
+            "wall_seconds": round(time.perf_counter() - began, 3),
+            "cost": expert_cost(pipe, read.samples, folder),
+        },
+    )
 
 
 def run_expert_bench(
@@ -322,18 +313,8 @@ def run_expert_bench(
     needing a judge without one is skipped, a run failing on its data is reported and the others
     go on; an endpoint failing stops the whole bench (every later run would fail the same way)."""
     settings = (settings or EvalSettings()).replace(**changes)
-    results: dict[str, dict[str, Any]] = {}
-    for run, (spec, path) in read_bench(bench_dir).items():
-        head = {"run": run, "task": spec.name, "data": str(path)}
-        if spec.needs_judge:
-            try:
-                check_judge(options, f"task {spec.name}")
-            except ValueError as err:
-                results[run] = head | {"skipped": str(err)}
-                continue
-        try:
-            results[run] = run_expert_task(pipe, spec, path, out_dir, settings, options, run_name=run)
-        except EXPECTED as err:
-            logger.error("%s: failed: %s", run, err)
-            results[run] = head | {"error": str(err)}
-    return results
+    return bench_runs(
+        bench_dir,
+        options,
+        lambda spec, path, run: run_expert_task(pipe, spec, path, out_dir, settings, options, run_name=run),
+    )

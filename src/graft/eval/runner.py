@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,7 @@ def run_task(
     score several data sets.
     """
     settings = (settings or EvalSettings()).replace(**changes)
-    spec = get_task(task)
-    if spec.needs_judge:
-        check_judge(options, f"task {spec.name}")  # before hours of generation, not after
-    path = spec.data_path(data)
-    name = run_name or spec.name
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"run name {name!r} must be a plain folder name")
+    spec, path, name, folder = plan_run(task, data, out_dir, options, run_name)
     state = process_state()
     multi = state.num_processes > 1
 
@@ -148,7 +143,6 @@ def run_task(
         theirs = step(state, lambda: _read(spec, path, settings), who="others")
         read = read if state.is_main_process else theirs
     assert read is not None
-    folder = Path(out_dir) / name
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
 
     model_id = _answered_by(model, settings)
@@ -187,28 +181,62 @@ def run_task(
         merge_shards(predictions)
         metrics = score_samples(spec, read, read_predictions(predictions), options)
         cost = end_to_end_cost(processor, questions, predictions, seconds, counts["written"], folder)
-        results = {
-            "task": spec.name,
-            "run": name,
-            "family": spec.family,
-            "task_file": str(spec.file) if spec.file else None,  # None: a built-in task
-            "data": str(path),
-            "metrics": metrics,
-            "prediction_counts": counts,
-            "generation": settings.generation_kwargs(spec.generation),
-            "blind": settings.blind,
-            "processes": world,
-            "pipeline": "end-to-end",
-            "cost": cost,
-            "model_config_hash": model_id["config_hash"],
-            "model_weights": model_id["weights"],
-            "graft_version": graft.__version__,
-        }
-        write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-        return results
+        return write_results(
+            folder,
+            result_head(spec, name, path, settings, metrics, counts)
+            | {
+                "blind": settings.blind,
+                "processes": world,
+                "pipeline": "end-to-end",
+                "cost": cost,
+                "model_config_hash": model_id["config_hash"],
+                "model_weights": model_id["weights"],
+            },
+        )
 
     # scored once, by the main process (a judge is asked once); the others get its results
     return from_main(state, step(state, finish, who="main"))
+
+
+def plan_run(
+    task: str | os.PathLike | TaskSpec,
+    data: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    options: Options | None,
+    run_name: str | None,
+) -> tuple[TaskSpec, Path, str, Path]:
+    """A run's task, data path, name and folder, checked before any work (a judge the task needs
+    is checked before hours of generation, not after)."""
+    spec = get_task(task)
+    if spec.needs_judge:
+        check_judge(options, f"task {spec.name}")
+    path = spec.data_path(data)
+    name = run_name or spec.name
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"run name {name!r} must be a plain folder name")
+    return spec, path, name, Path(out_dir) / name
+
+
+def result_head(
+    spec: TaskSpec, name: str, path: Path, settings: EvalSettings, metrics: Any, counts: dict
+) -> dict[str, Any]:
+    """What every pipeline's ``results.json`` says first."""
+    return {
+        "task": spec.name,
+        "run": name,
+        "family": spec.family,
+        "task_file": str(spec.file) if spec.file else None,  # None: a built-in task
+        "data": str(path),
+        "metrics": metrics,
+        "prediction_counts": counts,
+        "generation": settings.generation_kwargs(spec.generation),
+    }
+
+
+def write_results(folder: Path, results: dict[str, Any]) -> dict[str, Any]:
+    results = results | {"graft_version": graft.__version__}
+    write_text_atomic(folder / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    return results
 
 
 def read_bench(bench_dir: str | os.PathLike) -> dict[str, tuple[TaskSpec, Path]]:
@@ -263,6 +291,22 @@ def run_bench(
     (``{"error": message}``) and the others go on. Rerunning resumes every run where it stopped.
     """
     settings = (settings or EvalSettings()).replace(**changes)
+    return bench_runs(
+        bench_dir,
+        options,
+        lambda spec, path, run: run_task(
+            model, processor, spec, path, out_dir, settings, options=options, run_name=run
+        ),
+    )
+
+
+def bench_runs(
+    bench_dir: str | os.PathLike,
+    options: Options | None,
+    run_one: Callable[[TaskSpec, Path, str], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """``run_one(task, data, run name)`` for every run of a bench: a run whose task needs a judge
+    when none is configured is skipped, one that fails on its data is reported, the others go on."""
     results: dict[str, dict[str, Any]] = {}
     for run, (spec, path) in read_bench(bench_dir).items():
         head = {"run": run, "task": spec.name, "data": str(path)}
@@ -274,9 +318,7 @@ def run_bench(
                 results[run] = head | {"skipped": str(err)}
                 continue
         try:
-            results[run] = run_task(
-                model, processor, spec, path, out_dir, settings, options=options, run_name=run
-            )
+            results[run] = run_one(spec, path, run)
         except EXPECTED as err:
             logger.error("%s: failed: %s", run, err)
             results[run] = head | {"error": str(err)}
