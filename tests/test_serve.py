@@ -190,7 +190,10 @@ def test_cancelled_stream_frees_its_slot(model_dir):
             # the worker holds this row; one more waits in the queue; a third is refused
             queued = threading.Thread(target=ask, args=(url, [user("Hi")]), kwargs={"max_tokens": 2})
             queued.start()
-            time.sleep(0.3)
+            deadline = time.monotonic() + 20
+            while state.engine.queue_depth() < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert state.engine.queue_depth() == 1, "the second request should be waiting in the queue"
             third = httpx.post(f"{url}/v1/chat/completions", json={**long, "stream": False, "max_tokens": 2})
             assert third.status_code == 503 and third.headers["Retry-After"] == "1"
             assert third.json()["error"]["code"] == "server_busy"
