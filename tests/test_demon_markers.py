@@ -3,7 +3,7 @@
 import pytest
 
 from graft.data.records import parse_record
-from graft.eval.predict import _parse_prompt_row
+from graft.eval.predict import parse_prompt_row
 from graft.generate import ChatSession
 from graft.prompts import ImageMarkerError, demon_to_markers
 from graft.record_files import RecordError
@@ -45,11 +45,11 @@ def test_prediction_rows_take_placeholders(tmp_path):
     for name in ("a.png", "b.png"):
         random_image().save(tmp_path / name)
     record = {"id": 1, "images": ["a.png", "b.png"], "question": "{image#2} vs {image#1}: same?"}
-    row = _parse_prompt_row(record, "q.jsonl:1", tmp_path, "<image>")
+    row = parse_prompt_row(record, "q.jsonl:1", tmp_path, "<image>")
     assert row.prompt == "<image> vs <image>: same?"
     assert [p.name for p in row.images] == ["b.png", "a.png"]
     with pytest.raises(RecordError, match="q.jsonl:1"):
-        _parse_prompt_row({**record, "question": "{image#3}"}, "q.jsonl:1", tmp_path, "<image>")
+        parse_prompt_row({**record, "question": "{image#3}"}, "q.jsonl:1", tmp_path, "<image>")
     assert record["images"] == ["a.png", "b.png"]  # the caller's record is left as it was
 
 

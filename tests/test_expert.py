@@ -18,21 +18,23 @@ from typer.testing import CliRunner
 
 import graft.cli.expert  # noqa: F401  (registers graft eval-expert)
 from graft.cli import app
-from graft.eval.expert import (
+from graft.eval.runner import run_task
+from graft.eval.score import Options
+from graft.pipelines.expert import (
     ExpertPipeline,
     ExpertSettings,
     build_pipeline,
     run_expert_bench,
     run_expert_task,
 )
-from graft.eval.expert_answer import (
+from graft.pipelines.expert_answer import (
     Answer,
     EndpointAnswerer,
     EndpointError,
     LocalAnswerer,
     with_descriptions,
 )
-from graft.eval.expert_describe import (
+from graft.pipelines.expert_describe import (
     DescriberError,
     Description,
     DescriptionCache,
@@ -40,9 +42,7 @@ from graft.eval.expert_describe import (
     ModelDescriber,
     OracleDescriber,
 )
-from graft.eval.report import build_report
-from graft.eval.runner import run_task
-from graft.eval.score import Options
+from graft.report.build import build_report
 
 from asgi_thread import free_port, serve_in_thread
 from tiny import random_image, tiny_llm, tiny_model_and_processor, tiny_tokenizer, write_jsonl, write_pope

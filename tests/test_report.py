@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.eval.report import build_report, headline_and_categories, load_run
+from graft.report.build import build_report, headline_and_categories, load_run
 
 
 def _tiny_pope_run(root, predictions):
@@ -209,7 +209,7 @@ def test_demo_report_curve_diagnostics_and_blind_bars(tmp_path):
 
 
 def test_demo_bar_series_put_blind_beside_seeing_against_chance(tmp_path):
-    from graft.eval.report_demo import bar_series, curve_series
+    from graft.report.demo import bar_series, curve_series
 
     run = load_run(_demo_with_curve(tmp_path / "demo"))
     binary = bar_series("binary", [run])

@@ -65,13 +65,13 @@ def eval_expert_cmd(
     question answered by a text-only LLM with the descriptions where the images stood. Same
     readers, prompts, scorers and results layout as graft eval ("pipeline": "expert" in
     results.json); graft report on both folders writes expert_comparison.md."""
-    from graft.eval.expert import ExpertSettings, build_pipeline, run_expert_bench, run_expert_task
-    from graft.eval.expert_answer import EndpointError
     from graft.eval.metrics import JudgeConfig
     from graft.eval.runner import read_bench
     from graft.eval.score import Options
     from graft.eval.settings import EvalSettings
     from graft.eval.tasks import get_task
+    from graft.pipelines.expert import ExpertSettings, build_pipeline, run_expert_bench, run_expert_task
+    from graft.pipelines.expert_answer import EndpointError
 
     if not task and bench is None:
         fail("give --task NAME=PATH (repeatable) or --bench DIR")

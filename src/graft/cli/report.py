@@ -22,7 +22,7 @@ def report_cmd(
     max_failures: Annotated[int, typer.Option(help="Wrong samples shown per run and task.")] = 5,
 ) -> None:
     """One table of every model x task family, per-category bars and browsable failures."""
-    from graft.eval.report import build_report
+    from graft.report.build import build_report
 
     try:
         md, page = build_report(runs, out, max_failures=max_failures)

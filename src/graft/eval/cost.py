@@ -4,7 +4,7 @@ Seconds are the answering step's wall time over the samples it answered in this 
 fully resumed run keeps the figure the run before measured). Tokens are counted from the files:
 the prompt's text tokens plus ``image_seq_length`` per image (the chat template's own tokens
 left out), and the answer's tokens. The expert pipeline's cost, with the same keys, is
-``graft.eval.expert.expert_cost``.
+``graft.pipelines.expert.expert_cost``.
 """
 
 from __future__ import annotations

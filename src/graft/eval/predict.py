@@ -32,7 +32,7 @@ from graft.templates import Message
 logger = logging.getLogger(__name__)
 
 
-def _parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> Sample:
+def parse_prompt_row(record: dict, where: str, image_root: Path, marker: str) -> Sample:
     """The row as a sample without a target: its question, one ``marker`` per image, the images."""
     rid = check_id(record.get("id"), where)
     if "image" in record and "images" in record:
@@ -131,7 +131,7 @@ def predict_jsonl(
     # it would be answered once and silently dropped once)
     bad = Collector(settings.skip_bad)
     read = bad.collect(
-        iter_jsonl(questions_path, bad.skip), lambda r, w: _parse_prompt_row(r, w, root, marker)
+        iter_jsonl(questions_path, bad.skip), lambda r, w: parse_prompt_row(r, w, root, marker)
     )
     rows = read.samples[: settings.limit]
 

@@ -72,7 +72,7 @@ def _answered_by(model: Any, settings: EvalSettings) -> dict[str, Any]:
     return (who | {"blind": True}) if settings.blind else who
 
 
-def _check_same_model(folder: Path, model_id: dict[str, Any]) -> None:
+def check_same_model(folder: Path, model_id: dict[str, Any]) -> None:
     """Resuming appends to the answers already in ``folder``: refuse when another model (other
     config or weights) gave them, or a blind run when this one sees (or the other way round),
     rather than mix two kinds of answers in one score."""
@@ -88,7 +88,7 @@ def _check_same_model(folder: Path, model_id: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(model_id) + "\n")
 
 
-def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
+def questions_file(read: ReadResult, path: Path, image_token: str) -> None:
     """The samples as predict_jsonl's input; rewritten only when they changed, so a resumed run
     keeps matching its predictions by id."""
     rows = [
@@ -104,7 +104,8 @@ def _questions_file(read: ReadResult, path: Path, image_token: str) -> None:
         write_text_atomic(path, text)
 
 
-def _read(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
+def read_for_run(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
+    """The task's samples at ``path``, cut to ``settings.limit``; none at all is an error."""
     read = spec.read(path, skip_bad=settings.skip_bad)
     if settings.limit is not None:
         read = ReadResult(read.samples[: settings.limit], read.bad)
@@ -138,9 +139,9 @@ def run_task(
     multi = state.num_processes > 1
 
     # the main process reads first: a reader may write beside the data (MMBench's images)
-    read = step(state, lambda: _read(spec, path, settings), who="main")
+    read = step(state, lambda: read_for_run(spec, path, settings), who="main")
     if multi:
-        theirs = step(state, lambda: _read(spec, path, settings), who="others")
+        theirs = step(state, lambda: read_for_run(spec, path, settings), who="others")
         read = read if state.is_main_process else theirs
     assert read is not None
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
@@ -149,8 +150,8 @@ def run_task(
 
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        _check_same_model(folder, model_id)
-        _questions_file(read, questions, processor.image_token)
+        check_same_model(folder, model_id)
+        questions_file(read, questions, processor.image_token)
         merge_shards(predictions)  # what a killed multi-process run left in its per-process files
 
     step(state, prepare, who="main")

@@ -1,1 +1,2 @@
-"""Whole jobs built from the library: the demo and the VPG-C ablation (the CLI only parses and calls)."""
+"""Whole jobs built from the library: the demo, the VPG-C ablation and the expert-model baseline
+(the CLI only parses and calls)."""

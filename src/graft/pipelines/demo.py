@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.eval.report_demo import read_curve
 from graft.files import write_text_atomic
 from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, summary_markdown
+from graft.report.demo import read_curve
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
 #: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
@@ -247,7 +247,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     write_text_atomic(
         out / "summary.md", summary_markdown(summary, clock.reused, read_curve(out / "curve.jsonl"))
     )
-    from graft.eval.report import build_report
+    from graft.report.build import build_report
 
     build_report([out], out / "report")  # the demo's numbers and every benchmark run's
     return summary

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from graft.eval.report_demo import CHANCE, read_curve
+from graft.report.demo import CHANCE, read_curve
 
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 64

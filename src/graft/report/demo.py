@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import NamedTuple
 
-from graft.eval.report_model import RunReport, TaskReport, data_uri, figure, fmt, is_number, md_table, png
+from graft.report.model import RunReport, TaskReport, data_uri, figure, fmt, is_number, md_table, png
 
 #: accuracy of guessing, per question format: the reference every bar is read against
 CHANCE = {"binary": 0.5, "mcq": 0.25}

@@ -1,8 +1,8 @@
 """The expert-model baseline: image -> expert text -> text-only LLM, on any eval task.
 
-Each image is described by an expert (``graft.eval.expert_describe``: a graft model prompted to
+Each image is described by an expert (``graft.pipelines.expert_describe``: a graft model prompted to
 caption, the shapes world's exact description, or a user's JSONL), and the question is answered
-by a text-only LLM (``graft.eval.expert_answer``: a causal LM folder or an OpenAI-compatible
+by a text-only LLM (``graft.pipelines.expert_answer``: a causal LM folder or an OpenAI-compatible
 endpoint) with ``Image k: <description>`` where the k-th image stood. The task's reader, prompt
 and scorers are the end-to-end run's (``graft.eval.runner``), and so is the layout of
 ``out_dir/{run}/``: ``questions.jsonl``, ``predictions.jsonl`` (each row also keeps the text
@@ -27,24 +27,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from graft.eval.expert_answer import IMAGE_TEXT, Answer, Answerer, EndpointError, with_descriptions
-from graft.eval.expert_describe import DescriberError, DescriptionCache, file_hash, parse_spec
 from graft.eval.families import Options
-from graft.eval.predict import _parse_prompt_row, done_ids
+from graft.eval.predict import done_ids, parse_prompt_row
 from graft.eval.readers import IMAGE_MARKER
 from graft.eval.readers.base import Collector, Sample
 from graft.eval.runner import (
-    _check_same_model,
-    _questions_file,
-    _read,
     bench_runs,
+    check_same_model,
     plan_run,
+    questions_file,
+    read_for_run,
     result_head,
     write_results,
 )
 from graft.eval.score import read_predictions, score_samples
 from graft.eval.settings import EvalSettings
 from graft.eval.tasks import TaskSpec
+from graft.pipelines.expert_answer import IMAGE_TEXT, Answer, Answerer, EndpointError, with_descriptions
+from graft.pipelines.expert_describe import DescriberError, DescriptionCache, file_hash, parse_spec
 from graft.processing import ImageLoadError
 from graft.record_files import iter_jsonl
 
@@ -109,8 +109,8 @@ def build_pipeline(
 ) -> ExpertPipeline:
     """The answerer first (an endpoint that is down fails here, before anything loads), then the
     describer, then the cache."""
-    from graft.eval.expert_answer import EndpointAnswerer, LocalAnswerer
-    from graft.eval.expert_describe import JsonlDescriber, ModelDescriber, OracleDescriber
+    from graft.pipelines.expert_answer import EndpointAnswerer, LocalAnswerer
+    from graft.pipelines.expert_describe import JsonlDescriber, ModelDescriber, OracleDescriber
 
     if answerer is None:
         if expert.endpoint is not None:
@@ -198,7 +198,7 @@ def expert_predict_jsonl(
     root = Path(image_root) if image_root is not None else questions_path.parent
     bad = Collector(settings.skip_bad)
     read = bad.collect(
-        iter_jsonl(questions_path, bad.skip), lambda r, w: _parse_prompt_row(r, w, root, IMAGE_MARKER)
+        iter_jsonl(questions_path, bad.skip), lambda r, w: parse_prompt_row(r, w, root, IMAGE_MARKER)
     )
     rows = read.samples[: settings.limit]
     done = done_ids(out_path)
@@ -278,11 +278,11 @@ def run_expert_task(
     ``changes`` are fields of ``settings`` (``limit=3``)."""
     settings = (settings or EvalSettings()).replace(**changes)
     spec, path, name, folder = plan_run(task, data, out_dir, options, run_name)
-    read = _read(spec, path, settings)
+    read = read_for_run(spec, path, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    _check_same_model(folder, pipe.identity)
+    check_same_model(folder, pipe.identity)
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
-    _questions_file(read, questions, IMAGE_MARKER)
+    questions_file(read, questions, IMAGE_MARKER)
     began = time.perf_counter()
     counts = expert_predict_jsonl(
         pipe, questions, predictions, image_root=folder, settings=settings, generation_kwargs=spec.generation

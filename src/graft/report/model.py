@@ -1,5 +1,5 @@
 """What a report is made of: runs, their tasks, their failures, and the number and image
-formatting that the report's markdown and HTML (``report.py``, ``report_demo.py``) share."""
+formatting that the report's markdown and HTML (``build.py``, ``demo.py``) share."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every eval run folder given (``{run}/results.json``) contributes one row per run to that run's
 table: the pipeline (end-to-end, or expert with its describer's kind: ``model``, ``oracle``,
-``jsonl``), the answerer, the headline score of the task family (``report.HEADLINES``), seconds,
+``jsonl``), the answerer, the headline score of the task family (``build.HEADLINES``), seconds,
 tokens and model calls per sample. A closing table puts the three pipelines in one line per run
 with the two gaps that say where the loss lies: perception (oracle expert - model expert: what
 a perfect description would add) and end-to-end vs oracle (what perfect perception plus a text
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.eval.report_model import fmt, md_table
 from graft.files import write_text_atomic
+from graft.report.model import fmt, md_table
 
 FILE = "expert_comparison.md"
 
@@ -37,7 +37,7 @@ class Row:
 
 
 def _row(results: dict[str, Any], source: Path, folder: Path) -> Row:
-    from graft.eval.report import headline_and_categories
+    from graft.report.build import headline_and_categories
 
     family = results.get("family") or results.get("task", folder.name)
     score, _ = headline_and_categories(family, results.get("metrics", {}))
@@ -81,7 +81,7 @@ def _gap(a: float | None, b: float | None) -> str:
 
 
 def comparison_markdown(rows: list[Row]) -> str:
-    from graft.eval.report import HEADLINES
+    from graft.report.build import HEADLINES
 
     runs = list(dict.fromkeys(r.run for r in rows))
     lines = [

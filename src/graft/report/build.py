@@ -2,7 +2,7 @@
 
 A source is either an eval run folder (``{task}/results.json`` beside ``predictions.jsonl``, see
 ``graft.eval.runner``) or a ``graft demo`` output (its flat ``summary.json``, see
-``graft.eval.report_demo``). Each task family gets one headline number per run, so models line up
+``graft.report.demo``). Each task family gets one headline number per run, so models line up
 in a single table (what it measures: ``HEADLINES``; how it is read: ``headline_and_categories``),
 and bars per category.
 
@@ -22,8 +22,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from graft.eval import expert_report, report_demo
-from graft.eval.report_model import (
+from graft.files import write_text_atomic
+from graft.report import demo as report_demo
+from graft.report import expert as expert_report
+from graft.report.model import (
     Failure,
     RunReport,
     TaskReport,
@@ -34,7 +36,6 @@ from graft.eval.report_model import (
     md_table,
     png,
 )
-from graft.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
