@@ -7,7 +7,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.report.build import build_report, headline_and_categories, load_run
+from graft.report.build import build_report, load_run
+from graft.report.headline import headline_and_categories
 
 
 def _tiny_pope_run(root, predictions):

@@ -25,6 +25,7 @@ from typing import Any
 from graft.files import write_text_atomic
 from graft.report import demo as report_demo
 from graft.report import expert as expert_report
+from graft.report.headline import HEADLINES, headline_and_categories
 from graft.report.model import (
     Failure,
     RunReport,
@@ -32,53 +33,11 @@ from graft.report.model import (
     data_uri,
     figure,
     fmt,
-    is_number,
     md_table,
     png,
 )
 
 logger = logging.getLogger(__name__)
-
-HEADLINES = {
-    "pope": "mean F1",
-    "mme": "perception",
-    "scienceqa_img": "accuracy",
-    "mmbench": "circular accuracy",
-    "demon": "mean category score",
-    "coco_caption": "CIDEr",
-    "llava_bench": "relative score",
-    "demo/binary": "accuracy",
-    "demo/binary_blind": "accuracy, images blanked",
-    "demo/mcq": "accuracy",
-    "demo/mcq_blind": "accuracy, images blanked",
-}
-_CAPTION_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
-
-
-def headline_and_categories(task: str, metrics: dict[str, Any]) -> tuple[float | None, dict[str, float]]:
-    """The family's headline number and its per-category numbers: POPE's mean F1 over the splits
-    present, MME's perception total, ScienceQA's accuracy, MMBench's circular accuracy, DEMON's mean
-    category score, CIDEr, LLaVA-Bench's overall relative score; for a user task its first metric."""
-    if task == "pope":
-        splits = {s: v["f1"] for s, v in metrics.items() if isinstance(v, dict) and "f1" in v}
-        return (sum(splits.values()) / len(splits) if splits else None), splits
-    if task == "mme":
-        skip = {"perception", "cognition", "details", "counts"}
-        return metrics.get("perception"), {k: v for k, v in metrics.items() if k not in skip and is_number(v)}
-    if task in ("scienceqa_img", "mmbench"):
-        head = metrics.get("circular_accuracy", metrics.get("accuracy"))
-        return head, dict(metrics.get("per_category", {}))
-    if task == "demon":
-        cats = {k: v for k, v in metrics.get("categories", {}).items() if is_number(v)}
-        return (sum(cats.values()) / len(cats) if cats else None), cats
-    if task == "coco_caption":
-        return metrics.get("CIDEr"), {k: metrics[k] for k in _CAPTION_KEYS if is_number(metrics.get(k))}
-    if task == "llava_bench":
-        skip = {"all", "details", "counts", "samples"}
-        return metrics.get("all"), {k: v for k, v in metrics.items() if k not in skip and is_number(v)}
-    # a user task scored by simple metrics: the first one heads, the rest are its categories
-    numbers = {k: v for k, v in metrics.items() if is_number(v)}
-    return (next(iter(numbers.values())) if numbers else None), dict(list(numbers.items())[1:])
 
 
 def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:

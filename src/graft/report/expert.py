@@ -2,7 +2,7 @@
 
 Every eval run folder given (``{run}/results.json``) contributes one row per run to that run's
 table: the pipeline (end-to-end, or expert with its describer's kind: ``model``, ``oracle``,
-``jsonl``), the answerer, the headline score of the task family (``build.HEADLINES``), seconds,
+``jsonl``), the answerer, the headline score of the task family (``headline.HEADLINES``), seconds,
 tokens and model calls per sample. A closing table puts the three pipelines in one line per run
 with the two gaps that say where the loss lies: perception (oracle expert - model expert: what
 a perfect description would add) and end-to-end vs oracle (what perfect perception plus a text
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.files import write_text_atomic
+from graft.report.headline import HEADLINES, headline_and_categories
 from graft.report.model import fmt, md_table
 
 FILE = "expert_comparison.md"
@@ -37,8 +38,6 @@ class Row:
 
 
 def _row(results: dict[str, Any], source: Path, folder: Path) -> Row:
-    from graft.report.build import headline_and_categories
-
     family = results.get("family") or results.get("task", folder.name)
     score, _ = headline_and_categories(family, results.get("metrics", {}))
     cost = results.get("cost") or {}
@@ -81,8 +80,6 @@ def _gap(a: float | None, b: float | None) -> str:
 
 
 def comparison_markdown(rows: list[Row]) -> str:
-    from graft.report.build import HEADLINES
-
     runs = list(dict.fromkeys(r.run for r in rows))
     lines = [
         "# End-to-end vs expert pipelines",

@@ -26,45 +26,25 @@ from __future__ import annotations
 import json
 import os
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from graft.train.distributed_spec import ZERO_STAGES, DistributedSpec
 
 if TYPE_CHECKING:
     from accelerate import Accelerator, PartialState
 
     from graft.train.recipe import Recipe
 
-STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
-ZERO_STAGES = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "distributed"
+
 #: the DeepSpeed checkpoint's tag inside graft's ``checkpoints/step-N/``
 ENGINE_TAG = "deepspeed"
 
 
 class DistributedError(RuntimeError):
     """A strategy that cannot run as asked (and would otherwise fail silently or hang)."""
-
-
-@dataclass
-class DistributedSpec:
-    #: ddp | zero2 | zero3 | zero3_offload | fsdp2
-    strategy: str = "ddp"
-    #: a DeepSpeed JSON (zero*) or FSDP2 YAML (fsdp2) used instead of the one graft ships
-    config: str | None = None
-
-    @property
-    def deepspeed(self) -> bool:
-        return self.strategy in ZERO_STAGES
-
-    def config_file(self) -> Path | None:
-        if self.strategy == "ddp":
-            return None
-        if self.config is not None:
-            return Path(self.config)
-        return CONFIG_DIR / f"{self.strategy}.{'yaml' if self.strategy == 'fsdp2' else 'json'}"
 
 
 # --- the process group ------------------------------------------------------------------------------

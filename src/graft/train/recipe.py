@@ -26,7 +26,7 @@ import yaml
 
 from graft.files import write_text_atomic
 from graft.templates import TEMPLATE_NAMES, TEMPLATES
-from graft.train.distributed import STRATEGIES, DistributedSpec
+from graft.train.distributed_spec import STRATEGIES, DistributedSpec
 from graft.train.shipped import find_recipe, is_packaged
 from graft.train.shipped import packaged_recipe as packaged_recipe  # its former home: still importable
 
