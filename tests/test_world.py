@@ -230,3 +230,20 @@ def test_yesno_answers_are_true_with_hard_negatives():
         color, shape = qa.question.split("?")[0].split()[3:5]
         assert (color, shape) in {(o.color, o.shape) for o in scene.objects}
     assert hard > 30
+
+
+def test_text_question_records_put_the_scene_where_the_image_was(world):
+    from graft.world.describe import context_text
+    from graft.world.diagnostics import text_question_records
+
+    scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "train.jsonl")}
+    sources = [r for r in json.loads((world / "stage2.json").read_text()) if r.get("qtype") == "questions"]
+    records = text_question_records(world)
+    assert len(records) == len(sources) > 0
+    for source, record in zip(sources, records, strict=True):
+        assert record["id"] == source["id"] and "image" not in record and "images" not in record
+        first = record["conversations"][0]["value"]
+        question = source["conversations"][0]["value"].replace("<image>\n", "")
+        assert "<image>" not in first
+        assert first == f"Context: {context_text(scenes[source['image']])}\n{question}"
+        assert record["conversations"][1:] == source["conversations"][1:]

@@ -7,6 +7,8 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
 - ``text_upper_bound``: the same questions answered by a model with the scene's symbolic
   description (captions and boxes) in place of the image: what perfect perception would give
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
+- ``text_question_records``: the stage-2 question records with that description in place of
+  the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,30 @@ def caption_accuracy(
     }
 
 
+def with_context(scene: Scene, question: str) -> str:
+    """A question with the scene's symbolic description where the image stood."""
+    return f"Context: {context_text(scene)}\n{question}"
+
+
+def text_question_records(world_dir: str | os.PathLike, image_token: str = "<image>") -> list[dict[str, Any]]:
+    """The world's stage-2 multi-question records (``qtype`` "questions") with the scene's
+    description in place of their image: text-only records in the same format."""
+    world = Path(world_dir)
+    scenes = {}
+    for line in (world / "meta" / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        scenes[row["image"]] = row["scene"]
+    out = []
+    for record in json.loads((world / "stage2.json").read_text()):
+        if record.get("qtype") != "questions":
+            continue
+        turns = [dict(t) for t in record["conversations"]]
+        question = turns[0]["value"].replace(image_token, "", 1).lstrip("\n")
+        turns[0]["value"] = with_context(Scene.from_dict(scenes[record["image"]]), question)
+        out.append({"id": record["id"], "conversations": turns})
+    return out
+
+
 def text_upper_bound(
     model: Any, processor: Any, world_dir: str | os.PathLike, limit: int | None = 200, batch_size: int = 32
 ) -> dict[str, float]:
@@ -81,7 +107,7 @@ def text_upper_bound(
         convs = []
         for q in questions:
             scene = Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"])
-            convs.append([Message("user", f"Context: {context_text(scene)}\n{q.meta['question']}")])
+            convs.append([Message("user", with_context(scene, q.meta["question"]))])
         answers = generate_answers(
             model, processor, convs, [[] for _ in convs], max_new_tokens=16, batch_size=batch_size
         )

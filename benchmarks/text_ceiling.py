@@ -1,0 +1,71 @@
+"""What perfect perception would buy the demo: its stage 2, on text.
+
+Trains the demo's stage-2 recipe (``shapes-stage2``: same LLM start, template, learning rate,
+top layers, batch and steps) on the world's multi-question records with each image replaced by
+the scene's exact symbolic description (captions and boxes), then answers the held-out binary
+and multiple-choice questions with that description in place of the image. The numbers are a
+ceiling for the seeing demo at the same budget: an image can at best tell the LLM what the
+description tells it.
+
+    python benchmarks/text_ceiling.py --demo runs/demo --out runs/text_ceiling   # the demo's 80 steps
+    python benchmarks/text_ceiling.py --demo runs/demo --out runs/text_ceiling320 --steps 320
+
+``--demo`` is a finished ``graft demo`` folder (its ``world`` and ``stage1``). Prints one JSON
+line: the steps, training samples seen, seconds, and ``{binary,mcq}/accuracy_text``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from graft.files import write_text_atomic
+from graft.inference import load_for_inference
+from graft.train import load_recipe, train
+from graft.train.recipe import packaged_recipe
+from graft.world.diagnostics import text_question_records, text_upper_bound
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished graft demo folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/text_ceiling"))
+    parser.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the recipe's)")
+    parser.add_argument("--limit", type=int, default=200, help="held-out questions per family")
+    args = parser.parse_args()
+
+    world, stage1 = args.demo / "world", args.demo / "stage1"
+    if not (stage1 / "config.json").exists():
+        parser.error(f"{stage1}: no stage-1 model; run graft demo first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = args.out / "text_records.json"
+    write_text_atomic(records, json.dumps(text_question_records(world)))
+    overrides = {
+        "model.init_from": str(stage1),
+        "data.train": [str(records)],
+        "data.image_root": str(world),
+        "feature_cache.enabled": False,  # no images
+        "output_dir": str(args.out / "model"),
+        "resume": True,
+    }
+    if args.steps is not None:
+        overrides["max_steps"] = args.steps
+    recipe = load_recipe(packaged_recipe("shapes-stage2"), overrides)
+    began = time.perf_counter()
+    if not (args.out / "model" / "config.json").exists():
+        train(recipe)
+    seconds = time.perf_counter() - began
+    model, processor = load_for_inference(args.out / "model", recipe.precision == "bf16")
+    scores = text_upper_bound(model, processor, world, args.limit)
+    row = {
+        "steps": recipe.max_steps,
+        "samples": recipe.max_steps * recipe.batch_size,
+        "train_seconds": round(seconds, 1),
+    }
+    print(json.dumps(row | scores))
+
+
+if __name__ == "__main__":
+    main()
