@@ -7,14 +7,14 @@ import asyncio
 import json
 import time
 
-import gen_data_fixtures
-from gen_data_fixtures import _settings
 from graft.data.records import parse_record
 from graft.instruct.gen_cache import request_key
 from graft.instruct.gen_client import TokenBucket
 from graft.instruct.gen_run import generate
 
+import gen_data_fixtures
 from fake_gen_server import FakeGenServer
+from gen_data_fixtures import _settings
 
 server = gen_data_fixtures.server  # the fake endpoint, a fixture shared by the gen-data tests
 

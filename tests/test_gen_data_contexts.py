@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from gen_data_fixtures import _cli, _contexts, _row
 from graft.instruct.gen_contexts import load_contexts
 from graft.instruct.gen_prompts import WITH_BOXES, builtin_prompts_root, load_prompts
 from graft.instruct.gen_run import generate
 from graft.instruct.gen_settings import RESPONSE_TYPES, GenError, GenSettings
 from graft.instruct.gen_validate import parse_qa
+
+from gen_data_fixtures import _cli, _contexts, _row
 
 # ---- prompts and contexts ----
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import gen_data_fixtures
-from gen_data_fixtures import _cli, _contexts, _settings
 from graft.instruct.gen_cache import RunLock, request_key
 from graft.instruct.gen_run import generate, plan_jobs
 from graft.instruct.gen_settings import RESPONSE_TYPES, GenError
 
+import gen_data_fixtures
 from fake_gen_server import FakeGenServer, free_port_url, serve_in_thread
+from gen_data_fixtures import _cli, _contexts, _settings
 
 REPO = Path(__file__).resolve().parents[1]
 

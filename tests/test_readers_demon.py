@@ -8,6 +8,7 @@ import pytest
 from graft.eval.readers import IMAGE_MARKER, read_demon
 from graft.eval.readers.demon import CATEGORIES, TASK_CATEGORY, find_tasks
 from graft.record_files import RecordError
+
 from reader_files import _img
 
 

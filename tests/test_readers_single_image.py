@@ -20,6 +20,7 @@ from graft.eval.readers import (
 )
 from graft.eval.readers.mmbench import LETTER_PROMPT
 from graft.record_files import RecordError
+
 from reader_files import _img
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from graft.serve import media
 from graft.serve.media import LoadedImage, load_image_url
 from graft.serve.settings import MediaPolicy
+
 from media_fixtures import PARAM, PNG, _image_bytes, load, refused
 
 

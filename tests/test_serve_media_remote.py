@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from graft.serve import media
+
 from media_fixtures import PNG, load, refused
 
 # --- remote fetches against local servers ------------------------------------------------------
