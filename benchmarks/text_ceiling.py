@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the recipe's)")
     parser.add_argument("--limit", type=int, default=200, help="held-out questions per family")
     args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     world, stage1 = args.demo / "world", args.demo / "stage1"
     if not (stage1 / "config.json").exists():
