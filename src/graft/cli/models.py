@@ -23,6 +23,13 @@ def compose_cmd(
         str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
     ] = "none",
     reduction_factor: Annotated[int, typer.Option(help="k for k x k token reduction.")] = 2,
+    layer_norm: Annotated[
+        bool,
+        typer.Option(
+            help="LayerNorm the (reduced) features before the projector, as InternVL does "
+            "(with pixel_shuffle, the model then exports to InternVLForConditionalGeneration)."
+        ),
+    ] = False,
     template: Annotated[
         str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
@@ -37,6 +44,8 @@ def compose_cmd(
     spec = {"name": connector}
     if reduction != "none":
         spec.update(reduction=reduction, reduction_factor=reduction_factor)
+    if layer_norm:
+        spec["layer_norm"] = True
     try:  # names first, so a typo fails before any weights load
         get_template(template)
         connector_class(connector)

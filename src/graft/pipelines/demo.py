@@ -41,7 +41,8 @@ DEMO_REDUCTION = 4
 
 def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
     """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
-    space-to-depth, which keeps every patch's features) or the shapes-sized Q-Former."""
+    space-to-depth, which keeps every patch's features, layer-normed as InternVL's projector does,
+    so the model exports to ``InternVLForConditionalGeneration``) or the shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
@@ -52,6 +53,8 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
     spec: dict[str, Any] = {"name": connector}
     if (reduction or "pixel_shuffle") != "none":
         spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
+    if spec.get("reduction") == "pixel_shuffle":
+        spec["layer_norm"] = True
     return spec
 
 
