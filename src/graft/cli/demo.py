@@ -30,7 +30,7 @@ def demo_cmd(
     images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     connector: Annotated[
-        str, typer.Option(help="Connector: mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
+        str, typer.Option(help="Connector: swiglu, mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
     ] = DemoSettings.connector,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")

@@ -1,10 +1,10 @@
-"""LLaVA's projectors: ``linear`` (LLaVA) and ``mlp2x_gelu`` (LLaVA-1.5).
+"""Projectors: ``linear`` (LLaVA), ``mlp2x_gelu`` (LLaVA-1.5) and ``swiglu`` (Aya Vision's adapter).
 
 Parameter names follow transformers' ``LlavaMultiModalProjector`` (``linear_1``, ``linear_2``)
-so export to ``LlavaForConditionalGeneration`` is a rename of the prefix only. With
-``layer_norm=True`` the (reduced) features are layer-normed first, as InternVL's projector does
-after its pixel shuffle (``InternVLMultiModalProjector``: ``layer_norm``, ``linear_1``, ``linear_2``),
-which is how a token-reducing projector exports.
+so export to ``LlavaForConditionalGeneration`` is a rename of the prefix only. ``layer_norm=True``
+layer-norms the (reduced) features first, as Aya Vision's and InternVL's adapters do after their
+pixel shuffle; ``swiglu`` with it is exactly ``AyaVisionMultiModalProjector``, which is how a
+token-reducing projector exports (``graft.export``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from graft.connectors.base import Connector
 from graft.connectors.reduction import TokenReduction
@@ -70,3 +71,30 @@ class MLPProjector(_Projector):
 
     def forward(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(self.features(image_features))))
+
+
+@register_connector("swiglu")
+class SwiGLUProjector(_Projector):
+    """Linear(d_vis -> I), SwiGLU (the first half of I gated by SiLU of the second), Linear(I/2 ->
+    d_llm): Aya Vision's adapter. ``intermediate_size`` I defaults to 2 x d_llm, so the gated width
+    is ``mlp2x_gelu``'s hidden width."""
+
+    def __init__(
+        self,
+        vision_hidden_size: int,
+        text_hidden_size: int,
+        intermediate_size: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(vision_hidden_size, text_hidden_size, **options)
+        self.intermediate_size = intermediate_size or 2 * text_hidden_size
+        if self.intermediate_size % 2:
+            raise ValueError(
+                f"connector 'swiglu': intermediate_size must be even, got {self.intermediate_size}"
+            )
+        self.linear_1 = nn.Linear(self.in_features, self.intermediate_size, bias=self.bias)
+        self.linear_2 = nn.Linear(self.intermediate_size // 2, text_hidden_size, bias=self.bias)
+
+    def forward(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
+        value, gate = self.linear_1(self.features(image_features)).chunk(2, dim=-1)
+        return self.linear_2(F.silu(gate) * value)

@@ -34,15 +34,16 @@ SHAPES_QFORMER: dict[str, Any] = {
         "cross_attention_frequency": 1,
     },
 }
-DEMO_CONNECTORS = ("mlp2x_gelu", "linear", "qformer")
+DEMO_CONNECTORS = ("swiglu", "mlp2x_gelu", "linear", "qformer")
 #: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
 DEMO_REDUCTION = 4
 
 
 def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
     """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
-    space-to-depth, which keeps every patch's features, layer-normed as InternVL's projector does,
-    so the model exports to ``InternVLForConditionalGeneration``) or the shapes-sized Q-Former."""
+    space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
+    Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``) or the
+    shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
@@ -53,7 +54,7 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
     spec: dict[str, Any] = {"name": connector}
     if (reduction or "pixel_shuffle") != "none":
         spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
-    if spec.get("reduction") == "pixel_shuffle":
+    if connector == "swiglu":
         spec["layer_norm"] = True
     return spec
 
@@ -92,7 +93,7 @@ class DemoSettings:
     #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
-    connector: str = "mlp2x_gelu"
+    connector: str = "swiglu"
     reduction: str | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
