@@ -18,7 +18,9 @@ def compose_cmd(
     vision: Annotated[str, typer.Option(help="Vision tower: local folder or hub id (CLIP, SigLIP ...).")],
     llm: Annotated[str, typer.Option(help="Causal LM: local folder or hub id.")],
     out: Annotated[Path, typer.Option(help="Folder to save the grafted (untrained-connector) model.")],
-    connector: Annotated[str, typer.Option(help="Connector name: linear, mlp2x_gelu, swiglu, qformer, qformer_instruct.")] = DEFAULT_CONNECTOR,
+    connector: Annotated[
+        str, typer.Option(help="Connector name: linear, mlp2x_gelu, swiglu.")
+    ] = DEFAULT_CONNECTOR,
     reduction: Annotated[
         str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
     ] = "none",
