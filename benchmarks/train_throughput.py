@@ -1,7 +1,7 @@
 """Stage-2 training throughput: graft vs transformers' ``LlavaForConditionalGeneration``.
 
 Both sides get the same backbones (the same weights: the LLaVA side is graft's model converted by
-``graft.export.to_llava`` and copied), the same precision, threads and ``use_cache=False``, and
+``graft.export.to_transformers`` and copied), the same precision, threads and ``use_cache=False``, and
 the same batches, one optimizer step each in turn (forward, backward, AdamW on connector + LLM,
 the vision tower frozen: LLaVA's stage 2). graft runs the way its training loop does: vision
 features from the loop's feature cache (computed once before timing, as that cache would),
@@ -46,7 +46,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from graft.backbones import compose
-from graft.export import to_llava
+from graft.export import to_transformers
 from graft.modeling import GraftForConditionalGeneration
 from graft.packing import enable_packing, pack_batch
 from graft.processing import GraftProcessor
@@ -235,7 +235,7 @@ def graft_inputs(model: GraftForConditionalGeneration, batch: dict) -> dict:
 def run_case(name: str, model, processor, args, rng: random.Random, lengths: str) -> float:
     """Time both sides on one case; print its shape, the loss agreement and ``ratio=``."""
     batches = build_batches(processor, rng, args.samples, args.batch_size, lengths)
-    llava = copy.deepcopy(to_llava(model))  # the same function, its own weights
+    llava = copy.deepcopy(to_transformers(model))  # the same function, its own weights
     llava.config.text_config.use_cache = False
     with torch.no_grad():
         model.eval()

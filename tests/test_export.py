@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from graft.backbones import compose
-from graft.export import LlavaExportError, export_hf, export_to_llava, import_from_llava
+from graft.export import ExportError, export_hf, export_to_transformers, import_from_llava
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 from graft.templates import Message, get_template
@@ -99,7 +99,7 @@ def _tiny_llava(tmp_path: Path, act: str = "gelu", identity: bool = False) -> Pa
 @pytest.mark.parametrize("connector,act", [("linear", "linear"), ("mlp2x_gelu", "gelu")])
 def test_export_writes_llava_config_and_key_names(tmp_path, connector, act):
     model, processor = _tiny(connector)
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     config = LlavaConfig.from_pretrained(out)
     assert config.projector_hidden_act == act
     assert config.image_token_index == model.config.image_token_id
@@ -121,7 +121,7 @@ def test_export_writes_llava_config_and_key_names(tmp_path, connector, act):
 @pytest.mark.parametrize("connector", ["linear", "mlp2x_gelu"])
 def test_exported_llava_computes_graft_logits_from_its_own_processor(tmp_path, connector):
     model, processor = _tiny(connector)
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     llava = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     llava_processor = AutoProcessor.from_pretrained(out)
     assert isinstance(llava_processor, LlavaProcessor)
@@ -146,7 +146,7 @@ def test_export_with_tied_embeddings(tmp_path):
     processor = GraftProcessor(
         tokenizer, tiny_image_processor(), model.config.image_seq_length, template=TEMPLATE
     )
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     assert llava.lm_head.weight.data_ptr() == llava.get_input_embeddings().weight.data_ptr()
     assert _max_diff(model, llava, _train_batch(processor)) <= TOL
@@ -156,15 +156,15 @@ def test_export_with_tied_embeddings(tmp_path):
 def test_export_refuses_token_reduction(tmp_path, reduction):
     model, processor = _tiny({"name": "mlp2x_gelu", "reduction": reduction})
     with pytest.raises(ValueError, match=r"connector\.reduction='" + reduction):
-        export_to_llava(model, processor, tmp_path / "llava")
+        export_to_transformers(model, processor, tmp_path / "llava")
     assert not (tmp_path / "llava").exists()
 
 
 def test_export_refuses_connectors_llava_has_no_projector_for(tmp_path):
     model, processor = _tiny()
     model.config.connector = {"name": "qformer"}
-    with pytest.raises(LlavaExportError, match=r"connector\.name='qformer'"):
-        export_to_llava(model, processor, tmp_path / "llava")
+    with pytest.raises(ExportError, match=r"connector\.name='qformer'"):
+        export_to_transformers(model, processor, tmp_path / "llava")
 
 
 def test_export_is_atomic_and_never_overwrites_silently(tmp_path, monkeypatch):
@@ -173,7 +173,7 @@ def test_export_is_atomic_and_never_overwrites_silently(tmp_path, monkeypatch):
     out.mkdir()
     (out / "keep.txt").write_text("old")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        export_to_llava(model, processor, out)
+        export_to_transformers(model, processor, out)
 
     def broken_save(self, *args, **kwargs):
         raise OSError("disk full")
@@ -181,11 +181,11 @@ def test_export_is_atomic_and_never_overwrites_silently(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(LlavaProcessor, "save_pretrained", broken_save)
         with pytest.raises(OSError, match="disk full"):
-            export_to_llava(model, processor, out, overwrite=True)
+            export_to_transformers(model, processor, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old folder is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llava"]  # no temp folder left
 
-    export_to_llava(model, processor, out, overwrite=True)
+    export_to_transformers(model, processor, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
 
 
@@ -200,7 +200,7 @@ def test_export_hf_from_a_saved_graft_folder(tmp_path):
 
 def test_exported_chat_template_renders_like_graft(tmp_path):
     model, processor = _tiny(template="vicuna_v1")
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     llava_processor = AutoProcessor.from_pretrained(out)
     chat = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a red circle?"}]}
@@ -215,14 +215,14 @@ def test_exported_chat_template_renders_like_graft(tmp_path):
 def test_export_refuses_a_chat_template_that_disagrees_with_graft(tmp_path):
     model, processor = _tiny()
     processor.template = dataclasses.replace(get_template("vicuna_v1"), chat_template="{{ 'USER: hi' }}")
-    with pytest.raises(LlavaExportError, match="chat_template"):
-        export_to_llava(model, processor, tmp_path / "llava")
+    with pytest.raises(ExportError, match="chat_template"):
+        export_to_transformers(model, processor, tmp_path / "llava")
 
 
 def test_export_pad_to_square_becomes_llava_do_pad(tmp_path):
     model, processor = _tiny()
     processor.pad_to_square = True
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     image_processor = AutoProcessor.from_pretrained(out).image_processor
     assert type(image_processor).__name__ == "LlavaImageProcessorPil" and image_processor.do_pad
     wide = random_image(4, size=48).crop((0, 8, 48, 40))  # 48 x 32
@@ -237,7 +237,7 @@ def test_export_chatml_adds_no_bos_and_stops_at_im_end(tmp_path):
     tokenizer = tiny_tokenizer(extra_special=["<|im_start|>", "<|im_end|>"])
     model = compose(tiny_vision(), tiny_llm(len(tokenizer) + 1), tokenizer).eval()
     processor = GraftProcessor(tokenizer, tiny_image_processor(), model.config.image_seq_length, "chatml")
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     llava = LlavaForConditionalGeneration.from_pretrained(out).eval()
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in llava.generation_config.eos_token_id
     ours = processor.encode([Message("user", QUESTION)], [random_image(1)], add_generation_prompt=True)
@@ -252,7 +252,7 @@ def test_export_chatml_adds_no_bos_and_stops_at_im_end(tmp_path):
 @pytest.mark.parametrize("connector", ["linear", "mlp2x_gelu"])
 def test_export_then_import_gives_back_the_same_model(tmp_path, connector):
     model, processor = _tiny(connector)
-    out = export_to_llava(model, processor, tmp_path / "llava")
+    out = export_to_transformers(model, processor, tmp_path / "llava")
     back, back_processor = import_from_llava(out, tmp_path / "graft", template=TEMPLATE)
     assert back.config.connector["name"] == connector
     batch = _train_batch(processor)
@@ -304,5 +304,5 @@ def test_import_linear_projector_with_identity_linear_2(tmp_path):
 @pytest.mark.parametrize("act,identity", [("linear", False), ("gelu_pytorch_tanh", False)])
 def test_import_refuses_projectors_graft_cannot_represent(tmp_path, act, identity):
     folder = _tiny_llava(tmp_path, act=act, identity=identity)
-    with pytest.raises(LlavaExportError, match=f"projector_hidden_act='{act}'"):
+    with pytest.raises(ExportError, match=f"projector_hidden_act='{act}'"):
         import_from_llava(folder)

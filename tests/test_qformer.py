@@ -14,7 +14,7 @@ from transformers import (
 from graft.backbones import compose
 from graft.connectors import build_connector
 from graft.export import export_hf
-from graft.export.model import LlavaExportError
+from graft.export.model import ExportError
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 from graft.templates import Message
@@ -154,7 +154,7 @@ def test_qformer_model_trains_saves_and_reloads(tmp_path):
     loaded = GraftForConditionalGeneration.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
-    with pytest.raises(LlavaExportError, match="connector.name='qformer'"):
+    with pytest.raises(ExportError, match="connector.name='qformer'"):
         export_hf(tmp_path, tmp_path / "llava")
 
 

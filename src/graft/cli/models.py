@@ -97,16 +97,19 @@ def train_cmd(
 @app.command("export-hf")
 def export_hf_cmd(
     model: Annotated[Path, typer.Option(help="A graft model folder.")],
-    out: Annotated[Path, typer.Option(help="Folder for the transformers LLaVA checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Folder for the transformers checkpoint.")],
 ) -> None:
-    """Write transformers' LlavaForConditionalGeneration layout (config, weights, processor)."""
+    """Write a transformers checkpoint (config, weights, processor) that AutoModelForImageTextToText
+    loads: LlavaForConditionalGeneration (linear, mlp2x_gelu) or AyaVisionForConditionalGeneration
+    (swiglu with layer_norm, token reduction by pixel shuffle)."""
     from graft.export import export_hf
 
     try:
-        export_hf(model, out)
+        written = export_hf(model, out)
     except ValueError as err:
         fail(str(err))
-    typer.echo(f"exported {model} -> {out} (LlavaForConditionalGeneration)")
+    architecture = json.loads((written / "config.json").read_text())["architectures"][0]
+    typer.echo(f"exported {model} -> {out} ({architecture})")
 
 
 @app.command("import-hf")

@@ -1,29 +1,38 @@
-"""To and from transformers' ``LlavaForConditionalGeneration`` layout.
+"""To and from transformers' layouts: ``LlavaForConditionalGeneration`` and
+``AyaVisionForConditionalGeneration``.
 
-A graft model with a ``linear`` or ``mlp2x_gelu`` connector computes exactly what LLaVA
-computes, so it can be written as a LLaVA folder that every tool running LLaVA loads. Weights
-carry the module's own key names: ``model.vision_tower.*``,
-``model.multi_modal_projector.linear_1/linear_2.*``, ``model.language_model.*`` (the LLM's base
-model) and ``lm_head.*``; transformers also reads llava-hf's older names on import.
+A graft model with a ``linear`` or ``mlp2x_gelu`` connector on every patch computes exactly what
+LLaVA computes; one with the ``swiglu`` projector after a LayerNorm (pixel shuffle or none)
+computes exactly what Aya Vision computes. Either is written as a folder that
+``AutoModelForImageTextToText`` and ``AutoProcessor`` load. Weights carry the module's own key
+names: ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``model.language_model.*``
+(the LLM's base model) and ``lm_head.*``; transformers also reads llava-hf's older names on import.
 
-- ``model``: graft model -> ``LlavaForConditionalGeneration`` in memory (``to_llava``).
-- ``processor``: ``GraftProcessor`` -> ``LlavaProcessor``.
-- ``writer``: ``export_to_llava`` / ``export_hf`` write the folder atomically.
-- ``importer``: ``import_from_llava`` reads one back as a graft model and processor.
+- ``model``: graft model -> transformers model in memory (``to_transformers``).
+- ``processor``: ``GraftProcessor`` -> ``LlavaProcessor`` (both architectures).
+- ``writer``: ``export_to_transformers`` / ``export_hf`` write the folder atomically.
+- ``importer``: ``import_from_llava`` reads a LLaVA folder back as a graft model and processor.
 """
 
 from graft.export.importer import import_from_llava
-from graft.export.model import PROJECTOR_ACTS, LlavaExportError, llava_config, to_llava
+from graft.export.model import (
+    PROJECTOR_ACTS,
+    ExportError,
+    export_architecture,
+    to_transformers,
+    transformers_config,
+)
 from graft.export.processor import llava_processor
-from graft.export.writer import export_hf, export_to_llava
+from graft.export.writer import export_hf, export_to_transformers
 
 __all__ = [
     "PROJECTOR_ACTS",
-    "LlavaExportError",
+    "ExportError",
+    "export_architecture",
     "export_hf",
-    "export_to_llava",
+    "export_to_transformers",
     "import_from_llava",
-    "llava_config",
     "llava_processor",
-    "to_llava",
+    "to_transformers",
+    "transformers_config",
 ]

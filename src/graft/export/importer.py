@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalG
 
 from graft.backbones import compose
 from graft.config import DEFAULT_IMAGE_TOKEN
-from graft.export.model import LlavaExportError
+from graft.export.model import ExportError
 from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
@@ -36,7 +36,7 @@ def _connector_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]
     zero_bias = projector.linear_2.bias is None or not projector.linear_2.bias.any()
     if act == "linear" and identity and zero_bias:
         return {"name": "linear", **spec}
-    raise LlavaExportError(
+    raise ExportError(
         f"projector_hidden_act={act!r}"
         + (" with a linear_2 that is not the identity" if act == "linear" else "")
         + ": graft imports 'gelu' (as mlp2x_gelu) or 'linear' with linear_2 = identity (as linear)"
@@ -63,7 +63,7 @@ def import_from_llava(
     llava = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=dtype)
     config = llava.config
     if not isinstance(config.vision_feature_layer, int):
-        raise LlavaExportError(
+        raise ExportError(
             f"vision_feature_layer={config.vision_feature_layer!r}: graft selects a single layer"
         )
     projector = llava.model.multi_modal_projector
@@ -79,7 +79,7 @@ def import_from_llava(
     image_token = _llava_image_token(llava_dir)
     token_id = tokenizer.convert_tokens_to_ids(image_token)
     if token_id != config.image_token_index:
-        raise LlavaExportError(
+        raise ExportError(
             f"image_token_index={config.image_token_index} but the tokenizer maps "
             f"{image_token!r} to {token_id}"
         )
@@ -97,13 +97,13 @@ def import_from_llava(
         if spec["name"] == "mlp2x_gelu":
             model.connector.linear_2.load_state_dict(projector.linear_2.state_dict())
     if model.config.image_seq_length != config.image_seq_length:
-        raise LlavaExportError(
+        raise ExportError(
             f"image_seq_length={config.image_seq_length} but the vision tower and "
             f"vision_feature_select_strategy give {model.config.image_seq_length} tokens per image"
         )
     meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if meta:
-        raise LlavaExportError(f"parameters without weights after import: {', '.join(meta[:5])}")
+        raise ExportError(f"parameters without weights after import: {', '.join(meta[:5])}")
     model.generation_config = copy.deepcopy(llava.generation_config)
     if model.generation_config.pad_token_id is None:  # published folders often leave it unset
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,101 +1,158 @@
-"""graft model -> ``LlavaForConditionalGeneration``, in memory.
+"""graft model -> the transformers architecture that computes exactly the same function, in memory.
+
+- ``LlavaForConditionalGeneration``: a ``linear`` or ``mlp2x_gelu`` projector on every patch
+  feature (no token reduction, no LayerNorm). A ``linear`` connector becomes
+  ``projector_hidden_act="linear"`` with ``linear_2`` the identity (zero bias).
+- ``AyaVisionForConditionalGeneration``: the ``swiglu`` projector with ``layer_norm`` (pixel
+  shuffle or none). Aya Vision takes any vision tower and LLM through the Auto classes, drops CLS
+  as LLaVA does, and its pixel shuffle orders tokens and channels as graft's ``TokenReduction``.
 
 The conversion moves modules instead of copying state dicts (as ``backbones.compose`` does), so a
-7B model is never held twice; only the projector is new. A ``linear`` connector becomes
-``projector_hidden_act="linear"`` with ``linear_2`` the identity (zero bias), which keeps the
-function exact.
+7B model is never held twice; only the projector is new.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
 from torch import nn
-from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    AyaVisionConfig,
+    AyaVisionForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.aya_vision.modeling_aya_vision import AyaVisionMultiModalProjector
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from graft.modeling import GraftForConditionalGeneration
 
 #: graft connector name -> LLaVA ``projector_hidden_act``
 PROJECTOR_ACTS = {"mlp2x_gelu": "gelu", "linear": "linear"}
+LLAVA, AYA_VISION = "LlavaForConditionalGeneration", "AyaVisionForConditionalGeneration"
 
 
-class LlavaExportError(ValueError):
-    """The graft model uses something LLaVA's layout cannot represent."""
+class ExportError(ValueError):
+    """The graft model uses something no transformers architecture graft exports to represents."""
 
 
-def _check_exportable(model: GraftForConditionalGeneration) -> str:
-    """The ``projector_hidden_act`` for this model, or an error naming the offending field."""
+def export_architecture(model: GraftForConditionalGeneration) -> str:
+    """The transformers class the model exports to, or an ``ExportError`` naming the field."""
     spec = model.config.connector
-    name = spec.get("name")
-    if name not in PROJECTOR_ACTS:
-        raise LlavaExportError(
-            f"config.connector.name={name!r}: LLaVA's projector can only represent "
-            f"{' or '.join(PROJECTOR_ACTS)}"
-        )
-    reduction = spec.get("reduction", "none")
-    if reduction != "none":
-        raise LlavaExportError(
-            f"config.connector.reduction={reduction!r}: LLaVA cannot represent token reduction "
-            "(it gives every patch feature its own soft token)"
-        )
+    name, reduction = spec.get("name"), spec.get("reduction", "none")
+    layer_norm = bool(spec.get("layer_norm", False))
     head = model.language_model.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None:
-        raise LlavaExportError("language_model's output head: LLaVA's lm_head is a Linear without bias")
-    return PROJECTOR_ACTS[name]
+        raise ExportError("language_model's output head: transformers' lm_head is a Linear without bias")
+    if name == "swiglu":
+        if not layer_norm:
+            raise ExportError(
+                "config.connector.layer_norm=False: the swiglu projector exports as Aya Vision's "
+                "adapter, which layer-norms its input (compose it with layer_norm)"
+            )
+        if reduction not in ("none", "pixel_shuffle"):
+            raise ExportError(
+                f"config.connector.reduction={reduction!r}: Aya Vision reduces tokens by pixel_shuffle only"
+            )
+        return AYA_VISION
+    if name not in PROJECTOR_ACTS:
+        raise ExportError(
+            f"config.connector.name={name!r}: transformers represents {' or '.join(PROJECTOR_ACTS)} "
+            "(as LLaVA) and swiglu with layer_norm (as Aya Vision)"
+        )
+    if reduction != "none":
+        raise ExportError(
+            f"config.connector.reduction={reduction!r}: LLaVA cannot represent token reduction "
+            "(it gives every patch feature its own soft token); the swiglu projector with "
+            "pixel_shuffle and layer_norm exports as Aya Vision"
+        )
+    if layer_norm:
+        raise ExportError("config.connector.layer_norm=True: LLaVA's projector has no LayerNorm")
+    return LLAVA
 
 
-def llava_config(model: GraftForConditionalGeneration) -> LlavaConfig:
-    """The ``LlavaConfig`` equivalent of a graft model's config."""
-    act = _check_exportable(model)
+def _shared_fields(model: GraftForConditionalGeneration) -> dict[str, Any]:
     text_config = model.language_model.config
-    config = LlavaConfig(
+    return dict(
         vision_config=copy.deepcopy(model.vision_tower.config),
         text_config=copy.deepcopy(text_config),
-        image_token_index=model.config.image_token_id,
-        image_seq_length=model.config.image_seq_length,
         vision_feature_layer=model.config.vision_feature_layer,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        projector_hidden_act=act,
-        multimodal_projector_bias=bool(model.config.connector.get("bias", True)),
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
         pad_token_id=model.config.pad_token_id,
         bos_token_id=model.config.bos_token_id,
         eos_token_id=model.config.eos_token_id,
     )
+
+
+def transformers_config(model: GraftForConditionalGeneration) -> PretrainedConfig:
+    """The ``LlavaConfig`` or ``AyaVisionConfig`` equivalent of a graft model's config."""
+    architecture = export_architecture(model)
+    spec = model.config.connector
+    if architecture == LLAVA:
+        config: PretrainedConfig = LlavaConfig(
+            **_shared_fields(model),
+            image_token_index=model.config.image_token_id,
+            image_seq_length=model.config.image_seq_length,
+            projector_hidden_act=PROJECTOR_ACTS[spec["name"]],
+            multimodal_projector_bias=bool(spec.get("bias", True)),
+        )
+    else:
+        config = AyaVisionConfig(
+            **_shared_fields(model),
+            image_token_index=model.config.image_token_id,
+            downsample_factor=model.connector.reduction.factor,
+            adapter_layer_norm_eps=model.connector.layer_norm.eps,
+            alignment_intermediate_size=model.connector.intermediate_size,
+        )
     config.dtype = model.dtype
     return config
 
 
 @torch.no_grad()
-def _llava_projector(model: GraftForConditionalGeneration, config: LlavaConfig) -> nn.Module:
+def _projector(model: GraftForConditionalGeneration, config: PretrainedConfig) -> nn.Module:
+    """transformers' projector holding the graft connector's weights (absent biases as zeros)."""
     connector = model.connector
     ref = connector.linear_1.weight
-    projector = LlavaMultiModalProjector(config).to(device=ref.device, dtype=ref.dtype)
-    projector.linear_1.load_state_dict(connector.linear_1.state_dict())
-    if config.projector_hidden_act == "gelu":
-        projector.linear_2.load_state_dict(connector.linear_2.state_dict())
-    else:  # "linear": act is the identity, so linear_2 = I keeps the function exact
-        projector.linear_2.weight.copy_(torch.eye(config.text_config.hidden_size))
-        if projector.linear_2.bias is not None:
-            projector.linear_2.bias.zero_()
+    if isinstance(config, AyaVisionConfig):
+        projector: nn.Module = AyaVisionMultiModalProjector(config)
+        projector.layernorm.load_state_dict(connector.layer_norm.state_dict())
+    else:
+        projector = LlavaMultiModalProjector(config)
+    projector = projector.to(device=ref.device, dtype=ref.dtype)
+    for name in ("linear_1", "linear_2"):
+        ours, theirs = getattr(connector, name, None), getattr(projector, name)
+        if ours is None:  # "linear" in LLaVA: act is the identity, so linear_2 = I keeps it exact
+            theirs.weight.copy_(torch.eye(theirs.weight.shape[0]))
+        else:
+            theirs.weight.copy_(ours.weight)
+        if theirs.bias is None:
+            continue
+        if ours is not None and ours.bias is not None:
+            theirs.bias.copy_(ours.bias)
+        else:
+            theirs.bias.zero_()
     return projector
 
 
-def to_llava(model: GraftForConditionalGeneration) -> LlavaForConditionalGeneration:
-    """A ``LlavaForConditionalGeneration`` that *shares* the graft model's backbone modules
-    (nothing big is copied; the projector is new). Deep-copy it to train both independently."""
-    config = llava_config(model)
+def to_transformers(model: GraftForConditionalGeneration) -> PreTrainedModel:
+    """The transformers model (``export_architecture``) that *shares* the graft model's backbone
+    modules (nothing big is copied; the projector is new). Deep-copy it to train both independently."""
+    config = transformers_config(model)
+    llava = isinstance(config, LlavaConfig)
     with init_empty_weights():
-        llava = LlavaForConditionalGeneration(config)
-    llava.model.vision_tower = model.vision_tower
-    llava.model.language_model = model.language_model.base_model
-    llava.lm_head = model.language_model.get_output_embeddings()
-    llava.model.multi_modal_projector = _llava_projector(model, config)
-    llava.generation_config = copy.deepcopy(model.generation_config)
-    meta = [n for n, p in llava.named_parameters() if p.device.type == "meta"]
+        hf_model = (LlavaForConditionalGeneration if llava else AyaVisionForConditionalGeneration)(config)
+    hf_model.model.vision_tower = model.vision_tower
+    hf_model.model.language_model = model.language_model.base_model
+    hf_model.lm_head = model.language_model.get_output_embeddings()
+    hf_model.model.multi_modal_projector = _projector(model, config)
+    hf_model.generation_config = copy.deepcopy(model.generation_config)
+    meta = [n for n, p in hf_model.named_parameters() if p.device.type == "meta"]
     if meta:  # the LLM's base model and head hold every weight: anything left is a layout change
-        raise LlavaExportError(f"parameters without weights after conversion: {', '.join(meta[:5])}")
-    return llava.train(model.training)
+        raise ExportError(f"parameters without weights after conversion: {', '.join(meta[:5])}")
+    return hf_model.train(model.training)

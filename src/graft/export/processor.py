@@ -4,6 +4,10 @@ LlavaProcessor expands each ``<image>`` in the text to as many placeholders as t
 implies and tokenizes with the tokenizer's own special tokens; graft adds BOS itself and pads to
 square before the image processor. Both differences are moved into the exported parts here, and
 the chat template is checked against graft's renderer before it ships.
+
+The Aya Vision export ships a ``LlavaProcessor`` too, counting one placeholder per k x k patches
+of a k x k token reduction: graft's prompt is ``<image>`` expanded to the soft tokens, which is
+LLaVA's. Aya Vision's own processor tiles the image and frames it in tokens graft never trained on.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from PIL import Image
 from transformers import LlavaImageProcessorPil, LlavaProcessor
 
-from graft.export.model import LlavaExportError
+from graft.export.model import ExportError
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 from graft.templates import Message
@@ -49,7 +53,7 @@ def _export_tokenizer(processor: GraftProcessor) -> Any:
     if adds_bos() != want_bos:
         tokenizer.add_bos_token = want_bos
         if adds_bos() != want_bos:
-            raise LlavaExportError(
+            raise ExportError(
                 f"tokenizer: cannot make {type(tokenizer).__name__} {'add' if want_bos else 'omit'} BOS "
                 f"as template {processor.template.name!r} requires"
             )
@@ -104,7 +108,7 @@ def _chat_template(processor: GraftProcessor) -> str | None:
                 continue
             problem = f"{source} renders {got!r} where graft renders {expected!r}"
             if own:
-                raise LlavaExportError(problem)
+                raise ExportError(problem)
             logger.warning("%s; the LLaVA processor gets no chat template", problem)
             return None
     return candidate
@@ -113,20 +117,28 @@ def _chat_template(processor: GraftProcessor) -> str | None:
 def llava_processor(model: GraftForConditionalGeneration, processor: GraftProcessor) -> LlavaProcessor:
     """A ``LlavaProcessor`` that turns a prompt string + images into graft's exact inputs."""
     if processor.image_seq_length != model.config.image_seq_length:
-        raise LlavaExportError(
+        raise ExportError(
             f"processor.image_seq_length={processor.image_seq_length} but the model makes "
             f"{model.config.image_seq_length} soft tokens per image"
         )
     vision = model.vision_tower.config
     grid = (vision.image_size // vision.patch_size) ** 2
     # tokens the tower emits beyond the patch grid (CLS and the like)
-    positions = model.num_patches + (1 if model.config.vision_feature_select_strategy == "default" else 0)
-    extra = positions - grid
+    dropped = 1 if model.config.vision_feature_select_strategy == "default" else 0
+    extra = model.num_patches + dropped - grid
+    # one placeholder per k x k patches where the connector reduces tokens k x k
+    patch_size = vision.patch_size * model.connector.reduction.factor
+    counted = (vision.image_size // patch_size) ** 2 + extra - dropped
+    if counted != model.config.image_seq_length:
+        raise ExportError(
+            f"LlavaProcessor would count {counted} placeholders per image, the model makes "
+            f"{model.config.image_seq_length} soft tokens"
+        )
     image_processor = _export_image_processor(processor)
     probe = image_processor(images=[Image.new("RGB", (48, 40))], return_tensors="pt")["pixel_values"]
     if tuple(probe.shape[-2:]) != (vision.image_size, vision.image_size):
         # LlavaProcessor counts placeholders from the pixel size; it must be the tower's
-        raise LlavaExportError(
+        raise ExportError(
             f"image_processor: outputs {tuple(probe.shape[-2:])} pixels, the vision tower expects "
             f"{vision.image_size}x{vision.image_size}"
         )
@@ -134,7 +146,7 @@ def llava_processor(model: GraftForConditionalGeneration, processor: GraftProces
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=_export_tokenizer(processor),
-        patch_size=vision.patch_size,
+        patch_size=patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         chat_template=chat_template,
         image_token=processor.image_token,
