@@ -10,6 +10,9 @@ from typer.testing import CliRunner
 from graft.cli import app
 from graft.train import load_recipe, packaged_recipe, recipe_names
 from graft.train.shipped import CONFIGS_DIR, find_recipe, is_packaged
+from graft.train.stages import build_model
+
+from tiny import tiny_model_and_processor
 
 
 def test_shipped_recipes_live_inside_the_package():
@@ -62,3 +65,11 @@ def test_an_old_configs_path_says_to_give_the_name(tmp_path, monkeypatch):
     assert "give that name instead of a path" in result.output and "'llava-1.5-7b-stage1'" in result.output
     result = CliRunner().invoke(app, ["inspect", "no-such-recipe"])
     assert result.exit_code == 2 and "recipes shipped with graft, by name:" in result.output
+
+
+def test_the_vpgc_recipe_trains_in_the_template_of_the_model_it_wraps(tmp_path):
+    model, processor = tiny_model_and_processor("qformer", template="chatml")
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    recipe = load_recipe("shapes-vpgc", {"model.init_from": str(tmp_path / "base")})
+    assert build_model(recipe)[1].template.name == "chatml"
