@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -26,6 +27,10 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path):
     config = json.loads((out / "vpgc_pairs" / "config.json").read_text())
     assert config["connector"]["name"] == "vpgc" and config["connector"]["vpg"]["name"] == "qformer"
     assert "| vpgc_pairs |" in (out / "summary.md").read_text()
+    # the base is trained by the demo's steps and measured once, beside the VPG-C rows
+    assert not (out / "qformer" / "metrics.json").exists() and not (out / "qformer" / "curve.jsonl").exists()
+    base_steps = json.loads((out / "qformer" / "steps.json").read_text())
+    assert summary["time/qformer_base_s"] == pytest.approx(sum(base_steps.values()), abs=0.01)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "[vpgc_pairs] reused" in again.output
 

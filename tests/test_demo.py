@@ -22,6 +22,11 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert seen_types and all(f"{k}_blind" in summary for k in seen_types)
     curve = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in curve][0] == 0 and "binary/accuracy_blind" in curve[-1]
+    # the last point is the final evaluation's, not a second pass over the same model
+    last = curve[-1]["step"]
+    assert last == json.loads((tmp_path / "stage2" / "log.jsonl").read_text().splitlines()[-1])["step"]
+    assert all(curve[-1][k] == summary[k] for k in ("binary/accuracy", "mcq/accuracy_blind"))
+    assert not (tmp_path / "curve" / f"step{last}").exists() and (tmp_path / "curve" / "step0").is_dir()
     for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text"):
         assert key in summary
     for stage in ("stage1", "stage2"):

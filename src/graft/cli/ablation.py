@@ -24,8 +24,8 @@ def ablation_cmd(
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 3000,
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 400,
-    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 300,
-    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 400,
+    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 150,
+    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 200,
     vision_steps: Annotated[
         int | None, typer.Option(help="Vision-tower pretraining steps, if not built.")
     ] = None,

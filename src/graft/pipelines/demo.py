@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.files import write_text_atomic
-from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, summary_markdown
+from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, last_step, summary_markdown
 from graft.report.demo import read_curve
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
@@ -131,17 +131,29 @@ def demo_template(llm: str, llm_dir: Path) -> str:
     return "chatml" if "<|im_start|>" in load_tokenizer(str(llm_dir)).get_vocab() else "vicuna_v1"
 
 
-def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:
-    """The demo in ``out``. With ``settings.bench`` the model also answers every task of the
-    world's benchmark suite into ``out/{run}/``, and the report shows them beside the demo's
-    own numbers."""
+#: the steps ``train_demo`` runs, in order
+BUILD_STEPS = ("world", "backbones", "compose", "stage1", "stage2")
+
+
+@dataclass
+class DemoModels:
+    """What ``train_demo`` leaves: the folders the measuring steps read, and the step clock."""
+
+    world: Path
+    vision: Path
+    stage2: Path
+    clock: StepClock
+
+
+def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = None) -> DemoModels:
+    """The demo's building steps in ``out``: world, backbones, compose, stage 1, stage 2
+    (``curve`` is stage 2's ``on_step`` hook). ``graft ablation`` builds its Q-Former base with it."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world import build_world
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
 
-    s = settings or DemoSettings()
     out.mkdir(parents=True, exist_ok=True)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world or out / "world", s.backbones or out / "backbones"
@@ -183,7 +195,6 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(out / "feature_cache")
-    curve = LearningCurve(out / "curve.jsonl", world, s.curve_points, s.curve_limit)
     for name, src, dst, data, steps, hook in (
         ("stage1", composed, stage1, world / "stage1.json", s.stage1_steps, None),
         ("stage2", stage1, stage2, world / "stage2.json", s.stage2_steps, curve),
@@ -207,6 +218,19 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
             lambda dst=dst: (dst / "config.json").exists(),
             lambda recipe=recipe, hook=hook: train(recipe, on_step=hook),
         )
+    return DemoModels(world, vision_dir, stage2, clock)
+
+
+def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:
+    """The demo in ``out``. With ``settings.bench`` the model also answers every task of the
+    world's benchmark suite into ``out/{run}/``, and the report shows them beside the demo's
+    own numbers."""
+    s = settings or DemoSettings()
+    world = s.world or out / "world"
+    # the curve's last point is the final evaluation's (below), not a second pass over the same model
+    curve = LearningCurve(out / "curve.jsonl", world, s.curve_points, s.curve_limit, skip_last=True)
+    built = train_demo(out, s, curve)
+    clock, vision_dir, stage2 = built.clock, built.vision, built.stage2
 
     summary_path = out / "summary.json"
 
@@ -217,6 +241,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
         shutil.rmtree(out / "heldout", ignore_errors=True)
         summary = evaluate_demo(*load_for_inference(stage2, s.bf16), world, out / "heldout", s.eval_limit)
         write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+        curve.record(last_step(stage2), summary)
 
     clock.run("eval", lambda: (out / "metrics.json").exists(), do_eval)
 

@@ -11,19 +11,24 @@ from typing import Any
 from graft.report.demo import CHANCE, read_curve
 
 #: training records whose loss with their own and with another image says whether a model sees
-RELIANCE_RECORDS = 64
+RELIANCE_RECORDS = 32
 
 
 class LearningCurve:
     """Held-out accuracy with images and blind at a few evenly spaced steps of a training run,
-    one JSON line per point in ``path``; points already there (a resumed run) are kept."""
+    one JSON line per point in ``path``; points already there (a resumed run) are kept. With
+    ``skip_last`` the last step is left to the caller's final evaluation (``record``), which
+    would otherwise answer the same questions of the same model twice."""
 
-    def __init__(self, path: Path, world: Path, points: int, limit: int | None) -> None:
+    def __init__(
+        self, path: Path, world: Path, points: int, limit: int | None, skip_last: bool = False
+    ) -> None:
         self.path, self.world, self.points, self.limit = path, world, points, limit
+        self.skip_last = skip_last
         self.done = {row["step"] for row in read_curve(path)}
 
     def __call__(self, step: int, total: int, model: Any, processor: Any) -> None:
-        if not self.points or not total or step in self.done:
+        if not self.points or not total or step in self.done or (self.skip_last and step == total):
             return
         marks = {round(total * k / self.points) for k in range(self.points + 1)}
         if step not in marks:
@@ -38,10 +43,23 @@ class LearningCurve:
             self.limit,
             progress=False,
         )
+        self.record(step, metrics)
+
+    def record(self, step: int, metrics: dict[str, float]) -> None:
+        """Append the point of ``step`` from ``evaluate_demo``'s metrics (overall accuracies only),
+        unless the curve has it already."""
+        if not self.points or step in self.done:
+            return
         row = {"step": step} | {k: v for k, v in metrics.items() if "/accuracy" in k and "qtype" not in k}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.done.add(step)
+
+
+def last_step(run: Path) -> int:
+    """The optimizer step a finished training run ended at (the loop always logs its last step)."""
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return int(json.loads(lines[-1])["step"])
 
 
 def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
