@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from graft.backbones import compose
-from graft.export import ExportError, export_hf, export_to_transformers, import_from_llava
+from graft.export import ExportError, export_hf, export_to_transformers, import_from_hf
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
 from graft.templates import Message, get_template
@@ -253,7 +253,7 @@ def test_export_chatml_adds_no_bos_and_stops_at_im_end(tmp_path):
 def test_export_then_import_gives_back_the_same_model(tmp_path, connector):
     model, processor = _tiny(connector)
     out = export_to_transformers(model, processor, tmp_path / "llava")
-    back, back_processor = import_from_llava(out, tmp_path / "graft", template=TEMPLATE)
+    back, back_processor = import_from_hf(out, tmp_path / "graft", template=TEMPLATE)
     assert back.config.connector["name"] == connector
     batch = _train_batch(processor)
     assert _train_batch(back_processor)["input_ids"].tolist() == batch["input_ids"].tolist()
@@ -286,7 +286,7 @@ def test_import_of_a_llava_checkpoint_saved_by_transformers(tmp_path, layout):
             path.unlink()
         save_file(legacy, str(folder / "model.safetensors"), metadata={"format": "pt"})
     llava = LlavaForConditionalGeneration.from_pretrained(folder).eval()
-    model, processor = import_from_llava(folder, template="vicuna_v1")
+    model, processor = import_from_hf(folder, template="vicuna_v1")
     assert model.config.connector["name"] == "mlp2x_gelu"
     assert processor.image_token_id == llava.config.image_token_index
     batch = _train_batch(processor)
@@ -296,7 +296,7 @@ def test_import_of_a_llava_checkpoint_saved_by_transformers(tmp_path, layout):
 def test_import_linear_projector_with_identity_linear_2(tmp_path):
     folder = _tiny_llava(tmp_path, act="linear", identity=True)
     llava = LlavaForConditionalGeneration.from_pretrained(folder).eval()
-    model, processor = import_from_llava(folder)
+    model, processor = import_from_hf(folder)
     assert model.config.connector["name"] == "linear"
     assert _max_diff(llava, model, _train_batch(processor)) <= TOL
 
@@ -305,4 +305,4 @@ def test_import_linear_projector_with_identity_linear_2(tmp_path):
 def test_import_refuses_projectors_graft_cannot_represent(tmp_path, act, identity):
     folder = _tiny_llava(tmp_path, act=act, identity=identity)
     with pytest.raises(ExportError, match=f"projector_hidden_act='{act}'"):
-        import_from_llava(folder)
+        import_from_hf(folder)

@@ -16,7 +16,8 @@ from transformers import (
 from typer.testing import CliRunner
 
 from graft.cli import app
-from graft.export import ExportError, export_architecture, export_to_transformers
+from graft.export import ExportError, export_architecture, export_to_transformers, import_from_hf
+from graft.modeling import GraftForConditionalGeneration
 from graft.templates import Message
 
 from tiny import random_image, tiny_model_and_processor
@@ -127,3 +128,67 @@ def test_cli_export_hf_names_the_architecture(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "(AyaVisionForConditionalGeneration)" in result.output
+
+
+# --- import ---------------------------------------------------------------------------------------
+def _logits(model, processor) -> torch.Tensor:
+    _, ours = _prompt(processor)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ours.input_ids]), pixel_values=ours.pixel_values).logits
+
+
+@pytest.mark.parametrize("reduction", ["pixel_shuffle", "none"])
+def test_aya_export_imports_back_as_the_same_graft_model(tmp_path, reduction):
+    model, processor, out = _export(tmp_path, dict(SWIGLU, reduction=reduction))
+    back, back_processor = import_from_hf(out, tmp_path / "graft", template="llama_2")
+    spec = back.config.connector
+    assert spec["name"] == "swiglu" and spec["layer_norm"] and spec.get("reduction", "none") == reduction
+    assert _prompt(back_processor)[1].input_ids == _prompt(processor)[1].input_ids
+    assert (_logits(model, processor) - _logits(back, back_processor)).abs().max().item() <= TOL
+    again = GraftForConditionalGeneration.from_pretrained(tmp_path / "graft").eval()
+    assert (_logits(model, processor) - _logits(again, back_processor)).abs().max().item() <= TOL
+
+
+def test_import_of_an_aya_checkpoint_keeps_its_adapter_eps_and_width(tmp_path):
+    _, processor, out = _export(tmp_path)
+    aya = AyaVisionForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    aya.config.adapter_layer_norm_eps = 0.5  # large enough to move the logits if it were dropped
+    aya.model.multi_modal_projector.layernorm.eps = 0.5
+    aya.save_pretrained(tmp_path / "aya2")
+    AutoProcessor.from_pretrained(out).save_pretrained(tmp_path / "aya2")
+    model, back_processor = import_from_hf(tmp_path / "aya2", template="llama_2")
+    assert model.connector.layer_norm.eps == 0.5
+    assert model.connector.intermediate_size == aya.model.multi_modal_projector.alignment_intermediate_size
+    text, ours = _prompt(back_processor)
+    theirs = AutoProcessor.from_pretrained(tmp_path / "aya2")(
+        text=text, images=random_image(1), return_tensors="pt"
+    )
+    with torch.no_grad():
+        diff = (aya(**theirs).logits - _logits(model, back_processor)).abs().max().item()
+    assert diff <= TOL
+
+
+def test_import_refuses_an_architecture_it_cannot_read_naming_the_file(tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+    with pytest.raises(
+        ExportError, match=r"other/config\.json: model_type='idefics3'; graft imports 'llava'"
+    ):
+        import_from_hf(folder)
+    result = CliRunner().invoke(app, ["import-hf", "--model", str(folder), "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2 and "model_type='idefics3'" in result.output
+    result = CliRunner().invoke(
+        app, ["import-hf", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 2 and "missing" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "g").exists()
+
+
+def test_cli_import_hf_reads_the_aya_export(tmp_path):
+    model, processor, out = _export(tmp_path)
+    args = ["import-hf", "--model", str(out), "--out", str(tmp_path / "graft"), "--template", "llama_2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    back = GraftForConditionalGeneration.from_pretrained(tmp_path / "graft").eval()
+    assert (_logits(model, processor) - _logits(back, processor)).abs().max().item() <= TOL

@@ -114,17 +114,25 @@ def export_hf_cmd(
 
 @app.command("import-hf")
 def import_hf_cmd(
-    llava: Annotated[Path, typer.Option(help="A transformers LLaVA checkpoint folder (llava-hf layout).")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "--llava",
+            help="A transformers LLaVA (llava-hf layout) or Aya Vision checkpoint folder.",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the graft model.")],
     template: Annotated[
         str, typer.Option(help=f"Conversation template of that checkpoint: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
 ) -> None:
-    """Turn a transformers LLaVA checkpoint into a graft model folder, ready to fine-tune."""
-    from graft.export import import_from_llava
+    """Turn a transformers LLaVA or Aya Vision checkpoint (what `graft export-hf` writes, too) into
+    a graft model folder, ready to fine-tune."""
+    from graft.export import import_from_hf
 
     try:
-        import_from_llava(llava, out_dir=out, template=template)
-    except ValueError as err:
+        import_from_hf(model, out_dir=out, template=template)
+    except (ValueError, OSError) as err:
         fail(str(err))
-    typer.echo(f"imported {llava} -> {out}")
+    typer.echo(f"imported {model} -> {out}")

@@ -29,6 +29,7 @@ class _Projector(Connector):
         reduction_factor: int = 2,
         bias: bool = True,
         layer_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
         **options: Any,
     ) -> None:
         super().__init__(vision_hidden_size, text_hidden_size)
@@ -37,7 +38,7 @@ class _Projector(Connector):
         self.reduction = TokenReduction(reduction, reduction_factor)
         self.in_features = vision_hidden_size * self.reduction.channel_multiplier()
         self.bias = bias
-        self.layer_norm = nn.LayerNorm(self.in_features) if layer_norm else nn.Identity()
+        self.layer_norm = nn.LayerNorm(self.in_features, eps=layer_norm_eps) if layer_norm else nn.Identity()
 
     def features(self, image_features: torch.Tensor) -> torch.Tensor:
         """The projector's input: reduced, then layer-normed where asked."""

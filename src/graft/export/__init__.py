@@ -11,10 +11,10 @@ names: ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``model.lang
 - ``model``: graft model -> transformers model in memory (``to_transformers``).
 - ``processor``: ``GraftProcessor`` -> ``LlavaProcessor`` (both architectures).
 - ``writer``: ``export_to_transformers`` / ``export_hf`` write the folder atomically.
-- ``importer``: ``import_from_llava`` reads a LLaVA folder back as a graft model and processor.
+- ``importer``: ``import_from_hf`` reads a LLaVA or Aya Vision folder back as a graft model and processor.
 """
 
-from graft.export.importer import import_from_llava
+from graft.export.importer import import_from_hf
 from graft.export.model import (
     PROJECTOR_ACTS,
     ExportError,
@@ -31,7 +31,7 @@ __all__ = [
     "export_architecture",
     "export_hf",
     "export_to_transformers",
-    "import_from_llava",
+    "import_from_hf",
     "llava_processor",
     "to_transformers",
     "transformers_config",

@@ -1,7 +1,9 @@
-"""A transformers LLaVA folder (llava-hf's published layout or the current one) -> graft.
+"""A transformers checkpoint folder -> graft: LLaVA (llava-hf's published layout or the current
+one) or Aya Vision (what ``graft export-hf`` writes for a ``swiglu`` model, or a published one).
 
 transformers' own ``from_pretrained`` reads either key layout; the modules then move into a graft
-model (nothing big is copied) and the projector becomes a ``mlp2x_gelu`` or ``linear`` connector.
+model (nothing big is copied) and the projector becomes a ``mlp2x_gelu`` or ``linear`` connector
+(LLaVA) or a layer-normed ``swiglu`` one (Aya Vision, pixel shuffle as its ``downsample_factor``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from torch import nn
-from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AyaVisionConfig,
+    AyaVisionForConditionalGeneration,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+)
 
 from graft.backbones import compose
 from graft.config import DEFAULT_IMAGE_TOKEN
@@ -25,8 +35,11 @@ from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
 from graft.templates import DEFAULT_TEMPLATE
 
+#: config.json's model_type -> the transformers class graft imports it through
+IMPORTABLE = {"llava": LlavaForConditionalGeneration, "aya_vision": AyaVisionForConditionalGeneration}
 
-def _connector_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]:
+
+def _llava_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]:
     spec: dict[str, Any] = {"bias": bool(config.multimodal_projector_bias)}
     act = config.projector_hidden_act
     if act == "gelu":
@@ -43,40 +56,67 @@ def _connector_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]
     )
 
 
-def _llava_image_token(llava_dir: Path) -> str:
-    path = llava_dir / "processor_config.json"
+def _connector_spec(config: LlavaConfig | AyaVisionConfig, projector: nn.Module) -> dict[str, Any]:
+    """The graft connector that computes what the checkpoint's projector computes."""
+    if not isinstance(config, AyaVisionConfig):
+        return _llava_spec(config, projector)
+    spec: dict[str, Any] = {
+        "name": "swiglu",
+        "layer_norm": True,
+        "layer_norm_eps": config.adapter_layer_norm_eps,
+        "intermediate_size": projector.alignment_intermediate_size,
+    }
+    if config.downsample_factor > 1:
+        spec.update(reduction="pixel_shuffle", reduction_factor=config.downsample_factor)
+    return spec
+
+
+def _read_checkpoint(folder: Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    """The folder's LLaVA or Aya Vision model, or an error naming its ``model_type``."""
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    if model_type not in IMPORTABLE:
+        raise ExportError(
+            f"{folder / 'config.json'}: model_type={model_type!r}; graft imports "
+            + " and ".join(repr(t) for t in IMPORTABLE)
+            + " checkpoints"
+        )
+    return IMPORTABLE[model_type].from_pretrained(folder, dtype=dtype)
+
+
+def _image_token(folder: Path) -> str:
+    path = folder / "processor_config.json"
     if path.exists():
         return json.loads(path.read_text()).get("image_token", DEFAULT_IMAGE_TOKEN)
     return DEFAULT_IMAGE_TOKEN
 
 
-def import_from_llava(
-    llava_dir: str | os.PathLike,
+def import_from_hf(
+    folder: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     template: str = DEFAULT_TEMPLATE,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
-    """Load a transformers LLaVA folder (either key layout, llava-hf's included) as a graft model
-    and processor; save them to ``out_dir`` when given."""
-    llava_dir = Path(llava_dir)
-    llava = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=dtype)
-    config = llava.config
+    """Load a transformers LLaVA folder (either key layout, llava-hf's included) or Aya Vision
+    folder as a graft model and processor; save them to ``out_dir`` when given."""
+    folder = Path(folder)
+    hf = _read_checkpoint(folder, dtype)
+    config = hf.config
     if not isinstance(config.vision_feature_layer, int):
         raise ExportError(
             f"vision_feature_layer={config.vision_feature_layer!r}: graft selects a single layer"
         )
-    projector = llava.model.multi_modal_projector
+    projector = hf.model.multi_modal_projector
     spec = _connector_spec(config, projector)
 
     # the LLM as a causal LM: the base model and head move over, nothing is allocated twice
     with init_empty_weights():
         llm = AutoModelForCausalLM.from_config(config.text_config)
-    setattr(llm, llm.base_model_prefix, llava.model.language_model)
-    llm.set_output_embeddings(llava.lm_head)
+    setattr(llm, llm.base_model_prefix, hf.model.language_model)
+    llm.set_output_embeddings(hf.lm_head)
 
-    tokenizer = load_tokenizer(str(llava_dir))
-    image_token = _llava_image_token(llava_dir)
+    tokenizer = load_tokenizer(str(folder))
+    image_token = _image_token(folder)
     token_id = tokenizer.convert_tokens_to_ids(image_token)
     if token_id != config.image_token_index:
         raise ExportError(
@@ -84,7 +124,7 @@ def import_from_llava(
             f"{image_token!r} to {token_id}"
         )
     model = compose(
-        llava.model.vision_tower,
+        hf.model.vision_tower,
         llm,
         tokenizer,
         connector=spec,
@@ -93,25 +133,29 @@ def import_from_llava(
         image_token=image_token,
     )
     with torch.no_grad():
-        model.connector.linear_1.load_state_dict(projector.linear_1.state_dict())
-        if spec["name"] == "mlp2x_gelu":
-            model.connector.linear_2.load_state_dict(projector.linear_2.state_dict())
-    if model.config.image_seq_length != config.image_seq_length:
+        for name in ("layer_norm", "linear_1", "linear_2"):
+            # absent or an Identity: no LayerNorm (LLaVA), no linear_2 (LLaVA's "linear": the identity)
+            ours = getattr(model.connector, name, None)
+            if isinstance(ours, (nn.Linear, nn.LayerNorm)):
+                theirs = getattr(projector, "layernorm" if name == "layer_norm" else name)
+                ours.load_state_dict(theirs.state_dict())
+    seq_length = getattr(config, "image_seq_length", model.config.image_seq_length)  # LLaVA's field
+    if model.config.image_seq_length != seq_length:
         raise ExportError(
-            f"image_seq_length={config.image_seq_length} but the vision tower and "
+            f"image_seq_length={seq_length} but the vision tower and "
             f"vision_feature_select_strategy give {model.config.image_seq_length} tokens per image"
         )
     meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if meta:
         raise ExportError(f"parameters without weights after import: {', '.join(meta[:5])}")
-    model.generation_config = copy.deepcopy(llava.generation_config)
+    model.generation_config = copy.deepcopy(hf.generation_config)
     if model.generation_config.pad_token_id is None:  # published folders often leave it unset
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
 
     processor = GraftProcessor(
         tokenizer,
-        load_image_processor(str(llava_dir)),
+        load_image_processor(str(folder)),
         model.config.image_seq_length,
         template=template,
         image_token=image_token,
