@@ -8,14 +8,17 @@ from typer.testing import CliRunner
 from graft.cli import app
 
 
-def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path):
+def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch):
     demo, out = tmp_path / "demo", tmp_path / "ablation"
-    args = ["-q", "ablation", "--out", str(out), "--demo", str(demo), "--images", "60"]
+    monkeypatch.chdir(tmp_path)  # relative folders, as the README's `graft ablation` after `make demo`
+    args = ["-q", "ablation", "--out", "ablation", "--demo", "demo", "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2 --train-pairs 12 --test-pairs 6".split()
     args += ["--vpgc-steps", "2", "--eval-limit", "6"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (demo / "world" / "world.json").exists() and (demo / "backbones" / "llm").is_dir()
+    # one feature cache, the demo's, for every row (its entries are keyed by the tower's fingerprint)
+    assert (demo / "feature_cache").is_dir() and not list(out.glob("**/feature_cache"))
     summary = json.loads((out / "summary.json").read_text())
     for row in ("qformer", "vpgc_captions", "vpgc_pairs"):
         for metric in ("binary/accuracy", "mcq/accuracy", "which_image/accuracy"):

@@ -10,8 +10,8 @@ multiple-choice accuracy, multi-image "which image shows ..." accuracy (the worl
 Shapes_WhichImage task) and ROUGE-L (DEMON's, x 100) of difference descriptions on synthetic
 pairs made from test images. Keys: ``{row}/{metric}`` in ``summary.json``.
 
-World and backbones come from a demo folder (built there when missing), so an ablation after
-``make demo`` pretrains nothing.
+World, backbones and the frozen tower's feature cache come from a demo folder (built there when
+missing), so an ablation after ``make demo`` pretrains nothing and encodes only the edited images.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def run_ablation(
     from graft.train.recipe import packaged_recipe
     from graft.world.edits import ShapesEditor, world_sources
 
+    # absolute: the difference task's image_root is read relative to its pairs file, not the CWD
+    out, demo = out.resolve(), demo.resolve()
     out.mkdir(parents=True, exist_ok=True)
     world, backbones = demo / "world", demo / "backbones"
     base_dir = out / "qformer"
@@ -67,6 +69,7 @@ def run_ablation(
         reduction=None,
         world=world,
         backbones=backbones,
+        feature_cache=demo / "feature_cache",
         bench=False,
     )
     seed, eval_limit = settings.seed, settings.eval_limit
@@ -115,7 +118,7 @@ def run_ablation(
             "data.mix": mix,
             "data.image_root": str(world),
             "output_dir": str(out / row),
-            "feature_cache.dir": str(out / "feature_cache"),
+            "feature_cache.dir": str(settings.feature_cache),
             "max_steps": vpgc_steps,
             "seed": seed,
             "resume": True,

@@ -110,9 +110,11 @@ class DemoSettings:
     bench_limit: int | None = 50
     #: evaluate in bfloat16, as the recipes train (1.7x faster on a CPU with AVX512-BF16)
     bf16: bool = True
-    #: the world and backbones folders (default: inside the run's folder; the ablation shares them)
+    #: the world, backbones and feature-cache folders (default: inside the run's folder; the
+    #: ablation shares the demo's: cache entries are keyed by the tower's fingerprint)
     world: Path | None = None
     backbones: Path | None = None
+    feature_cache: Path | None = None
 
 
 def demo_recipe(llm: str, stage: str) -> str:
@@ -194,7 +196,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
 
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
-    cache = str(out / "feature_cache")
+    cache = str(s.feature_cache or out / "feature_cache")
     for name, src, dst, data, steps, hook in (
         ("stage1", composed, stage1, world / "stage1.json", s.stage1_steps, None),
         ("stage2", stage1, stage2, world / "stage2.json", s.stage2_steps, curve),
