@@ -9,6 +9,11 @@ description tells it.
 
     python benchmarks/text_ceiling.py --demo runs/demo --out runs/text_ceiling   # the demo's 80 steps
     python benchmarks/text_ceiling.py --demo runs/demo --out runs/text_ceiling320 --steps 320
+    python benchmarks/text_ceiling.py --demo runs/demo --out runs/text_mcq --family mcq --brief --steps 300
+
+``--family`` trains on that family's questions alone, one question per record (can the LLM learn
+that answer format at all, given the samples?); ``--brief`` cuts the description to the one
+sentence naming every object's size, colour, shape and place, in training and in scoring.
 
 ``--demo`` is a finished ``graft demo`` folder (its ``world`` and ``stage1``). Prints one JSON
 line: the steps, training samples seen, training seconds (null when a model in ``--out`` is
@@ -36,6 +41,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/text_ceiling"))
     parser.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the recipe's)")
     parser.add_argument("--limit", type=int, default=200, help="held-out questions per family")
+    parser.add_argument("--family", choices=("binary", "mcq"), help="train on this family's questions only")
+    parser.add_argument("--brief", action="store_true", help="a one-sentence description")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -46,7 +53,7 @@ def main() -> None:
         parser.error(f"{stage1}: no stage-1 model; run graft demo first")
     args.out.mkdir(parents=True, exist_ok=True)
     records = args.out / "text_records.json"
-    write_text_atomic(records, json.dumps(text_question_records(world)))
+    write_text_atomic(records, json.dumps(text_question_records(world, brief=args.brief, family=args.family)))
     overrides = {
         "model.init_from": str(stage1),
         "data.train": [str(records)],
@@ -64,11 +71,13 @@ def main() -> None:
         train(recipe)
         seconds = round(time.perf_counter() - began, 1)
     model, processor = load_for_inference(args.out / "model", recipe.precision == "bf16")
-    scores = text_upper_bound(model, processor, world, args.limit)
+    scores = text_upper_bound(model, processor, world, args.limit, brief=args.brief)
     row = {
         "steps": recipe.max_steps,
         "samples": recipe.max_steps * recipe.batch_size,
         "train_seconds": seconds,
+        "family": args.family or "all",
+        "brief": args.brief,
     }
     print(json.dumps(row | scores))
 

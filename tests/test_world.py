@@ -247,3 +247,29 @@ def test_text_question_records_put_the_scene_where_the_image_was(world):
         assert "<image>" not in first
         assert first == f"Context: {context_text(scenes[source['image']])}\n{question}"
         assert record["conversations"][1:] == source["conversations"][1:]
+
+
+def test_text_question_records_of_one_family_are_single_questions_with_a_brief_context(world):
+    from graft.world.describe import captions
+    from graft.world.diagnostics import text_question_records
+
+    scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "train.jsonl")}
+    sources = {
+        r["id"]: r for r in json.loads((world / "stage2.json").read_text()) if r.get("qtype") == "questions"
+    }
+    for family, answers in (("mcq", set("ABCD")), ("binary", {"Yes", "No"})):
+        records = text_question_records(world, brief=True, family=family)
+        assert records and {r["conversations"][1]["value"] for r in records} <= answers
+        want = sum(
+            t["value"] in answers and "\nA. " in q["value"] if family == "mcq" else t["value"] in answers
+            for s in sources.values()
+            for q, t in zip(s["conversations"][::2], s["conversations"][1::2], strict=True)
+        )
+        assert len(records) == want  # every question of the family, once
+        for record in records[:20]:
+            source_id, turn = record["id"].rsplit("-", 1)
+            source = sources[source_id]
+            human, gpt = record["conversations"]
+            question = source["conversations"][2 * int(turn)]["value"].replace("<image>\n", "")
+            assert human["value"] == f"Context: {captions(scenes[source['image']])[1]}\n{question}"
+            assert gpt == source["conversations"][2 * int(turn) + 1]

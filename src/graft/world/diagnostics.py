@@ -9,6 +9,9 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
 - ``text_question_records``: the stage-2 question records with that description in place of
   the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
+
+Both take ``brief``: the description cut to one sentence naming every object's size, colour,
+shape and place (the second reference caption) instead of five captions and the boxes.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from graft.generate import generate_answers
 from graft.processing import load_image
 from graft.templates import Message
 
-from .describe import context_text
+from .describe import captions, context_text
 from .instructions import BRIEF_PROMPTS
+from .questions import MCQ_SUFFIX, SHORT_SUFFIX
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -70,14 +74,28 @@ def caption_accuracy(
     }
 
 
-def with_context(scene: Scene, question: str) -> str:
-    """A question with the scene's symbolic description where the image stood."""
-    return f"Context: {context_text(scene)}\n{question}"
+def with_context(scene: Scene, question: str, brief: bool = False) -> str:
+    """A question with the scene's symbolic description where the image stood (``brief``: the
+    one sentence that names every object's size, colour, shape and place)."""
+    return f"Context: {captions(scene)[1] if brief else context_text(scene)}\n{question}"
 
 
-def text_question_records(world_dir: str | os.PathLike, image_token: str = "<image>") -> list[dict[str, Any]]:
+def question_family(question: str, answer: str) -> str | None:
+    """``binary`` (a yes/no question), ``mcq`` (a letter answer) or None for other turns."""
+    if question.endswith(MCQ_SUFFIX):
+        return "mcq"
+    if question.endswith(SHORT_SUFFIX) and answer in ("Yes", "No"):
+        return "binary"
+    return None
+
+
+def text_question_records(
+    world_dir: str | os.PathLike, image_token: str = "<image>", brief: bool = False, family: str | None = None
+) -> list[dict[str, Any]]:
     """The world's stage-2 multi-question records (``qtype`` "questions") with the scene's
-    description in place of their image: text-only records in the same format."""
+    description in place of their image: text-only records in the same format. With ``family``
+    (binary or mcq), one single-turn record per question of that family instead, each with the
+    description."""
     world = Path(world_dir)
     scenes = {}
     for line in (world / "meta" / "train.jsonl").read_text().splitlines():
@@ -87,15 +105,28 @@ def text_question_records(world_dir: str | os.PathLike, image_token: str = "<ima
     for record in json.loads((world / "stage2.json").read_text()):
         if record.get("qtype") != "questions":
             continue
+        scene = Scene.from_dict(scenes[record["image"]])
         turns = [dict(t) for t in record["conversations"]]
-        question = turns[0]["value"].replace(image_token, "", 1).lstrip("\n")
-        turns[0]["value"] = with_context(Scene.from_dict(scenes[record["image"]]), question)
-        out.append({"id": record["id"], "conversations": turns})
+        turns[0]["value"] = turns[0]["value"].replace(image_token, "", 1).lstrip("\n")
+        if family is None:
+            turns[0]["value"] = with_context(scene, turns[0]["value"], brief)
+            out.append({"id": record["id"], "conversations": turns})
+            continue
+        for k in range(0, len(turns) - 1, 2):
+            question, answer = turns[k]["value"], turns[k + 1]["value"]
+            if question_family(question, answer) == family:
+                human = {"from": "human", "value": with_context(scene, question, brief)}
+                out.append({"id": f"{record['id']}-{k // 2}", "conversations": [human, turns[k + 1]]})
     return out
 
 
 def text_upper_bound(
-    model: Any, processor: Any, world_dir: str | os.PathLike, limit: int | None = 200, batch_size: int = 32
+    model: Any,
+    processor: Any,
+    world_dir: str | os.PathLike,
+    limit: int | None = 200,
+    batch_size: int = 32,
+    brief: bool = False,
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy with the scene's description in place of the
     image (``{family}/accuracy_text``)."""
@@ -107,7 +138,7 @@ def text_upper_bound(
         convs = []
         for q in questions:
             scene = Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"])
-            convs.append([Message("user", with_context(scene, q.meta["question"]))])
+            convs.append([Message("user", with_context(scene, q.meta["question"], brief))])
         answers = generate_answers(
             model, processor, convs, [[] for _ in convs], max_new_tokens=16, batch_size=batch_size
         )
