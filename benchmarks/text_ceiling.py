@@ -17,7 +17,7 @@ sentence naming every object's size, colour, shape and place, in training and in
 
 ``--demo`` is a finished ``graft demo`` folder (its ``world`` and ``stage1``). Prints one JSON
 line: the steps, training samples seen, training seconds (null when a model in ``--out`` is
-reused) and ``{binary,mcq}/accuracy_text``.
+reused), ``{binary,mcq}/accuracy_text`` and the same per question type.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
         train(recipe)
         seconds = round(time.perf_counter() - began, 1)
     model, processor = load_for_inference(args.out / "model", recipe.precision == "bf16")
-    scores = text_upper_bound(model, processor, world, args.limit, brief=args.brief)
+    scores = text_upper_bound(model, processor, world, args.limit, brief=args.brief, per_type=True)
     row = {
         "steps": recipe.max_steps,
         "samples": recipe.max_steps * recipe.batch_size,

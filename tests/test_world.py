@@ -273,3 +273,45 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
             question = source["conversations"][2 * int(turn)]["value"].replace("<image>\n", "")
             assert human["value"] == f"Context: {captions(scenes[source['image']])[1]}\n{question}"
             assert gpt == source["conversations"][2 * int(turn) + 1]
+
+
+def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypatch):
+    import graft.world.diagnostics as diagnostics
+
+    scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+    truth = {
+        (r["id"].split("-")[0], r["question"]): r["answer"]
+        for family in ("binary", "mcq")
+        for r in _read_jsonl(world / "eval" / f"{family}.jsonl")
+    }
+    asked = []
+
+    def fake_generate(model, processor, convs, images, **kwargs):
+        asked.extend(c[0].content for c in convs)
+        # right on two questions of three: the true answer of the scene the brief context names
+        found = [
+            next(
+                (
+                    a
+                    for (i, q), a in truth.items()
+                    if c[0].content == f"Context: {captions(scenes[i])[1]}\n{q}"
+                ),
+                "not found",
+            )
+            for c in convs
+        ]
+        return ["wrong" if k % 3 == 0 else a for k, a in enumerate(found)]
+
+    monkeypatch.setattr(diagnostics, "generate_answers", fake_generate)
+    scores = diagnostics.text_upper_bound(None, None, world, limit=12, brief=True, per_type=True)
+    for family in ("binary", "mcq"):
+        rows = _read_jsonl(world / "eval" / f"{family}.jsonl")[:12]
+        right = [k % 3 != 0 for k in range(len(rows))]
+        assert scores[f"{family}/accuracy_text"] == pytest.approx(sum(right) / len(rows))
+        for qtype in {r["qtype"] for r in rows}:
+            mine = [ok for ok, r in zip(right, rows, strict=True) if r["qtype"] == qtype]
+            assert scores[f"qtype/{family}_{qtype}/accuracy_text"] == pytest.approx(sum(mine) / len(mine))
+        assert len({r["qtype"] for r in rows}) > 1
+    first = _read_jsonl(world / "eval" / "binary.jsonl")[0]
+    assert asked[0] == f"Context: {captions(scenes[first['id'].split('-')[0]])[1]}\n{first['question']}"
+    assert not any(k.startswith("qtype/") for k in diagnostics.text_upper_bound(None, None, world, limit=2))

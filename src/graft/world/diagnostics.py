@@ -127,9 +127,10 @@ def text_upper_bound(
     limit: int | None = 200,
     batch_size: int = 32,
     brief: bool = False,
+    per_type: bool = False,
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy with the scene's description in place of the
-    image (``{family}/accuracy_text``)."""
+    image (``{family}/accuracy_text``; ``per_type``: also ``qtype/{family}_{qtype}/accuracy_text``)."""
     world = Path(world_dir)
     scenes = _test_scenes(world)
     out: dict[str, float] = {}
@@ -147,4 +148,9 @@ def text_upper_bound(
             for q, a in zip(questions, answers, strict=True)
         ]
         out[f"{family}/accuracy_text"] = sum(right) / max(len(right), 1)
+        if per_type:
+            by_type: dict[str, list[bool]] = {}
+            for q, r in zip(questions, right, strict=True):
+                by_type.setdefault(q.meta["qtype"], []).append(r)
+            out |= {f"qtype/{family}_{t}/accuracy_text": sum(v) / len(v) for t, v in sorted(by_type.items())}
     return out
