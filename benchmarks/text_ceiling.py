@@ -32,7 +32,7 @@ from graft.files import write_text_atomic
 from graft.inference import load_for_inference
 from graft.train import load_recipe, train
 from graft.train.recipe import packaged_recipe
-from graft.world.diagnostics import text_question_records, text_upper_bound
+from graft.world.diagnostics import QUESTION_FAMILIES, text_question_records, text_upper_bound
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/text_ceiling"))
     parser.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the recipe's)")
     parser.add_argument("--limit", type=int, default=200, help="held-out questions per family")
-    parser.add_argument("--family", choices=("binary", "mcq"), help="train on this family's questions only")
+    parser.add_argument("--family", choices=QUESTION_FAMILIES, help="train on this family's questions only")
     parser.add_argument("--brief", action="store_true", help="a one-sentence description")
     args = parser.parse_args()
     logging.basicConfig(

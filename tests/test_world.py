@@ -273,6 +273,8 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
             question = source["conversations"][2 * int(turn)]["value"].replace("<image>\n", "")
             assert human["value"] == f"Context: {captions(scenes[source['image']])[1]}\n{question}"
             assert gpt == source["conversations"][2 * int(turn) + 1]
+    with pytest.raises(ValueError, match="'yesno'"):
+        text_question_records(world, family="yesno")
 
 
 def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypatch):

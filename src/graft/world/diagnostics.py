@@ -80,6 +80,10 @@ def with_context(scene: Scene, question: str, brief: bool = False) -> str:
     return f"Context: {captions(scene)[1] if brief else context_text(scene)}\n{question}"
 
 
+#: the held-out question families (``eval/{family}.jsonl``)
+QUESTION_FAMILIES = ("binary", "mcq")
+
+
 def question_family(question: str, answer: str) -> str | None:
     """``binary`` (a yes/no question), ``mcq`` (a letter answer) or None for other turns."""
     if question.endswith(MCQ_SUFFIX):
@@ -96,6 +100,8 @@ def text_question_records(
     description in place of their image: text-only records in the same format. With ``family``
     (binary or mcq), one single-turn record per question of that family instead, each with the
     description."""
+    if family not in (None, *QUESTION_FAMILIES):
+        raise ValueError(f"family must be one of {', '.join(QUESTION_FAMILIES)} (or None), not {family!r}")
     world = Path(world_dir)
     scenes = {}
     for line in (world / "meta" / "train.jsonl").read_text().splitlines():
@@ -134,7 +140,7 @@ def text_upper_bound(
     world = Path(world_dir)
     scenes = _test_scenes(world)
     out: dict[str, float] = {}
-    for family in ("binary", "mcq"):
+    for family in QUESTION_FAMILIES:
         questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
         convs = []
         for q in questions:
