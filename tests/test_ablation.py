@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -13,7 +14,7 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # relative folders, as the README's `graft ablation` after `make demo`
     args = ["-q", "ablation", "--out", "ablation", "--demo", "demo", "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2 --train-pairs 12 --test-pairs 6".split()
-    args += ["--vpgc-steps", "2", "--eval-limit", "6"]
+    args += ["--vpgc-steps", "2", "--eval-limit", "6", "--mix", "3:1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (demo / "world" / "world.json").exists() and (demo / "backbones" / "llm").is_dir()
@@ -29,6 +30,7 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     assert (demo / "world" / pairs[0]["images"][1]).exists()  # paths relative to the world
     config = json.loads((out / "vpgc_pairs" / "config.json").read_text())
     assert config["connector"]["name"] == "vpgc" and config["connector"]["vpg"]["name"] == "qformer"
+    assert yaml.safe_load((out / "vpgc_pairs" / "recipe.yaml").read_text())["data"]["mix"] == [3.0, 1.0]
     assert "| vpgc_pairs |" in (out / "summary.md").read_text()
     # the base is trained by the demo's steps and measured once, beside the VPG-C rows
     assert not (out / "qformer" / "metrics.json").exists() and not (out / "qformer" / "curve.jsonl").exists()
@@ -36,6 +38,13 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     assert summary["time/qformer_base_s"] == pytest.approx(sum(base_steps.values()), abs=0.01)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "[vpgc_pairs] reused" in again.output
+
+
+@pytest.mark.parametrize("mix", ["64", "a:b", "0:1", "1:-2", "1:2:3"])
+def test_ablation_refuses_a_bad_mix_before_any_work(tmp_path, mix):
+    result = CliRunner().invoke(app, ["ablation", "--out", str(tmp_path / "a"), "--mix", mix])
+    assert result.exit_code == 2 and "--mix" in result.output and "CAPTIONS:PAIRS" in result.output
+    assert not any(tmp_path.iterdir())
 
 
 def test_demo_connector_choices_are_checked_before_any_work(tmp_path):

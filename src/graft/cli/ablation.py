@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.ablation import run_ablation
+from graft.pipelines.ablation import AblationSettings, run_ablation
 from graft.pipelines.demo import DemoSettings
 
 
@@ -25,6 +25,9 @@ def ablation_cmd(
     train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 3000,
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 400,
     vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 150,
+    mix: Annotated[
+        str, typer.Option(help="Captions : synthetic pairs per batch of the pairs row (Cheetah's 64:24).")
+    ] = "64:24",
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 200,
     vision_steps: Annotated[
         int | None, typer.Option(help="Vision-tower pretraining steps, if not built.")
@@ -44,6 +47,7 @@ def ablation_cmd(
 
     try:
         check_llm(llm)
+        shares = parse_mix(mix)
     except (ValueError, OSError) as err:
         fail(str(err))
     base = DemoSettings(
@@ -58,6 +62,19 @@ def ablation_cmd(
         stage2_steps=stage2_steps,
         curve_points=0,
     )
-    summary = run_ablation(out, demo, base, train_pairs, test_pairs, vpgc_steps)
+    settings = AblationSettings(train_pairs, test_pairs, vpgc_steps, shares)
+    summary = run_ablation(out, demo, base, settings)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")
+
+
+def parse_mix(text: str) -> tuple[float, float]:
+    """``--mix CAPTIONS:PAIRS``: two shares, the captions' above zero."""
+    parts = text.split(":")
+    try:
+        shares = tuple(float(p) for p in parts)
+    except ValueError:
+        shares = ()
+    if len(shares) != 2 or shares[0] <= 0 or shares[1] < 0:
+        raise ValueError(f"--mix {text!r}: expected CAPTIONS:PAIRS, two numbers with captions > 0, e.g. 64:24")
+    return shares[0], shares[1]

@@ -17,7 +17,7 @@ missing), so an ablation after ``make demo`` pretrains nothing and encodes only 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
@@ -40,16 +40,25 @@ DIFFERENCE_TASK = {
 METRICS = ("binary/accuracy", "mcq/accuracy", "which_image/accuracy", "difference/rouge_l")
 
 
+@dataclass
+class AblationSettings:
+    """How the VPG-C rows are trained and scored; the defaults are ``graft ablation``'s."""
+
+    #: synthetic pairs made from training images (the pairs row's) and from test images (scored)
+    train_pairs: int = 3000
+    test_pairs: int = 400
+    #: optimizer steps of each VPG-C row
+    vpgc_steps: int = 150
+    #: captions : synthetic pairs per batch of the pairs row (Cheetah's 64 : 24)
+    mix: tuple[float, float] = (64, 24)
+
+
 def run_ablation(
-    out: Path,
-    demo: Path,
-    base: DemoSettings | None = None,
-    train_pairs: int = 3000,
-    test_pairs: int = 400,
-    vpgc_steps: int = 150,
+    out: Path, demo: Path, base: DemoSettings | None = None, ablation: AblationSettings | None = None
 ) -> dict[str, float]:
     """The three rows in ``out``; ``base`` says how the Q-Former base is built (its world,
     backbones and LLM; the connector is always the Q-Former, with no benchmark suite)."""
+    ablation = ablation or AblationSettings()
     from graft.backbones import wrap_with_vpgc
     from graft.data.pairs import AttentionScorer, make_pairs
     from graft.modeling import GraftForConditionalGeneration
@@ -94,7 +103,7 @@ def run_ablation(
         )
         (out / "pairs" / split / "done").touch()
 
-    for split, count in (("train", train_pairs), ("test", test_pairs)):
+    for split, count in (("train", ablation.train_pairs), ("test", ablation.test_pairs)):
         clock.run(
             f"pairs_{split}",
             lambda s=split: (out / "pairs" / s / "done").exists(),
@@ -110,7 +119,7 @@ def run_ablation(
     captions = str(world / "stage1.json")
     for row, files, mix in (
         ("vpgc_captions", [captions], None),
-        ("vpgc_pairs", [captions, str(out / "pairs" / "train" / "pairs.jsonl")], [64, 24]),
+        ("vpgc_pairs", [captions, str(out / "pairs" / "train" / "pairs.jsonl")], list(ablation.mix)),
     ):
         overrides = {
             "model.init_from": str(out / "vpgc_init"),
@@ -119,7 +128,7 @@ def run_ablation(
             "data.image_root": str(world),
             "output_dir": str(out / row),
             "feature_cache.dir": str(settings.feature_cache),
-            "max_steps": vpgc_steps,
+            "max_steps": ablation.vpgc_steps,
             "seed": seed,
             "resume": True,
         }
