@@ -76,5 +76,5 @@ def parse_mix(text: str) -> tuple[float, float]:
     except ValueError:
         shares = ()
     if len(shares) != 2 or shares[0] <= 0 or shares[1] < 0:
-        raise ValueError(f"--mix {text!r}: expected CAPTIONS:PAIRS, two numbers with captions > 0, e.g. 64:24")
+        raise ValueError(f"--mix {text!r}: expected CAPTIONS:PAIRS, two numbers, captions > 0 (e.g. 64:24)")
     return shares[0], shares[1]
