@@ -116,6 +116,10 @@ class DemoSettings:
     backbones: Path | None = None
     feature_cache: Path | None = None
 
+    def world_dir(self, out: Path) -> Path:
+        """The world's folder for a run in ``out``: ``world`` if given, else ``out/world``."""
+        return self.world or out / "world"
+
 
 def demo_recipe(llm: str, stage: str) -> str:
     """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
@@ -158,7 +162,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
 
     out.mkdir(parents=True, exist_ok=True)
     clock = StepClock(out / "steps.json")
-    world, backbones = s.world or out / "world", s.backbones or out / "backbones"
+    world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
     composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
 
@@ -228,7 +232,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     world's benchmark suite into ``out/{run}/``, and the report shows them beside the demo's
     own numbers."""
     s = settings or DemoSettings()
-    world = s.world or out / "world"
+    world = s.world_dir(out)
     # the curve's last point is the final evaluation's (below), not a second pass over the same model
     curve = LearningCurve(out / "curve.jsonl", world, s.curve_points, s.curve_limit, skip_last=True)
     built = train_demo(out, s, curve)
