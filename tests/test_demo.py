@@ -47,3 +47,18 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert again.exit_code == 0, again.output
     assert all(f"[{s}] reused" in again.output for s in steps)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_step_clock_reuses_a_step_another_run_did(tmp_path):
+    """The ablation shares the demo's world: its own clock never timed that step, and redoing
+    it (with the ablation's seed) would rewrite the demo's world under the demo's models."""
+    from graft.pipelines.demo import StepClock
+
+    said, ran = [], []
+    clock = StepClock(tmp_path / "steps.json", echo=said.append)
+    clock.run("world", lambda: True, lambda: ran.append("world"))
+    assert not ran and said == ["[world] reused (made by another run)"] and clock.reused == {"world"}
+    clock.run("stage1", lambda: False, lambda: ran.append("stage1"))
+    assert ran == ["stage1"] and set(json.loads((tmp_path / "steps.json").read_text())) == {"stage1"}
+    StepClock(tmp_path / "steps.json", echo=said.append).run("stage1", lambda: True, lambda: ran.append(2))
+    assert ran == ["stage1"] and said[-1].startswith("[stage1] reused (") and "when it ran" in said[-1]

@@ -69,9 +69,12 @@ class StepClock:
         self.reused: set[str] = set()
 
     def run(self, name: str, done: Callable[[], bool], work: Callable[[], Any]) -> None:
-        if done() and name in self.times:
+        """``work`` unless ``done()``. A step done by another run (the demo's world, which the
+        ablation shares) is reused too, untimed: redoing it could rewrite that run's files."""
+        if done():
             self.reused.add(name)
-            self.echo(f"[{name}] reused ({self.times[name]:.1f}s when it ran)")
+            when = f"{self.times[name]:.1f}s when it ran" if name in self.times else "made by another run"
+            self.echo(f"[{name}] reused ({when})")
             return
         self.echo(f"[{name}] running ...")
         start = time.perf_counter()
