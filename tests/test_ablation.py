@@ -14,7 +14,7 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # relative folders, as the README's `graft ablation` after `make demo`
     args = ["-q", "ablation", "--out", "ablation", "--demo", "demo", "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2 --train-pairs 12 --test-pairs 6".split()
-    args += ["--vpgc-steps", "2", "--eval-limit", "6", "--mix", "3:1"]
+    args += "--vpgc-steps 2 --stage1-steps 2 --stage2-steps 2 --eval-limit 6 --mix 3:1".split()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (demo / "world" / "world.json").exists() and (demo / "backbones" / "llm").is_dir()

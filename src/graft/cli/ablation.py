@@ -22,13 +22,13 @@ def ablation_cmd(
     ] = Path("runs/demo"),
     images: Annotated[int, typer.Option(help="Images in the world, when it has to be built.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
-    train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 3000,
-    test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 400,
-    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 150,
+    train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 1000,
+    test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 100,
+    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 60,
     mix: Annotated[
         str, typer.Option(help="Captions : synthetic pairs per batch of the pairs row (Cheetah's 64:24).")
-    ] = "64:24",
-    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 200,
+    ] = "1:1",
+    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 100,
     vision_steps: Annotated[
         int | None, typer.Option(help="Vision-tower pretraining steps, if not built.")
     ] = None,
@@ -39,8 +39,8 @@ def ablation_cmd(
         str, typer.Option(help="The demo's vision tower: packaged, train or a folder.")
     ] = "packaged",
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps, if not built.")] = None,
-    stage1_steps: Annotated[int | None, typer.Option(help="The base's stage-1 steps.")] = None,
-    stage2_steps: Annotated[int | None, typer.Option(help="The base's stage-2 steps.")] = None,
+    stage1_steps: Annotated[int, typer.Option(help="The base's stage-1 steps (half the demo's 100).")] = 50,
+    stage2_steps: Annotated[int, typer.Option(help="The base's stage-2 steps (half the demo's 80).")] = 40,
 ) -> None:
     """Q-Former base vs + VPG-C on captions vs + VPG-C with synthetic pairs; prints the table."""
     from graft.world.pretrain import check_llm
