@@ -38,6 +38,9 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     assert summary["time/qformer_base_s"] == pytest.approx(sum(base_steps.values()), abs=0.01)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "[vpgc_pairs] reused" in again.output
+    # other settings in the same folder would reuse rows trained otherwise: refused, named
+    other = CliRunner().invoke(app, [*args, "--vpgc-steps", "3"])
+    assert other.exit_code == 2 and "vpgc_steps=2" in other.output and "vpgc_steps=3" in other.output
 
 
 @pytest.mark.parametrize("mix", ["64", "a:b", "0:1", "1:-2", "1:2:3"])

@@ -62,3 +62,16 @@ def test_step_clock_reuses_a_step_another_run_did(tmp_path):
     assert ran == ["stage1"] and set(json.loads((tmp_path / "steps.json").read_text())) == {"stage1"}
     StepClock(tmp_path / "steps.json", echo=said.append).run("stage1", lambda: True, lambda: ran.append(2))
     assert ran == ["stage1"] and said[-1].startswith("[stage1] reused (") and "when it ran" in said[-1]
+
+
+def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
+    """A rerun reuses finished steps: with another seed it would report the old model."""
+    from graft.pipelines.demo import DemoSettings, RunFolderError, claim_folder
+
+    claim_folder(tmp_path, DemoSettings(llm="tiny"))
+    claim_folder(tmp_path, DemoSettings(llm="tiny"))  # the same settings: a rerun, allowed
+    with pytest.raises(RunFolderError, match=r"seed=0.*seed=1"):
+        claim_folder(tmp_path, DemoSettings(llm="tiny", seed=1))
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--llm", "tiny", "--seed", "1"])
+    assert result.exit_code == 2 and "seed=0" in result.output and "seed=1" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]

@@ -9,7 +9,7 @@ import typer
 
 from graft.cli.app import app, fail
 from graft.pipelines.ablation import AblationSettings, run_ablation
-from graft.pipelines.demo import DemoSettings
+from graft.pipelines.demo import DemoSettings, RunFolderError
 
 
 @app.command("ablation")
@@ -63,7 +63,10 @@ def ablation_cmd(
         curve_points=0,
     )
     settings = AblationSettings(train_pairs, test_pairs, vpgc_steps, shares)
-    summary = run_ablation(out, demo, base, settings)
+    try:
+        summary = run_ablation(out, demo, base, settings)
+    except RunFolderError as err:
+        fail(str(err))
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, RunFolderError, connector_spec, run_demo
 
 
 @app.command("demo")
@@ -75,6 +75,9 @@ def demo_cmd(
         curve_points=curve_points,
         bench_limit=bench_limit,
     )
-    summary = run_demo(out, settings)
+    try:
+        summary = run_demo(out, settings)
+    except RunFolderError as err:
+        fail(str(err))
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")

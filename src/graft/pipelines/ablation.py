@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
-from graft.pipelines.demo import BUILD_STEPS, DemoSettings, StepClock, train_demo
+from graft.pipelines.demo import BUILD_STEPS, DemoSettings, StepClock, claim_folder, train_demo
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
 #: the world's DEMON-format "which image shows ..." task
@@ -70,7 +70,7 @@ def run_ablation(
 
     # absolute: the difference task's image_root is read relative to its pairs file, not the CWD
     out, demo = out.resolve(), demo.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, ablation)
     world, backbones = demo / "world", demo / "backbones"
     base_dir = out / "qformer"
     settings = replace(

@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,34 @@ class StepClock:
         self.times[name] = round(time.perf_counter() - start, 2)
         write_text_atomic(self.path, json.dumps(self.times, indent=2))
         self.echo(f"[{name}] done in {self.times[name]:.1f}s")
+
+
+SETTINGS_FILE = "settings.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder made with other settings than the run asks for."""
+
+
+def claim_folder(out: Path, settings: Any) -> None:
+    """A run folder holds one run: its settings (a dataclass) are saved on the first run, and a
+    rerun that asks for other settings is refused, naming them; otherwise its finished steps
+    would be reused silently, e.g. a seed-0 model reported for ``--seed 1``."""
+    path = out / SETTINGS_FILE
+    now = json.loads(json.dumps(asdict(settings), default=str))
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(now, indent=2) + "\n")
+        return
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+        asked = ", ".join(f"{k}={now.get(k)!r}" for k in changed)
+        raise RunFolderError(
+            f"{out} holds a run made with {was}; this run asks for {asked}. A rerun reuses the "
+            f"finished steps, so give another output folder, or delete {out} to start over"
+        )
 
 
 @dataclass
@@ -163,7 +191,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     from graft.world import build_world
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
 
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, s)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
