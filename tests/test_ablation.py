@@ -41,6 +41,9 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     # other settings in the same folder would reuse rows trained otherwise: refused, named
     other = CliRunner().invoke(app, [*args, "--vpgc-steps", "3"])
     assert other.exit_code == 2 and "vpgc_steps=2" in other.output and "vpgc_steps=3" in other.output
+    # the base's settings too, named on the ablation's folder: its rows were trained on that base
+    other = CliRunner().invoke(app, [*args, "--seed", "1"])
+    assert other.exit_code == 2 and "base.seed=0" in other.output and "ablation holds" in other.output
 
 
 @pytest.mark.parametrize("mix", ["64", "a:b", "0:1", "1:-2", "1:2:3"])

@@ -17,7 +17,7 @@ missing), so an ablation after ``make demo`` pretrains nothing and encodes only 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
@@ -70,7 +70,6 @@ def run_ablation(
 
     # absolute: the difference task's image_root is read relative to its pairs file, not the CWD
     out, demo = out.resolve(), demo.resolve()
-    claim_folder(out, ablation)
     world, backbones = demo / "world", demo / "backbones"
     base_dir = out / "qformer"
     settings = replace(
@@ -82,6 +81,8 @@ def run_ablation(
         feature_cache=demo / "feature_cache",
         bench=False,
     )
+    # the rows are built on the base: the folder is the base's settings and the rows' together
+    claim_folder(out, asdict(ablation) | {f"base.{k}": v for k, v in asdict(settings).items()})
     seed, eval_limit = settings.seed, settings.eval_limit
     # only the demo's building steps: the base is measured below, beside the VPG-C rows
     built = train_demo(base_dir, settings)

@@ -92,11 +92,12 @@ class RunFolderError(ValueError):
 
 
 def claim_folder(out: Path, settings: Any) -> None:
-    """A run folder holds one run: its settings (a dataclass) are saved on the first run, and a
-    rerun that asks for other settings is refused, naming them; otherwise its finished steps
-    would be reused silently, e.g. a seed-0 model reported for ``--seed 1``."""
+    """A run folder holds one run: its settings (a dataclass or a dict) are saved on the first
+    run, and a rerun that asks for other settings is refused, naming them; otherwise its finished
+    steps would be reused silently, e.g. a seed-0 model reported for ``--seed 1``."""
     path = out / SETTINGS_FILE
-    now = json.loads(json.dumps(asdict(settings), default=str))
+    fields = settings if isinstance(settings, dict) else asdict(settings)
+    now = json.loads(json.dumps(fields, default=str))
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(now, indent=2) + "\n")
