@@ -44,6 +44,10 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     # the base's settings too, named on the ablation's folder: its rows were trained on that base
     other = CliRunner().invoke(app, [*args, "--seed", "1"])
     assert other.exit_code == 2 and "base.seed=0" in other.output and "ablation holds" in other.output
+    # a folder from before settings.json: the base's folder refuses first, and this one stays unclaimed
+    (out / "settings.json").unlink()
+    other = CliRunner().invoke(app, [*args, "--seed", "1"])
+    assert other.exit_code == 2 and "qformer holds" in other.output and not (out / "settings.json").exists()
 
 
 @pytest.mark.parametrize("mix", ["64", "a:b", "0:1", "1:-2", "1:2:3"])

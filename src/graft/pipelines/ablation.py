@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
-from graft.pipelines.demo import BUILD_STEPS, DemoSettings, StepClock, claim_folder, train_demo
+from graft.pipelines.demo import BUILD_STEPS, DemoSettings, StepClock, check_folder, claim_folder, train_demo
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
 #: the world's DEMON-format "which image shows ..." task
@@ -81,8 +81,12 @@ def run_ablation(
         feature_cache=demo / "feature_cache",
         bench=False,
     )
-    # the rows are built on the base: the folder is the base's settings and the rows' together
-    claim_folder(out, asdict(ablation) | {f"base.{k}": v for k, v in asdict(settings).items()})
+    # the rows are built on the base: this folder records the base's settings and the rows'
+    # together, once the base's own folder (checked by train_demo too) has accepted them
+    recorded = asdict(ablation) | {f"base.{k}": v for k, v in asdict(settings).items()}
+    check_folder(out, recorded)
+    claim_folder(base_dir, settings)
+    claim_folder(out, recorded)
     seed, eval_limit = settings.seed, settings.eval_limit
     # only the demo's building steps: the base is measured below, beside the VPG-C rows
     built = train_demo(base_dir, settings)

@@ -91,18 +91,15 @@ class RunFolderError(ValueError):
     """A run folder made with other settings than the run asks for."""
 
 
-def claim_folder(out: Path, settings: Any) -> None:
-    """A run folder holds one run: its settings (a dataclass or a dict) are saved on the first
-    run, and a rerun that asks for other settings is refused, naming them; otherwise its finished
-    steps would be reused silently, e.g. a seed-0 model reported for ``--seed 1``."""
-    path = out / SETTINGS_FILE
+def check_folder(out: Path, settings: Any) -> dict[str, Any]:
+    """A run folder holds one run: a rerun that asks for other settings (a dataclass or a dict)
+    than ``out/settings.json`` records is refused, naming them; otherwise its finished steps
+    would be reused silently, e.g. a seed-0 model reported for ``--seed 1``. Returns the
+    settings as recorded."""
     fields = settings if isinstance(settings, dict) else asdict(settings)
     now = json.loads(json.dumps(fields, default=str))
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(now, indent=2) + "\n")
-        return
-    before = json.loads(path.read_text())
+    path = out / SETTINGS_FILE
+    before = json.loads(path.read_text()) if path.exists() else now
     changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
     if changed:
         was = ", ".join(f"{k}={before.get(k)!r}" for k in changed)
@@ -111,6 +108,15 @@ def claim_folder(out: Path, settings: Any) -> None:
             f"{out} holds a run made with {was}; this run asks for {asked}. A rerun reuses the "
             f"finished steps, so give another output folder, or delete {out} to start over"
         )
+    return now
+
+
+def claim_folder(out: Path, settings: Any) -> None:
+    """``check_folder``, then record the settings in a new run folder."""
+    now = check_folder(out, settings)
+    if not (out / SETTINGS_FILE).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / SETTINGS_FILE, json.dumps(now, indent=2) + "\n")
 
 
 @dataclass
