@@ -13,7 +13,7 @@ import pytest
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
 from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
-from graft.world.scene import BACKGROUND, Scene
+from graft.world.scene import BACKGROUND, Obj, Scene
 
 N = 60
 
@@ -275,6 +275,48 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
             assert gpt == source["conversations"][2 * int(turn) + 1]
     with pytest.raises(ValueError, match="'yesno'"):
         text_question_records(world, family="yesno")
+
+
+def test_image_twin_records_keep_the_image_and_the_question(world):
+    from graft.world.diagnostics import text_question_records
+
+    text = text_question_records(world, family="binary")
+    twins = text_question_records(world, family="binary", with_image=True)
+    sources = {r["id"]: r for r in json.loads((world / "stage2.json").read_text())}
+    assert [r["id"] for r in twins] == [r["id"] for r in text] and twins
+    for twin in twins:
+        source = sources[twin["id"].rsplit("-", 1)[0]]
+        human, gpt = twin["conversations"]
+        assert twin["image"] == source["image"] and gpt["value"] in ("Yes", "No")
+        assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
+        assert "Context:" not in human["value"] and human["value"].endswith(SHORT_SUFFIX)
+    with pytest.raises(ValueError, match="with_image needs a family"):
+        text_question_records(world, with_image=True)
+
+
+def test_presence_questions_are_true_balanced_and_train_as_records(world):
+    from graft.world.diagnostics import presence_questions, question_training_records
+    from graft.world.questions import presence
+
+    for attribute in ("color", "shape"):
+        rows = presence_questions(world, "test", attribute)
+        scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+        assert rows and Counter(r["answer"] for r in rows)["Yes"] == pytest.approx(len(rows) / 2, abs=2)
+        for row in rows:
+            value = row["question"].split()[3]
+            have = {getattr(o, attribute) for o in scenes[row["image"]].objects}
+            assert (value in have) == (row["answer"] == "Yes") and row["qtype"] == "existence"
+        assert rows == presence_questions(world, "test", attribute)  # reproducible
+        record = question_training_records(rows)[0]
+        assert record["image"] == rows[0]["image"]
+        assert [t["value"] for t in record["conversations"]] == [
+            f"<image>\n{rows[0]['question']}",
+            rows[0]["answer"],
+        ]
+    full = Scene([Obj(s, "red", "small", 0.5, 0.5) for s in ("circle", "square", "triangle", "diamond")])
+    assert presence(full, random.Random(0), False, "shape") is None  # no absent shape to ask about
+    with pytest.raises(ValueError, match="'size'"):
+        presence(full, random.Random(0), True, "size")
 
 
 def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypatch):

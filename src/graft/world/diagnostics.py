@@ -9,6 +9,8 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
 - ``text_question_records``: the stage-2 question records with that description in place of
   the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
+- ``presence_questions``: the easiest image questions (is there a red object?), to train and
+  score a perception warm-up before stage 2 (``benchmarks/perception_warmup.py``).
 
 Both take ``brief``: the description cut to one sentence naming every object's size, colour,
 shape and place (the second reference caption) instead of five captions and the boxes.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -31,7 +34,7 @@ from graft.templates import Message
 
 from .describe import captions, context_text
 from .instructions import BRIEF_PROMPTS
-from .questions import MCQ_SUFFIX, SHORT_SUFFIX
+from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -94,12 +97,20 @@ def question_family(question: str, answer: str) -> str | None:
 
 
 def text_question_records(
-    world_dir: str | os.PathLike, image_token: str = "<image>", brief: bool = False, family: str | None = None
+    world_dir: str | os.PathLike,
+    image_token: str = "<image>",
+    brief: bool = False,
+    family: str | None = None,
+    with_image: bool = False,
 ) -> list[dict[str, Any]]:
     """The world's stage-2 multi-question records (``qtype`` "questions") with the scene's
     description in place of their image: text-only records in the same format. With ``family``
     (binary or mcq), one single-turn record per question of that family instead, each with the
-    description."""
+    description, or (``with_image``) with the record's image as the image twin of that text."""
+    if with_image and family is None:
+        raise ValueError(
+            "with_image needs a family: the multi-question records with images are stage2.json's"
+        )
     if family not in (None, *QUESTION_FAMILIES):
         raise ValueError(f"family must be one of {', '.join(QUESTION_FAMILIES)} (or None), not {family!r}")
     world = Path(world_dir)
@@ -120,10 +131,50 @@ def text_question_records(
             continue
         for k in range(0, len(turns) - 1, 2):
             question, answer = turns[k]["value"], turns[k + 1]["value"]
-            if question_family(question, answer) == family:
+            if question_family(question, answer) != family:
+                continue
+            rid = f"{record['id']}-{k // 2}"
+            if with_image:
+                human = {"from": "human", "value": f"{image_token}\n{question}"}
+                out.append({"id": rid, "image": record["image"], "conversations": [human, turns[k + 1]]})
+            else:
                 human = {"from": "human", "value": with_context(scene, question, brief)}
-                out.append({"id": f"{record['id']}-{k // 2}", "conversations": [human, turns[k + 1]]})
+                out.append({"id": rid, "conversations": [human, turns[k + 1]]})
     return out
+
+
+def presence_questions(
+    world_dir: str | os.PathLike, split: str, attribute: str = "color", seed: int = 0
+) -> list[dict[str, Any]]:
+    """One attribute-presence question per image of ``split`` (``questions.presence``), answers
+    alternating Yes / No, as rows of graft's question-file format."""
+    world = Path(world_dir)
+    rng = random.Random(f"presence-{split}-{attribute}-{seed}")
+    rows = []
+    for i, line in enumerate((world / "meta" / f"{split}.jsonl").read_text().splitlines()):
+        row = json.loads(line)
+        qa = presence(Scene.from_dict(row["scene"]), rng, i % 2 == 0, attribute)
+        if qa is not None:
+            fields = {"question": qa.question, "answer": qa.answer, "qtype": qa.qtype}
+            rows.append({"id": f"{row['id']}-p", "image": row["image"]} | fields)
+    return rows
+
+
+def question_training_records(
+    rows: list[dict[str, Any]], image_token: str = "<image>"
+) -> list[dict[str, Any]]:
+    """Question-file rows as single-turn LLaVA training records (image, question, answer)."""
+    return [
+        {
+            "id": row["id"],
+            "image": row["image"],
+            "conversations": [
+                {"from": "human", "value": f"{image_token}\n{row['question']}"},
+                {"from": "gpt", "value": row["answer"]},
+            ],
+        }
+        for row in rows
+    ]
 
 
 def text_upper_bound(

@@ -147,6 +147,27 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
     return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard)
 
 
+def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> QA | None:
+    """'Is there a red object in the image?' (``attribute`` "color") or 'Is there a circle in the
+    image?' ("shape"): one attribute, no binding, the easiest question an image can answer (a
+    perception warm-up, ``benchmarks/perception_warmup.py``). Family ``existence``; None when
+    the scene has every value (no negative) of that attribute."""
+    pool = list(COLORS) if attribute == "color" else list(SHAPES) if attribute == "shape" else None
+    if pool is None:
+        raise ValueError(f"attribute must be 'color' or 'shape', not {attribute!r}")
+    seen = {getattr(o, attribute) for o in scene.objects}
+    values = sorted(seen) if answer else [v for v in pool if v not in seen]
+    if not values:
+        return None
+    value = rng.choice(values)
+    q = (
+        f"Is there a {value} object in the image?"
+        if attribute == "color"
+        else f"Is there a {value} in the image?"
+    )
+    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", "existence", "yesno")
+
+
 # ---------------------------------------------------------------- multiple choice
 
 
