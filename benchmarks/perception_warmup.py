@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from graft.eval.questions import evaluate_question_files
 from graft.eval.settings import EvalSettings
 from graft.files import write_text_atomic
 from graft.inference import load_for_inference
+from graft.logs import configure_logging
 from graft.train import load_recipe, train
 from graft.train.recipe import packaged_recipe
 from graft.world.diagnostics import presence_questions, question_training_records, text_question_records
@@ -82,9 +82,7 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=400, help="held-out questions per file")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_logging()
     world, stage1 = args.demo / "world", args.demo / "stage1"
     if not (stage1 / "config.json").exists():
         parser.error(f"{stage1}: no stage-1 model; run graft demo first")

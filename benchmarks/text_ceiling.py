@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
 from graft.files import write_text_atomic
 from graft.inference import load_for_inference
+from graft.logs import configure_logging
 from graft.train import load_recipe, train
 from graft.train.recipe import packaged_recipe
 from graft.world.diagnostics import QUESTION_FAMILIES, text_question_records, text_upper_bound
@@ -44,9 +44,7 @@ def main() -> None:
     parser.add_argument("--family", choices=QUESTION_FAMILIES, help="train on this family's questions only")
     parser.add_argument("--brief", action="store_true", help="a one-sentence description")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_logging()
 
     world, stage1 = args.demo / "world", args.demo / "stage1"
     if not (stage1 / "config.json").exists():

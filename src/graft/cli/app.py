@@ -8,6 +8,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from graft.logs import configure_logging
+
 app = typer.Typer(
     name="graft",
     help="Build, instruction-tune, evaluate and export multimodal LLMs (vision encoder + VPG + LLM).",
@@ -25,9 +27,7 @@ def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    configure_logging(level)
     # HTTP clients log every request at INFO (the judge, gen-data, the server's tests): debug only
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
