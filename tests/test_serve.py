@@ -208,7 +208,12 @@ def test_cancelled_stream_frees_its_slot(model_dir):
 def test_a_client_that_leaves_stops_its_row_within_one_step(model_dir):
     with running_server(model_dir, ServeSettings(port=0, max_tokens_limit=400)) as (url, state):
         steps = slowed(state)
-        body = {"model": "tiny-vlm", "messages": [user("Hi")], "max_tokens": 400}  # ~8 s of steps
+        body = {
+            "model": "tiny-vlm",
+            "messages": [user("Hi")],
+            "max_tokens": 400,
+            "temperature": 0,
+        }  # ~8 s of steps
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
         assert steps_after_leaving(state, steps, time.monotonic()) <= 1
