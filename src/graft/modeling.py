@@ -34,6 +34,7 @@ from graft.config import IGNORE_INDEX, GraftConfig
 from graft.connectors import Connector, build_connector
 from graft.connectors.vpgc import GuidanceContext
 from graft.packing import check_packed_call, is_packed
+from graft.word_alignment import word_alignment_loss
 
 
 class ImageTokenMismatchError(ValueError):
@@ -226,6 +227,7 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         instruction_positions: torch.LongTensor | None = None,
         supervised_logits_only: bool = False,
         unused_image: str | None = None,
+        caption_words: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """``instruction_ids`` / ``instruction_mask`` (``[B, T]``, the Q-Former tokenizer's ids of
@@ -238,7 +240,14 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
 
         ``unused_image`` (``"pixels"`` or ``"features"``), for a batch without images: the
         connector (and with pixels the vision tower) still runs, on a blank image that counts
-        zero times in the loss, so ZeRO-3 / FSDP2 processes all gather the same weights."""
+        zero times in the loss, so ZeRO-3 / FSDP2 processes all gather the same weights.
+
+        ``caption_words`` (``[B, T]`` bools over ``labels``, the content words of each caption): the
+        loss is ``graft.word_alignment``'s instead of the LLM's, and the LLM does not run."""
+        if caption_words is not None:
+            return self._word_alignment(
+                input_ids, pixel_values, vision_features, labels, caption_words, kwargs
+            )
         if is_packed(kwargs):
             check_packed_call(self, kwargs, attention_mask, use_cache)
         context = self._connector_context(instruction_ids, instruction_mask)
@@ -278,6 +287,34 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         if blank is not None and out.loss is not None:
             out.loss = out.loss + blank.to(out.loss.device)
         return out
+
+    def _word_alignment(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        vision_features: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        caption_words: torch.Tensor,
+        kwargs: dict[str, Any],
+    ) -> CausalLMOutputWithPast:
+        """The word-alignment loss of a batch of captioned images (``graft.word_alignment``)."""
+        if self.connector.needs_instruction or self.connector.needs_llm_hidden:
+            raise ValueError(
+                f"word alignment needs a projector; connector {self.connector.name!r} reads more"
+            )
+        if input_ids is None or labels is None:
+            raise ValueError("word alignment needs input_ids and labels")
+        if pixel_values is None and vision_features is None:  # a text-only batch: nothing to align
+            return CausalLMOutputWithPast(loss=sum(p.sum() for p in self.connector.parameters()) * 0.0)
+        if is_packed(kwargs):
+            raise ValueError("word alignment reads padded batches: turn data.packing off")
+        samples, _ = image_blocks(self.image_token_mask(input_ids), self.config.image_seq_length)
+        tokens = self.get_image_features(pixel_values, vision_features)
+        table = self.get_input_embeddings().weight
+        loss = word_alignment_loss(
+            tokens, samples, labels, caption_words, table, kwargs.get("num_items_in_batch")
+        )
+        return CausalLMOutputWithPast(loss=loss)
 
     def _blank_image_term(self, kind: str, context: dict[str, torch.Tensor]) -> torch.Tensor:
         """Zero times the soft tokens of one blank image (as LLaMA-Factory does for text-only

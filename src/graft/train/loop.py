@@ -52,6 +52,7 @@ from graft.train.stages import (
     parameter_counts,
     set_train_mode,
 )
+from graft.word_alignment import content_words
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +211,19 @@ def _step(
     trainable: list[torch.nn.Parameter],
     max_grad_norm: float,
     unused_image: str | None = None,
+    word_mask: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """One optimizer step; ``unused_image`` (sharded strategies): what a micro-batch without images
-    runs the connector on (see ``GraftForConditionalGeneration.forward``)."""
+    runs the connector on (see ``GraftForConditionalGeneration.forward``). With ``word_mask``
+    (``[vocabulary]`` bools, ``content_words``: the word-alignment objective) the loss is a mean
+    over the step's samples."""
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
-    local = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
+    if word_mask is not None:
+        for b in micro_batches:
+            b["caption_words"] = word_mask[b["labels"].clamp(min=0)]
+        local = torch.tensor(sum(b["input_ids"].shape[0] for b in micro_batches))
+    else:
+        local = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in micro_batches)
     num_tokens = accelerator.reduce(local.to(accelerator.device), reduction="sum").clamp(min=1)
     loss_sum = torch.zeros((), device=accelerator.device)
     for i, inputs in enumerate(micro_batches):
@@ -306,6 +315,9 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
         state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world, sharded)
     unused_image = dist.unused_image_input(recipe.distributed, cache is not None)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    content = None
+    if recipe.objective == "word_alignment":
+        content = content_words(processor.tokenizer).to(accelerator.device)
     if is_main:
         logger.info(
             "%d samples, %d batches/epoch/process, %d process(es), grad_accum %d: %d steps (from step %d)",
@@ -348,6 +360,7 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
                 trainable,
                 o.max_grad_norm,
                 unused_image,
+                content,
             )
             state.step += 1
             losses.append(stats["loss"])

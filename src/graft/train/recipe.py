@@ -32,6 +32,7 @@ from graft.train.shipped import packaged_recipe as packaged_recipe  # its former
 
 MODES = ("frozen", "full", "lora")
 PRECISIONS = ("fp32", "bf16")
+OBJECTIVES = ("lm", "word_alignment")
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHE_DTYPES = ("fp32", "bf16", "fp16")
 
@@ -148,6 +149,9 @@ class Recipe:
     #: stop after this many optimizer steps (overrides epochs)
     max_steps: int | None = None
     precision: str = "fp32"
+    #: lm (the LLM's next-token loss) or word_alignment (``graft.word_alignment``: the connector
+    #: alone, pulled onto the LLM's words of each caption; the LLM does not run)
+    objective: str = "lm"
     gradient_checkpointing: bool = False
     feature_cache: FeatureCacheSpec = field(default_factory=FeatureCacheSpec)
     seed: int = 0
@@ -318,6 +322,11 @@ def _validate(recipe: Recipe, source: str) -> None:
             f"unknown template {recipe.template!r}; valid templates: {TEMPLATE_NAMES}",
         ),
         (recipe.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+        (recipe.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}"),
+        (
+            recipe.objective == "lm" or (recipe.llm.mode == "frozen" and recipe.vision.mode == "frozen"),
+            "objective word_alignment trains the connector alone: vision.mode and llm.mode frozen",
+        ),
         (recipe.optim.scheduler in SCHEDULERS, f"optim.scheduler must be one of {SCHEDULERS}"),
         (recipe.distributed.strategy in STRATEGIES, f"distributed.strategy must be one of {STRATEGIES}"),
         (recipe.feature_cache.dtype in CACHE_DTYPES, f"feature_cache.dtype must be one of {CACHE_DTYPES}"),
