@@ -94,7 +94,7 @@ def test_reduced_connector_model_runs_with_fewer_tokens():
 
 
 def test_unknown_connector_lists_valid_names():
-    with pytest.raises(UnknownConnectorError, match="valid connectors: linear, mlp2x_gelu"):
+    with pytest.raises(UnknownConnectorError, match="valid connectors: lexical, linear, mlp2x_gelu"):
         build_connector({"name": "mlp3x"}, 8, 8)
     with pytest.raises(ValueError, match="unknown options: depth"):
         build_connector({"name": "linear", "depth": 3}, 8, 8)

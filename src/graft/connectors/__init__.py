@@ -1,7 +1,7 @@
 """Visual prompt generators behind one interface (see ``base.Connector``)."""
 
-# each module registers its connectors: linear, mlp2x_gelu, swiglu; qformer, qformer_instruct; vpgc
-from graft.connectors import projector, qformer, vpgc  # noqa: F401
+# each module registers its connectors: lexical; linear, mlp2x_gelu, swiglu; qformer, qformer_instruct; vpgc
+from graft.connectors import lexical, projector, qformer, vpgc  # noqa: F401
 from graft.connectors.base import Connector
 from graft.connectors.reduction import TokenReduction
 from graft.connectors.registry import (
