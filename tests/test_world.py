@@ -319,6 +319,20 @@ def test_presence_questions_are_true_balanced_and_train_as_records(world):
         presence(full, random.Random(0), True, "size")
 
 
+def test_naming_records_name_each_training_objects_colour_and_shape_only(world):
+    from graft.world.naming import naming_records
+
+    records = naming_records(world)
+    scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "train.jsonl")}
+    assert [r["image"] for r in records] == list(scenes)  # one per training image, in order
+    for record in records:
+        human, gpt = (t["value"] for t in record["conversations"])
+        assert human.startswith("<image>\n") and human.count("<image>") == 1
+        named = Counter(tuple(p.split()[-2:]) for p in gpt.rstrip(".").replace(" and ", ", ").split(", "))
+        assert named == Counter((o.color, o.shape) for o in scenes[record["image"]].objects)
+    assert records == naming_records(world)  # reproducible
+
+
 def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypatch):
     import graft.world.diagnostics as diagnostics
 

@@ -30,7 +30,10 @@ def demo_cmd(
     images: Annotated[int, typer.Option(help="Images in the shapes world.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     connector: Annotated[
-        str, typer.Option(help="Connector: swiglu, mlp2x_gelu, linear or qformer (VPG-C: graft ablation).")
+        str,
+        typer.Option(
+            help="Connector: swiglu, lexical, mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
+        ),
     ] = DemoSettings.connector,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
@@ -42,7 +45,16 @@ def demo_cmd(
         int | None, typer.Option(help="Vision-tower pretraining steps (--vision train).")
     ] = None,
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps (--llm tiny).")] = None,
-    stage1_steps: Annotated[int | None, typer.Option(help="Stage-1 steps (default: the recipe's).")] = None,
+    align_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Word-alignment steps before stage 1 (default: the recipe's for --connector lexical, "
+            "else none; 0: skip it)."
+        ),
+    ] = None,
+    stage1_steps: Annotated[
+        int | None, typer.Option(help="Stage-1 steps (default: the recipe's; 0: no caption stage).")
+    ] = None,
     stage2_steps: Annotated[int | None, typer.Option(help="Stage-2 steps (default: the recipe's).")] = None,
     curve_points: Annotated[
         int, typer.Option(help="Learning-curve evaluations during stage 2 (0: none).")
@@ -51,8 +63,8 @@ def demo_cmd(
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
     ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, backbones, stage 1, stage 2, held-out evaluation, learning curve and diagnostics;
-    prints the results table."""
+    """World, backbones, (word alignment,) stage 1, stage 2, held-out evaluation, learning curve
+    and diagnostics; prints the results table."""
     from graft.world.pretrain import check_llm
 
     try:  # before any work: a bad choice fails in a second, not after pretraining
@@ -70,6 +82,7 @@ def demo_cmd(
         eval_limit=eval_limit,
         vision_steps=vision_steps,
         llm_steps=llm_steps,
+        align_steps=align_steps,
         stage1_steps=stage1_steps,
         stage2_steps=stage2_steps,
         curve_points=curve_points,

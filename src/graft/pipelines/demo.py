@@ -1,6 +1,7 @@
 """The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
 
-world -> tiny backbones -> compose -> stage 1 (alignment) -> stage 2 (instruction tuning)
+world -> backbones -> compose -> word alignment (the connector alone, LLM-free) -> stage 1
+(caption alignment) -> stage 2 (instruction tuning)
 -> held-out evaluation (with and without the images) -> summary.json / summary.md.
 
 Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
@@ -34,7 +35,7 @@ SHAPES_QFORMER: dict[str, Any] = {
         "cross_attention_frequency": 1,
     },
 }
-DEMO_CONNECTORS = ("swiglu", "mlp2x_gelu", "linear", "qformer")
+DEMO_CONNECTORS = ("swiglu", "lexical", "mlp2x_gelu", "linear", "qformer")
 #: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
 DEMO_REDUCTION = 4
 
@@ -54,7 +55,7 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
     spec: dict[str, Any] = {"name": connector}
     if (reduction or "pixel_shuffle") != "none":
         spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
-    if connector == "swiglu":
+    if connector in ("swiglu", "lexical"):
         spec["layer_norm"] = True
     return spec
 
@@ -136,7 +137,10 @@ class DemoSettings:
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
-    #: optimizer steps of each stage (default: the recipe's)
+    #: optimizer steps of each stage (default: the recipe's). The word alignment before stage 1
+    #: (``graft.word_alignment``) runs by default for the ``lexical`` connector only; 0 skips it
+    #: (``stage1_steps`` 0: no caption stage, stage 2 starts from the alignment)
+    align_steps: int | None = None
     stage1_steps: int | None = None
     stage2_steps: int | None = None
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
@@ -176,7 +180,7 @@ def demo_template(llm: str, llm_dir: Path) -> str:
 
 
 #: the steps ``train_demo`` runs, in order
-BUILD_STEPS = ("world", "backbones", "compose", "stage1", "stage2")
+BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "stage2")
 
 
 @dataclass
@@ -190,8 +194,9 @@ class DemoModels:
 
 
 def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = None) -> DemoModels:
-    """The demo's building steps in ``out``: world, backbones, compose, stage 1, stage 2
-    (``curve`` is stage 2's ``on_step`` hook). ``graft ablation`` builds its Q-Former base with it."""
+    """The demo's building steps in ``out``: world, backbones, compose, word alignment (see
+    ``DemoSettings.align_steps``), stage 1, stage 2 (``curve`` is stage 2's ``on_step`` hook).
+    ``graft ablation`` builds its Q-Former base with it."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
@@ -202,7 +207,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
-    composed, stage1, stage2 = out / "composed", out / "stage1", out / "stage2"
+    composed, align, stage1, stage2 = out / "composed", out / "align", out / "stage1", out / "stage2"
 
     clock.run(
         "world",
@@ -239,10 +244,22 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(s.feature_cache or out / "feature_cache")
-    for name, src, dst, data, steps, hook in (
-        ("stage1", composed, stage1, world / "stage1.json", s.stage1_steps, None),
-        ("stage2", stage1, stage2, world / "stage2.json", s.stage2_steps, curve),
-    ):
+    aligned = s.align_steps != 0 if s.align_steps is not None else s.connector == "lexical"
+    naming = out / "naming.json"
+    if aligned and not naming.exists():
+        from graft.world.naming import naming_records
+
+        write_text_atomic(naming, json.dumps(naming_records(world, s.seed)))
+    first = align if aligned else composed
+    captions = s.stage1_steps != 0  # 0: stage 2 starts from the word alignment (or the composed model)
+    stages = [
+        ("align", composed, align, naming, s.align_steps, None, aligned),
+        ("stage1", first, stage1, world / "stage1.json", s.stage1_steps, None, captions),
+        ("stage2", stage1 if captions else first, stage2, world / "stage2.json", s.stage2_steps, curve, True),
+    ]
+    for name, src, dst, data, steps, hook, runs in stages:
+        if not runs:
+            continue
         overrides = {
             "model.init_from": str(src),
             "data.train": [str(data)],

@@ -82,6 +82,8 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
         ("stage1", "stage1.json", caption_accuracy),
         ("stage2", "stage2.json", text_upper_bound),
     ):
+        if not (out / stage / "config.json").exists():  # a demo run without a caption stage
+            continue
         model, processor = load_for_inference(out / stage, bf16)
         result.update(measure(model, processor, world, limit))
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
