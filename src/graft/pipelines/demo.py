@@ -207,7 +207,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
-    composed, align, stage1, stage2 = out / "composed", out / "align", out / "stage1", out / "stage2"
+    composed = out / "composed"
 
     clock.run(
         "world",
@@ -250,16 +250,14 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         from graft.world.naming import naming_records
 
         write_text_atomic(naming, json.dumps(naming_records(world, s.seed)))
-    first = align if aligned else composed
-    captions = s.stage1_steps != 0  # 0: stage 2 starts from the word alignment (or the composed model)
-    stages = [
-        ("align", composed, align, naming, s.align_steps, None, aligned),
-        ("stage1", first, stage1, world / "stage1.json", s.stage1_steps, None, captions),
-        ("stage2", stage1 if captions else first, stage2, world / "stage2.json", s.stage2_steps, curve, True),
-    ]
-    for name, src, dst, data, steps, hook, runs in stages:
-        if not runs:
-            continue
+    # each stage starts from the one before it; stage1_steps 0: no caption stage
+    stages = [("align", naming, s.align_steps, None)] if aligned else []
+    if s.stage1_steps != 0:
+        stages.append(("stage1", world / "stage1.json", s.stage1_steps, None))
+    stages.append(("stage2", world / "stage2.json", s.stage2_steps, curve))
+    src = composed
+    for name, data, steps, hook in stages:
+        dst = out / name
         overrides = {
             "model.init_from": str(src),
             "data.train": [str(data)],
@@ -279,7 +277,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
             lambda dst=dst: (dst / "config.json").exists(),
             lambda recipe=recipe, hook=hook: train(recipe, on_step=hook),
         )
-    return DemoModels(world, vision_dir, stage2, clock)
+        src = dst
+    return DemoModels(world, vision_dir, out / "stage2", clock)
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:
