@@ -319,6 +319,42 @@ def test_presence_questions_are_true_balanced_and_train_as_records(world):
         presence(full, random.Random(0), True, "size")
 
 
+def test_letter_presence_questions_have_one_present_value_among_four(world):
+    from graft.world.diagnostics import presence_questions
+    from graft.world.questions import presence_choice
+
+    scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+    rows = presence_questions(world, "test", "color", choice=True)
+    assert rows and rows == presence_questions(world, "test", "color", choice=True)
+    for row in rows:
+        have = {o.color for o in scenes[row["image"]].objects}
+        assert row["question"].startswith("Which of these colors is in the image?\nA. ")
+        assert row["question"].endswith(MCQ_SUFFIX) and len(row["choices"]) == 4
+        assert [c in have for c in row["choices"]].count(True) == 1
+        assert row["choices"][LETTERS.index(row["answer"])] in have and row["id"].endswith("-pc")
+    # letters spread over the four positions; scenes with three or more colours get no question
+    assert len({r["answer"] for r in presence_questions(world, "train", "color", choice=True)}) == 4
+    assert all(len({o.color for o in scenes[r["image"]].objects}) <= 2 for r in rows)
+    busy = Scene([Obj("circle", c, "small", 0.5, 0.5) for c in ("red", "green", "blue")])
+    assert presence_choice(busy, random.Random(0), "color") is None
+    one = Scene([Obj("circle", "red", "small", 0.5, 0.5)])
+    qa = presence_choice(one, random.Random(0), "shape")
+    assert (
+        qa.question.startswith("Which of these shapes") and qa.choices[LETTERS.index(qa.answer)] == "circle"
+    )
+
+
+def test_perception_records_mix_both_answer_forms_about_training_images(world):
+    from graft.world.perception import perception_records
+
+    records = perception_records(world)
+    assert records == perception_records(world) and records != perception_records(world, seed=1)
+    answers = Counter(r["conversations"][1]["value"] for r in records)
+    assert answers["Yes"] and answers["No"] and set(answers) <= {"Yes", "No", "A", "B", "C", "D"}
+    assert len(set(answers) - {"Yes", "No"}) > 1
+    assert all(r["image"].startswith("images/train/") for r in records)
+
+
 def test_naming_records_name_each_training_objects_colour_and_shape_only(world):
     from graft.world.naming import naming_records
 

@@ -55,6 +55,13 @@ def demo_cmd(
     stage1_steps: Annotated[
         int | None, typer.Option(help="Stage-1 steps (default: the recipe's; 0: no caption stage).")
     ] = None,
+    perceive_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Perception warm-up steps before stage 2 (colour-presence questions; default: the "
+            "recipe's for --connector lexical, else none; 0: skip it)."
+        ),
+    ] = None,
     stage2_steps: Annotated[int | None, typer.Option(help="Stage-2 steps (default: the recipe's).")] = None,
     curve_points: Annotated[
         int, typer.Option(help="Learning-curve evaluations during stage 2 (0: none).")
@@ -63,8 +70,8 @@ def demo_cmd(
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
     ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, backbones, (word alignment,) stage 1, stage 2, held-out evaluation, learning curve
-    and diagnostics; prints the results table."""
+    """World, backbones, (word alignment,) stage 1, (perception warm-up,) stage 2, held-out
+    evaluation, learning curve and diagnostics; prints the results table."""
     from graft.world.pretrain import check_llm
 
     try:  # before any work: a bad choice fails in a second, not after pretraining
@@ -84,6 +91,7 @@ def demo_cmd(
         llm_steps=llm_steps,
         align_steps=align_steps,
         stage1_steps=stage1_steps,
+        perceive_steps=perceive_steps,
         stage2_steps=stage2_steps,
         curve_points=curve_points,
         bench_limit=bench_limit,

@@ -80,7 +80,8 @@ def run_ablation(
         backbones=backbones,
         feature_cache=demo / "feature_cache",
         bench=False,
-        align_steps=0,  # the base as measured in the README (the word alignment came later)
+        align_steps=0,  # the base as measured in the README (the word alignment and the
+        perceive_steps=0,  # perception warm-up came later)
     )
     # the rows are built on the base: this folder records the base's settings and the rows'
     # together, once the base's own folder (checked by train_demo too) has accepted them

@@ -1,7 +1,8 @@
 """The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
 
 world -> backbones -> compose -> word alignment (the connector alone, LLM-free) -> stage 1
-(caption alignment) -> stage 2 (instruction tuning)
+(caption alignment) -> perception warm-up (colour-presence questions) -> stage 2 (instruction
+tuning)
 -> held-out evaluation (with and without the images) -> summary.json / summary.md.
 
 Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
@@ -138,10 +139,12 @@ class DemoSettings:
     vision_steps: int | None = None
     llm_steps: int | None = None
     #: optimizer steps of each stage (default: the recipe's). The word alignment before stage 1
-    #: (``graft.word_alignment``) runs by default for the ``lexical`` connector only; 0 skips it
-    #: (``stage1_steps`` 0: no caption stage, stage 2 starts from the alignment)
+    #: (``graft.word_alignment``) and the perception warm-up before stage 2
+    #: (``graft.world.perception``) run by default for the ``lexical`` connector only; 0 skips
+    #: them (``stage1_steps`` 0: no caption stage)
     align_steps: int | None = None
     stage1_steps: int | None = None
+    perceive_steps: int | None = None
     stage2_steps: int | None = None
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
     #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family
@@ -163,6 +166,21 @@ class DemoSettings:
         return self.world or out / "world"
 
 
+def wanted(steps: int | None, connector: str) -> bool:
+    """Whether a stage that helps the ``lexical`` connector's word tokens runs: by default for
+    that connector only; 0 steps skips it, other counts ask for it."""
+    return steps != 0 if steps is not None else connector == "lexical"
+
+
+def own_data(
+    path: Path, records: Callable[[Path, int], list[dict[str, Any]]], world: Path, seed: int
+) -> Path:
+    """A stage's training records written once to ``path`` (built from the world)."""
+    if not path.exists():
+        write_text_atomic(path, json.dumps(records(world, seed)))
+    return path
+
+
 def demo_recipe(llm: str, stage: str) -> str:
     """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
     return f"shapes-tiny-{stage}" if llm == "tiny" else f"shapes-{stage}"
@@ -180,7 +198,7 @@ def demo_template(llm: str, llm_dir: Path) -> str:
 
 
 #: the steps ``train_demo`` runs, in order
-BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "stage2")
+BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "perceive", "stage2")
 
 
 @dataclass
@@ -195,7 +213,8 @@ class DemoModels:
 
 def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = None) -> DemoModels:
     """The demo's building steps in ``out``: world, backbones, compose, word alignment (see
-    ``DemoSettings.align_steps``), stage 1, stage 2 (``curve`` is stage 2's ``on_step`` hook).
+    ``DemoSettings.align_steps``), stage 1, perception warm-up, stage 2 (``curve`` is stage 2's
+    ``on_step`` hook).
     ``graft ablation`` builds its Q-Former base with it."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
@@ -244,16 +263,21 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(s.feature_cache or out / "feature_cache")
-    aligned = s.align_steps != 0 if s.align_steps is not None else s.connector == "lexical"
-    naming = out / "naming.json"
-    if aligned and not naming.exists():
+    # each stage starts from the one before it; stage1_steps 0: no caption stage
+    stages: list[tuple[str, Path, int | None, Callable[..., None] | None]] = []
+    if wanted(s.align_steps, s.connector):
         from graft.world.naming import naming_records
 
-        write_text_atomic(naming, json.dumps(naming_records(world, s.seed)))
-    # each stage starts from the one before it; stage1_steps 0: no caption stage
-    stages = [("align", naming, s.align_steps, None)] if aligned else []
+        stages.append(
+            ("align", own_data(out / "naming.json", naming_records, world, s.seed), s.align_steps, None)
+        )
     if s.stage1_steps != 0:
         stages.append(("stage1", world / "stage1.json", s.stage1_steps, None))
+    if wanted(s.perceive_steps, s.connector):
+        from graft.world.perception import perception_records
+
+        data = own_data(out / "perceive.json", perception_records, world, s.seed)
+        stages.append(("perceive", data, s.perceive_steps, None))
     stages.append(("stage2", world / "stage2.json", s.stage2_steps, curve))
     src = composed
     for name, data, steps, hook in stages:
@@ -267,7 +291,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
             "seed": s.seed,
             "resume": True,
         }
-        if name == "stage2":
+        if name in ("perceive", "stage2"):  # question answering, in the LLM's chat template
             overrides["template"] = template
         if steps is not None:
             overrides["max_steps"] = steps

@@ -9,8 +9,9 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
 - ``text_question_records``: the stage-2 question records with that description in place of
   the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
-- ``presence_questions``: the easiest image questions (is there a red object?), to train and
-  score a perception warm-up before stage 2 (``benchmarks/perception_warmup.py``).
+- ``presence_questions``: the easiest image questions (is there a red object? which of these
+  colours is in the image?), to train and score a perception warm-up before stage 2
+  (``benchmarks/perception_warmup.py``, the demo's ``perceive`` step).
 
 Both take ``brief``: the description cut to one sentence naming every object's size, colour,
 shape and place (the second reference caption) instead of five captions and the boxes.
@@ -34,7 +35,7 @@ from graft.templates import Message
 
 from .describe import captions, context_text
 from .instructions import BRIEF_PROMPTS
-from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence
+from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence, presence_choice
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -144,19 +145,25 @@ def text_question_records(
 
 
 def presence_questions(
-    world_dir: str | os.PathLike, split: str, attribute: str = "color", seed: int = 0
+    world_dir: str | os.PathLike, split: str, attribute: str = "color", seed: int = 0, choice: bool = False
 ) -> list[dict[str, Any]]:
-    """One attribute-presence question per image of ``split`` (``questions.presence``), answers
-    alternating Yes / No, as rows of graft's question-file format."""
+    """One attribute-presence question per image of ``split`` as rows of graft's question-file
+    format: yes/no (``questions.presence``, answers alternating Yes / No) or, with ``choice``,
+    letter-answer (``questions.presence_choice``; images that leave fewer than three values out
+    get none)."""
     world = Path(world_dir)
-    rng = random.Random(f"presence-{split}-{attribute}-{seed}")
+    rng = random.Random(f"presence-{split}-{attribute}-{seed}" + ("-choice" if choice else ""))
     rows = []
     for i, line in enumerate((world / "meta" / f"{split}.jsonl").read_text().splitlines()):
         row = json.loads(line)
-        qa = presence(Scene.from_dict(row["scene"]), rng, i % 2 == 0, attribute)
+        scene = Scene.from_dict(row["scene"])
+        qa = presence_choice(scene, rng, attribute) if choice else presence(scene, rng, i % 2 == 0, attribute)
         if qa is not None:
             fields = {"question": qa.question, "answer": qa.answer, "qtype": qa.qtype}
-            rows.append({"id": f"{row['id']}-p", "image": row["image"]} | fields)
+            if qa.choices:
+                fields["choices"] = qa.choices
+            rid = f"{row['id']}-{'pc' if choice else 'p'}"
+            rows.append({"id": rid, "image": row["image"]} | fields)
     return rows
 
 

@@ -147,14 +147,18 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
     return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard)
 
 
+def _attribute_pool(attribute: str) -> list[str]:
+    if attribute not in ("color", "shape"):
+        raise ValueError(f"attribute must be 'color' or 'shape', not {attribute!r}")
+    return list(COLORS) if attribute == "color" else list(SHAPES)
+
+
 def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> QA | None:
     """'Is there a red object in the image?' (``attribute`` "color") or 'Is there a circle in the
     image?' ("shape"): one attribute, no binding, the easiest question an image can answer (a
     perception warm-up, ``benchmarks/perception_warmup.py``). Family ``existence``; None when
     the scene has every value (no negative) of that attribute."""
-    pool = list(COLORS) if attribute == "color" else list(SHAPES) if attribute == "shape" else None
-    if pool is None:
-        raise ValueError(f"attribute must be 'color' or 'shape', not {attribute!r}")
+    pool = _attribute_pool(attribute)
     seen = {getattr(o, attribute) for o in scene.objects}
     values = sorted(seen) if answer else [v for v in pool if v not in seen]
     if not values:
@@ -166,6 +170,19 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
         else f"Is there a {value} in the image?"
     )
     return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", "existence", "yesno")
+
+
+def presence_choice(scene: Scene, rng: random.Random, attribute: str) -> QA | None:
+    """'Which of these colors is in the image?' with one value the scene has and three it has
+    not: ``presence``'s question in letter-answer form, which teaches the letter format on a
+    question the image alone decides. None when the scene leaves fewer than three values out."""
+    pool = _attribute_pool(attribute)
+    seen = sorted({getattr(o, attribute) for o in scene.objects})
+    absent = [v for v in pool if v not in seen]
+    if len(absent) < 3:
+        return None
+    noun = "colors" if attribute == "color" else "shapes"
+    return _mcq(rng, f"Which of these {noun} is in the image?", rng.choice(seen), absent, "existence")
 
 
 # ---------------------------------------------------------------- multiple choice
