@@ -79,6 +79,21 @@ def test_flops_count_6x_what_learns_4x_frozen_on_the_path_2x_forward_only():
     assert recomputed["llm"] == 6 * 1000 * 20 and recomputed["vision"] == flops["vision"]
 
 
+def test_word_alignment_runs_no_llm_but_meets_the_embedding_table(shapes):
+    shape, recipe = shapes["stage1"], load_recipe("llava-1.5-7b-stage1")
+    ckpt = recipe.gradient_checkpointing
+    flops = flops_per_sample(shape, tokens=600, images=1, checkpointing=ckpt, word_alignment=True)
+    lm = flops_per_sample(shape, tokens=600, images=1, checkpointing=ckpt)
+    assert flops["llm"] == flops["attention"] == 0 and flops["vision"] == lm["vision"]
+    assert flops["alignment"] == 6 * 576 * 32000 * 4096 and flops["connector"] == lm["connector"]
+    settings = PlanSettings(gpus=8, gpu_memory=80 * GB, samples=1000, tokens_per_sample=600)
+    aligned = make_plan(load_recipe("llava-1.5-7b-stage1", {"objective": "word_alignment"}), settings, shape)
+    plain = make_plan(recipe, settings, shape)
+    assert aligned.flops == pytest.approx(sum(flops.values()) * 1000) and aligned.flops < plain.flops
+    memory, before = aligned.strategies[0].memory, plain.strategies[0].memory
+    assert memory.activations < before.activations and memory.logits > 0
+
+
 def test_llava_1_5_7b_published_training_times_within_35_percent(shapes):
     # LLaVA README (haotian-liu/LLaVA, "Train"): pretraining ~3.5 h on 8x A100 (80G), visual
     # instruction tuning ~10 h on 8x A100 (40G); same 312 TFLOPS either way.

@@ -203,6 +203,8 @@ def _activations(
     llm = activation_bytes(
         tokens.max_tokens, micro, shape.hidden, shape.heads, shape.llm_layers_on_path, ckpt, fused
     )
+    if recipe.objective == "word_alignment":  # the LLM does not run
+        llm = 0
     images = max(1, round(micro * tokens.images_per_sample))
     vision = activation_bytes(
         shape.vision_seq,
@@ -226,6 +228,8 @@ def _plan_strategy(
 ) -> tuple[Memory, bool, int]:
     """The largest micro-batch dividing the per-GPU batch that fits (else 1), its memory, fits."""
     logit_positions = tokens.max_tokens if settings.all_logits else tokens.max_supervised
+    if recipe.objective == "word_alignment":  # each image token against the vocabulary instead
+        logit_positions = shape.image_tokens * max(1, round(tokens.images_per_sample))
     memory = None
     for micro in _divisors_desc(per_gpu):
         memory = strategy_memory(
@@ -260,7 +264,11 @@ def make_plan(recipe: Recipe, settings: PlanSettings, shape: ModelShape | None =
     flops = total_tokens = run_hours = None
     if samples is not None:
         per_sample = flops_per_sample(
-            shape, tokens.tokens_per_sample, tokens.images_per_sample, recipe.gradient_checkpointing
+            shape,
+            tokens.tokens_per_sample,
+            tokens.images_per_sample,
+            recipe.gradient_checkpointing,
+            word_alignment=recipe.objective == "word_alignment",
         )
         flops = sum(per_sample.values()) * samples * epochs
         total_tokens = tokens.tokens_per_sample * samples * epochs

@@ -99,10 +99,17 @@ def count_records(paths: list[str]) -> int | None:
 
 
 def flops_per_sample(
-    shape: ModelShape, tokens: float, images: float, checkpointing: bool
+    shape: ModelShape, tokens: float, images: float, checkpointing: bool, word_alignment: bool = False
 ) -> dict[str, float]:
     """Training FLOPs of one sample per component: the LLM over every token, the vision tower
-    over its patches and the connector over the vision features, per image."""
+    over its patches and the connector over the vision features, per image. ``word_alignment``
+    (``graft.word_alignment``): the LLM does not run; each image's soft tokens meet the
+    embedding table instead, in the cosine product (forward and its gradient to the tokens) and
+    the mixture of words (forward only): 6 x tokens x vocabulary x hidden per image."""
+    if word_alignment:  # no token runs through the LLM
+        out = flops_per_sample(shape, 0.0, images, checkpointing)
+        out["alignment"] = 6.0 * shape.image_tokens * images * shape.vocab * shape.hidden
+        return out
     runs = {"vision": shape.vision_seq * images, "connector": shape.vision_seq * images, "llm": tokens}
     out = {}
     for component, counts in shape.roles.items():
