@@ -75,3 +75,11 @@ def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--llm", "tiny", "--seed", "1"])
     assert result.exit_code == 2 and "seed=0" in result.output and "seed=1" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
+
+
+def test_the_lexical_connector_swaps_stage_1_for_its_word_stages_by_default():
+    from graft.pipelines.demo import wanted
+
+    assert wanted(None, "lexical") and not wanted(None, "swiglu")  # word alignment, perception warm-up
+    assert wanted(None, "swiglu", lexical=False) and not wanted(None, "lexical", lexical=False)  # stage 1
+    assert not wanted(0, "lexical") and wanted(3, "swiglu") and wanted(3, "lexical", lexical=False)

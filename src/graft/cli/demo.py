@@ -53,7 +53,11 @@ def demo_cmd(
         ),
     ] = None,
     stage1_steps: Annotated[
-        int | None, typer.Option(help="Stage-1 steps (default: the recipe's; 0: no caption stage).")
+        int | None,
+        typer.Option(
+            help="Stage-1 steps (default: the recipe's, none for --connector lexical, whose word "
+            "alignment stands in for it; 0: no caption stage)."
+        ),
     ] = None,
     perceive_steps: Annotated[
         int | None,

@@ -1,8 +1,8 @@
 """The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
 
-world -> backbones -> compose -> word alignment (the connector alone, LLM-free) -> stage 1
-(caption alignment) -> perception warm-up (colour-presence questions) -> stage 2 (instruction
-tuning)
+world -> backbones -> compose -> stage 1 (caption alignment; for the ``lexical`` connector a
+word alignment instead: the connector alone, LLM-free, then a perception warm-up on
+colour-presence questions) -> stage 2 (instruction tuning)
 -> held-out evaluation (with and without the images) -> summary.json / summary.md.
 
 Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
@@ -140,8 +140,9 @@ class DemoSettings:
     llm_steps: int | None = None
     #: optimizer steps of each stage (default: the recipe's). The word alignment before stage 1
     #: (``graft.word_alignment``) and the perception warm-up before stage 2
-    #: (``graft.world.perception``) run by default for the ``lexical`` connector only; 0 skips
-    #: them (``stage1_steps`` 0: no caption stage)
+    #: (``graft.world.perception``) run by default for the ``lexical`` connector only, and the
+    #: caption stage 1 by default for the others only (it moves the word tokens off their
+    #: words); 0 skips a stage, a count asks for it
     align_steps: int | None = None
     stage1_steps: int | None = None
     perceive_steps: int | None = None
@@ -166,10 +167,10 @@ class DemoSettings:
         return self.world or out / "world"
 
 
-def wanted(steps: int | None, connector: str) -> bool:
-    """Whether a stage that helps the ``lexical`` connector's word tokens runs: by default for
-    that connector only; 0 steps skips it, other counts ask for it."""
-    return steps != 0 if steps is not None else connector == "lexical"
+def wanted(steps: int | None, connector: str, lexical: bool = True) -> bool:
+    """Whether a stage runs: by default when the connector is ``lexical`` (``lexical`` False:
+    when it is not); 0 steps skips it, other counts ask for it."""
+    return steps != 0 if steps is not None else (connector == "lexical") == lexical
 
 
 def own_data(
@@ -263,7 +264,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(s.feature_cache or out / "feature_cache")
-    # each stage starts from the one before it; stage1_steps 0: no caption stage
+    # each stage starts from the one before it
     stages: list[tuple[str, Path, int | None, Callable[..., None] | None]] = []
     if wanted(s.align_steps, s.connector):
         from graft.world.naming import naming_records
@@ -271,7 +272,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         stages.append(
             ("align", own_data(out / "naming.json", naming_records, world, s.seed), s.align_steps, None)
         )
-    if s.stage1_steps != 0:
+    if wanted(s.stage1_steps, s.connector, lexical=False):
         stages.append(("stage1", world / "stage1.json", s.stage1_steps, None))
     if wanted(s.perceive_steps, s.connector):
         from graft.world.perception import perception_records
