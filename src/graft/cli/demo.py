@@ -48,7 +48,7 @@ def demo_cmd(
     align_steps: Annotated[
         int | None,
         typer.Option(
-            help="Word-alignment steps before stage 1 (default: the recipe's for --connector lexical, "
+            help="Word-alignment steps, before any stage 1 (default: the recipe's for --connector lexical, "
             "else none; 0: skip it)."
         ),
     ] = None,
