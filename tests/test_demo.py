@@ -12,7 +12,16 @@ from graft.cli import app
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     args = ["-q", "demo", "--out", str(tmp_path), "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2".split()
-    args += ["--bench-limit", "4", "--align-steps", "2", "--perceive-steps", "2"]  # every stage
+    args += [
+        "--bench-limit",
+        "4",
+        "--align-steps",
+        "2",
+        "--snap-steps",
+        "2",
+        "--perceive-steps",
+        "2",
+    ]  # every stage
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -27,12 +36,23 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert last == json.loads((tmp_path / "stage2" / "log.jsonl").read_text().splitlines()[-1])["step"]
     assert all(curve[-1][k] == summary[k] for k in ("binary/accuracy", "mcq/accuracy_blind"))
     assert not (tmp_path / "curve" / f"step{last}").exists() and (tmp_path / "curve" / "step0").is_dir()
-    for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text"):
+    for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text", "words/shape_recall"):
         assert key in summary
     for stage in ("stage1", "stage2"):
         gain = summary[f"reliance/{stage}_loss_other"] - summary[f"reliance/{stage}_loss_own"]
         assert summary[f"reliance/{stage}_gain"] == pytest.approx(gain)
-    steps = ("world", "backbones", "compose", "align", "stage1", "perceive", "stage2", "eval", "bench")
+    steps = (
+        "world",
+        "backbones",
+        "compose",
+        "align",
+        "stage1",
+        "snap",
+        "perceive",
+        "stage2",
+        "eval",
+        "bench",
+    )
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
     assert (tmp_path / "report" / "report.html").exists()

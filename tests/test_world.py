@@ -409,3 +409,52 @@ def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypa
     first = _read_jsonl(world / "eval" / "binary.jsonl")[0]
     assert asked[0] == f"Context: {captions(scenes[first['id'].split('-')[0]])[1]}\n{first['question']}"
     assert not any(k.startswith("qtype/") for k in diagnostics.text_upper_bound(None, None, world, limit=2))
+
+
+def test_word_readout_reads_each_token_as_its_nearest_word(world):
+    """A fake aligned model whose tokens are the embeddings of the scene's colour words and of
+    " circle" in every image: colours all read right, shape recall = the scenes' circles."""
+    import torch
+
+    from graft.world.diagnostics import SHAPES as shapes
+    from graft.world.diagnostics import word_readout
+    from graft.world.scene import COLORS
+
+    vocabulary = [*COLORS, *shapes, "the"]
+    table = torch.nn.Embedding(len(vocabulary), 32)
+    rows = _read_jsonl(world / "meta" / "test.jsonl")[:10]
+    scenes = [Scene.from_dict(r["scene"]) for r in rows]
+    word = {w: table.weight[i].detach() for i, w in enumerate(vocabulary)}
+
+    class Model(torch.nn.Module):
+        connector = type("C", (), {"needs_instruction": False, "needs_llm_hidden": False})()
+
+        def __init__(self):
+            super().__init__()
+            self.table, self.seen = table, 0
+
+        def get_input_embeddings(self):
+            return self.table
+
+        def get_image_features(self, pixel_values):
+            out = []
+            for scene in scenes[self.seen : self.seen + len(pixel_values)]:
+                said = [word[o.color] * 3.0 for o in scene.objects] + [word["circle"]]
+                out.append(torch.stack(said + [word["the"]] * (6 - len(said))))
+            self.seen += len(pixel_values)
+            return torch.stack(out)
+
+    class Processor:
+        tokenizer = type("T", (), {"decode": staticmethod(lambda ids: f" {vocabulary[ids[0]]}")})()
+
+        @staticmethod
+        def preprocess_images(images):
+            return torch.zeros(len(images), 1)
+
+    scores = word_readout(Model(), Processor(), world, limit=10, batch_size=4)
+    circles = [any(o.shape == "circle" for o in s.objects) for s in scenes]
+    shapes_in = sum(len({o.shape for o in s.objects}) for s in scenes)
+    assert scores["words/colour_recall"] == scores["words/colour_precision"] == 1.0
+    assert scores["words/shape_recall"] == pytest.approx(sum(circles) / shapes_in)
+    assert scores["words/shape_precision"] == pytest.approx(sum(circles) / len(scenes))
+    assert scores["words/cosine"] == pytest.approx(1.0, abs=1e-5)

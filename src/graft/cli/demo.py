@@ -59,6 +59,14 @@ def demo_cmd(
             "alignment stands in for it; 0: no caption stage)."
         ),
     ] = None,
+    snap_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Steps of the snap after the word alignment: a swiglu connector learns to write the "
+            "lexical connector's word tokens, so that the model exports (default: 400 for --connector "
+            "lexical, else none; 0: keep the lexical connector)."
+        ),
+    ] = None,
     perceive_steps: Annotated[
         int | None,
         typer.Option(
@@ -74,7 +82,7 @@ def demo_cmd(
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
     ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, backbones, (word alignment,) stage 1, (perception warm-up,) stage 2, held-out
+    """World, backbones, (word alignment,) stage 1, (snap, perception warm-up,) stage 2, held-out
     evaluation, learning curve and diagnostics; prints the results table."""
     from graft.world.pretrain import check_llm
 
@@ -95,6 +103,7 @@ def demo_cmd(
         llm_steps=llm_steps,
         align_steps=align_steps,
         stage1_steps=stage1_steps,
+        snap_steps=snap_steps,
         perceive_steps=perceive_steps,
         stage2_steps=stage2_steps,
         curve_points=curve_points,

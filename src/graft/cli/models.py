@@ -112,6 +112,33 @@ def export_hf_cmd(
     typer.echo(f"exported {model} -> {out} ({architecture})")
 
 
+@app.command("snap")
+def snap_cmd(
+    model: Annotated[Path, typer.Option(help="A graft model folder (its connector: lexical).")],
+    data: Annotated[
+        Path, typer.Option(help="LLaVA JSON records whose images the new connector learns on (stage 1's).")
+    ],
+    image_root: Annotated[Path, typer.Option(help="Folder the records' image paths are relative to.")],
+    out: Annotated[Path, typer.Option(help="Folder for the snapped model.")],
+    connector: Annotated[str | None, typer.Option(help="The new connector (default: swiglu).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (default: 400).")] = None,
+    feature_cache: Annotated[
+        Path | None, typer.Option(help="Vision-feature cache folder (default: OUT/feature_cache).")
+    ] = None,
+) -> None:
+    """Give a model a connector that exports: a swiglu learns, LLM-free, to write the soft tokens of
+    its lexical connector (graft.train.snap); prints how close it comes on held-out images."""
+    from graft.train.snap import SnapSettings, snap_model
+
+    given = {"connector": connector, "steps": steps}
+    settings = SnapSettings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        fidelity = snap_model(model, data, image_root, out, feature_cache, settings)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+    typer.echo(json.dumps(fidelity, indent=2))
+
+
 @app.command("import-hf")
 def import_hf_cmd(
     model: Annotated[

@@ -60,6 +60,11 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
                 f"config.connector.reduction={reduction!r}: Aya Vision reduces tokens by pixel_shuffle only"
             )
         return AYA_VISION
+    if name == "lexical":
+        raise ExportError(
+            "config.connector.name='lexical': no transformers architecture has its word head; snap it "
+            "onto swiglu first (graft.train.snap, the demo's snap step), then export that model"
+        )
     if name not in PROJECTOR_ACTS:
         raise ExportError(
             f"config.connector.name={name!r}: transformers represents {' or '.join(PROJECTOR_ACTS)} "

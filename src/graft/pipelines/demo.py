@@ -1,8 +1,8 @@
 """The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
 
 world -> backbones -> compose -> stage 1 (caption alignment; for the ``lexical`` connector a
-word alignment instead: the connector alone, LLM-free, then a perception warm-up on
-colour-presence questions) -> stage 2 (instruction tuning)
+word alignment instead: the connector alone, LLM-free, then a snap onto ``swiglu``, which
+exports, and a perception warm-up on colour-presence questions) -> stage 2 (instruction tuning)
 -> held-out evaluation (with and without the images) -> summary.json / summary.md.
 
 Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +140,15 @@ class DemoSettings:
     vision_steps: int | None = None
     llm_steps: int | None = None
     #: optimizer steps of each stage (default: the recipe's). The word alignment before stage 1
-    #: (``graft.word_alignment``) and the perception warm-up before stage 2
+    #: (``graft.word_alignment``), the snap and the perception warm-up before stage 2
     #: (``graft.world.perception``) run by default for the ``lexical`` connector only, and the
     #: caption stage 1 by default for the others only (it moves the word tokens off their
     #: words); 0 skips a stage, a count asks for it
     align_steps: int | None = None
     stage1_steps: int | None = None
+    #: steps of the snap after the alignment (``graft.train.snap``: a ``swiglu`` learns to write
+    #: the ``lexical`` connector's word tokens, so that the model exports); ``lexical`` only
+    snap_steps: int | None = None
     perceive_steps: int | None = None
     stage2_steps: int | None = None
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
@@ -199,7 +203,7 @@ def demo_template(llm: str, llm_dir: Path) -> str:
 
 
 #: the steps ``train_demo`` runs, in order
-BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "perceive", "stage2")
+BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "snap", "perceive", "stage2")
 
 
 @dataclass
@@ -274,6 +278,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         )
     if wanted(s.stage1_steps, s.connector, lexical=False):
         stages.append(("stage1", world / "stage1.json", s.stage1_steps, None))
+    if wanted(s.snap_steps, s.connector):
+        stages.append(("snap", world / "stage1.json", s.snap_steps, None))
     if wanted(s.perceive_steps, s.connector):
         from graft.world.perception import perception_records
 
@@ -283,6 +289,12 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     src = composed
     for name, data, steps, hook in stages:
         dst = out / name
+        work: Callable[[], Any]
+        if name == "snap":
+            work = partial(snap_step, src, dst, data, world, cache, steps, s.seed)
+            clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
+            src = dst
+            continue
         overrides = {
             "model.init_from": str(src),
             "data.train": [str(data)],
@@ -297,13 +309,23 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         if steps is not None:
             overrides["max_steps"] = steps
         recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
-        clock.run(
-            name,
-            lambda dst=dst: (dst / "config.json").exists(),
-            lambda recipe=recipe, hook=hook: train(recipe, on_step=hook),
-        )
+        work = partial(train, recipe, on_step=hook)
+        clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
         src = dst
     return DemoModels(world, vision_dir, out / "stage2", clock)
+
+
+def snap_step(
+    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
+) -> None:
+    """The demo's snap: the ``lexical`` model in ``src`` -> a ``swiglu`` one writing its tokens,
+    trained on the cached features of ``records``' images."""
+    from graft.train.snap import SnapSettings, snap_model
+
+    settings = SnapSettings(seed=seed)
+    if steps is not None:
+        settings.steps = steps
+    snap_model(src, records, world, dst, cache, settings)
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:

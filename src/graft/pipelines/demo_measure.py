@@ -10,6 +10,8 @@ from typing import Any
 
 from graft.report.demo import CHANCE, read_curve
 
+#: the stages whose output is the aligned model, latest first
+ALIGNED_STAGES = ("snap", "stage1", "align")
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 32
 
@@ -64,12 +66,12 @@ def last_step(run: Path) -> int:
 
 def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
     """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
-    accuracy (alignment), the text upper bound (the LLM's reasoning without perception) and, for
-    both stages, how much the loss of training records grows when each gets another record's
-    image (does the model use the image at all)."""
+    accuracy and the words the aligned model's soft tokens say (alignment), the text upper bound
+    (the LLM's reasoning without perception) and, for both stages, how much the loss of training
+    records grows when each gets another record's image (does the model use the image at all)."""
     from graft.eval.image_reliance import image_reliance
     from graft.inference import load_for_inference
-    from graft.world.diagnostics import caption_accuracy, text_upper_bound
+    from graft.world.diagnostics import caption_accuracy, text_upper_bound, word_readout
     from graft.world.probe import probe_vision_features
 
     probe = probe_vision_features(vision, world, train_images=1000, test_images=limit)
@@ -88,6 +90,10 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
         result.update(measure(model, processor, world, limit))
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
+    # the model the question stages start from: the snapped, word-aligned or caption-aligned one
+    aligned = next((out / s for s in ALIGNED_STAGES if (out / s / "config.json").exists()), None)
+    if aligned is not None:
+        result.update(word_readout(*load_for_inference(aligned, bf16), world, limit))
     return result
 
 
@@ -129,7 +135,9 @@ def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[di
             cells = [row.get(f"{f}/accuracy{b}", float("nan")) for f in CHANCE for b in ("", "_blind")]
             lines.append(f"| {row['step']} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     diagnostics = {
-        k: v for k, v in summary.items() if k.split("/")[0] in ("probe", "caption", "stage1", "reliance")
+        k: v
+        for k, v in summary.items()
+        if k.split("/")[0] in ("probe", "caption", "words", "stage1", "reliance")
     }
     diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
     if diagnostics:

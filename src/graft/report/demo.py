@@ -31,6 +31,12 @@ DIAGNOSTICS = {
     "caption/exact": "caption: share of stage 1's held-out captions naming exactly the scene's objects",
     "caption/object_recall": "caption: share of the scenes' objects that stage 1's captions name",
     "caption/object_precision": "caption: share of the objects stage 1's captions name that are in the scene",
+    "words/colour_recall": "words: share of the scenes' colours that the aligned model's soft tokens say "
+    "(each token read as its nearest word)",
+    "words/colour_precision": "words: share of the colours the soft tokens say that are in the scene",
+    "words/shape_recall": "words: share of the scenes' shapes that the soft tokens say",
+    "words/shape_precision": "words: share of the shapes the soft tokens say that are in the scene",
+    "words/cosine": "words: mean cosine of a soft token with its nearest word (1: the tokens are words)",
     "stage1/final_loss": "stage 1 (caption pretraining): training loss at its last logged step",
     "reliance/stage1_gain": "image use: stage 1's caption loss with another image minus with its own "
     "(0: the model ignores the image)",

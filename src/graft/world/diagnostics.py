@@ -4,6 +4,8 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
 
 - ``caption_accuracy``: does the stage-1 model name what is in a held-out image? Its caption is
   read for every "colour shape" it mentions and compared, as a multiset, with the scene.
+- ``word_readout``: do the soft tokens themselves say the scene's colours and shapes, read as
+  their nearest words (what word alignment aims at)?
 - ``text_upper_bound``: the same questions answered by a model with the scene's symbolic
   description (captions and boxes) in place of the image: what perfect perception would give
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
@@ -26,6 +28,8 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from graft.eval.answers import score_answer
 from graft.eval.readers.questions import read_questions
@@ -76,6 +80,49 @@ def caption_accuracy(
         "caption/object_precision": hits / max(said, 1),
         "caption/n": len(rows),
     }
+
+
+@torch.no_grad()
+def word_readout(
+    model: Any, processor: Any, world_dir: str | os.PathLike, limit: int | None = 200, batch_size: int = 32
+) -> dict[str, float]:
+    """Do an aligned model's soft tokens say the scene's words? Each held-out image's tokens are
+    read as their nearest input embedding (by cosine); the colour and shape words read are
+    compared, as sets, with the scene's (``words/colour_recall``, ``words/shape_precision`` ...),
+    and ``words/cosine`` is the mean cosine of a token with its nearest word (1: the token is a
+    word). Nothing for a connector whose tokens depend on the question (they have no one reading)."""
+    from torch.nn import functional as F
+
+    if model.connector.needs_instruction or model.connector.needs_llm_hidden:
+        return {}
+    world = Path(world_dir)
+    rows = list(_test_scenes(world).values())[:limit]
+    table = F.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
+    words = [processor.tokenizer.decode([i]).strip().lower() for i in range(table.shape[0])]
+    found = {"colour": [0, 0, 0], "shape": [0, 0, 0]}  # hits, read, in the scene
+    cosines = []
+    device = next(model.parameters()).device
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pixels = processor.preprocess_images([load_image(world / r["image"]) for r in chunk])
+        tokens = model.get_image_features(pixel_values=pixels.to(device)).float()
+        best = F.normalize(tokens, dim=-1) @ table.T
+        cosine, index = best.max(-1)
+        cosines.append(cosine.flatten())
+        for row, ids in zip(chunk, index.tolist(), strict=True):
+            scene, read = Scene.from_dict(row["scene"]), {words[i] for i in ids}
+            for kind, vocabulary, truth in (
+                ("colour", COLORS, {o.color for o in scene.objects}),
+                ("shape", SHAPES, {o.shape for o in scene.objects}),
+            ):
+                said = read & set(vocabulary)
+                found[kind][0] += len(said & truth)
+                found[kind][1] += len(said)
+                found[kind][2] += len(truth)
+    out = {f"words/{k}_recall": v[0] / max(v[2], 1) for k, v in found.items()}
+    out |= {f"words/{k}_precision": v[0] / max(v[1], 1) for k, v in found.items()}
+    out["words/cosine"] = float(torch.cat(cosines).mean()) if cosines else 0.0
+    return out
 
 
 def with_context(scene: Scene, question: str, brief: bool = False) -> str:
