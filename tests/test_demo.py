@@ -12,16 +12,8 @@ from graft.cli import app
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     args = ["-q", "demo", "--out", str(tmp_path), "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2".split()
-    args += [
-        "--bench-limit",
-        "4",
-        "--align-steps",
-        "2",
-        "--snap-steps",
-        "2",
-        "--perceive-steps",
-        "2",
-    ]  # every stage
+    # every stage: the default connector's (lexical) and LLaVA's caption stage 1
+    args += "--bench-limit 4 --align-steps 2 --stage1-steps 2 --snap-steps 2 --perceive-steps 2".split()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())

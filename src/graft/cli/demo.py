@@ -32,7 +32,8 @@ def demo_cmd(
     connector: Annotated[
         str,
         typer.Option(
-            help="Connector: swiglu, lexical, mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
+            help="Connector: lexical (the LLM's words, snapped onto swiglu to export), swiglu (LLaVA's "
+            "caption path, half the time), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
         ),
     ] = DemoSettings.connector,
     reduction: Annotated[

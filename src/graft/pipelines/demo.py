@@ -134,7 +134,10 @@ class DemoSettings:
     #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
-    connector: str = "swiglu"
+    #: lexical: soft tokens that are the LLM's words (word alignment, snap onto swiglu so the
+    #: model exports, perception warm-up, stage 2); swiglu: LLaVA's path (caption stage 1,
+    #: stage 2), at chance on the shapes world but half the time (README)
+    connector: str = "lexical"
     reduction: str | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
