@@ -56,6 +56,8 @@ def test_a_snapped_swiglu_writes_the_lexical_connectors_tokens_and_exports(tmp_p
 def test_snapping_needs_more_images_than_it_holds_out(tmp_path):
     teacher, processor = tiny_model_and_processor(SPEC)
     features = torch.randn(10, teacher.num_patches, teacher.config.vision_config.hidden_size)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        snap_connector(teacher, processor, features, tmp_path / "student", SnapSettings(steps=0))
     with pytest.raises(ValueError, match="more than 256 images"):
         snap_connector(teacher, processor, features, tmp_path / "student")
 

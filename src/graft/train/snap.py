@@ -2,8 +2,9 @@
 
 The ``lexical`` connector writes words the LLM already reads (``graft.word_alignment``), but no
 transformers architecture has its word head, so a model with it does not export. Its trunk is
-``swiglu``'s, so a ``swiglu`` student starts from the teacher's weights and learns, LLM-free, to
-write the teacher's soft tokens directly: a squared error relative to a word's size, on the
+``swiglu``'s, so a ``swiglu`` student starts from the teacher's weights (its last layer scaled to
+the tokens' size: the trunk only had to point at words) and learns, LLM-free, to write the
+teacher's soft tokens directly: a squared error relative to a word's size, on the
 cached vision features of a records file's images. The student model (same vision tower, LLM
 and processor) is saved for the next stage, and exports as ``swiglu`` models do.
 """
@@ -130,6 +131,8 @@ def snap_connector(
     from graft.train.checkpoint import save_final
 
     s = settings or SnapSettings()
+    if s.steps < 1 or s.batch_size < 1:
+        raise ValueError(f"snapping needs steps >= 1 and batch_size >= 1, got {s.steps} and {s.batch_size}")
     if len(features) <= s.heldout:
         raise ValueError(
             f"snapping needs more than {s.heldout} images (the held-out ones); got {len(features)}"
