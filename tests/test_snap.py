@@ -83,3 +83,22 @@ def test_graft_snap_turns_a_lexical_model_folder_into_one_that_exports(tmp_path)
     assert snapped.config.connector["name"] == "swiglu" and export_architecture(snapped)
     missing = CliRunner().invoke(app, ["snap", "--model", str(tmp_path / "nothing"), *args[3:], "--out", "x"])
     assert missing.exit_code != 0 and "nothing is not a model folder" in missing.output
+
+
+def test_snapping_copies_what_fits_and_refuses_what_cannot_be_snapped(tmp_path):
+    teacher, processor = tiny_model_and_processor(
+        {"name": "mlp2x_gelu", "reduction": "pixel_shuffle", "reduction_factor": 2}
+    )
+    features = torch.randn(40, teacher.num_patches, teacher.config.vision_config.hidden_size)
+    settings = SnapSettings(steps=2, batch_size=8, heldout=8)
+    result = snap_connector(
+        teacher, processor, features, tmp_path / "student", settings
+    )  # shapes differ: learned
+    assert result["relative_error"] >= 0
+    query, _ = tiny_model_and_processor("qformer")
+    with pytest.raises(ValueError, match="cannot snap connector 'qformer' onto 'swiglu'"):
+        snap_connector(query, processor, features, tmp_path / "q", settings)
+    with pytest.raises(ValueError, match="tokens depend on the question"):
+        snap_connector(
+            tiny_model_and_processor("qformer_instruct")[0], processor, features, tmp_path / "i", settings
+        )

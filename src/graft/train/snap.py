@@ -47,18 +47,29 @@ class SnapSettings:
 
 
 def _student(teacher: GraftForConditionalGeneration, connector: str) -> GraftForConditionalGeneration:
-    """A model with the teacher's weights and ``connector`` in place of its connector's name; the
-    connector's weights are copied where the two share them (all of them for lexical -> swiglu)."""
+    """A model with the teacher's weights and ``connector`` in place of its connector's name (its
+    other options kept); the connector's weights are copied where name and shape agree (all of
+    them for lexical -> swiglu)."""
+    name = teacher.config.connector.get("name")
+    if teacher.connector.needs_instruction or teacher.connector.needs_llm_hidden:
+        raise ValueError(
+            f"cannot snap connector {name!r}: its tokens depend on the question, not the image alone"
+        )
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     spec = {k: v for k, v in dict(teacher.config.connector).items() if k != "word_scale"}
     config.connector = spec | {"name": connector}
-    student = GraftForConditionalGeneration(config).to(teacher.dtype)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or [k for k in missing if not k.startswith("connector.")]:
+    try:
+        student = GraftForConditionalGeneration(config).to(teacher.dtype)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot snap connector {name!r} onto {connector!r}: {err}") from None
+    if student.config.image_seq_length != teacher.config.image_seq_length:
         raise ValueError(
-            f"cannot snap connector {teacher.config.connector.get('name')!r} onto {connector!r}: "
-            f"they share the vision tower and LLM but not {sorted(unexpected) or sorted(missing)}"
+            f"cannot snap connector {name!r} onto {connector!r}: they give {teacher.config.image_seq_length} "
+            f"and {student.config.image_seq_length} tokens per image"
         )
+    mine = student.state_dict()
+    shared = {k: v for k, v in teacher.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    student.load_state_dict(shared, strict=False)
     return student
 
 
