@@ -21,6 +21,8 @@ from graft.connectors.registry import register_connector
 
 
 class _Projector(Connector):
+    spatial = True
+
     def __init__(
         self,
         vision_hidden_size: int,

@@ -139,7 +139,7 @@ class FeatureCache:
         With several processes each computes a share (``rank::world_size``) of the missing
         images; ``barrier`` (all processes wait) is called once every process has listed what
         is missing and before anyone writes, so they all split the same list. Call ``load``
-        after all are done. Returns the keys and counts. An image that
+        after all are done. Returns the keys, each one's image file and counts. An image that
         cannot be read is an error, or, when the dataset skips bad samples, left uncached (the
         loop then skips batches that hold it).
         """
@@ -172,7 +172,14 @@ class FeatureCache:
             bar.update(len(chunk))
         bar.close()
         model.vision_tower.train(was_training)
-        return {"keys": sorted(paths), "images": len(paths), "computed": len(mine) - len(bad), "bad": bad}
+        keys = sorted(paths)
+        return {
+            "keys": keys,
+            "files": [paths[k] for k in keys],
+            "images": len(paths),
+            "computed": len(mine) - len(bad),
+            "bad": bad,
+        }
 
 
 def _image_paths(dataset: Any) -> dict[str, str]:

@@ -1,12 +1,17 @@
-"""Snap a connector onto another architecture: the ``lexical`` connector onto plain ``swiglu``.
+"""Teach a connector to write given soft tokens, LLM-free: a snap onto another architecture, or
+tokens grounded in annotations.
 
-The ``lexical`` connector writes words the LLM already reads (``graft.word_alignment``), but no
-transformers architecture has its word head, so a model with it does not export. Its trunk is
-``swiglu``'s, so a ``swiglu`` student starts from the teacher's weights (its last layer scaled to
-the tokens' size: the trunk only had to point at words) and learns, LLM-free, to write the
-teacher's soft tokens directly: a squared error relative to a word's size, on the
-cached vision features of a records file's images. The student model (same vision tower, LLM
-and processor) is saved for the next stage, and exports as ``swiglu`` models do.
+``fit_connector`` is the one loop: a squared error relative to a word's size, on the cached
+vision features of a records file's images, the connector's last layer first scaled to the
+targets' size. Two callers:
+
+- the snap (``snap_connector``): the ``lexical`` connector writes words the LLM already reads
+  (``graft.word_alignment``), but no transformers architecture has its word head, so a model with
+  it does not export. Its trunk is ``swiglu``'s, so a ``swiglu`` student starts from the
+  teacher's weights and learns to write the teacher's soft tokens directly; it exports as
+  ``swiglu`` models do;
+- grounding on the shapes world (``graft.world.grounding`` gives each image cell's target words,
+  the demo's ``ground`` step fits the connector to them).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,18 +35,36 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SnapSettings:
-    """How the student learns the teacher's tokens."""
+class FitSettings:
+    """How a connector learns to write given tokens (``fit_connector``)."""
 
-    #: the student's connector: the teacher's spec under this name (its other options kept)
-    connector: str = "swiglu"
     steps: int = 400
     #: images per step
     batch_size: int = 64
     lr: float = 2.0e-3
-    #: images held out to measure how close the student comes (never trained on)
+    #: images held out to measure how close the connector comes (never trained on)
     heldout: int = 256
     seed: int = 0
+
+    def check(self, images: int) -> None:
+        """A ValueError unless the settings can fit on ``images`` images."""
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                "fitting a connector needs steps >= 1 and batch_size >= 1, "
+                f"got {self.steps} and {self.batch_size}"
+            )
+        if images <= self.heldout:
+            raise ValueError(
+                f"fitting a connector needs more than {self.heldout} images (the held-out ones); got {images}"
+            )
+
+
+@dataclass
+class SnapSettings(FitSettings):
+    """How the student learns the teacher's tokens."""
+
+    #: the student's connector: the teacher's spec under this name (its other options kept)
+    connector: str = "swiglu"
     #: the teacher's tokens under bfloat16 autocast, as the recipes train (its 49k-word product
     #: is most of the step's cost)
     bf16: bool = True
@@ -116,16 +140,76 @@ def cached_features(
     records: str | Path,
     image_root: str | Path,
     cache_dir: str | Path,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, list[str]]:
     """The vision features ``[N, P, d_vis]`` of every image of a records file, from (and into) the
-    feature cache that training keeps in ``cache_dir``."""
+    feature cache that training keeps in ``cache_dir``, and each one's image file (an image that
+    several records share once)."""
     from graft.data import LlavaDataset
     from graft.data.feature_cache import FeatureCache
 
     dataset = LlavaDataset(records, image_root, processor)
     cache = FeatureCache.for_model(cache_dir, model)
-    keys = cache.fill(model, dataset)["keys"]
-    return cache.batch(keys).float()
+    filled = cache.fill(model, dataset)
+    return cache.batch(filled["keys"]).float(), filled["files"]
+
+
+def fit_connector(
+    connector: torch.nn.Module,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    table: torch.Tensor,
+    settings: FitSettings | None = None,
+    judge: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Teach ``connector`` to write ``targets`` ``[N, M, d]`` (soft tokens) from ``features``
+    ``[N, P, d_vis]`` (the chosen vision layer's, as a feature cache holds them), LLM-free: a
+    squared error relative to the mean squared size of a word of ``table`` (the LLM's input
+    embeddings, ``[V, d]``). Its last linear layer is first scaled to the targets' size. Returns
+    the fidelity on ``settings.heldout`` images it never trains on (with what ``judge`` says of
+    their tokens and targets), the last loss and the time."""
+    s = settings or FitSettings()
+    s.check(len(features))
+    if len(targets) != len(features):
+        raise ValueError(f"{len(features)} images' features but {len(targets)} images' target tokens")
+    start, device = time.perf_counter(), PartialState().device
+    features, targets, table = features.to(device), targets.to(device).float(), table.to(device).float()
+    rng = torch.Generator().manual_seed(s.seed)
+    order = torch.randperm(len(features), generator=rng).to(device)
+    test, train = order[: s.heldout], order[s.heldout :]
+    connector = connector.to(device).float().train()
+    _match_size(connector, features[train[: s.batch_size]].float(), targets[train[: s.batch_size]])
+    optimizer = torch.optim.AdamW(connector.parameters(), lr=s.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=s.steps, pct_start=0.05)
+    scale = (table**2).sum(-1).mean()
+    for step in tqdm(range(s.steps), desc="fitting connector", unit="step", disable=None):
+        pick = train[torch.randint(len(train), (s.batch_size,), generator=rng).to(device)]
+        loss = ((connector(features[pick].float()) - targets[pick]) ** 2).sum(-1).mean() / scale
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % 50 == 0:
+            logger.info("connector fit step %d: loss %.4f", step + 1, loss.item())
+    connector.eval()
+    with torch.no_grad():
+        tokens = connector(features[test].float())
+        result = _fidelity(tokens, targets[test], table) | (judge(tokens, targets[test]) if judge else {})
+    result["final_loss"] = loss.item()
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def save_fitted(
+    model: GraftForConditionalGeneration, processor: Any, out: str | Path, record: dict[str, Any], name: str
+) -> None:
+    """Save a model whose connector was fitted into ``out``, with ``record`` (settings and
+    fidelity) as ``out/{name}.json``."""
+    from graft.train.checkpoint import save_final
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{name}.json", json.dumps(record, indent=2))
+    save_final(model.cpu(), processor, out)
 
 
 def snap_connector(
@@ -139,47 +223,16 @@ def snap_connector(
     (``[N, P, d_vis]``, the chosen vision layer's, as a feature cache holds them) and save it
     with ``processor`` into ``out``. Returns the student's fidelity on the held-out images
     (``snap.json`` in ``out`` keeps it with the settings)."""
-    from graft.train.checkpoint import save_final
-
     s = settings or SnapSettings()
-    if s.steps < 1 or s.batch_size < 1:
-        raise ValueError(f"snapping needs steps >= 1 and batch_size >= 1, got {s.steps} and {s.batch_size}")
-    if len(features) <= s.heldout:
-        raise ValueError(
-            f"snapping needs more than {s.heldout} images (the held-out ones); got {len(features)}"
-        )
+    s.check(len(features))
     start, device = time.perf_counter(), PartialState().device
     student = _student(teacher, s.connector)
     teacher.to(device).eval()
     table = teacher.get_input_embeddings().weight.detach().float()
     targets = _teacher_tokens(teacher, features, s, device)
-    features = features.to(device)
-    rng = torch.Generator().manual_seed(s.seed)
-    order = torch.randperm(len(features), generator=rng).to(device)
-    test, train = order[: s.heldout], order[s.heldout :]
-    connector = student.connector.to(device).float().train()
-    _match_size(connector, features[train[: s.batch_size]], targets[train[: s.batch_size]])
-    optimizer = torch.optim.AdamW(connector.parameters(), lr=s.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=s.steps, pct_start=0.05)
-    scale = (table**2).sum(-1).mean()
-    for step in tqdm(range(s.steps), desc="snapping connector", unit="step", disable=None):
-        pick = train[torch.randint(len(train), (s.batch_size,), generator=rng).to(device)]
-        loss = ((connector(features[pick].float()) - targets[pick]) ** 2).sum(-1).mean() / scale
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if (step + 1) % 50 == 0:
-            logger.info("snap step %d: loss %.4f", step + 1, loss.item())
-    connector.eval()
-    with torch.no_grad():
-        result = _fidelity(connector(features[test].float()), targets[test], table)
-    result["final_loss"] = loss.item()
-    result["seconds"] = round(time.perf_counter() - start, 2)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "snap.json", json.dumps({"settings": asdict(s), "fidelity": result}, indent=2))
-    save_final(student.cpu(), processor, out)
+    result = fit_connector(student.connector, features, targets, table, s)
+    result["seconds"] = round(time.perf_counter() - start, 2)  # the teacher's tokens included
+    save_fitted(student, processor, out, {"settings": asdict(s), "fidelity": result}, "snap")
     return result
 
 
@@ -198,7 +251,7 @@ def snap_model(
 
     s = settings or SnapSettings()
     model, processor = load_for_inference(Path(source))
-    features = cached_features(
+    features, _ = cached_features(
         model, processor, records, image_root, cache_dir or Path(out) / "feature_cache"
     )
     return snap_connector(

@@ -1,0 +1,121 @@
+"""Grounded word tokens on the shapes world: what each image token should say, from the world's
+exact annotations.
+
+A projector with pixel-shuffle reduction gives one token per cell of a square grid over the
+image, in row-major order (the ViT's patch order). The grounding target of a cell is the LLM's
+own input embeddings of what the world puts there: the mean of its colour word and its shape
+word (" red", " circle", as a question says them) for the object that covers most of the cell,
+the embedding of ``BACKGROUND_WORD`` for a cell no object covers enough. A connector taught to write these
+tokens (``graft.train.snap.fit_connector``, LLM-free) hands the LLM each object's colour and
+shape bound in one token, at its place: the dense, region-level supervision that real models
+get from grounded caption data, here exact. The word alignment from captions
+(``graft.word_alignment``) only ever learned colour words at the objects and a blur of shape
+words around them (README, "What the demo measures today").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .scene import COLORS, SHAPES, Scene
+from .vision import patch_labels
+
+#: what a cell without an object says
+BACKGROUND_WORD = " background"
+#: share of a cell's pixels an object must paint for the cell to be that object's
+MIN_COVER = 0.1
+
+
+def word_embedding(tokenizer: Any, embeddings: torch.Tensor, word: str) -> torch.Tensor:
+    """The input embedding of ``word``: its token's, or the mean of its tokens' where the LLM's
+    vocabulary splits it (SmolLM2 has each of the world's words as one token)."""
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"the LLM's tokenizer gives no token for {word!r}")
+    return embeddings[ids].mean(0)
+
+
+def grid_side(tokens_per_image: int) -> int:
+    """The side of the square token grid, or a ValueError for a token count that is not one."""
+    side = math.isqrt(tokens_per_image)
+    if side * side != tokens_per_image:
+        raise ValueError(
+            f"grounding needs one token per cell of a square grid; this connector gives {tokens_per_image} "
+            "tokens per image"
+        )
+    return side
+
+
+def cell_words(tokenizer: Any, embeddings: torch.Tensor) -> torch.Tensor:
+    """``[1 + shapes * colours, d]``: what a cell can say, the background word first, then each
+    shape's words with each colour's (``cell_classes``' order), from ``embeddings`` ``[V, d]``,
+    the LLM's input embedding table."""
+    table = embeddings.detach().float()
+    background = word_embedding(tokenizer, table, BACKGROUND_WORD)
+    shapes = torch.stack([word_embedding(tokenizer, table, f" {s}") for s in SHAPES])
+    colours = torch.stack([word_embedding(tokenizer, table, f" {c}") for c in COLORS])
+    objects = 0.5 * (shapes[:, None] + colours[None, :])
+    return torch.cat([background[None], objects.reshape(-1, table.shape[1])])
+
+
+def cell_classes(scene: Scene, side: int) -> torch.Tensor:
+    """``[side * side]`` row-major: 0 for a background cell, else ``1 + shape * colours + colour``
+    of the object that paints most of the cell (at least ``MIN_COVER`` of it)."""
+    if scene.image_size % side:
+        raise ValueError(f"a {scene.image_size}-pixel image does not split into a {side}x{side} grid")
+    labels = patch_labels(scene, scene.image_size // side, MIN_COVER)  # [cells, (shape, colour, size)]
+    return torch.where(labels[:, 0] > 0, 1 + (labels[:, 0] - 1) * len(COLORS) + (labels[:, 1] - 1), 0)
+
+
+def grounding_targets(
+    scenes: Sequence[Scene], tokens_per_image: int, tokenizer: Any, embeddings: torch.Tensor
+) -> torch.Tensor:
+    """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
+    side = grid_side(tokens_per_image)
+    words = cell_words(tokenizer, embeddings)
+    return torch.stack([words[cell_classes(scene, side)] for scene in scenes])
+
+
+def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor) -> dict[str, float]:
+    """How often a token is nearest (by distance) to its target's cell words: over every cell
+    (``cell_acc``) and, on the cells of objects, the shape's and the colour's share."""
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1)
+
+    truth, said = classify(targets), classify(tokens)
+    objects = truth > 0
+    shape = (truth[objects] - 1) // len(COLORS) == (said[objects] - 1) // len(COLORS)
+    colour = (truth[objects] - 1) % len(COLORS) == (said[objects] - 1) % len(COLORS)
+    return {
+        "cell_acc": float((truth == said).float().mean()),
+        "object_shape_acc": float((shape & (said[objects] > 0)).float().mean()),
+        "object_colour_acc": float((colour & (said[objects] > 0)).float().mean()),
+    }
+
+
+def scenes_of_images(world_dir: str | os.PathLike, images: Sequence[str | os.PathLike]) -> list[Scene]:
+    """The scene of each image file (a path inside the world's folder, absolute or relative to it),
+    from the world's ``meta/{split}.jsonl``; a KeyError names an image the world does not know."""
+    world = Path(world_dir).resolve()
+    known: dict[Path, dict] = {}
+    for meta in sorted((world / "meta").glob("*.jsonl")):
+        for line in meta.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                known[(world / row["image"]).resolve()] = row["scene"]
+    scenes = []
+    for image in images:
+        path = Path(image) if Path(image).is_absolute() else world / image
+        scene = known.get(path.resolve())
+        if scene is None:
+            raise KeyError(f"{image}: no scene for this image in {world / 'meta'}")
+        scenes.append(Scene.from_dict(scene))
+    return scenes

@@ -1,0 +1,95 @@
+"""Grounded word tokens (``graft.world.grounding``) and the connector fit that learns them
+(``graft.train.snap.fit_connector``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from graft.train.snap import FitSettings, fit_connector
+from graft.world.grounding import (
+    cell_accuracy,
+    cell_classes,
+    cell_words,
+    grid_side,
+    grounding_targets,
+    scenes_of_images,
+    word_embedding,
+)
+from graft.world.scene import COLORS, SHAPES, Obj, Scene
+
+from tiny import tiny_model_and_processor, tiny_tokenizer
+
+torch.set_num_threads(1)
+
+
+def _scene() -> Scene:
+    # a large red circle centred on cell (row 0, col 0) and a small blue square in cell (2, 3)
+    return Scene([Obj("circle", "red", "large", 0.2, 0.2), Obj("square", "blue", "small", 0.85, 0.6)])
+
+
+def test_each_cell_says_its_objects_colour_and_shape_words_or_background():
+    tokenizer = tiny_tokenizer()
+    table = torch.randn(len(tokenizer), 8)
+    targets = grounding_targets([_scene()], 16, tokenizer, table)
+    assert targets.shape == (1, 16, 8)
+
+    def words(*names: str) -> torch.Tensor:
+        return torch.stack([word_embedding(tokenizer, table, f" {n}") for n in names]).mean(0)
+
+    classes = cell_classes(_scene(), 4)
+    assert classes[0] == 1 + SHAPES.index("circle") * len(COLORS) + list(COLORS).index("red")
+    assert torch.allclose(targets[0, 0], words("red", "circle"))
+    assert torch.allclose(targets[0, 2 * 4 + 3], words("blue", "square"))
+    # far from both objects: the background word (the tiny vocabulary splits it into pieces)
+    assert torch.allclose(targets[0, 3 * 4 + 0], word_embedding(tokenizer, table, " background"))
+    ids = tokenizer.encode(" background", add_special_tokens=False)
+    assert torch.allclose(word_embedding(tokenizer, table, " background"), table[ids].mean(0))
+    assert {int(c) for c in classes} == {0, int(classes[0]), int(classes[11])}
+
+
+def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_know(tmp_path):
+    with pytest.raises(ValueError, match="17 tokens per image"):
+        grid_side(17)
+    with pytest.raises(ValueError, match="does not split into a 5x5 grid"):
+        cell_classes(_scene(), 5)
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "train.jsonl").write_text(
+        json.dumps({"id": "0", "image": "images/train/0.png", "scene": _scene().to_dict()}) + "\n"
+    )
+    assert scenes_of_images(tmp_path, ["images/train/0.png"])[0].objects == _scene().objects
+    assert scenes_of_images(tmp_path, [tmp_path / "images/train/0.png"])[0].objects == _scene().objects
+    with pytest.raises(KeyError, match="images/train/1.png: no scene"):
+        scenes_of_images(tmp_path, ["images/train/1.png"])
+
+
+def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
+    """Cells whose (toy) features carry their class: the fitted projector's tokens land nearest
+    their own words on held-out images, where the untrained one's do not."""
+    model, processor = tiny_model_and_processor(
+        {"name": "swiglu", "reduction": "pixel_shuffle", "reduction_factor": 2, "layer_norm": True}
+    )
+    side = grid_side(model.config.image_seq_length)
+    d_vis, patches = model.config.vision_config.hidden_size, model.num_patches
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(1 + len(SHAPES) * len(COLORS), d_vis, generator=g)
+    classes = torch.randint(0, len(codes), (400, side, side), generator=g)
+    # every patch of a cell shows its class's code (pixel shuffle groups 2x2 patches per cell)
+    grid = classes.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(400, patches)
+    features = codes[grid] + 0.05 * torch.randn(400, patches, d_vis, generator=g)
+    table = model.get_input_embeddings().weight.detach().float()
+    words = cell_words(processor.tokenizer, table)
+    targets = words[classes.reshape(400, -1)]
+    held = features[:64]
+    with torch.no_grad():
+        before = cell_accuracy(model.connector(held), targets[:64], words)
+    settings = FitSettings(steps=300, batch_size=32, heldout=64, lr=3e-3)
+    result = fit_connector(
+        model.connector, features, targets, table, settings, lambda t, y: cell_accuracy(t, y, words)
+    )
+    assert result["cell_acc"] > 0.9 > before["cell_acc"] + 0.5
+    assert result["object_shape_acc"] > 0.9 and result["object_colour_acc"] > 0.9
+    with pytest.raises(ValueError, match="400 images' features but 3 images' target tokens"):
+        fit_connector(model.connector, features, targets[:3], table, settings)
