@@ -16,7 +16,7 @@ connector frozen, same learning rate and batch):
 
     python benchmarks/perception_warmup.py --demo runs/demo --out runs/perception_warmup
 
-``--demo`` is a finished ``graft demo --connector swiglu`` folder (its world, stage-1 model and
+``--demo`` is a finished ``graft demo --alignment captions`` folder (its world, stage-1 model and
 feature cache; the default demo has no caption stage 1).
 Models already trained in ``--out`` are reused (their seconds are then null). Prints one JSON
 line.

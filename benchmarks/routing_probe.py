@@ -13,7 +13,7 @@ perceives without reading: the failure a plateau of stage 2 shows (``perception_
 
     python benchmarks/routing_probe.py --model runs/demo/stage1 --world runs/demo/world
 
-(``runs/demo`` made by ``graft demo --connector swiglu``: the default demo has no stage 1.)
+(``runs/demo`` made by ``graft demo --alignment captions``: the default demo has no stage 1.)
 
 Prints one JSON line: per probed layer, both accuracies, and the majority baselines.
 """

@@ -10,7 +10,7 @@ gives samples/s and the speed-up over the first configuration of its phase.
     python benchmarks/smollm2_speed.py --model runs/demo/stage1 --world runs/demo/world
 
 ``--model`` is a graft folder grafted onto SmolLM2 (``runs/demo/composed``, or ``stage1`` of a
-``graft demo --connector swiglu`` run).
+``graft demo --alignment captions`` run).
 """
 
 from __future__ import annotations

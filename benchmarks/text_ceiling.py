@@ -15,7 +15,7 @@ description tells it.
 that answer format at all, given the samples?); ``--brief`` cuts the description to the one
 sentence naming every object's size, colour, shape and place, in training and in scoring.
 
-``--demo`` is a finished ``graft demo --connector swiglu`` folder (its ``world`` and ``stage1``).
+``--demo`` is a finished ``graft demo --alignment captions`` folder (its ``world`` and ``stage1``).
 Prints one JSON line: the steps, training samples seen, training seconds (null when a model in
 ``--out`` is reused), ``{binary,mcq}/accuracy_text`` and the same per question type.
 """

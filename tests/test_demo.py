@@ -12,8 +12,9 @@ from graft.cli import app
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     args = ["-q", "demo", "--out", str(tmp_path), "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2".split()
-    # every stage: the default connector's (lexical) and LLaVA's caption stage 1
-    args += "--bench-limit 4 --align-steps 2 --stage1-steps 2 --snap-steps 2 --perceive-steps 2".split()
+    # every stage: the default alignment's (ground), the word alignment's and the caption stage 1
+    args += "--bench-limit 4 --ground-steps 2 --align-steps 2 --stage1-steps 2 --snap-steps 2".split()
+    args += ["--perceive-steps", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -28,7 +29,13 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert last == json.loads((tmp_path / "stage2" / "log.jsonl").read_text().splitlines()[-1])["step"]
     assert all(curve[-1][k] == summary[k] for k in ("binary/accuracy", "mcq/accuracy_blind"))
     assert not (tmp_path / "curve" / f"step{last}").exists() and (tmp_path / "curve" / "step0").is_dir()
-    for key in ("probe/shape_acc", "caption/object_recall", "binary/accuracy_text", "words/shape_recall"):
+    for key in (
+        "probe/shape_acc",
+        "caption/object_recall",
+        "binary/accuracy_text",
+        "words/shape_recall",
+        "ground/object_shape_acc",
+    ):
         assert key in summary
     for stage in ("stage1", "stage2"):
         gain = summary[f"reliance/{stage}_loss_other"] - summary[f"reliance/{stage}_loss_own"]
@@ -37,6 +44,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
         "world",
         "backbones",
         "compose",
+        "ground",
         "align",
         "stage1",
         "snap",
@@ -89,9 +97,18 @@ def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
 
 
-def test_the_lexical_connector_swaps_stage_1_for_its_word_stages_by_default():
-    from graft.pipelines.demo import wanted
+def test_the_alignment_picks_the_stages_before_stage_2():
+    from graft.pipelines.demo import check_alignment, stages_wanted
 
-    assert wanted(None, "lexical") and not wanted(None, "swiglu")  # word alignment, perception warm-up
-    assert wanted(None, "swiglu", lexical=False) and not wanted(None, "lexical", lexical=False)  # stage 1
-    assert not wanted(0, "lexical") and wanted(3, "swiglu") and wanted(3, "lexical", lexical=False)
+    assert check_alignment("swiglu", None) == "ground" and check_alignment("lexical", None) == "words"
+    assert check_alignment("qformer", None) == "captions"
+    assert check_alignment("swiglu", "captions") == "captions"
+    with pytest.raises(ValueError, match="queries"):
+        check_alignment("qformer", "ground")
+    with pytest.raises(ValueError, match="unknown alignment 'glue'"):
+        check_alignment("swiglu", "glue")
+    assert stages_wanted("ground", {}) == ["ground", "perceive"]
+    assert stages_wanted("words", {}) == ["align", "snap", "perceive"]
+    assert stages_wanted("captions", {}) == ["stage1"]
+    # 0 skips a stage the alignment runs; a count asks for one it does not
+    assert stages_wanted("ground", {"perceive": 0, "stage1": 3}) == ["ground", "stage1"]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, RunFolderError, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, RunFolderError, check_alignment, connector_spec, run_demo
 
 
 @app.command("demo")
@@ -32,10 +32,19 @@ def demo_cmd(
     connector: Annotated[
         str,
         typer.Option(
-            help="Connector: lexical (the LLM's words, snapped onto swiglu to export), swiglu (LLaVA's "
-            "caption path, half the time), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
+            help="Connector: swiglu (exports to Aya Vision), lexical (the LLM's words, snapped onto "
+            "swiglu to export), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
         ),
     ] = DemoSettings.connector,
+    alignment: Annotated[
+        str | None,
+        typer.Option(
+            help="How the connector first learns: ground (each image cell's token onto the LLM's words "
+            "for what the world's annotations put there, LLM-free; the projectors' default), words (the "
+            "lexical connector's word alignment and snap; its default) or captions (LLaVA's stage 1; "
+            "the qformer's default). ground and words end with a perception warm-up."
+        ),
+    ] = None,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
     ] = None,
@@ -46,33 +55,37 @@ def demo_cmd(
         int | None, typer.Option(help="Vision-tower pretraining steps (--vision train).")
     ] = None,
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps (--llm tiny).")] = None,
+    ground_steps: Annotated[
+        int | None,
+        typer.Option(help="Grounding steps (default: 1000 for --alignment ground, else none; 0: skip it)."),
+    ] = None,
     align_steps: Annotated[
         int | None,
         typer.Option(
-            help="Word-alignment steps, before any stage 1 (default: the recipe's for --connector lexical, "
+            help="Word-alignment steps, before any stage 1 (default: the recipe's for --alignment words, "
             "else none; 0: skip it)."
         ),
     ] = None,
     stage1_steps: Annotated[
         int | None,
         typer.Option(
-            help="Stage-1 steps (default: the recipe's, none for --connector lexical, whose word "
-            "alignment stands in for it; 0: no caption stage)."
+            help="Caption stage-1 steps (default: the recipe's for --alignment captions, else none; 0: "
+            "skip it)."
         ),
     ] = None,
     snap_steps: Annotated[
         int | None,
         typer.Option(
             help="Steps of the snap after the word alignment: a swiglu connector learns to write the "
-            "lexical connector's word tokens, so that the model exports (default: 400 for --connector "
-            "lexical, else none; 0: keep the lexical connector)."
+            "lexical connector's word tokens, so that the model exports (default: 400 for --alignment "
+            "words, else none; 0: keep the lexical connector)."
         ),
     ] = None,
     perceive_steps: Annotated[
         int | None,
         typer.Option(
             help="Perception warm-up steps before stage 2 (colour-presence questions; default: the "
-            "recipe's for --connector lexical, else none; 0: skip it)."
+            "recipe's for --alignment ground or words, else none; 0: skip it)."
         ),
     ] = None,
     stage2_steps: Annotated[int | None, typer.Option(help="Stage-2 steps (default: the recipe's).")] = None,
@@ -83,12 +96,14 @@ def demo_cmd(
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
     ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, backbones, (word alignment,) stage 1, (snap, perception warm-up,) stage 2, held-out
-    evaluation, learning curve and diagnostics; prints the results table."""
+    """World, backbones, the alignment (grounding or word alignment and snap, then a perception
+    warm-up; or a caption stage 1), stage 2, held-out evaluation, learning curve and diagnostics;
+    prints the results table."""
     from graft.world.pretrain import check_llm
 
     try:  # before any work: a bad choice fails in a second, not after pretraining
         connector_spec(connector, reduction)
+        check_alignment(connector, alignment)
         check_llm(llm)
     except (ValueError, OSError) as err:
         fail(str(err))
@@ -98,10 +113,12 @@ def demo_cmd(
         llm=llm,
         vision=vision,
         connector=connector,
+        alignment=alignment,
         reduction=reduction,
         eval_limit=eval_limit,
         vision_steps=vision_steps,
         llm_steps=llm_steps,
+        ground_steps=ground_steps,
         align_steps=align_steps,
         stage1_steps=stage1_steps,
         snap_steps=snap_steps,

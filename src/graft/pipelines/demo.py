@@ -1,9 +1,10 @@
 """The demo pipeline (``graft demo``): the whole job on the embedded default, the shapes world.
 
-world -> backbones -> compose -> stage 1 (caption alignment; for the ``lexical`` connector a
-word alignment instead: the connector alone, LLM-free, then a snap onto ``swiglu``, which
-exports, and a perception warm-up on colour-presence questions) -> stage 2 (instruction tuning)
--> held-out evaluation (with and without the images) -> summary.json / summary.md.
+world -> backbones -> compose -> alignment (``DemoSettings.alignment``: by default the grounding,
+LLM-free, of each image cell's token onto the LLM's words for what is there, then a perception
+warm-up on colour-presence questions; or the lexical connector's word alignment and snap; or
+LLaVA's caption stage 1) -> stage 2 (instruction tuning) -> held-out evaluation (with and
+without the images) -> summary.json / summary.md.
 
 Every step leaves a finished marker; a rerun reuses finished steps and reports the wall time
 each took when it ran.
@@ -134,23 +135,25 @@ class DemoSettings:
     #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
-    #: lexical: soft tokens that are the LLM's words (word alignment, snap onto swiglu so the
-    #: model exports, perception warm-up, stage 2); swiglu: LLaVA's path (caption stage 1,
-    #: stage 2), at chance on the shapes world but half the time (README)
-    connector: str = "lexical"
+    #: the final model's connector (``connector_spec``): swiglu exports to Aya Vision; lexical
+    #: (soft tokens that are mixtures of the LLM's words) is snapped onto swiglu to export
+    connector: str = "swiglu"
+    #: how the connector first learns to hand the LLM the image (``ALIGNMENTS``; default
+    #: ``default_alignment``): ground (LLM-free, each image cell's token onto the LLM's words for
+    #: what the world's annotations put there, then a perception warm-up), words (the lexical
+    #: connector's word alignment on captions, its snap onto swiglu, the warm-up) or captions
+    #: (LLaVA's stage 1, at chance on the shapes world: README)
+    alignment: str | None = None
     reduction: str | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
-    #: optimizer steps of each stage (default: the recipe's). The word alignment before stage 1
-    #: (``graft.word_alignment``), the snap and the perception warm-up before stage 2
-    #: (``graft.world.perception``) run by default for the ``lexical`` connector only, and the
-    #: caption stage 1 by default for the others only (it moves the word tokens off their
-    #: words); 0 skips a stage, a count asks for it
+    #: optimizer steps of each stage (default: the recipe's; ``GROUND_STEPS`` and
+    #: ``SnapSettings.steps`` for the fits). Which stages run by default follows the alignment
+    #: (``stages_wanted``); 0 skips a stage, a count asks for it
+    ground_steps: int | None = None
     align_steps: int | None = None
     stage1_steps: int | None = None
-    #: steps of the snap after the alignment (``graft.train.snap``: a ``swiglu`` learns to write
-    #: the ``lexical`` connector's word tokens, so that the model exports); ``lexical`` only
     snap_steps: int | None = None
     perceive_steps: int | None = None
     stage2_steps: int | None = None
@@ -174,10 +177,44 @@ class DemoSettings:
         return self.world or out / "world"
 
 
-def wanted(steps: int | None, connector: str, lexical: bool = True) -> bool:
-    """Whether a stage runs: by default when the connector is ``lexical`` (``lexical`` False:
-    when it is not); 0 steps skips it, other counts ask for it."""
-    return steps != 0 if steps is not None else (connector == "lexical") == lexical
+#: how a demo's connector first learns (``DemoSettings.alignment``)
+ALIGNMENTS = ("ground", "words", "captions")
+#: the stages before stage 2, in order, and the alignments that run each by default
+ALIGNMENT_STAGES = {
+    "ground": ("ground",),
+    "align": ("words",),
+    "stage1": ("captions",),
+    "snap": ("words",),
+    "perceive": ("ground", "words"),
+}
+
+
+def default_alignment(connector: str) -> str:
+    """words for the lexical connector, captions for the Q-Former (whose tokens are no image
+    cells), ground for the projectors."""
+    return {"lexical": "words", "qformer": "captions"}.get(connector, "ground")
+
+
+def check_alignment(connector: str, alignment: str | None) -> str:
+    """The alignment a demo with ``connector`` runs; a ValueError for one it cannot."""
+    chosen = alignment or default_alignment(connector)
+    if chosen not in ALIGNMENTS:
+        raise ValueError(f"unknown alignment {chosen!r}; valid: {', '.join(ALIGNMENTS)}")
+    if chosen == "ground" and connector == "qformer":
+        raise ValueError(
+            "the ground alignment teaches image cells' tokens; the qformer's are queries: use captions"
+        )
+    return chosen
+
+
+def stages_wanted(alignment: str, steps: dict[str, int | None]) -> list[str]:
+    """The stages before stage 2 that run: those ``alignment`` runs by default unless their
+    ``steps`` is 0, and any other that ``steps`` gives a count."""
+    return [
+        stage
+        for stage, runs_by in ALIGNMENT_STAGES.items()
+        if (steps.get(stage) != 0 if steps.get(stage) is not None else alignment in runs_by)
+    ]
 
 
 def own_data(
@@ -206,7 +243,7 @@ def demo_template(llm: str, llm_dir: Path) -> str:
 
 
 #: the steps ``train_demo`` runs, in order
-BUILD_STEPS = ("world", "backbones", "compose", "align", "stage1", "snap", "perceive", "stage2")
+BUILD_STEPS = ("world", "backbones", "compose", *ALIGNMENT_STAGES, "stage2")
 
 
 @dataclass
@@ -220,14 +257,15 @@ class DemoModels:
 
 
 def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = None) -> DemoModels:
-    """The demo's building steps in ``out``: world, backbones, compose, word alignment (see
-    ``DemoSettings.align_steps``), stage 1, perception warm-up, stage 2 (``curve`` is stage 2's
-    ``on_step`` hook).
+    """The demo's building steps in ``out``: world, backbones, compose, the alignment's stages
+    (``stages_wanted``), stage 2 (``curve`` is stage 2's ``on_step`` hook).
     ``graft ablation`` builds its Q-Former base with it."""
     from graft.backbones import compose_from_pretrained, save_composed
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world import build_world
+    from graft.world.naming import naming_records
+    from graft.world.perception import perception_records
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
 
     claim_folder(out, s)
@@ -271,30 +309,32 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock.run("compose", lambda: (composed / "config.json").exists(), do_compose)
 
     cache = str(s.feature_cache or out / "feature_cache")
+    counts = {
+        "ground": s.ground_steps,
+        "align": s.align_steps,
+        "stage1": s.stage1_steps,
+        "snap": s.snap_steps,
+        "perceive": s.perceive_steps,
+    }
+    data_of = {
+        "ground": lambda: world / "stage1.json",
+        "align": lambda: own_data(out / "naming.json", naming_records, world, s.seed),
+        "stage1": lambda: world / "stage1.json",
+        "snap": lambda: world / "stage1.json",
+        "perceive": lambda: own_data(out / "perceive.json", perception_records, world, s.seed),
+    }
     # each stage starts from the one before it
-    stages: list[tuple[str, Path, int | None, Callable[..., None] | None]] = []
-    if wanted(s.align_steps, s.connector):
-        from graft.world.naming import naming_records
-
-        stages.append(
-            ("align", own_data(out / "naming.json", naming_records, world, s.seed), s.align_steps, None)
-        )
-    if wanted(s.stage1_steps, s.connector, lexical=False):
-        stages.append(("stage1", world / "stage1.json", s.stage1_steps, None))
-    if wanted(s.snap_steps, s.connector):
-        stages.append(("snap", world / "stage1.json", s.snap_steps, None))
-    if wanted(s.perceive_steps, s.connector):
-        from graft.world.perception import perception_records
-
-        data = own_data(out / "perceive.json", perception_records, world, s.seed)
-        stages.append(("perceive", data, s.perceive_steps, None))
+    stages: list[tuple[str, Path, int | None, Callable[..., None] | None]] = [
+        (name, data_of[name](), counts[name], None)
+        for name in stages_wanted(check_alignment(s.connector, s.alignment), counts)
+    ]
     stages.append(("stage2", world / "stage2.json", s.stage2_steps, curve))
     src = composed
     for name, data, steps, hook in stages:
         dst = out / name
         work: Callable[[], Any]
-        if name == "snap":
-            work = partial(snap_step, src, dst, data, world, cache, steps, s.seed)
+        if name in FITS:  # LLM-free: no recipe
+            work = partial(FITS[name], src, dst, data, world, cache, steps, s.seed)
             clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
             src = dst
             continue
@@ -329,6 +369,43 @@ def snap_step(
     if steps is not None:
         settings.steps = steps
     snap_model(src, records, world, dst, cache, settings)
+
+
+#: optimizer steps of the demo's grounding (``ground_step``): about 45 s on 2 cores
+GROUND_STEPS = 1000
+
+
+def ground_step(
+    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
+) -> None:
+    """The demo's grounding: the connector of the model in ``src`` learns, LLM-free, to write
+    each image cell's words from the world's annotations (``graft.world.grounding``), on the
+    cached features of ``records``' images; saved with the rest of the model into ``dst``."""
+    from graft.inference import load_for_inference
+    from graft.train.snap import FitSettings, cached_features, fit_connector, save_fitted
+    from graft.world.grounding import cell_accuracy, cell_words, grounding_targets, scenes_of_images
+
+    settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed)
+    model, processor = load_for_inference(src)
+    if not model.connector.spatial:
+        raise ValueError(
+            f"grounding teaches a connector whose tokens are image cells (a projector's), not "
+            f"{model.config.connector['name']!r}"
+        )
+    features, files = cached_features(model, processor, records, world, cache)
+    settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
+    table = model.get_input_embeddings().weight.detach().float()
+    scenes = scenes_of_images(world, files)
+    targets = grounding_targets(scenes, model.config.image_seq_length, processor.tokenizer, table)
+    words = cell_words(processor.tokenizer, table)
+    result = fit_connector(
+        model.connector, features, targets, table, settings, partial(cell_accuracy, words=words)
+    )
+    save_fitted(model, processor, dst, {"settings": asdict(settings), "fidelity": result}, "ground")
+
+
+#: the stages that fit the connector alone, LLM-free, without a recipe
+FITS: dict[str, Callable[..., None]] = {"ground": ground_step, "snap": snap_step}
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:

@@ -11,7 +11,9 @@ from typing import Any
 from graft.report.demo import CHANCE, read_curve
 
 #: the stages whose output is the aligned model, latest first
-ALIGNED_STAGES = ("snap", "stage1", "align")
+ALIGNED_STAGES = ("snap", "stage1", "align", "ground")
+#: what the grounding's record (``ground/ground.json``) tells of its held-out cells
+GROUNDING_KEYS = ("cell_acc", "object_shape_acc", "object_colour_acc", "cosine")
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 32
 
@@ -66,7 +68,8 @@ def last_step(run: Path) -> int:
 
 def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
     """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
-    accuracy and the words the aligned model's soft tokens say (alignment), the text upper bound
+    accuracy, how well the grounding's tokens name each cell's object, and the words the
+    aligned model's soft tokens say (alignment), the text upper bound
     (the LLM's reasoning without perception) and, for both stages, how much the loss of training
     records grows when each gets another record's image (does the model use the image at all)."""
     from graft.eval.image_reliance import image_reliance
@@ -90,7 +93,12 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
         result.update(measure(model, processor, world, limit))
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
-    # the model the question stages start from: the snapped, word-aligned or caption-aligned one
+    grounding = out / "ground" / "ground.json"
+    if grounding.exists():  # measured on the grounding's held-out images when it ran
+        fidelity = json.loads(grounding.read_text())["fidelity"]
+        result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS})
+    # the model the question stages start from: the snapped, word-aligned, caption-aligned or
+    # grounded one
     aligned = next((out / s for s in ALIGNED_STAGES if (out / s / "config.json").exists()), None)
     if aligned is not None:
         result.update(word_readout(*load_for_inference(aligned, bf16), world, limit))

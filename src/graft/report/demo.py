@@ -31,6 +31,12 @@ DIAGNOSTICS = {
     "caption/exact": "caption: share of stage 1's held-out captions naming exactly the scene's objects",
     "caption/object_recall": "caption: share of the scenes' objects that stage 1's captions name",
     "caption/object_precision": "caption: share of the objects stage 1's captions name that are in the scene",
+    "ground/object_shape_acc": "grounding: share of held-out object cells whose token is nearest to its "
+    "object's words with the right shape",
+    "ground/object_colour_acc": "grounding: the same, with the right colour",
+    "ground/cell_acc": "grounding: share of held-out cells whose token is nearest to exactly its words "
+    "(background included)",
+    "ground/cosine": "grounding: mean cosine of a held-out cell's token with its target",
     "words/colour_recall": "words: share of the scenes' colours that the aligned model's soft tokens say "
     "(each token read as its nearest word)",
     "words/colour_precision": "words: share of the colours the soft tokens say that are in the scene",
