@@ -50,7 +50,7 @@ def test_each_cell_says_its_objects_colour_and_shape_words_or_background():
     assert {int(c) for c in classes} == {0, int(classes[0]), int(classes[11])}
 
 
-def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_know(tmp_path):
+def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_know(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="17 tokens per image"):
         grid_side(17)
     with pytest.raises(ValueError, match="does not split into a 5x5 grid"):
@@ -61,6 +61,9 @@ def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_
     )
     assert scenes_of_images(tmp_path, ["images/train/0.png"])[0].objects == _scene().objects
     assert scenes_of_images(tmp_path, [tmp_path / "images/train/0.png"])[0].objects == _scene().objects
+    monkeypatch.chdir(tmp_path.parent)  # as a dataset names it: relative to the working folder
+    here = f"{tmp_path.name}/images/train/0.png"
+    assert scenes_of_images(tmp_path.name, [here])[0].objects == _scene().objects
     with pytest.raises(KeyError, match="images/train/1.png: no scene"):
         scenes_of_images(tmp_path, ["images/train/1.png"])
 

@@ -102,8 +102,9 @@ def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tens
 
 
 def scenes_of_images(world_dir: str | os.PathLike, images: Sequence[str | os.PathLike]) -> list[Scene]:
-    """The scene of each image file (a path inside the world's folder, absolute or relative to it),
-    from the world's ``meta/{split}.jsonl``; a KeyError names an image the world does not know."""
+    """The scene of each image file (a path inside the world's folder: absolute, relative to the
+    working folder or relative to the world's), from the world's ``meta/{split}.jsonl``; a
+    KeyError names an image the world does not know."""
     world = Path(world_dir).resolve()
     known: dict[Path, dict] = {}
     for meta in sorted((world / "meta").glob("*.jsonl")):
@@ -113,8 +114,8 @@ def scenes_of_images(world_dir: str | os.PathLike, images: Sequence[str | os.Pat
                 known[(world / row["image"]).resolve()] = row["scene"]
     scenes = []
     for image in images:
-        path = Path(image) if Path(image).is_absolute() else world / image
-        scene = known.get(path.resolve())
+        # as a dataset names it (absolute, or relative to the working folder), or as a record does
+        scene = known.get(Path(image).resolve()) or known.get((world / image).resolve())
         if scene is None:
             raise KeyError(f"{image}: no scene for this image in {world / 'meta'}")
         scenes.append(Scene.from_dict(scene))
