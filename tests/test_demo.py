@@ -55,6 +55,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     )
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
+    assert "ground/object_shape_acc" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "report" / "report.html").exists()
     # every run of the world's benchmark suite was answered, scored and reported
     bench = json.loads((tmp_path / "world" / "bench" / "bench.json").read_text())["tasks"]

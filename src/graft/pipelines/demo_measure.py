@@ -145,7 +145,7 @@ def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[di
     diagnostics = {
         k: v
         for k, v in summary.items()
-        if k.split("/")[0] in ("probe", "caption", "words", "stage1", "reliance")
+        if k.split("/")[0] in ("probe", "caption", "ground", "words", "stage1", "reliance")
     }
     diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
     if diagnostics:
