@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.files import write_text_atomic
+from graft.pipelines.demo_fits import FITS
 from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, last_step, summary_markdown
 from graft.report.demo import read_curve
 
@@ -148,7 +149,7 @@ class DemoSettings:
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
-    #: optimizer steps of each stage (default: the recipe's; ``GROUND_STEPS`` and
+    #: optimizer steps of each stage (default: the recipe's; ``demo_fits.GROUND_STEPS`` and
     #: ``SnapSettings.steps`` for the fits). Which stages run by default follows the alignment
     #: (``stages_wanted``); 0 skips a stage, a count asks for it
     ground_steps: int | None = None
@@ -356,56 +357,6 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
         src = dst
     return DemoModels(world, vision_dir, out / "stage2", clock)
-
-
-def snap_step(
-    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
-) -> None:
-    """The demo's snap: the ``lexical`` model in ``src`` -> a ``swiglu`` one writing its tokens,
-    trained on the cached features of ``records``' images."""
-    from graft.train.snap import SnapSettings, snap_model
-
-    settings = SnapSettings(seed=seed)
-    if steps is not None:
-        settings.steps = steps
-    snap_model(src, records, world, dst, cache, settings)
-
-
-#: optimizer steps of the demo's grounding (``ground_step``): about 45 s on 2 cores
-GROUND_STEPS = 1000
-
-
-def ground_step(
-    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
-) -> None:
-    """The demo's grounding: the connector of the model in ``src`` learns, LLM-free, to write
-    each image cell's words from the world's annotations (``graft.world.grounding``), on the
-    cached features of ``records``' images; saved with the rest of the model into ``dst``."""
-    from graft.inference import load_for_inference
-    from graft.train.snap import FitSettings, cached_features, fit_connector, save_fitted
-    from graft.world.grounding import cell_accuracy, cell_words, grounding_targets, scenes_of_images
-
-    settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed)
-    model, processor = load_for_inference(src)
-    if not model.connector.spatial:
-        raise ValueError(
-            f"grounding teaches a connector whose tokens are image cells (a projector's), not "
-            f"{model.config.connector['name']!r}"
-        )
-    features, files = cached_features(model, processor, records, world, cache)
-    settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
-    table = model.get_input_embeddings().weight.detach().float()
-    scenes = scenes_of_images(world, files)
-    targets = grounding_targets(scenes, model.config.image_seq_length, processor.tokenizer, table)
-    words = cell_words(processor.tokenizer, table)
-    result = fit_connector(
-        model.connector, features, targets, table, settings, partial(cell_accuracy, words=words)
-    )
-    save_fitted(model, processor, dst, {"settings": asdict(settings), "fidelity": result}, "ground")
-
-
-#: the stages that fit the connector alone, LLM-free, without a recipe
-FITS: dict[str, Callable[..., None]] = {"ground": ground_step, "snap": snap_step}
 
 
 def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float]:

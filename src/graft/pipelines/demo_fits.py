@@ -1,0 +1,61 @@
+"""The demo's LLM-free stages, which fit the connector alone without a recipe: the snap (the
+``lexical`` connector onto ``swiglu``) and the grounding (each image cell's token onto the LLM's
+words for what the world's annotations put there). Each takes the stage before's model folder
+and writes its own; ``graft.pipelines.demo`` runs them in place of a recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+
+def snap_step(
+    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
+) -> None:
+    """The demo's snap: the ``lexical`` model in ``src`` -> a ``swiglu`` one writing its tokens,
+    trained on the cached features of ``records``' images."""
+    from graft.train.snap import SnapSettings, snap_model
+
+    settings = SnapSettings(seed=seed)
+    if steps is not None:
+        settings.steps = steps
+    snap_model(src, records, world, dst, cache, settings)
+
+
+#: optimizer steps of the demo's grounding (``ground_step``): about 45 s on 2 cores
+GROUND_STEPS = 1000
+
+
+def ground_step(
+    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
+) -> None:
+    """The demo's grounding: the connector of the model in ``src`` learns, LLM-free, to write
+    each image cell's words from the world's annotations (``graft.world.grounding``), on the
+    cached features of ``records``' images; saved with the rest of the model into ``dst``."""
+    from graft.inference import load_for_inference
+    from graft.train.snap import FitSettings, cached_features, fit_connector, save_fitted
+    from graft.world.grounding import cell_accuracy, cell_words, grounding_targets, scenes_of_images
+
+    settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed)
+    model, processor = load_for_inference(src)
+    if not model.connector.spatial:
+        raise ValueError(
+            f"grounding teaches a connector whose tokens are image cells (a projector's), not "
+            f"{model.config.connector['name']!r}"
+        )
+    features, files = cached_features(model, processor, records, world, cache)
+    settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
+    table = model.get_input_embeddings().weight.detach().float()
+    scenes = scenes_of_images(world, files)
+    targets = grounding_targets(scenes, model.config.image_seq_length, processor.tokenizer, table)
+    words = cell_words(processor.tokenizer, table)
+    result = fit_connector(
+        model.connector, features, targets, table, settings, partial(cell_accuracy, words=words)
+    )
+    save_fitted(model, processor, dst, {"settings": asdict(settings), "fidelity": result}, "ground")
+
+
+#: the stages that fit the connector alone, LLM-free, without a recipe
+FITS: dict[str, Callable[..., None]] = {"ground": ground_step, "snap": snap_step}
