@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -257,11 +258,19 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
     sources = {
         r["id"]: r for r in json.loads((world / "stage2.json").read_text()) if r.get("qtype") == "questions"
     }
-    for family, answers in (("mcq", set("ABCD")), ("binary", {"Yes", "No"})):
+
+    def answers(family: str, question: str, value: str) -> bool:
+        if family == "binary":
+            return value in ("Yes", "No")
+        # the option's text, then its letter: "red circle (B)", the option the question lists as B
+        m = re.fullmatch(r"(.+) \(([ABCD])\)", value)
+        return m is not None and f"\n{m[2]}. {m[1]}\n" in question
+
+    for family in ("mcq", "binary"):
         records = text_question_records(world, brief=True, family=family)
-        assert records and {r["conversations"][1]["value"] for r in records} <= answers
+        assert records and all(answers(family, *(t["value"] for t in r["conversations"])) for r in records)
         want = sum(
-            t["value"] in answers and "\nA. " in q["value"] if family == "mcq" else t["value"] in answers
+            answers(family, q["value"], t["value"])
             for s in sources.values()
             for q, t in zip(s["conversations"][::2], s["conversations"][1::2], strict=True)
         )
@@ -342,6 +351,15 @@ def test_letter_presence_questions_have_one_present_value_among_four(world):
     assert (
         qa.question.startswith("Which of these shapes") and qa.choices[LETTERS.index(qa.answer)] == "circle"
     )
+    # a training record answers with the option's text, then the letter the evaluation key holds
+    assert qa.reply == f"circle ({qa.answer})"
+    from graft.eval.answers import score_answer
+    from graft.world.diagnostics import question_training_records
+
+    for row, record in zip(rows, question_training_records(rows), strict=True):
+        target = record["conversations"][1]["value"]
+        assert target == f"{row['choices'][LETTERS.index(row['answer'])]} ({row['answer']})"
+        assert score_answer(target, row["answer"], row["choices"]) == (row["answer"], True)
 
 
 def test_perception_records_mix_both_answer_forms_about_training_images(world):
@@ -350,8 +368,8 @@ def test_perception_records_mix_both_answer_forms_about_training_images(world):
     records = perception_records(world)
     assert records == perception_records(world) and records != perception_records(world, seed=1)
     answers = Counter(r["conversations"][1]["value"] for r in records)
-    assert answers["Yes"] and answers["No"] and set(answers) <= {"Yes", "No", "A", "B", "C", "D"}
-    assert len(set(answers) - {"Yes", "No"}) > 1
+    letters = Counter(re.fullmatch(r"[a-z]+ \(([ABCD])\)", a)[1] for a in set(answers) - {"Yes", "No"})
+    assert answers["Yes"] and answers["No"] and len(letters) > 1
     assert all(r["image"].startswith("images/train/") for r in records)
 
 

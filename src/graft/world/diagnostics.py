@@ -39,7 +39,7 @@ from graft.templates import Message
 
 from .describe import captions, context_text
 from .instructions import BRIEF_PROMPTS
-from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence, presence_choice
+from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -217,14 +217,14 @@ def presence_questions(
 def question_training_records(
     rows: list[dict[str, Any]], image_token: str = "<image>"
 ) -> list[dict[str, Any]]:
-    """Question-file rows as single-turn LLaVA training records (image, question, answer)."""
+    """Question-file rows as single-turn LLaVA training records (image, question, ``reply``)."""
     return [
         {
             "id": row["id"],
             "image": row["image"],
             "conversations": [
                 {"from": "human", "value": f"{image_token}\n{row['question']}"},
-                {"from": "gpt", "value": row["answer"]},
+                {"from": "gpt", "value": reply(row["answer"], row.get("choices"))},
             ],
         }
         for row in rows

@@ -201,7 +201,7 @@ def qa_record(rid: str, image: str, questions: list[QA]) -> dict:
     them); a question asked twice keeps its first turn only."""
     turns: dict[str, str] = {}
     for qa in questions:
-        turns.setdefault(qa.question, qa.answer)
+        turns.setdefault(qa.question, qa.reply)
     return record(rid, image, list(turns.items()), qtype="questions")
 
 

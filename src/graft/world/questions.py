@@ -17,6 +17,18 @@ from .scene import COLORS, SHAPES, Obj, Scene
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
+
+
+def reply(answer: str, choices: list[str] | None = None) -> str:
+    """What a training record answers: for multiple choice the option's text and then its letter
+    ("red (B)"), so the LLM names what it sees before it writes the letter, as a 135M model
+    cannot map an image to a bare letter in one token (README, "What the demo measures today");
+    the answer itself otherwise. Evaluation keys stay the letter, which ``parse_choice`` reads."""
+    if not choices:
+        return answer
+    return f"{choices[LETTERS.index(answer)]} ({answer})"
+
+
 FAMILIES = ("existence", "color", "shape", "count", "position")
 MARGIN = 0.08  # centres closer than this along an axis are not called left/right (above/below)
 
@@ -30,6 +42,11 @@ class QA:
     choices: list[str] | None = None
     hard: bool = False  # a yes/no negative built from attributes present in the image
     axis: str | None = None  # position questions: the axis ("x" or "y") the answer depends on
+
+    @property
+    def reply(self) -> str:
+        """The training target (``reply``): the answer, led by the option's text for multiple choice."""
+        return reply(self.answer, self.choices)
 
 
 def plural(shape: str) -> str:
