@@ -21,9 +21,10 @@ LETTERS = "ABCD"
 
 def reply(answer: str, choices: list[str] | None = None) -> str:
     """What a training record answers: for multiple choice the option's text and then its letter
-    ("red (B)"), so the LLM names what it sees before it writes the letter, as a 135M model
-    cannot map an image to a bare letter in one token (README, "What the demo measures today");
-    the answer itself otherwise. Evaluation keys stay the letter, which ``parse_choice`` reads."""
+    ("red (B)"), so the LLM names what it sees before it copies the letter: SmolLM2-135M
+    trained on bare letters answered one or two letters to everything (README, "What the demo
+    measures today"); the answer itself otherwise. Evaluation keys stay the letter, which
+    ``parse_choice`` reads from the reply."""
     if not choices:
         return answer
     return f"{choices[LETTERS.index(answer)]} ({answer})"
