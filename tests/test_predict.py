@@ -8,6 +8,7 @@ import graft.eval.predict as predict_mod
 from graft.eval import evaluate_question_files, predict_jsonl
 from graft.eval.answers import normalize_text, parse_choice, parse_yesno, score_answer
 from graft.eval.settings import EvalSettings
+from graft.files import BusyError, FileLock
 from graft.record_files import RecordError
 
 from tiny import random_image, tiny_model_and_processor
@@ -80,6 +81,22 @@ def test_predict_jsonl_resumes_after_a_partial_file(tiny, tmp_path):
     rows = _read_jsonl(out)
     assert sorted(map(str, (r["id"] for r in rows))) == sorted(map(str, ids))  # every id exactly once
     assert {r["id"]: r["prediction"] for r in rows} == reference
+
+
+def test_predict_jsonl_refuses_a_file_another_run_is_writing(tiny, tmp_path):
+    """Two runs on one folder: the second stops at once, naming the folder and the first's pid,
+    instead of reading the finished ids mid-run and appending the same answers again."""
+    model, processor = tiny
+    path, ids = _prediction_questions(tmp_path)
+    out = tmp_path / "run" / "pred.jsonl"
+    with FileLock(out.with_name(".pred.jsonl.lock"), "evaluation run"):  # held as a running one holds it
+        with pytest.raises(
+            BusyError, match=rf"{tmp_path / 'run'} is in use by another evaluation run \(pid \d+\)"
+        ):
+            predict_jsonl(model, processor, path, out, batch_size=2, max_new_tokens=4, progress=False)
+        assert not out.exists()
+    stats = predict_jsonl(model, processor, path, out, batch_size=2, max_new_tokens=4, progress=False)
+    assert stats["written"] == 5 and [r["id"] for r in _read_jsonl(out)] == ids
 
 
 def test_predict_jsonl_survives_a_crash_mid_run(tiny, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ append-only log that a kill cut mid-line. Every long job resumes through these."
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +64,44 @@ def cut_partial_last_line(path: str | os.PathLike) -> str:
             f.truncate(keep)
         data = data[:keep]
     return data.decode("utf-8")
+
+
+class BusyError(ValueError):
+    """Another running process holds a ``FileLock``; the message names what it is and its pid."""
+
+
+class FileLock:
+    """An exclusive, non-blocking lock (``fcntl.flock``) on the file ``path`` (made when missing)
+    for the life of a run that writes beside it: a second run asking for it fails at once with a
+    ``BusyError`` naming ``what`` holds it and its pid, instead of appending to the same files.
+    The kernel drops the lock when the process dies, however it dies."""
+
+    def __init__(self, path: str | os.PathLike, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "pid unknown"
+            f.close()
+            raise BusyError(
+                f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it to end, "
+                "or give this run another output folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from graft.eval.readers.base import Collector, Sample, need
 from graft.eval.settings import EvalSettings
-from graft.files import cut_partial_last_line
+from graft.files import FileLock, cut_partial_last_line
 from graft.generate import GenerationSettings, generate_answers
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.prompts import ImageMarkerError, place_images
@@ -96,6 +96,43 @@ def _answer(
     ]
 
 
+def _append_answers(
+    model: Any,
+    processor: GraftProcessor,
+    pending: list[Sample],
+    out_path: Path,
+    settings: EvalSettings,
+    bad: Collector,
+    gen: GenerationSettings,
+    label: str,
+) -> int:
+    """Answer ``pending`` in batches, appending each batch's answers to ``out_path`` (flushed and
+    synced: a kill loses at most the batch in flight); returns how many were written."""
+    written = 0
+    bar = tqdm(total=len(pending), desc=f"predict {label}", unit="q", disable=not settings.progress)
+    with out_path.open("a", encoding="utf-8") as out:
+        for start in range(0, len(pending), settings.batch_size):
+            chunk = pending[start : start + settings.batch_size]
+            batch, images = [], []
+            for row in chunk:
+                try:
+                    loaded = [load_image(p) for p in row.images]
+                except ImageLoadError as err:
+                    bad.fail(f"{row.where}: {err}")
+                    continue
+                images.append([processor.blank_image(img) for img in loaded] if settings.blind else loaded)
+                batch.append(row)
+            if batch:
+                done_rows = _answer(model, processor, batch, images, bad, gen)
+                out.write("".join(json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows))
+                out.flush()
+                os.fsync(out.fileno())
+                written += len(done_rows)
+            bar.update(len(chunk))
+    bar.close()
+    return written
+
+
 def predict_jsonl(
     model: Any,
     processor: GraftProcessor,
@@ -123,7 +160,7 @@ def predict_jsonl(
     counted by rank 0 only.
     """
     settings = (settings or EvalSettings()).replace(**changes)
-    gen, batch_size = settings.generation(generation_kwargs), settings.batch_size
+    gen = settings.generation(generation_kwargs)
     questions_path, out_path = Path(questions_path), Path(out_path)
     root = Path(image_root) if image_root is not None else questions_path.parent
     marker = processor.image_token
@@ -135,41 +172,25 @@ def predict_jsonl(
     )
     rows = read.samples[: settings.limit]
 
-    done = done_ids(out_path).union(*(done_ids(Path(p)) for p in also_done))
-    pending = [row for row in rows if row.id not in done]
-    already_done = len(rows) - len(pending)
-    if already_done:
-        logger.info("%s: %d of %d questions already answered, resuming", out_path, already_done, len(rows))
-    if shard is not None:
-        rank, world = shard
-        if not 0 <= rank < world:
-            raise ValueError(f"shard {shard}: rank must be in 0..world_size-1")
-        pending = pending[rank::world]
-        if rank != 0:
-            read.bad.clear()
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    bar = tqdm(
-        total=len(pending), desc=f"predict {questions_path.name}", unit="q", disable=not settings.progress
-    )
-    with out_path.open("a", encoding="utf-8") as out:
-        for start in range(0, len(pending), batch_size):
-            batch, images = [], []
-            for row in pending[start : start + batch_size]:
-                try:
-                    loaded = [load_image(p) for p in row.images]
-                except ImageLoadError as err:
-                    bad.fail(f"{row.where}: {err}")
-                    continue
-                images.append([processor.blank_image(img) for img in loaded] if settings.blind else loaded)
-                batch.append(row)
-            if batch:
-                done_rows = _answer(model, processor, batch, images, bad, gen)
-                out.write("".join(json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows))
-                # flushed and synced per batch: a kill loses at most the batch in flight
-                out.flush()
-                os.fsync(out.fileno())
-                written += len(done_rows)
-            bar.update(len(pending[start : start + batch_size]))
-    bar.close()
+    # one run at a time appends to a predictions file: a second one would read the finished ids
+    # while the first still writes, and answer (and append) the same questions again
+    with FileLock(out_path.with_name(f".{out_path.name}.lock"), "evaluation run"):
+        done = done_ids(out_path).union(*(done_ids(Path(p)) for p in also_done))
+        pending = [row for row in rows if row.id not in done]
+        already_done = len(rows) - len(pending)
+        if already_done:
+            logger.info(
+                "%s: %d of %d questions already answered, resuming", out_path, already_done, len(rows)
+            )
+        if shard is not None:
+            rank, world = shard
+            if not 0 <= rank < world:
+                raise ValueError(f"shard {shard}: rank must be in 0..world_size-1")
+            pending = pending[rank::world]
+            if rank != 0:
+                read.bad.clear()
+        written = _append_answers(
+            model, processor, pending, out_path, settings, bad, gen, questions_path.name
+        )
     return {"total": len(rows), "already_done": already_done, "written": written, "bad": len(read.bad)}

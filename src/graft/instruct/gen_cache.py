@@ -10,7 +10,6 @@ run on the same folder fails at once: the folder is locked (``fcntl.flock``) for
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from graft.files import cut_partial_last_line
+from graft.files import BusyError, FileLock, cut_partial_last_line
 
 from .gen_settings import GenError
 
@@ -36,39 +35,19 @@ def request_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-class RunLock:
-    """An exclusive, non-blocking lock on an output folder for the life of a run (the kernel drops
-    it when the process dies, however it dies)."""
+class RunLock(FileLock):
+    """The output folder's lock for the life of a `graft gen-data` run (``FileLock``); a second
+    run on the folder fails at once with a ``GenError``."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / LOCK_FILE
-        self._file: IO[str] | None = None
+        super().__init__(out / LOCK_FILE, "`graft gen-data` run")
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = self.path.open("a+", encoding="utf-8")
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise GenError(
-                f"{self.path.parent} is in use by another `graft gen-data` run ({holder}); wait for it to "
-                "end or give it another --out"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        self._file = f
+            super().__enter__()
+        except BusyError as err:
+            raise GenError(str(err)) from None
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
 
 
 def _append(f: IO[str], row: dict[str, Any]) -> None:
