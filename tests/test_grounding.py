@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
-from graft.train.snap import FitSettings, fit_connector
+from graft.train.snap import FitSettings, TokenClasses, fit_connector
 from graft.world.grounding import (
     cell_accuracy,
     cell_classes,
@@ -96,3 +97,39 @@ def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
     assert result["object_shape_acc"] > 0.9 and result["object_colour_acc"] > 0.9
     with pytest.raises(ValueError, match="400 images' features but 3 images' target tokens"):
         fit_connector(model.connector, features, targets[:3], table, settings)
+
+
+def test_the_class_loss_separates_words_that_lie_close_together():
+    """Words that differ little beside their size (as SmolLM2's shape words) and noisy features:
+    by squared error alone the fitted tokens land almost as near another class's word as their
+    own; with ``contrast`` each lands nearest its own."""
+    model, _ = tiny_model_and_processor(
+        {"name": "swiglu", "reduction": "pixel_shuffle", "reduction_factor": 2, "layer_norm": True}
+    )
+    side = grid_side(model.config.image_seq_length)
+    d_vis, patches = model.config.vision_config.hidden_size, model.num_patches
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(1 + len(SHAPES) * len(COLORS), d_vis, generator=g)
+    classes = torch.randint(0, len(codes), (400, side, side), generator=g)
+    grid = classes.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(400, patches)
+    features = codes[grid] + torch.randn(400, patches, d_vis, generator=g)
+    table = model.get_input_embeddings().weight.detach().float()
+    size = table.norm(dim=-1).mean() / table.shape[1] ** 0.5
+    words = table[0] + 0.05 * size * torch.randn(len(codes), table.shape[1], generator=g)
+    labels = classes.reshape(400, -1)
+    accuracy = {}
+    for contrast in (0.0, 0.3):
+        settings = FitSettings(steps=300, batch_size=32, heldout=64, lr=3e-3, contrast=contrast)
+        result = fit_connector(
+            copy.deepcopy(model.connector),
+            features,
+            words[labels],
+            table,
+            settings,
+            lambda t, y: cell_accuracy(t, y, words),
+            TokenClasses(labels, words),
+        )
+        accuracy[contrast] = result["cell_acc"]
+    assert accuracy[0.3] > 0.9 > accuracy[0.0] + 0.5
+    with pytest.raises(ValueError, match="contrast needs the targets' classes"):
+        fit_connector(model.connector, features, words[labels], table, FitSettings(contrast=0.3))

@@ -45,6 +45,12 @@ class FitSettings:
     #: images held out to measure how close the connector comes (never trained on)
     heldout: int = 256
     seed: int = 0
+    #: weight of a cross-entropy asking each token to lie nearer its own class's word than any
+    #: other class's (``fit_connector``'s ``classes``), beside the squared error: where the words
+    #: differ little (SmolLM2's shape words), the squared error alone leaves them mixed up
+    contrast: float = 0.0
+    #: that cross-entropy's temperature, on squared distances relative to a word's size
+    temperature: float = 0.02
 
     def check(self, images: int) -> None:
         """A ValueError unless the settings can fit on ``images`` images."""
@@ -57,6 +63,25 @@ class FitSettings:
             raise ValueError(
                 f"fitting a connector needs more than {self.heldout} images (the held-out ones); got {images}"
             )
+
+
+@dataclass
+class TokenClasses:
+    """What each target token says: ``labels`` ``[N, M]`` index ``words`` ``[K, d]``, the soft
+    tokens a token may say (``FitSettings.contrast``)."""
+
+    labels: torch.Tensor
+    words: torch.Tensor
+
+
+def class_loss(
+    tokens: torch.Tensor, labels: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy of ``labels`` over ``words`` with logits the negative squared distances of
+    ``tokens`` to each word, relative to ``scale`` (a word's mean squared size), over ``temperature``."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    dist = (flat**2).sum(-1, keepdim=True) - 2 * flat @ words.T + (words**2).sum(-1)
+    return torch.nn.functional.cross_entropy(-dist / (scale * temperature), labels.reshape(-1))
 
 
 @dataclass
@@ -160,17 +185,21 @@ def fit_connector(
     table: torch.Tensor,
     settings: FitSettings | None = None,
     judge: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+    classes: TokenClasses | None = None,
 ) -> dict[str, Any]:
     """Teach ``connector`` to write ``targets`` ``[N, M, d]`` (soft tokens) from ``features``
     ``[N, P, d_vis]`` (the chosen vision layer's, as a feature cache holds them), LLM-free: a
     squared error relative to the mean squared size of a word of ``table`` (the LLM's input
-    embeddings, ``[V, d]``). Its last linear layer is first scaled to the targets' size. Returns
+    embeddings, ``[V, d]``), plus ``settings.contrast`` times ``class_loss`` where the targets
+    come from ``classes``. Its last linear layer is first scaled to the targets' size. Returns
     the fidelity on ``settings.heldout`` images it never trains on (with what ``judge`` says of
     their tokens and targets), the last loss and the time."""
     s = settings or FitSettings()
     s.check(len(features))
     if len(targets) != len(features):
         raise ValueError(f"{len(features)} images' features but {len(targets)} images' target tokens")
+    if s.contrast and classes is None:
+        raise ValueError("FitSettings.contrast needs the targets' classes (TokenClasses)")
     start, device = time.perf_counter(), PartialState().device
     features, targets, table = features.to(device), targets.to(device).float(), table.to(device).float()
     rng = torch.Generator().manual_seed(s.seed)
@@ -183,7 +212,12 @@ def fit_connector(
     scale = (table**2).sum(-1).mean()
     for step in tqdm(range(s.steps), desc="fitting connector", unit="step", disable=None):
         pick = train[torch.randint(len(train), (s.batch_size,), generator=rng).to(device)]
-        loss = ((connector(features[pick].float()) - targets[pick]) ** 2).sum(-1).mean() / scale
+        tokens = connector(features[pick].float())
+        loss = ((tokens - targets[pick]) ** 2).sum(-1).mean() / scale
+        if s.contrast:
+            assert classes is not None
+            labels, words = classes.labels.to(device)[pick], classes.words.to(device).float()
+            loss = loss + s.contrast * class_loss(tokens, labels, words, scale, s.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -74,13 +74,17 @@ def cell_classes(scene: Scene, side: int) -> torch.Tensor:
     return torch.where(labels[:, 0] > 0, 1 + (labels[:, 0] - 1) * len(COLORS) + (labels[:, 1] - 1), 0)
 
 
+def grounding_classes(scenes: Sequence[Scene], tokens_per_image: int) -> torch.Tensor:
+    """``[len(scenes), tokens_per_image]``: each cell's class (``cell_classes``), indexing ``cell_words``."""
+    side = grid_side(tokens_per_image)
+    return torch.stack([cell_classes(scene, side) for scene in scenes])
+
+
 def grounding_targets(
     scenes: Sequence[Scene], tokens_per_image: int, tokenizer: Any, embeddings: torch.Tensor
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
-    side = grid_side(tokens_per_image)
-    words = cell_words(tokenizer, embeddings)
-    return torch.stack([words[cell_classes(scene, side)] for scene in scenes])
+    return cell_words(tokenizer, embeddings)[grounding_classes(scenes, tokens_per_image)]
 
 
 def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor) -> dict[str, float]:
