@@ -24,7 +24,7 @@ def ablation_cmd(
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
     train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 1000,
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 100,
-    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 60,
+    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 100,
     mix: Annotated[
         str, typer.Option(help="Captions : synthetic pairs per batch of the pairs row (Cheetah's 64:24).")
     ] = "1:1",
@@ -40,7 +40,9 @@ def ablation_cmd(
     ] = "packaged",
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps, if not built.")] = None,
     stage1_steps: Annotated[int, typer.Option(help="The base's stage-1 steps (half the demo's 100).")] = 50,
-    stage2_steps: Annotated[int, typer.Option(help="The base's stage-2 steps (a third of the demo's 120).")] = 40,
+    stage2_steps: Annotated[
+        int, typer.Option(help="The base's stage-2 steps (a third of the demo's 120).")
+    ] = 40,
 ) -> None:
     """Q-Former base vs + VPG-C on captions vs + VPG-C with synthetic pairs; prints the table."""
     from graft.world.pretrain import check_llm
