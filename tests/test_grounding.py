@@ -69,9 +69,10 @@ def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_
         scenes_of_images(tmp_path, ["images/train/1.png"])
 
 
-def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
-    """Cells whose (toy) features carry their class: the fitted projector's tokens land nearest
-    their own words on held-out images, where the untrained one's do not."""
+def _toy_cells(noise: float):
+    """A tiny swiglu model and 400 toy images whose cells' features are their class's code (every
+    patch of a cell: pixel shuffle groups 2x2 patches per cell) plus ``noise``; with the classes
+    ``[400, cells]``, the LLM's embedding table and the generator, to draw more from."""
     model, processor = tiny_model_and_processor(
         {"name": "swiglu", "reduction": "pixel_shuffle", "reduction_factor": 2, "layer_norm": True}
     )
@@ -80,12 +81,18 @@ def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
     g = torch.Generator().manual_seed(0)
     codes = torch.randn(1 + len(SHAPES) * len(COLORS), d_vis, generator=g)
     classes = torch.randint(0, len(codes), (400, side, side), generator=g)
-    # every patch of a cell shows its class's code (pixel shuffle groups 2x2 patches per cell)
     grid = classes.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(400, patches)
-    features = codes[grid] + 0.05 * torch.randn(400, patches, d_vis, generator=g)
+    features = codes[grid] + noise * torch.randn(400, patches, d_vis, generator=g)
     table = model.get_input_embeddings().weight.detach().float()
+    return model, processor, features, classes.reshape(400, -1), table, g
+
+
+def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
+    """Cells whose (toy) features carry their class: the fitted projector's tokens land nearest
+    their own words on held-out images, where the untrained one's do not."""
+    model, processor, features, classes, table, _ = _toy_cells(0.05)
     words = cell_words(processor.tokenizer, table)
-    targets = words[classes.reshape(400, -1)]
+    targets = words[classes]
     held = features[:64]
     with torch.no_grad():
         before = cell_accuracy(model.connector(held), targets[:64], words)
@@ -103,20 +110,9 @@ def test_the_class_loss_separates_words_that_lie_close_together():
     """Words that differ little beside their size (as SmolLM2's shape words) and noisy features:
     by squared error alone the fitted tokens land almost as near another class's word as their
     own; with ``contrast`` each lands nearest its own."""
-    model, _ = tiny_model_and_processor(
-        {"name": "swiglu", "reduction": "pixel_shuffle", "reduction_factor": 2, "layer_norm": True}
-    )
-    side = grid_side(model.config.image_seq_length)
-    d_vis, patches = model.config.vision_config.hidden_size, model.num_patches
-    g = torch.Generator().manual_seed(0)
-    codes = torch.randn(1 + len(SHAPES) * len(COLORS), d_vis, generator=g)
-    classes = torch.randint(0, len(codes), (400, side, side), generator=g)
-    grid = classes.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(400, patches)
-    features = codes[grid] + torch.randn(400, patches, d_vis, generator=g)
-    table = model.get_input_embeddings().weight.detach().float()
+    model, _, features, labels, table, g = _toy_cells(1.0)
     size = table.norm(dim=-1).mean() / table.shape[1] ** 0.5
-    words = table[0] + 0.05 * size * torch.randn(len(codes), table.shape[1], generator=g)
-    labels = classes.reshape(400, -1)
+    words = table[0] + 0.05 * size * torch.randn(1 + len(SHAPES) * len(COLORS), table.shape[1], generator=g)
     accuracy = {}
     for contrast in (0.0, 0.3):
         settings = FitSettings(steps=300, batch_size=32, heldout=64, lr=3e-3, contrast=contrast)
