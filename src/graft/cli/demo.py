@@ -9,6 +9,7 @@ import typer
 
 from graft.cli.app import app, fail
 from graft.pipelines.demo import DemoSettings, RunFolderError, check_alignment, connector_spec, run_demo
+from graft.pipelines.demo_fits import GROUND_STEPS
 
 
 @app.command("demo")
@@ -57,7 +58,9 @@ def demo_cmd(
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps (--llm tiny).")] = None,
     ground_steps: Annotated[
         int | None,
-        typer.Option(help="Grounding steps (default: 1000 for --alignment ground, else none; 0: skip it)."),
+        typer.Option(
+            help=f"Grounding steps (default: {GROUND_STEPS} for --alignment ground, else none; 0: skip it)."
+        ),
     ] = None,
     align_steps: Annotated[
         int | None,
