@@ -210,14 +210,16 @@ def fit_connector(
     optimizer = torch.optim.AdamW(connector.parameters(), lr=s.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=s.steps, pct_start=0.05)
     scale = (table**2).sum(-1).mean()
+    if classes is not None:
+        classes = TokenClasses(classes.labels.to(device), classes.words.to(device).float())
     for step in tqdm(range(s.steps), desc="fitting connector", unit="step", disable=None):
         pick = train[torch.randint(len(train), (s.batch_size,), generator=rng).to(device)]
         tokens = connector(features[pick].float())
         loss = ((tokens - targets[pick]) ** 2).sum(-1).mean() / scale
-        if s.contrast:
-            assert classes is not None
-            labels, words = classes.labels.to(device)[pick], classes.words.to(device).float()
-            loss = loss + s.contrast * class_loss(tokens, labels, words, scale, s.temperature)
+        if s.contrast and classes is not None:  # (checked above: contrast comes with classes)
+            loss = loss + s.contrast * class_loss(
+                tokens, classes.labels[pick], classes.words, scale, s.temperature
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
