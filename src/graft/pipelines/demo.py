@@ -159,10 +159,9 @@ class DemoSettings:
     perceive_steps: int | None = None
     stage2_steps: int | None = None
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
-    #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family
+    #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family (also
+    #: the text upper bound's; 50, not 100, keeps `make demo` with 120 stage-2 steps within 20 min)
     curve_points: int = 2
-    #: (and the diagnostics' text upper bound's); 50 since the demo's stage 2 grew to 120 steps, to
-    #: keep `make demo` within 20 minutes on 2 cores
     curve_limit: int | None = 50
     #: answer every task of the world's benchmark suite (``graft eval --bench``)
     bench: bool = True
