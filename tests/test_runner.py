@@ -92,3 +92,29 @@ def test_a_folder_answered_by_another_model_is_not_resumed(tmp_path):
     )
     assert second["model_config_hash"] == first["model_config_hash"]
     assert second["model_weights"] != first["model_weights"]
+
+
+def test_a_limited_run_takes_every_subtask_in_turn_and_keeps_mme_pairs_whole():
+    from collections import Counter
+
+    from graft.eval.readers import ReadResult, Sample
+    from graft.eval.tasks import get_task
+
+    # MME's layout: subtask after subtask, two questions per image
+    mme = [
+        Sample(f"{sub}/{image}.png/{k}", "q", [], "Yes", {"subtask": sub, "image_name": f"{image}.png"})
+        for sub in ("existence", "count", "position")
+        for image in range(4)
+        for k in range(2)
+    ]
+    first = get_task("mme").first(ReadResult(mme), 12).samples
+    assert Counter(s.meta["subtask"] for s in first) == {"existence": 4, "count": 4, "position": 4}
+    assert Counter((s.meta["subtask"], s.meta["image_name"]) for s in first) == {
+        (sub, f"{image}.png"): 2 for sub in ("existence", "count", "position") for image in (0, 1)
+    }
+    assert [s.id for s in first] == [s.id for s in mme if s in first]  # the data's order
+    assert len(get_task("mme").first(ReadResult(mme), 7).samples) == 7
+    demon = [Sample(f"{task}/{i}", "q", [], "x", {"task": task}) for task in ("A", "B") for i in range(5)]
+    assert [s.id for s in get_task("demon").first(ReadResult(demon), 4).samples] == ["A/0", "A/1", "B/0", "B/1"]
+    # a family without subtasks: the first samples, as before
+    assert get_task("pope").first(ReadResult(mme), 3).samples == mme[:3]

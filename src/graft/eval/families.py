@@ -203,18 +203,21 @@ class Family:
     # (predictions, sample ids) -> predictions keyed by the samples' ids, where a family's ids
     # may be spelt two ways
     match_ids: Callable[[Mapping[str, str], list[str]], dict[str, str]] | None = None
+    # a limited run takes samples from every group of this ``meta`` key in turn, whole units of
+    # the second where one is given (``readers.base.first_samples``)
+    limit_by: tuple[str, str | None] | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "coco_caption": Family(readers.read_coco_captions, _caption),
     # read without images, MME ids name an image by its stem
-    "mme": Family(readers.read_mme, _mme, match_ids=match_ids),
+    "mme": Family(readers.read_mme, _mme, match_ids=match_ids, limit_by=("subtask", "image_name")),
     "pope": Family(readers.read_pope, _pope),
     # LLaVA's strict ScienceQA reading, so numbers compare with its tables
     "scienceqa_img": Family(readers.read_scienceqa, _multiple_choice(circular=False, extract=sqa_letter)),
     "mmbench": Family(readers.read_mmbench, _multiple_choice(circular=True)),
     "llava_bench": Family(readers.read_llava_bench, _judge, needs_judge=True),
-    "demon": Family(readers.read_demon, _demon),
+    "demon": Family(readers.read_demon, _demon, limit_by=("task", None)),
     # graft's own question files (the demo's held-out yes/no and multiple-choice questions)
     "questions": Family(readers.read_questions, _questions),
 }

@@ -105,10 +105,11 @@ def questions_file(read: ReadResult, path: Path, image_token: str) -> None:
 
 
 def read_for_run(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
-    """The task's samples at ``path``, cut to ``settings.limit``; none at all is an error."""
+    """The task's samples at ``path``, cut to ``settings.limit`` (``TaskSpec.first``); none at
+    all is an error."""
     read = spec.read(path, skip_bad=settings.skip_bad)
     if settings.limit is not None:
-        read = ReadResult(read.samples[: settings.limit], read.bad)
+        read = spec.first(read, settings.limit)
     if not read.samples:
         raise ValueError(f"{path}: task {spec.name!r} read no samples")
     return read

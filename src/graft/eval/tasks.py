@@ -22,7 +22,7 @@ import yaml
 from graft.eval.doc_reader import JsonlFields, read_jsonl_task, render
 from graft.eval.families import FAMILIES, METRICS, Options, answers, check_sample
 from graft.eval.readers import IMAGE_MARKER, ReadResult, Sample
-from graft.eval.readers.base import Collector
+from graft.eval.readers.base import Collector, first_samples
 from graft.eval.task_keys import TaskFileError, task_fields
 from graft.prompts import place_images
 
@@ -83,6 +83,13 @@ class TaskSpec:
             return s
 
         return out.collect(((s, s.where) for s in read.samples), checked)
+
+    def first(self, read: ReadResult, limit: int) -> ReadResult:
+        """The first ``limit`` samples of ``read``: from every subtask in turn where the family
+        has them (``Family.limit_by``: MME's subtasks, DEMON's tasks), else in the data's order."""
+        family = FAMILIES.get(self.reader) if self.fields is None else None
+        group, unit = (family and family.limit_by) or (None, None)
+        return ReadResult(first_samples(read.samples, limit, group, unit), read.bad)
 
     def _reprompt(self, s: Sample) -> Sample:
         text = s.prompt

@@ -55,6 +55,28 @@ class ReadResult:
         return iter(self.samples)
 
 
+def first_samples(
+    samples: list[Sample], limit: int, group: str | None = None, unit: str | None = None
+) -> list[Sample]:
+    """The first ``limit`` samples. With ``group`` (a ``meta`` key: MME's subtask, DEMON's task)
+    they are taken from every group in turn, a unit at a time (the samples of a group that share
+    ``meta[unit]``, e.g. the two questions of an MME image, which its acc+ scores together), so
+    that a limited run covers every group and not only the first; kept in the samples' order."""
+    if group is None or len(samples) <= limit:
+        return samples[:limit]
+    groups: dict[Any, dict[Any, list[int]]] = {}
+    for i, sample in enumerate(samples):
+        key = sample.meta.get(unit, i) if unit else i
+        groups.setdefault(sample.meta.get(group), {}).setdefault(key, []).append(i)
+    queues = [list(units.values()) for units in groups.values()]
+    chosen: list[int] = []
+    for turn in range(max(len(q) for q in queues)):
+        for queue in queues:
+            if turn < len(queue) and len(chosen) < limit:
+                chosen += queue[turn]
+    return [samples[i] for i in sorted(chosen[:limit])]
+
+
 class Collector:
     """Accumulates samples; a bad record raises, or is logged and counted when ``skip_bad``.
     ``image`` checks an image path unless ``check_images`` is off."""
