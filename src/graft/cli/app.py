@@ -52,6 +52,13 @@ JudgeApiKey = Annotated[str | None, typer.Option(help="API key (env GRAFT_JUDGE_
 JudgeCache = Annotated[
     Path | None, typer.Option(help="Folder caching judge replies by request (env GRAFT_JUDGE_CACHE).")
 ]
+#: how many samples of each task a run answers (``TaskSpec.first``)
+SampleLimit = Annotated[
+    int | None,
+    typer.Option(
+        help="Only N samples of each task: the first N, or N/k from each of its k subtasks (MME, DEMON)."
+    ),
+]
 
 #: the help of a verb's recipe argument (train, inspect)
 RECIPE_HELP = (

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
+from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, SampleLimit, app, fail
 
 
 @app.command("eval-expert")
@@ -49,7 +49,7 @@ def eval_expert_cmd(
         Path | None,
         typer.Option(help="Descriptions JSONL (default OUT/descriptions.jsonl); reruns reuse it."),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N samples of each task.")] = None,
+    limit: SampleLimit = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per answering (and captioning) batch.")] = 16,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Longest answer, in tokens (default: the task's generation_kwargs).")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, app, fail
+from graft.cli.app import JudgeApiKey, JudgeBaseUrl, JudgeCache, JudgeModel, SampleLimit, app, fail
 from graft.inference import load_for_inference
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def eval_cmd(
     bench: Annotated[
         Path | None, typer.Option(help="A benchmark folder: run every task its bench.json lists.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N samples of each task.")] = None,
+    limit: SampleLimit = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Longest answer, in tokens (default: the task's generation_kwargs).")
