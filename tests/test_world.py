@@ -117,7 +117,26 @@ def test_llava_records(world):
                 assert conv[0]["value"].startswith("<image>\n")
     stage2 = json.loads((world / "stage2.json").read_text())
     qtypes = Counter(r["qtype"] for r in stage2)
-    assert {"conversation", "detail", "reasoning", "questions", "which_image", "difference"} <= set(qtypes)
+    assert {
+        "conversation",
+        "detail",
+        "reasoning",
+        "questions",
+        "which_image",
+        "difference",
+        "caption",
+    } <= set(qtypes)
+    # the COCO caption task's prompt, answered with one of the image's reference captions
+    meta = {
+        row["image"]: row
+        for row in map(json.loads, (world / "meta" / "train.jsonl").read_text().splitlines())
+    }
+    for r in (r for r in stage2 if r["qtype"] == "caption"):
+        assert (
+            r["conversations"][0]["value"]
+            == "<image>\nProvide a one-sentence caption for the provided image."
+        )
+        assert r["conversations"][1]["value"] in meta[r["image"]]["captions"]
     # several questions about one image in one record, each asked once
     for r in stage2:
         if r["qtype"] == "questions":

@@ -22,6 +22,9 @@ from graft.record_files import RecordError
 
 #: the letters that name options ("A", "B", ...) in multiple-choice prompts and answers
 OPTION_LETTERS = string.ascii_uppercase
+#: the one-sentence caption prompt: lmms-eval's COCO caption task asks it, and LLaVA-1.5's
+#: instruction mix trains on it (its TextCaps share)
+CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
 
 #: DEMON's placeholders: ``{image#k}`` / ``{table#k}`` stand for the k-th image, 1-based
 DEMON_PLACEHOLDER = re.compile(r"\{(image|table)#(\d+)\}")

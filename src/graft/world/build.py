@@ -24,12 +24,12 @@ from .benchmarks import write_benchmarks
 from .contexts import write_contexts
 from .corpus import DOC_SEP, corpus_docs
 from .describe import boxes, captions
-from .instructions import qa_record, rich_record, single_questions, stage1_record
+from .instructions import caption_record, qa_record, rich_record, single_questions, stage1_record
 from .multi_image import difference_record, which_image_record
 from .questions import FAMILIES, mcq, yesno
 from .scene import COLORS, SHAPES, Scene, sample_scene
 
-WORLD_VERSION = "shapes-2"
+WORLD_VERSION = "shapes-3"
 
 
 @dataclass
@@ -42,6 +42,7 @@ class WorldArgs:
     test_frac: float = 0.05
     questions_per_image: int = 6  # turns of each train image's multi-turn question record (stage 2)
     multi_image_frac: float = 0.25  # train images that also anchor a which-image and a difference record
+    caption_frac: float = 0.1  # train images that also get a one-sentence caption record (stage 2)
     corpus_qa_per_image: int = 6  # caption-context QA documents per train image in the LLM corpus
     eval_mcq_per_image: int = 1  # binary eval always has one yes and one no question per test image
 
@@ -92,6 +93,16 @@ def _multi_image_records(out: Path, rows: list[dict], args: WorldArgs, rng: rand
         )
         records += [r for r in made if r is not None]
     return records
+
+
+def _caption_records(rows: list[dict], args: WorldArgs, rng: random.Random) -> list[dict]:
+    """One-sentence caption records (``CAPTION_PROMPT``: LLaVA-1.5's mix has them, and the COCO
+    caption task asks it) on a share of the train images: one of each image's reference captions."""
+    count = round(len(rows) * args.caption_frac)
+    return [
+        caption_record(f"{row['id']}-c", row["image"], rng.choice(row["captions"]))
+        for row in (rng.sample(rows, count) if count else [])
+    ]
 
 
 def build_world(
@@ -167,6 +178,7 @@ def build_world(
                 )
 
     stage2 += _multi_image_records(out, meta["train"], args, random.Random(f"multi-{seed}"))
+    stage2 += _caption_records(meta["train"], args, random.Random(f"caption-{seed}"))
     rng = random.Random(f"shuffle-{seed}")
     rng.shuffle(stage2)
     rng.shuffle(docs)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from graft.prompts import CAPTION_PROMPT
+
 from .describe import cap, detailed_description, join, noun_phrase, number_word, where
 from .questions import QA, refer, sample_qa
 from .scene import Obj, Scene
@@ -207,6 +209,11 @@ def qa_record(rid: str, image: str, questions: list[QA]) -> dict:
 
 def stage1_record(rid: str, image: str, caption: str, rng: random.Random) -> dict:
     return record(rid, image, [(rng.choice(BRIEF_PROMPTS), caption)])
+
+
+def caption_record(rid: str, image: str, caption: str) -> dict:
+    """A one-sentence caption asked as the COCO caption task asks it (``CAPTION_PROMPT``)."""
+    return record(rid, image, [(CAPTION_PROMPT, caption)], qtype="caption")
 
 
 def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:

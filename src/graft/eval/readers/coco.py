@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, image_folder, need
+from graft.prompts import CAPTION_PROMPT
 from graft.record_files import RecordError, iter_objects, load_json
 
-DEFAULT_PROMPT = "Provide a one-sentence caption for the provided image."
+DEFAULT_PROMPT = CAPTION_PROMPT
 
 
 def read_coco_captions(
