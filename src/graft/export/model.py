@@ -115,6 +115,11 @@ def transformers_config(model: GraftForConditionalGeneration) -> PretrainedConfi
             adapter_layer_norm_eps=model.connector.layer_norm.eps,
             alignment_intermediate_size=model.connector.intermediate_size,
         )
+        # transformers >= 5.25 scales Aya Vision's logits by the text config's ``logit_scale``
+        # (Cohere2's field); a text config without one (Llama's) would fail there: 1.0 keeps the
+        # LLM's own logits, and versions before ignore it
+        if not hasattr(config.text_config, "logit_scale"):
+            config.text_config.logit_scale = 1.0
     config.dtype = model.dtype
     return config
 
