@@ -115,6 +115,11 @@ def test_a_limited_run_takes_every_subtask_in_turn_and_keeps_mme_pairs_whole():
     assert [s.id for s in first] == [s.id for s in mme if s in first]  # the data's order
     assert len(get_task("mme").first(ReadResult(mme), 7).samples) == 7
     demon = [Sample(f"{task}/{i}", "q", [], "x", {"task": task}) for task in ("A", "B") for i in range(5)]
-    assert [s.id for s in get_task("demon").first(ReadResult(demon), 4).samples] == ["A/0", "A/1", "B/0", "B/1"]
+    assert [s.id for s in get_task("demon").first(ReadResult(demon), 4).samples] == [
+        "A/0",
+        "A/1",
+        "B/0",
+        "B/1",
+    ]
     # a family without subtasks: the first samples, as before
     assert get_task("pope").first(ReadResult(mme), 3).samples == mme[:3]
