@@ -35,6 +35,9 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     # the base is trained by the demo's steps and measured once, beside the VPG-C rows
     assert not (out / "qformer" / "metrics.json").exists() and not (out / "qformer" / "curve.jsonl").exists()
     base_steps = json.loads((out / "qformer" / "steps.json").read_text())
+    # Cheetah's base is BLIP-2's: in stage 2 too its Q-Former learns and its LLM stays frozen
+    base_recipe = yaml.safe_load((out / "qformer" / "stage2" / "recipe.yaml").read_text())
+    assert base_recipe["llm"]["mode"] == "frozen" and base_recipe["connector"]["mode"] == "full"
     assert summary["time/qformer_base_s"] == pytest.approx(sum(base_steps.values()), abs=0.01)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "[vpgc_pairs] reused" in again.output

@@ -1,9 +1,9 @@
 """The ablation pipeline (``graft ablation``): Cheetah's ablation on the shapes world, on held-out images.
 
-Rows (as the paper's): the Q-Former base (the demo's two stages with a Q-Former); + VPG-C
-trained on captions only; + VPG-C trained on captions mixed per batch with synthetic
-discriminative pairs. Only VPG-C's guidance learns in the last two (the base stays frozen), for
-the same number of steps on the same captions.
+Rows (as the paper's): the Q-Former base (the demo's two stages with a Q-Former, the LLM frozen
+in both, as in BLIP-2, on which Cheetah builds); + VPG-C trained on captions only; + VPG-C
+trained on captions mixed per batch with synthetic discriminative pairs. Only VPG-C's guidance
+learns in the last two (the base stays frozen), for the same number of steps on the same captions.
 
 Each row is scored on held-out test images: the foundation demo's single-image binary and
 multiple-choice accuracy, multi-image "which image shows ..." accuracy (the world's DEMON-format
@@ -83,6 +83,7 @@ def run_ablation(
         bench=False,
         align_steps=0,  # the base as measured in the README (the word alignment and the
         perceive_steps=0,  # perception warm-up came later)
+        frozen_llm=True,  # Cheetah's base: BLIP-2's, whose Q-Former learns and whose LLM is frozen
     )
     # the rows are built on the base: this folder records the base's settings and the rows'
     # together, once the base's own folder (checked by train_demo too) has accepted them

@@ -158,6 +158,9 @@ class DemoSettings:
     snap_steps: int | None = None
     perceive_steps: int | None = None
     stage2_steps: int | None = None
+    #: stage 2 trains the connector and keeps the LLM frozen (BLIP-2's and Cheetah's way: the
+    #: ablation's base) instead of tuning the LLM's top layers with the connector frozen
+    frozen_llm: bool = False
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
     #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family (also
     #: the text upper bound's; 50, not 100, keeps `make demo` with 120 stage-2 steps within 20 min)
@@ -179,6 +182,13 @@ class DemoSettings:
         return self.world or out / "world"
 
 
+#: stage 2's recipe changes for ``DemoSettings.frozen_llm``: the connector learns at stage 1's rate
+FROZEN_LLM_STAGE2 = {
+    "llm.mode": "frozen",
+    "llm.top_layers": None,
+    "connector.mode": "full",
+    "connector.lr": 2e-3,
+}
 #: how a demo's connector first learns (``DemoSettings.alignment``)
 ALIGNMENTS = ("ground", "words", "captions")
 #: the stages before stage 2, in order, and the alignments that run each by default
@@ -353,6 +363,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
             overrides["template"] = template
         if steps is not None:
             overrides["max_steps"] = steps
+        if name == "stage2" and s.frozen_llm:
+            overrides |= FROZEN_LLM_STAGE2
         recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
         work = partial(train, recipe, on_step=hook)
         clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
