@@ -22,9 +22,15 @@ def ablation_cmd(
     ] = Path("runs/demo"),
     images: Annotated[int, typer.Option(help="Images in the world, when it has to be built.")] = 8000,
     seed: Annotated[int, typer.Option(help="Random seed of the whole run.")] = 0,
-    train_pairs: Annotated[int, typer.Option(help="Synthetic pairs from training images.")] = 1000,
-    test_pairs: Annotated[int, typer.Option(help="Held-out pairs from test images.")] = 100,
-    vpgc_steps: Annotated[int, typer.Option(help="Optimizer steps of each VPG-C row.")] = 100,
+    train_pairs: Annotated[
+        int, typer.Option(help="Synthetic pairs from training images.")
+    ] = AblationSettings.train_pairs,
+    test_pairs: Annotated[
+        int, typer.Option(help="Held-out pairs from test images.")
+    ] = AblationSettings.test_pairs,
+    vpgc_steps: Annotated[
+        int, typer.Option(help="Optimizer steps of each VPG-C row.")
+    ] = AblationSettings.vpgc_steps,
     mix: Annotated[
         str, typer.Option(help="Captions : synthetic pairs per batch of the pairs row (Cheetah's 64:24).")
     ] = "1:1",
