@@ -182,13 +182,6 @@ class DemoSettings:
         return self.world or out / "world"
 
 
-#: stage 2's recipe changes for ``DemoSettings.frozen_llm``: the connector learns at stage 1's rate
-FROZEN_LLM_STAGE2 = {
-    "llm.mode": "frozen",
-    "llm.top_layers": None,
-    "connector.mode": "full",
-    "connector.lr": 2e-3,
-}
 #: how a demo's connector first learns (``DemoSettings.alignment``)
 ALIGNMENTS = ("ground", "words", "captions")
 #: the stages before stage 2, in order, and the alignments that run each by default
@@ -241,6 +234,16 @@ def own_data(
 def demo_recipe(llm: str, stage: str) -> str:
     """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
     return f"shapes-tiny-{stage}" if llm == "tiny" else f"shapes-{stage}"
+
+
+def frozen_llm_stage2(llm: str) -> dict[str, Any]:
+    """Stage 2's recipe changes for ``DemoSettings.frozen_llm``: the LLM frozen, the connector
+    learning at the rate of this LLM's stage-1 recipe."""
+    from graft.train import load_recipe
+    from graft.train.recipe import packaged_recipe
+
+    rate = load_recipe(packaged_recipe(demo_recipe(llm, "stage1"))).connector.lr
+    return {"llm.mode": "frozen", "llm.top_layers": None, "connector.mode": "full", "connector.lr": rate}
 
 
 def demo_template(llm: str, llm_dir: Path) -> str:
@@ -364,7 +367,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         if steps is not None:
             overrides["max_steps"] = steps
         if name == "stage2" and s.frozen_llm:
-            overrides |= FROZEN_LLM_STAGE2
+            overrides |= frozen_llm_stage2(s.llm)
         recipe = load_recipe(packaged_recipe(demo_recipe(s.llm, name)), overrides)
         work = partial(train, recipe, on_step=hook)
         clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)

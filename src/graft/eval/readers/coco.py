@@ -13,13 +13,11 @@ from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample,
 from graft.prompts import CAPTION_PROMPT
 from graft.record_files import RecordError, iter_objects, load_json
 
-DEFAULT_PROMPT = CAPTION_PROMPT
-
 
 def read_coco_captions(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str = CAPTION_PROMPT,
     skip_bad: bool = False,
     check_images: bool = True,
 ) -> ReadResult:
