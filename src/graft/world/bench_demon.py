@@ -189,8 +189,9 @@ def _in_context_options(rule: str, scene: Scene, rng: random.Random) -> list[str
         have = {o.color if rule == "colors" else o.shape for o in scene.objects}
         # one value more, one fewer, or one swapped: wrong sets that stay close to the right one
         sets = [have | {v} for v in pool if v not in have]
-        sets += [have - {v} for v in have if len(have) > 1]
-        sets += [(have - {v}) | {w} for v in have for w in pool if w not in have]
+        # in sorted order: a set of strings iterates in an order that varies across processes
+        sets += [have - {v} for v in sorted(have) if len(have) > 1]
+        sets += [(have - {v}) | {w} for v in sorted(have) for w in pool if w not in have]
         wrong = [join(sorted(s)) for s in rng.sample(sets, 3)]
     options = [right, *wrong]
     rng.shuffle(options)
