@@ -194,7 +194,9 @@ CHOICES = ["red circle", "blue square", "green triangle", "circle"]
         ("yes.", "yes"),
         ("No, there is not.", "no"),
         ("  NO!", "no"),
-        ("Maybe yes", "maybe"),
+        ("Maybe", "maybe"),
+        ("circle, so no.", "no"),  # a reply that names what it sees first
+        ("Yes, no doubt", "yes"),
         ("", ""),
     ],
 )

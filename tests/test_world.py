@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -13,6 +14,7 @@ import pytest
 
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
+from graft.world.instructions import YES_SHARE
 from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
 from graft.world.scene import BACKGROUND, Obj, Scene
 
@@ -41,6 +43,20 @@ def test_same_seed_same_world_other_seed_differs(world, tmp_path):
     b = _files(tmp_path / "b")
     assert b["stage2.json"] != _files(world)["stage2.json"]
     assert any(b[k] != v for k, v in _files(world).items() if k.endswith(".png") and k in b)
+
+
+def test_same_seed_same_world_in_another_process(tmp_path):
+    """No file may depend on the order a set of strings iterates in, which changes with each
+    process's hash seed (120 images: the in-context benchmark's options differed there)."""
+    import subprocess
+    import sys
+
+    for seed in ("1", "2"):
+        out = str(tmp_path / seed)
+        code = f"from graft.world import build_world; build_world({out!r}, num_images=120, seed=3)"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert _files(tmp_path / "1") == _files(tmp_path / "2")
 
 
 def test_rerun_reuses_world(world):
@@ -179,14 +195,16 @@ def test_eval_formats_and_balance(world):
         for letter, choice in zip(LETTERS, r["choices"], strict=True):
             assert f"\n{letter}. {choice}\n" in r["question"]
     stage2 = json.loads((world / "stage2.json").read_text())
+    # stage 2's yes/no replies name what decides them, then the verdict, yes a third of the time
     yn = Counter(
-        t["value"]
+        t["value"].rsplit(", so ", 1)[1]
         for r in stage2
         if r["qtype"] == "questions"
         for t in r["conversations"][1::2]
-        if t["value"] in ("Yes", "No")
+        if ", so " in t["value"]
     )
-    assert 0.3 < yn["Yes"] / (yn["Yes"] + yn["No"]) < 0.7
+    assert set(yn) == {"yes", "no"} and sum(yn.values()) > 50
+    assert abs(yn["yes"] / sum(yn.values()) - YES_SHARE) < 0.1
 
 
 def _resolve(scene: Scene, ref: str):
@@ -252,6 +270,42 @@ def test_yesno_answers_are_true_with_hard_negatives():
     assert hard > 30
 
 
+def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
+    from graft.eval.answers import parse_yesno
+    from graft.world.describe import number_word
+
+    asked = Counter()
+    for seed in range(300):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        for fam in ("existence", "color", "shape", "count", "position"):
+            qa = yesno(scene, rng, seed % 2 == 0, fam)
+            if qa is None:
+                continue
+            asked[fam] += 1
+            assert qa.reply == f"{qa.seen}, so {qa.answer.lower()}"
+            assert parse_yesno(qa.reply) == qa.answer.lower()
+            stem = qa.question.split("?")[0]
+            if fam == "existence":
+                color = stem.split()[3]
+                want = sorted({o.category for o in scene.objects if o.color == color})
+                assert qa.seen == (" and ".join(want) or "none")
+            elif fam in ("color", "shape"):
+                *ref, value = stem[len("Is the ") :].split()
+                ref = ref[:-1] if fam == "shape" else ref  # "... a square"
+                truth = getattr(_resolve(scene, " ".join(ref)), fam)
+                assert qa.seen == truth and (value == truth) == (qa.answer == "Yes")
+            elif fam == "count":
+                noun = stem.split()[-4]  # "... four objects in the image"
+                shapes = [o.shape for o in scene.objects]
+                n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
+                assert qa.seen == number_word(n)
+            else:
+                a, b = [o for o in scene.objects if f" {refer(scene, o)} " in f" {stem} "][:2]
+                assert qa.seen in {relation(a, b), relation(b, a)}
+    assert all(asked[fam] > 50 for fam in ("existence", "color", "shape", "count", "position"))
+
+
 def test_text_question_records_put_the_scene_where_the_image_was(world):
     from graft.world.describe import context_text
     from graft.world.diagnostics import text_question_records
@@ -279,8 +333,8 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
     }
 
     def answers(family: str, question: str, value: str) -> bool:
-        if family == "binary":
-            return value in ("Yes", "No")
+        if family == "binary":  # what decides it, then the verdict: "square, so no"
+            return re.fullmatch(r"[a-z ]+, so (yes|no)", value) is not None
         # the option's text, then its letter: "red circle (B)", the option the question lists as B
         m = re.fullmatch(r"(.+) \(([ABCD])\)", value)
         return m is not None and f"\n{m[2]}. {m[1]}\n" in question
@@ -315,7 +369,7 @@ def test_image_twin_records_keep_the_image_and_the_question(world):
     for twin in twins:
         source = sources[twin["id"].rsplit("-", 1)[0]]
         human, gpt = twin["conversations"]
-        assert twin["image"] == source["image"] and gpt["value"] in ("Yes", "No")
+        assert twin["image"] == source["image"] and re.fullmatch(r"[a-z ]+, so (yes|no)", gpt["value"])
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert "Context:" not in human["value"] and human["value"].endswith(SHORT_SUFFIX)
     with pytest.raises(ValueError, match="with_image needs a family"):
@@ -337,9 +391,12 @@ def test_presence_questions_are_true_balanced_and_train_as_records(world):
         assert rows == presence_questions(world, "test", attribute)  # reproducible
         record = question_training_records(rows)[0]
         assert record["image"] == rows[0]["image"]
+        # the reply names the scene's values of the attribute, then the verdict
+        have = sorted({getattr(o, attribute) for o in scenes[rows[0]["image"]].objects})
+        assert rows[0]["seen"] == " and ".join(have)
         assert [t["value"] for t in record["conversations"]] == [
             f"<image>\n{rows[0]['question']}",
-            rows[0]["answer"],
+            f"{' and '.join(have)}, so {rows[0]['answer'].lower()}",
         ]
     full = Scene([Obj(s, "red", "small", 0.5, 0.5) for s in ("circle", "square", "triangle", "diamond")])
     assert presence(full, random.Random(0), False, "shape") is None  # no absent shape to ask about
@@ -386,9 +443,10 @@ def test_perception_records_mix_both_answer_forms_about_training_images(world):
 
     records = perception_records(world)
     assert records == perception_records(world) and records != perception_records(world, seed=1)
-    answers = Counter(r["conversations"][1]["value"] for r in records)
-    replies = [re.fullmatch(r"[a-z]+ \(([ABCD])\)", a) for a in set(answers) - {"Yes", "No"}]
-    assert answers["Yes"] and answers["No"] and all(replies) and len({m[1] for m in replies}) > 1
+    answers = [r["conversations"][1]["value"] for r in records]
+    verdicts = Counter(m[1] for a in answers if (m := re.fullmatch(r"[a-z ]+, so (yes|no)", a)))
+    replies = [re.fullmatch(r"[a-z]+ \(([ABCD])\)", a) for a in answers if ", so " not in a]
+    assert verdicts["yes"] and verdicts["no"] and all(replies) and len({m[1] for m in replies}) > 1
     assert all(r["image"].startswith("images/train/") for r in records)
 
 

@@ -27,9 +27,15 @@ def normalize_text(text: str) -> str:
 
 
 def parse_yesno(text: str) -> str:
-    """The first word, lower-cased, punctuation stripped ('' for an empty answer)."""
+    """The verdict: the first word, lower-cased, punctuation stripped ('' for an empty answer);
+    the last word instead when it, and not the first, is yes or no (a reply that names what it
+    sees first: "circle, so no", ``graft.world.questions.reply``)."""
     words = normalize_text(text).split()
-    return words[0] if words else ""
+    if not words:
+        return ""
+    if words[0] not in ("yes", "no") and words[-1] in ("yes", "no"):
+        return words[-1]
+    return words[0]
 
 
 def parse_choice(text: str, choices: list[str]) -> str | None:

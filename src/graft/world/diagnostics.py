@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from graft.eval.answers import score_answer
+from graft.eval.answers import parse_yesno, score_answer
 from graft.eval.readers.questions import read_questions
 from graft.generate import generate_answers
 from graft.processing import load_image
@@ -136,10 +136,11 @@ QUESTION_FAMILIES = ("binary", "mcq")
 
 
 def question_family(question: str, answer: str) -> str | None:
-    """``binary`` (a yes/no question), ``mcq`` (a letter answer) or None for other turns."""
+    """``binary`` (a yes/no question: its reply ends in a verdict, "square, so no"), ``mcq`` (a
+    letter answer) or None for other turns."""
     if question.endswith(MCQ_SUFFIX):
         return "mcq"
-    if question.endswith(SHORT_SUFFIX) and answer in ("Yes", "No"):
+    if question.endswith(SHORT_SUFFIX) and parse_yesno(answer) in ("yes", "no"):
         return "binary"
     return None
 
@@ -209,6 +210,8 @@ def presence_questions(
             fields = {"question": qa.question, "answer": qa.answer, "qtype": qa.qtype}
             if qa.choices:
                 fields["choices"] = qa.choices
+            if qa.seen:
+                fields["seen"] = qa.seen
             rid = f"{row['id']}-{'pc' if choice else 'p'}"
             rows.append({"id": rid, "image": row["image"]} | fields)
     return rows
@@ -224,7 +227,7 @@ def question_training_records(
             "image": row["image"],
             "conversations": [
                 {"from": "human", "value": f"{image_token}\n{row['question']}"},
-                {"from": "gpt", "value": reply(row["answer"], row.get("choices"))},
+                {"from": "gpt", "value": reply(row["answer"], row.get("choices"), row.get("seen"))},
             ],
         }
         for row in rows

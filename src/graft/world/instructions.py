@@ -216,13 +216,22 @@ def caption_record(rid: str, image: str, caption: str) -> dict:
     return record(rid, image, [(CAPTION_PROMPT, caption)], qtype="caption")
 
 
+# A yes/no reply names what the image shows before its verdict ("square, so no": ``reply``).
+# Answered yes half the time, SmolLM2 learnt to name the value the question asks about instead
+# (copying it is right whenever the answer is yes): binary shape 0.591. Answered yes a third of
+# the time, copying pays less than looking: binary shape 0.818 (README, "What the demo measures
+# today"). The verdict itself follows from the named value, so the share sets no prior on it.
+YES_SHARE = 1 / 3
+
+
 def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
-    """k questions: half yes/no (yes or no with equal odds), a quarter MCQ, a quarter short."""
+    """k questions: half yes/no (answered yes with odds ``YES_SHARE``), a quarter MCQ, a quarter
+    short."""
     out = []
     for _ in range(k):
         u = rng.random()
         if u < 0.5:
-            out.append(sample_qa(scene, rng, "yesno"))
+            out.append(sample_qa(scene, rng, "yesno", rng.random() < YES_SHARE))
         elif u < 0.75:
             out.append(sample_qa(scene, rng, "mcq"))
         else:

@@ -19,15 +19,18 @@ MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly.
 LETTERS = "ABCD"
 
 
-def reply(answer: str, choices: list[str] | None = None) -> str:
-    """What a training record answers: for multiple choice the option's text and then its letter
-    ("red (B)"), so the LLM names what it sees before it copies the letter: SmolLM2-135M
-    trained on bare letters answered one or two letters to everything (README, "What the demo
-    measures today"); the answer itself otherwise. Evaluation keys stay the letter, which
-    ``parse_choice`` reads from the reply."""
-    if not choices:
-        return answer
-    return f"{choices[LETTERS.index(answer)]} ({answer})"
+def reply(answer: str, choices: list[str] | None = None, seen: str | None = None) -> str:
+    """What a training record answers: the answer led by what the image shows that decides it,
+    so the LLM names what it sees before it answers. For multiple choice the option's text and
+    then its letter ("red (B)"): SmolLM2-135M trained on bare letters answered one or two letters
+    to everything (README, "What the demo measures today"). For yes/no with ``seen`` the seen
+    value and then the verdict ("circle, so no"), which ``parse_yesno`` reads from the end. The
+    answer itself otherwise. Evaluation keys stay the letter or Yes / No."""
+    if choices:
+        return f"{choices[LETTERS.index(answer)]} ({answer})"
+    if seen:
+        return f"{seen}, so {answer.lower()}"
+    return answer
 
 
 FAMILIES = ("existence", "color", "shape", "count", "position")
@@ -43,11 +46,12 @@ class QA:
     choices: list[str] | None = None
     hard: bool = False  # a yes/no negative built from attributes present in the image
     axis: str | None = None  # position questions: the axis ("x" or "y") the answer depends on
+    seen: str | None = None  # yes/no: what the image shows that decides the answer ("circle")
 
     @property
     def reply(self) -> str:
-        """The training target (``reply``): the answer, led by the option's text for multiple choice."""
-        return reply(self.answer, self.choices)
+        """The training target (``reply``): the answer, led by what decides it."""
+        return reply(self.answer, self.choices, self.seen)
 
 
 def plural(shape: str) -> str:
@@ -116,6 +120,7 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             hard = bool(hard_combos) and rng.random() < 0.5
             color, shape = rng.choice(hard_combos if hard else combos)
         q = f"Is there a {color} {shape} in the image?"
+        seen = " and ".join(sorted({o.category for o in objs if o.color == color})) or "none"
     elif qtype in ("color", "shape"):
         cands = [(o, refer(scene, o)) for o in objs]
         if qtype == "color":
@@ -125,15 +130,18 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         if not cands:
             return None
         o, ref = rng.choice(cands)
-        truth, pool, seen = (o.color, list(COLORS), colors) if qtype == "color" else (o.shape, SHAPES, shapes)
+        truth, pool, in_image = (
+            (o.color, list(COLORS), colors) if qtype == "color" else (o.shape, SHAPES, shapes)
+        )
         if answer:
             value = truth
         else:
             others = [v for v in pool if v != truth]
-            hard_others = [v for v in others if v in seen]
+            hard_others = [v for v in others if v in in_image]
             hard = bool(hard_others) and rng.random() < 0.5
             value = rng.choice(hard_others if hard else others)
         q = f"Is the {ref} {value}?" if qtype == "color" else f"Is the {ref} a {value}?"
+        seen = truth
     elif qtype == "count":
         if rng.random() < 0.5:
             noun_of, n = (lambda k: "objects" if k != 1 else "object"), len(objs)
@@ -152,6 +160,7 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             q = f"Is there exactly one {noun_of(k)} in the image?"
         else:
             q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
+        seen = number_word(n)
     elif qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
@@ -159,10 +168,12 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         _, _, ra, rb, rel = rng.choice(pairs)
         hard = not answer
         q = f"Is the {ra} {REL_PHRASE[rel if answer else OPPOSITE[rel]]} the {rb}?"
-        return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, axis=AXIS[rel])
+        return QA(
+            q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, axis=AXIS[rel], seen=rel
+        )
     else:
         raise ValueError(qtype)
-    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard)
+    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, seen=seen)
 
 
 def _attribute_pool(attribute: str) -> list[str]:
@@ -187,7 +198,8 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
         if attribute == "color"
         else f"Is there a {value} in the image?"
     )
-    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", "existence", "yesno")
+    verdict = "Yes" if answer else "No"
+    return QA(q + SHORT_SUFFIX, verdict, "existence", "yesno", seen=" and ".join(sorted(seen)))
 
 
 def presence_choice(scene: Scene, rng: random.Random, attribute: str) -> QA | None:
