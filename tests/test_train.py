@@ -277,11 +277,32 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
     assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
 
 
-def test_bf16_training_runs_and_saves_bf16(tmp_path, world):
+def test_bf16_training_runs_and_saves_bf16(tmp_path, world, monkeypatch):
+    monkeypatch.setenv("GRAFT_EMULATED_BF16", "1")  # bf16 even on a CPU that only emulates it
     result = train(recipe_from_dict(tiny_recipe(world, tmp_path / "out", max_steps=2, precision="bf16")))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     reloaded = GraftForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert reloaded.language_model.dtype == torch.bfloat16
+
+
+def test_bf16_falls_back_to_fp32_where_the_cpu_only_emulates_it(tmp_path, world, monkeypatch, caplog):
+    import graft.precision
+    from graft.inference import load_for_inference
+
+    monkeypatch.delenv("GRAFT_EMULATED_BF16", raising=False)
+    monkeypatch.setattr(graft.precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(graft.precision, "_warned", set())
+    with caplog.at_level("WARNING", logger="graft.precision"):
+        train(recipe_from_dict(tiny_recipe(world, tmp_path / "out", max_steps=1, precision="bf16")))
+    assert "no native bf16" in caplog.text and "computing in fp32" in caplog.text
+    assert "precision: fp32" in (tmp_path / "out" / "recipe.yaml").read_text()  # what ran
+    assert (
+        GraftForConditionalGeneration.from_pretrained(tmp_path / "out").language_model.dtype == torch.float32
+    )
+    model, _ = load_for_inference(tmp_path / "out", bf16=True)
+    assert model.language_model.dtype == torch.float32
+    monkeypatch.setattr(graft.precision, "cpu_has_bf16", lambda: True)
+    assert load_for_inference(tmp_path / "out", bf16=True)[0].language_model.dtype == torch.bfloat16
 
 
 def test_global_batch_size_sets_gradient_accumulation(tmp_path, world):

@@ -20,10 +20,12 @@ def load_for_inference(
 
     from graft.eval.processes import process_state
     from graft.modeling import GraftForConditionalGeneration
+    from graft.precision import use_bf16
     from graft.processing import GraftProcessor
 
     if not (Path(model_dir) / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json)")
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    device = process_state().device
+    dtype = torch.bfloat16 if use_bf16(bf16, device) else torch.float32
     model = GraftForConditionalGeneration.from_pretrained(model_dir, dtype=dtype)
-    return model.to(process_state().device).eval(), GraftProcessor.from_pretrained(model_dir)
+    return model.to(device).eval(), GraftProcessor.from_pretrained(model_dir)

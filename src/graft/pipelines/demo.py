@@ -169,7 +169,8 @@ class DemoSettings:
     #: answer every task of the world's benchmark suite (``graft eval --bench``)
     bench: bool = True
     bench_limit: int | None = 50
-    #: evaluate in bfloat16, as the recipes train (1.7x faster on a CPU with AVX512-BF16)
+    #: evaluate in bfloat16, as the recipes train (1.7x faster on a CPU with AVX512-BF16; fp32 where
+    #: the CPU only emulates bf16: ``graft.precision``)
     bf16: bool = True
     #: the world, backbones and feature-cache folders (default: inside the run's folder; the
     #: ablation shares the demo's: cache entries are keyed by the tower's fingerprint)

@@ -74,6 +74,7 @@ class LocalAnswerer:
         from accelerate import PartialState
         from transformers import AutoModelForCausalLM
 
+        from graft.precision import use_bf16
         from graft.processing import load_tokenizer
 
         model_dir = Path(model_dir)
@@ -85,8 +86,8 @@ class LocalAnswerer:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if bf16 else torch.float32
         target = torch.device(device) if device else PartialState().device
+        dtype = torch.bfloat16 if use_bf16(bf16, target) else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(target).eval()
         ids: set[int] = set()
         for value in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):

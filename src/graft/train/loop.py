@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, Tra
 from graft.data.feature_cache import FeatureCache
 from graft.modeling import GraftForConditionalGeneration
 from graft.packing import PACKED_KEYS, enable_packing, is_packed
+from graft.precision import use_bf16
 from graft.processing import GraftProcessor
 from graft.train import distributed as dist
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
@@ -269,6 +270,8 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     output_dir = Path(recipe.output_dir)
     # the process group is set up here, before anything asks which process is the main one
     processes = dist.start(recipe.distributed)
+    if recipe.precision == "bf16" and not use_bf16(True, processes.device):
+        recipe = replace(recipe, precision="fp32")  # what runs, and what recipe.yaml records
     is_main = processes.is_main_process
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)

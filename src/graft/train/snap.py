@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from graft.files import write_text_atomic
 from graft.modeling import GraftForConditionalGeneration
+from graft.precision import use_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _teacher_tokens(
 ) -> torch.Tensor:
     out = []
     for i in tqdm(range(0, len(features), s.batch_size), desc="teacher tokens", unit="batch", disable=None):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(s.bf16, device)):
             out.append(
                 model.get_image_features(vision_features=features[i : i + s.batch_size].to(device)).float()
             )
