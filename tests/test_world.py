@@ -15,7 +15,7 @@ import pytest
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
 from graft.world.instructions import YES_SHARE
-from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, tally, yesno
+from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
 from graft.world.scene import BACKGROUND, Obj, Scene
 
 N = 60
@@ -299,35 +299,11 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 noun = stem.split()[-4]  # "... four objects in the image"
                 shapes = [o.shape for o in scene.objects]
                 n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
-                counted = [
-                    o for o in scene.objects if noun.startswith("object") or o.shape == noun.removesuffix("s")
-                ]
-                assert qa.seen == f"{tally(counted)}: {number_word(n)}"
-                assert qa.seen.count(",") == max(n - 1, 0)  # each counted object named once
+                assert qa.seen == number_word(n)
             else:
                 a, b = [o for o in scene.objects if f" {refer(scene, o)} " in f" {stem} "][:2]
                 assert qa.seen in {relation(a, b), relation(b, a)}
     assert all(asked[fam] > 50 for fam in ("existence", "color", "shape", "count", "position"))
-
-
-def test_a_count_is_read_from_the_objects_named_in_reading_order():
-    from graft.eval.answers import parse_choice
-
-    def obj(color: str, shape: str, x: float, y: float) -> Obj:
-        return Obj(shape, color, "small", x, y)
-
-    # rows of a 4 x 4 grid first (by an object's top edge), then columns (by its left edge)
-    scene = Scene(
-        [obj("red", "circle", 0.8, 0.8), obj("blue", "square", 0.8, 0.2), obj("green", "circle", 0.2, 0.3)]
-    )
-    assert tally(scene.objects) == "green circle, blue square, red circle"
-    assert tally([]) == "none"
-    for seed in range(40):
-        qa = mcq(scene, random.Random(seed), "count")
-        counted = [o for o in scene.objects if "objects" in qa.question or f"{o.shape}s" in qa.question]
-        assert qa.seen == tally(counted)
-        assert qa.reply == f"{tally(counted)}: {len(counted)} ({qa.answer})"
-        assert parse_choice(qa.reply, qa.choices) == qa.answer
 
 
 def test_text_question_records_put_the_scene_where_the_image_was(world):

@@ -29,7 +29,7 @@ from .multi_image import difference_record, which_image_record
 from .questions import FAMILIES, mcq, yesno
 from .scene import COLORS, SHAPES, Scene, sample_scene
 
-WORLD_VERSION = "shapes-5"
+WORLD_VERSION = "shapes-4"
 
 
 @dataclass

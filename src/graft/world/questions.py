@@ -23,13 +23,11 @@ def reply(answer: str, choices: list[str] | None = None, seen: str | None = None
     """What a training record answers: the answer led by what the image shows that decides it,
     so the LLM names what it sees before it answers. For multiple choice the option's text and
     then its letter ("red (B)"): SmolLM2-135M trained on bare letters answered one or two letters
-    to everything (README, "What the demo measures today"), led by ``seen`` where given (a count's
-    ``tally``: "red circle, blue square: 2 (B)"). For yes/no with ``seen`` the seen value and then
-    the verdict ("circle, so no"), which ``parse_yesno`` reads from the end. The answer itself
-    otherwise. Evaluation keys stay the letter or Yes / No."""
+    to everything (README, "What the demo measures today"). For yes/no with ``seen`` the seen
+    value and then the verdict ("circle, so no"), which ``parse_yesno`` reads from the end. The
+    answer itself otherwise. Evaluation keys stay the letter or Yes / No."""
     if choices:
-        named = f"{choices[LETTERS.index(answer)]} ({answer})"
-        return f"{seen}: {named}" if seen else named
+        return f"{choices[LETTERS.index(answer)]} ({answer})"
     if seen:
         return f"{seen}, so {answer.lower()}"
     return answer
@@ -48,7 +46,7 @@ class QA:
     choices: list[str] | None = None
     hard: bool = False  # a yes/no negative built from attributes present in the image
     axis: str | None = None  # position questions: the axis ("x" or "y") the answer depends on
-    seen: str | None = None  # what the image shows that decides the answer ("circle"; ``reply``)
+    seen: str | None = None  # yes/no: what the image shows that decides the answer ("circle")
 
     @property
     def reply(self) -> str:
@@ -58,19 +56,6 @@ class QA:
 
 def plural(shape: str) -> str:
     return shape + "s"
-
-
-def reading_order(objs: list[Obj]) -> list[Obj]:
-    """Objects in the order their first image cell comes in a row-by-row reading of a 4 x 4
-    grid (the order of the demo's image tokens), left to right within a row."""
-    return sorted(objs, key=lambda o: (int(4 * o.box()[1]), int(4 * o.box()[0]), o.x))
-
-
-def tally(objs: list[Obj]) -> str:
-    """What a count is read from: each object named in reading order ("red circle, blue
-    square"), or "none". A count reply names them before the number, so the LLM counts the names
-    it has just written, a text skill, not image tokens: an object spans one to nine of them."""
-    return ", ".join(o.category for o in reading_order(objs)) or "none"
 
 
 def refer(scene: Scene, obj: Obj) -> str | None:
@@ -158,23 +143,24 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         q = f"Is the {ref} {value}?" if qtype == "color" else f"Is the {ref} a {value}?"
         seen = truth
     elif qtype == "count":
-        shape = rng.choice(SHAPES) if rng.random() >= 0.5 else None  # None: all objects
-        counted = [o for o in objs if shape in (None, o.shape)]
-        n = len(counted)
+        if rng.random() < 0.5:
+            noun_of, n = (lambda k: "objects" if k != 1 else "object"), len(objs)
+        else:
+            shape = rng.choice(SHAPES)
+            noun_of, n = (lambda k, s=shape: plural(s) if k != 1 else s), sum(o.shape == shape for o in objs)
         if answer:
             k = n
         else:
             near = [v for v in (n - 1, n + 1) if v >= 1]
             hard = rng.random() < 0.5
             k = rng.choice(near if hard else [v for v in range(1, 5) if v != n])
-        noun = ("object" if shape is None else shape) + ("" if k == 1 else "s")
         if k == 0:
-            q = f"Are there no {noun} in the image?"
+            q = f"Are there no {noun_of(k)} in the image?"
         elif k == 1:
-            q = f"Is there exactly one {noun} in the image?"
+            q = f"Is there exactly one {noun_of(k)} in the image?"
         else:
-            q = f"Are there exactly {number_word(k)} {noun} in the image?"
-        seen = f"{tally(counted)}: {number_word(n)}"
+            q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
+        seen = number_word(n)
     elif qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
@@ -265,18 +251,13 @@ def mcq(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
         return _mcq(rng, f"What shape is the {ref}?", o.shape, [s for s in SHAPES if s != o.shape], qtype)
     if qtype == "count":
         if rng.random() < 0.5:
-            stem, counted = "How many objects are there in the image?", objs
-            pool = [str(v) for v in range(1, 7) if v != len(counted)]
+            stem, n = "How many objects are there in the image?", len(objs)
+            pool = [str(v) for v in range(1, 7) if v != n]
         else:
             shape = rng.choice(sorted({o.shape for o in objs}))
-            stem, counted = (
-                f"How many {plural(shape)} are there in the image?",
-                [o for o in objs if o.shape == shape],
-            )
-            pool = [str(v) for v in range(0, 6) if v != len(counted)]
-        qa = _mcq(rng, stem, str(len(counted)), pool, qtype)
-        qa.seen = tally(counted)
-        return qa
+            stem, n = f"How many {plural(shape)} are there in the image?", sum(o.shape == shape for o in objs)
+            pool = [str(v) for v in range(0, 6) if v != n]
+        return _mcq(rng, stem, str(n), pool, qtype)
     if qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
