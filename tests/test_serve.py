@@ -8,9 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 
 from graft.generate import generate_answers
 from graft.processing import GraftProcessor
+from graft.serve import backend
 from graft.serve.settings import ServeSettings
 from graft.templates import Message
 
@@ -286,3 +288,14 @@ def test_connectors_that_read_the_prompt_serve_graft_answers(tmp_path, connector
         expected = generate_answers(state.backend.model, processor, convs, images, max_new_tokens=12)
     assert served == expected
     assert len(set(served)) > 1, "answers should depend on the prompt"
+
+
+def test_auto_dtype_is_bf16_only_on_a_gpu_that_computes_it_natively(monkeypatch):
+    monkeypatch.setattr(backend, "native_bf16", lambda device: True)
+    assert backend._dtype("auto", torch.device("cpu")) == torch.float32
+    assert backend._dtype("auto", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(backend, "native_bf16", lambda device: False)
+    assert backend._dtype("auto", torch.device("cuda")) == torch.float32
+    assert backend._dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="--dtype"):
+        backend._dtype("fp8", torch.device("cpu"))

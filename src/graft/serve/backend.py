@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from graft.generate import answer_stops
+from graft.precision import native_bf16
 from graft.processing import PROCESSOR_FILE, GraftProcessor, SampleTooLongError, load_tokenizer
 from graft.prompts import ImageMarkerError
 from graft.serve.errors import APIError, invalid
@@ -155,7 +156,9 @@ class TextBackend(Backend):
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # bf16 only on a GPU that computes it natively (an older GPU would emulate it); a CPU
+        # serves in fp32 unless --dtype bfloat16 asks
+        bf16 = device.type == "cuda" and native_bf16(device)
         return torch.bfloat16 if bf16 else torch.float32
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in choices:

@@ -138,9 +138,9 @@ def _match_size(connector: torch.nn.Module, features: torch.Tensor, targets: tor
 def _teacher_tokens(
     model: GraftForConditionalGeneration, features: torch.Tensor, s: SnapSettings, device: torch.device
 ) -> torch.Tensor:
-    out = []
+    out, bf16 = [], use_bf16(s.bf16, device)
     for i in tqdm(range(0, len(features), s.batch_size), desc="teacher tokens", unit="batch", disable=None):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(s.bf16, device)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(
                 model.get_image_features(vision_features=features[i : i + s.batch_size].to(device)).float()
             )
