@@ -18,7 +18,7 @@ from graft.eval.readers import (
     read_pope,
     read_scienceqa,
 )
-from graft.eval.readers.mmbench import LETTER_PROMPT
+from graft.prompts import MC_ANSWER
 from graft.record_files import RecordError
 
 from reader_files import _img
@@ -82,14 +82,19 @@ def test_pope_reader_folder_and_merged_file(tmp_path):
     result = read_pope(tmp_path)
     assert [s.id for s in result] == ["adversarial/1", "random/1", "random/2"]
     assert [s.meta["split"] for s in result] == ["adversarial", "random", "random"]
+    short = "\nAnswer the question using a single word or phrase."
+    assert result.samples[0].prompt == "<image>\nIs there a snowboard in the image?"
+    assert result.samples[0].meta["question"] == "Is there a snowboard in the image?"
     merged = _jsonl(
         tmp_path / "merged" / "llava_pope_test.jsonl",
         [
             row | {"label": "yes", "category": "popular"},
-            row | {"question_id": 9, "label": "no", "category": "random"},
+            row | {"question_id": 9, "label": "no", "category": "random", "text": row["text"] + short},
         ],
     )
     single = read_pope(merged, image_root=tmp_path / "images")
+    # LLaVA's file carries the short-answer line: read as the bare question, as POPE's own files
+    assert single.samples[0].prompt == single.samples[1].prompt == result.samples[0].prompt
     assert [(s.id, s.meta["split"], s.target) for s in single] == [(1, "popular", "yes"), (9, "random", "no")]
     bad = _jsonl(
         tmp_path / "bad" / "questions.jsonl",
@@ -238,7 +243,7 @@ def test_mmbench_tsv(tmp_path):
     assert (a.id, a.meta["group"], b.meta["group"], c.meta["group"]) == (0, 0, 0, 5)
     assert a.prompt == (
         f'{IMAGE_MARKER}\nLook closely.\nTwo lines.\nWhat colour is the "square"?\n'
-        f"A. red\nB. blue\nC. green\n{LETTER_PROMPT}"
+        f"A. red\nB. blue\nC. green\n{MC_ANSWER}"
     )
     assert b.meta["choices"] == ["blue", "green", "red"] and b.target == "C"
     assert b.images[0].read_bytes() == a.images[0].read_bytes() and a.images[0].suffix == ".png"

@@ -185,6 +185,12 @@ def test_builtin_reader_with_prompt_changes(tmp_path):
     )
     read = get_task(str(tmp_path / "p1.yaml")).read(tmp_path / "pope")
     assert read.samples[0].prompt == "<image>\nLook. Is there a dog?\nAnswer yes or no."
+    # the built-in task asks as LLaVA-1.5 and lmms-eval do
+    builtin = get_task("pope").read(tmp_path / "pope")
+    assert (
+        builtin.samples[0].prompt
+        == "<image>\nIs there a dog?\nAnswer the question using a single word or phrase."
+    )
     out = score(str(tmp_path / "p1.yaml"), tmp_path / "pope", {"random/1": "Yes"})
     assert out["random"]["accuracy"] == 1.0 and out["exact_match"] == 1.0  # family and simple together
     # a template over the reader's fields; without markers the image goes first

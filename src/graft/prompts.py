@@ -25,6 +25,11 @@ OPTION_LETTERS = string.ascii_uppercase
 #: the one-sentence caption prompt: lmms-eval's COCO caption task asks it, and LLaVA-1.5's
 #: instruction mix trains on it (its TextCaps share)
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
+#: LLaVA-1.5's response-format prompts, on a line of their own after the question: its
+#: instruction mix trains on them, its evaluation files (POPE's ``llava_pope_test.jsonl``,
+#: ScienceQA's ``llava_test_CQM-A.json``) ask them, and lmms-eval's tasks add them
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+MC_ANSWER = "Answer with the option's letter from the given choices directly."
 
 #: DEMON's placeholders: ``{image#k}`` / ``{table#k}`` stand for the k-th image, 1-based
 DEMON_PLACEHOLDER = re.compile(r"\{(image|table)#(\d+)\}")

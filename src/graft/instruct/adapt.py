@@ -29,14 +29,11 @@ from typing import Any
 from graft.data.records import parse_record
 from graft.files import write_text_atomic
 from graft.instruct.adapt_readers import FORMATS, MARKER, Item, detect_format, read_items
-from graft.prompts import OPTION_LETTERS
+from graft.prompts import MC_ANSWER, OPTION_LETTERS, SHORT_ANSWER
 from graft.record_files import RecordError, UniqueIds
 
 logger = logging.getLogger(__name__)
 
-#: LLaVA-1.5's response-format prompts
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-MC_ANSWER = "Answer with the option's letter from the given choices directly."
 #: graft's brief-description instructions for captions (in the spirit of LLaVA's list)
 BRIEF_CAPTION = (
     "Describe the image concisely.",

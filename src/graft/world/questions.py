@@ -11,11 +11,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from graft.prompts import MC_ANSWER, SHORT_ANSWER
+
 from .describe import number_word
 from .scene import COLORS, SHAPES, Obj, Scene
 
-SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
-MCQ_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+SHORT_SUFFIX = "\n" + SHORT_ANSWER
+MCQ_SUFFIX = "\n" + MC_ANSWER
 LETTERS = "ABCD"
 
 

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample
-from graft.prompts import OPTION_LETTERS
+from graft.prompts import MC_ANSWER, OPTION_LETTERS
 from graft.record_files import RecordError
 
 OPTION_COLUMNS = OPTION_LETTERS[:9]  # the TSV's option columns, A-I
 CIRCULAR_STRIDE = 1_000_000
-LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
 def _missing(value: str | None) -> bool:
@@ -53,7 +52,7 @@ def _image_file(row: dict, images_by_index: dict[str, str], image_dir: Path, ind
     return image
 
 
-def build_prompt(question: str, hint: str | None, choices: list[str], suffix: str = LETTER_PROMPT) -> str:
+def build_prompt(question: str, hint: str | None, choices: list[str], suffix: str = MC_ANSWER) -> str:
     """LLaVA's MMBench prompt: hint, question, one ``X. option`` line per option, the suffix."""
     text = f"{hint}\n{question}" if hint else question
     for letter, option in zip(OPTION_COLUMNS, choices, strict=False):
@@ -64,7 +63,7 @@ def build_prompt(question: str, hint: str | None, choices: list[str], suffix: st
 def read_mmbench(
     path: str | os.PathLike,
     image_dir: str | os.PathLike | None = None,
-    suffix: str = LETTER_PROMPT,
+    suffix: str = MC_ANSWER,
     skip_bad: bool = False,
     check_images: bool = True,
 ) -> ReadResult:

@@ -5,6 +5,11 @@ Each line: ``{"question_id", "image", "text", "label": "yes"|"no"}``; LLaVA's me
 file or a folder of per-split files. In a folder the per-split files number their questions
 from 1 each, so sample ids are ``"{split}/{question_id}"``; from a single file they are the
 file's own ``question_id``.
+
+The prompt is ``<image>\n`` and the bare question: LLaVA's file ends its questions with the
+short-answer line (``graft.prompts.SHORT_ANSWER``), which is dropped here, so both forms read the
+same; the built-in task (``task_files/pope.yaml``) adds it back as its ``post_prompt``, as
+LLaVA-1.5 and lmms-eval ask POPE.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import re
 from pathlib import Path
 
 from graft.eval.readers.base import IMAGE_MARKER, Collector, ReadResult, Sample, image_folder, need
+from graft.prompts import SHORT_ANSWER
 from graft.record_files import RecordError, iter_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
+_SUFFIX = "\n" + SHORT_ANSWER
 _SPLIT_IN_NAME = re.compile(r"(?:^|_)(random|popular|adversarial)(?:\.|_|$)")
 
 
@@ -43,7 +50,7 @@ def read_pope(
     def sample(record: dict, where: str, file: Path) -> Sample:
         qid = need(record, "question_id", (int, str), where)
         image = need(record, "image", str, where)
-        text = need(record, "text", str, where)
+        text = need(record, "text", str, where).removesuffix(_SUFFIX)
         label = need(record, "label", str, where).strip().lower()
         if label not in ("yes", "no"):
             raise RecordError(f"{where}: field 'label' must be yes or no, got {record['label']!r}")
@@ -53,7 +60,12 @@ def read_pope(
         img = out.image(image_root / image, where)
         sample_id = f"{split}/{qid}" if file != path else qid
         return Sample(
-            sample_id, f"{IMAGE_MARKER}\n{text}", [img], label, {"split": split, "question": text}, where
+            sample_id,
+            f"{IMAGE_MARKER}\n{text}",
+            [img],
+            label,
+            {"split": split, "question": text},
+            where,
         )
 
     files = [path]
