@@ -4,7 +4,7 @@ LLaVA's stage 1 (captions, LLM frozen, connector learning) makes soft tokens the
 from, but a small LLM then cannot *match* them with the words of a question: SmolLM2-135M,
 fine-tuned on "Is there a red object in the image?", stays at chance for hundreds of steps
 after such a stage 1, and learns the same question in 40 steps when the scene's colours are
-written as words (README, "What the demo measures today"). A question's word and an image's
+written as words (docs/demo-history.md). A question's word and an image's
 token must meet in attention, and the LLM's pretrained heads match words with words.
 
 This objective trains the connector without running the LLM. Each soft token, compared with

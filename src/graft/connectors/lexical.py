@@ -5,7 +5,7 @@ token; compared by cosine similarity with every input embedding of the LLM (time
 ``word_scale``), it picks a distribution over the vocabulary, and the soft token is that
 distribution's mixture of embeddings. A token can therefore only be (a blend of) words the LLM
 already reads, which is what lets a small LLM match an image's tokens with a question's words
-(``graft.word_alignment``, which trains it: README, "What the demo measures today"). The
+(``graft.word_alignment``, which trains it: docs/demo-history.md). The
 embedding table is the LLM's, read at every call and never copied: the connector's own weights
 are ``swiglu``'s. No transformers architecture has such a projector, so a model with it does not
 export (``graft export-hf`` says so).

@@ -10,7 +10,7 @@ tokens (``graft.train.snap.fit_connector``, LLM-free) hands the LLM each object'
 shape bound in one token, at its place: the dense, region-level supervision that real models
 get from grounded caption data, here exact. The word alignment from captions
 (``graft.word_alignment``) only ever learned colour words at the objects and a blur of shape
-words around them (README, "What the demo measures today").
+words around them (docs/demo-history.md).
 """
 
 from __future__ import annotations

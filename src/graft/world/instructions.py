@@ -219,8 +219,8 @@ def caption_record(rid: str, image: str, caption: str) -> dict:
 # A yes/no reply names what the image shows before its verdict ("square, so no": ``reply``).
 # Answered yes half the time, SmolLM2 learnt to name the value the question asks about instead
 # (copying it is right whenever the answer is yes): binary shape 0.591. Answered yes a third of
-# the time, copying pays less than looking: binary shape 0.818 (README, "What the demo measures
-# today"). The verdict itself follows from the named value, so the share sets no prior on it.
+# the time, copying pays less than looking: binary shape 0.818 (docs/demo-history.md). The
+# verdict itself follows from the named value, so the share sets no prior on it.
 YES_SHARE = 1 / 3
 
 

@@ -2,7 +2,7 @@
 
 ``graft.word_alignment`` pulls an image's soft tokens onto the content words of its caption.
 Stage 1's captions also name every object's size and place, and then the tokens spend
-themselves on "large", "top" and "right" (measured: README, "What the demo measures today");
+themselves on "large", "top" and "right" (measured: docs/demo-history.md);
 the world's first caption of each image names each object's colour and shape only ("A blue
 square, a blue diamond and a purple circle."), the words a question matches.
 """

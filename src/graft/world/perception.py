@@ -5,8 +5,8 @@ After the word alignment an image's soft tokens are the LLM's own colour words, 
 position still has to learn to read them: from one bit per yes/no question, stage 2's mixture
 of formats does not teach it in 80 steps. Questions that the image alone decides and that need
 no binding ("Is there a red object in the image?", "Which of these colors is in the image?")
-teach it first, in both answer formats the held-out evaluation asks (measured: README, "What
-the demo measures today").
+teach it first, in both answer formats the held-out evaluation asks (measured:
+docs/demo-history.md).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def reply(answer: str, choices: list[str] | None = None, seen: str | None = None
     """What a training record answers: the answer led by what the image shows that decides it,
     so the LLM names what it sees before it answers. For multiple choice the option's text and
     then its letter ("red (B)"): SmolLM2-135M trained on bare letters answered one or two letters
-    to everything (README, "What the demo measures today"). For yes/no with ``seen`` the seen
+    to everything (docs/demo-history.md). For yes/no with ``seen`` the seen
     value and then the verdict ("circle, so no"), which ``parse_yesno`` reads from the end. The
     answer itself otherwise. Evaluation keys stay the letter or Yes / No."""
     if choices:
