@@ -277,6 +277,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     (``stages_wanted``), stage 2 (``curve`` is stage 2's ``on_step`` hook).
     ``graft ablation`` builds its Q-Former base with it."""
     from graft.backbones import compose_from_pretrained, save_composed
+    from graft.eval.processes import process_state
+    from graft.precision import use_bf16
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world import build_world
@@ -285,6 +287,9 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
 
     claim_folder(out, s)
+    # a CPU that only emulates bf16 trains in fp32, several times slower: say so before the
+    # first step, not at the first training step minutes later (graft.precision warns once)
+    use_bf16(s.bf16, process_state().device)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
