@@ -22,7 +22,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from graft.precision import native_bf16
 
 
-def _ms(work: Callable[[], object], repeat: int) -> float:
+def time_ms(work: Callable[[], object], repeat: int) -> float:
+    """Milliseconds per call of ``work``, after one untimed call."""
     work()  # warm-up
     start = time.perf_counter()
     for _ in range(repeat):
@@ -30,16 +31,21 @@ def _ms(work: Callable[[], object], repeat: int) -> float:
     return (time.perf_counter() - start) / repeat * 1e3
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    a, b = torch.randn(512, 576), torch.randn(576, 1536)
-    config = LlamaConfig(
+def smollm2_layer_config() -> LlamaConfig:
+    """A decoder layer of SmolLM2-135M's shape: hidden 576, MLP 1536, 9 heads, 3 KV heads."""
+    return LlamaConfig(
         hidden_size=576,
         intermediate_size=1536,
         num_attention_heads=9,
         num_key_value_heads=3,
         attn_implementation="sdpa",
     )
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(512, 576), torch.randn(576, 1536)
+    config = smollm2_layer_config()
     layer = LlamaDecoderLayer(config, layer_idx=0)
     hidden = torch.randn(16, 80, 576, requires_grad=True)
     position_ids = torch.arange(80)[None].expand(16, -1)
@@ -58,7 +64,7 @@ def main() -> None:
         ("matmul", lambda: a @ b, lambda: a.bfloat16() @ b.bfloat16(), 20),
         ("decoder_layer_fwd_bwd", lambda: layer_step(False), lambda: layer_step(True), 3),
     ):
-        ms32, ms16 = _ms(fp32, repeat), _ms(bf16, repeat)
+        ms32, ms16 = time_ms(fp32, repeat), time_ms(bf16, repeat)
         result[name] = {
             "fp32_ms": round(ms32, 2),
             "bf16_ms": round(ms16, 2),

@@ -19,15 +19,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-
-def _ms(work: Callable[[], object], repeat: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeat):
-        work()
-    return (time.perf_counter() - start) / repeat * 1e3
+from bf16_speed import smollm2_layer_config, time_ms  # this folder: run as benchmarks/compile_speed.py
 
 
 def _seconds(work: Callable[[], object]) -> float:
@@ -44,13 +38,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        attn_implementation="sdpa",
-    )
+    config = smollm2_layer_config()
     eager = torch.nn.ModuleList([LlamaDecoderLayer(config, layer_idx=i) for i in range(args.layers)])
     compiled = [torch.compile(layer, dynamic=True) for layer in eager]
     rope = LlamaRotaryEmbedding(config)
@@ -67,11 +55,10 @@ def main() -> None:
 
     result: dict[str, object] = {"cpu": torch.backends.cpu.get_cpu_capability(), "layers": args.layers}
     for k, length in enumerate(args.lengths):
-        step(eager, length)  # warm-up
         first = _seconds(lambda length=length: step(compiled, length))
         result["compile_s" if k == 0 else f"first_pass_at_{length}_s"] = round(first, 1)
-        e = _ms(lambda length=length: step(eager, length), args.repeat)
-        c = _ms(lambda length=length: step(compiled, length), args.repeat)
+        e = time_ms(lambda length=length: step(eager, length), args.repeat)
+        c = time_ms(lambda length=length: step(compiled, length), args.repeat)
         result[f"tokens_{length}"] = {
             "eager_ms": round(e, 1),
             "compiled_ms": round(c, 1),
