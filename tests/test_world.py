@@ -391,13 +391,24 @@ def test_presence_questions_are_true_balanced_and_train_as_records(world):
         assert rows == presence_questions(world, "test", attribute)  # reproducible
         record = question_training_records(rows)[0]
         assert record["image"] == rows[0]["image"]
-        # the reply names the scene's values of the attribute, then the verdict
-        have = sorted({getattr(o, attribute) for o in scenes[rows[0]["image"]].objects})
-        assert rows[0]["seen"] == " and ".join(have)
+        # the reply lists every object, then the verdict
+        objs = scenes[rows[0]["image"]].objects
+        assert sorted(rows[0]["seen"].replace(" and ", ", ").split(", ")) == sorted(o.category for o in objs)
         assert [t["value"] for t in record["conversations"]] == [
             f"<image>\n{rows[0]['question']}",
-            f"{' and '.join(have)}, so {rows[0]['answer'].lower()}",
+            f"{rows[0]['seen']}, so {rows[0]['answer'].lower()}",
         ]
+    # in reading order: the top row left to right (two centres in one of four bands), then below
+    scene = Scene(
+        [
+            Obj("square", "blue", "small", 0.8, 0.8),
+            Obj("circle", "red", "small", 0.7, 0.1),
+            Obj("diamond", "green", "small", 0.2, 0.2),
+        ]
+    )
+    qa = presence(scene, random.Random(0), True, "color")
+    assert qa.seen == "green diamond, red circle and blue square"
+    assert qa.reply == "green diamond, red circle and blue square, so yes"
     full = Scene([Obj(s, "red", "small", 0.5, 0.5) for s in ("circle", "square", "triangle", "diamond")])
     assert presence(full, random.Random(0), False, "shape") is None  # no absent shape to ask about
     with pytest.raises(ValueError, match="'size'"):

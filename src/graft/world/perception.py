@@ -19,8 +19,9 @@ from graft.world.diagnostics import presence_questions, question_training_record
 
 
 def perception_records(world_dir: str | os.PathLike, seed: int = 0) -> list[dict[str, Any]]:
-    """One yes/no colour-presence record per training image and one letter-answer record per
-    training image that leaves three colours out, shuffled."""
+    """One yes/no colour-presence record per training image (its reply lists every object, then
+    the verdict: ``questions.presence``) and one letter-answer record per training image that
+    leaves three colours out, shuffled."""
     rows = presence_questions(world_dir, "train", "color", seed)
     rows += presence_questions(world_dir, "train", "color", seed, choice=True)
     records = question_training_records(rows)

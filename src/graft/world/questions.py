@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 from graft.prompts import MC_ANSWER, SHORT_ANSWER
 
-from .describe import number_word
+from .describe import join, number_word
 from .scene import COLORS, SHAPES, Obj, Scene
 
 SHORT_SUFFIX = "\n" + SHORT_ANSWER
 MCQ_SUFFIX = "\n" + MC_ANSWER
 LETTERS = "ABCD"
+#: bands of the reading order in which a presence reply lists the objects: the demo's image
+#: tokens come row by row from a 4x4 grid over the image (``graft.world.grounding``)
+READING_ROWS = 4
 
 
 def reply(answer: str, choices: list[str] | None = None, seen: str | None = None) -> str:
@@ -184,14 +187,23 @@ def _attribute_pool(attribute: str) -> list[str]:
     return list(COLORS) if attribute == "color" else list(SHAPES)
 
 
+def reading_order(scene: Scene) -> list[Obj]:
+    """The scene's objects row by row (``READING_ROWS`` bands of the image, by centre), left to
+    right within a row: the order of the image tokens that show them."""
+    return sorted(scene.objects, key=lambda o: (min(int(o.y * READING_ROWS), READING_ROWS - 1), o.x))
+
+
 def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> QA | None:
     """'Is there a red object in the image?' (``attribute`` "color") or 'Is there a circle in the
-    image?' ("shape"): one attribute, no binding, the easiest question an image can answer (a
-    perception warm-up, ``benchmarks/perception_warmup.py``). Family ``existence``; None when
-    the scene has every value (no negative) of that attribute."""
+    image?' ("shape"): one attribute, no binding, the easiest question an image can answer (the
+    demo's perception warm-up, ``graft.world.perception``). The reply lists every object in
+    reading order before the verdict ("purple triangle, blue circle and green square, so no"), so
+    the warm-up teaches the LLM to read each object's colour and shape from its tokens, not the
+    colours alone. Family ``existence``; None when the scene has every value (no negative) of
+    that attribute."""
     pool = _attribute_pool(attribute)
-    seen = {getattr(o, attribute) for o in scene.objects}
-    values = sorted(seen) if answer else [v for v in pool if v not in seen]
+    have = {getattr(o, attribute) for o in scene.objects}
+    values = sorted(have) if answer else [v for v in pool if v not in have]
     if not values:
         return None
     value = rng.choice(values)
@@ -201,7 +213,8 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
         else f"Is there a {value} in the image?"
     )
     verdict = "Yes" if answer else "No"
-    return QA(q + SHORT_SUFFIX, verdict, "existence", "yesno", seen=" and ".join(sorted(seen)))
+    seen = join([o.category for o in reading_order(scene)])
+    return QA(q + SHORT_SUFFIX, verdict, "existence", "yesno", seen=seen)
 
 
 def presence_choice(scene: Scene, rng: random.Random, attribute: str) -> QA | None:
