@@ -141,3 +141,16 @@ def test_packaged_vision_tower_is_copied_and_loads(world, tmp_path):
     assert model.config.patch_size == 4 and (PACKAGED_VISION / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="not a vision-tower folder"):
         prepare_vision(world, tmp_path, str(tmp_path / "nowhere"))
+
+
+def test_the_world_loads_image_processors_without_a_transformers_warning():
+    """Taking ``CLIPImageProcessor`` from transformers without torchvision logs a fallback warning
+    to anyone who imports graft as a library (the CLI silences transformers); the world's code
+    names the PIL classes instead."""
+    import subprocess
+    import sys
+
+    code = "import graft.world.vision, graft.world.probe, graft.pipelines.demo"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "ImageProcessor" not in run.stderr, run.stderr

@@ -91,11 +91,13 @@ def probe_vision_features(
     """Linear-probe accuracy for shape, colour, size and coarse position of each object, trained
     on train-split objects and measured on test-split objects, from frozen patch features of
     `layer`."""
-    from transformers import CLIPImageProcessor, CLIPVisionModel
+    from transformers import CLIPVisionModel
+
+    from graft.processing import load_image_processor
 
     world = Path(world_dir)
     model = CLIPVisionModel.from_pretrained(vision_dir).to(device).eval()
-    processor = CLIPImageProcessor.from_pretrained(vision_dir)
+    processor = load_image_processor(str(vision_dir))
     xtr, ytr = _object_features(model, processor, world, _meta(world, "train", train_images), layer, device)
     xte, yte = _object_features(model, processor, world, _meta(world, "test", test_images), layer, device)
     out: dict[str, float] = {}

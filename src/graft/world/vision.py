@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPVisionModel
 
 from .artifacts import building, is_finished
 from .describe import captions
@@ -253,7 +253,7 @@ def pretrain_vision(
     # A fresh CLIPVisionModel (not the submodule) so the saved folder is exactly a vision-tower checkpoint.
     vision = CLIPVisionModel(config.vision_config)
     vision.load_state_dict(model.vision_model.state_dict())
-    processor = CLIPImageProcessor(
+    processor = CLIPImageProcessorPil(  # saved as CLIPImageProcessor; PIL: no torchvision needed
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         image_mean=manifest["image_mean"],
