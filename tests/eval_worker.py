@@ -21,14 +21,14 @@ from graft.record_files import RecordError
 def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
     torch.set_num_threads(1)
     state = process_state()
-    real = predict_mod.generate_answers
+    real = predict_mod.generate_replies
     seen: dict[str, list[str]] = {}
 
     def spy(model, processor, convs, images, **kw):  # noqa: ANN001, ANN003, ANN202
         seen[out].extend(c[-1].content for c in convs)
         return real(model, processor, convs, images, **kw)
 
-    predict_mod.generate_answers = spy
+    predict_mod.generate_replies = spy
     for out in outs:
         seen[out] = []
         app(["-q", "eval", "--model", model_dir, "--task", task, "--out", out, "--batch-size", "2",
@@ -41,7 +41,7 @@ def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
 
     model, processor = load_for_inference(Path(model_dir))
     name, _, data = task.partition("=")
-    predict_mod.generate_answers = fails_on_rank_1
+    predict_mod.generate_replies = fails_on_rank_1
     try:
         run_task(
             model, processor, name, data, Path(outs[0]).parent / "fails", max_new_tokens=2, progress=False
@@ -49,7 +49,7 @@ def main(model_dir: str, task: str, report_dir: str, *outs: str) -> None:
         error = None
     except ValueError as err:  # RecordError here, OtherProcessError on the other process
         error = f"{type(err).__name__}: {err}"
-    predict_mod.generate_answers = real
+    predict_mod.generate_replies = real
     after = run_task(model, processor, name, data, Path(outs[0]).parent / "after", limit=2, max_new_tokens=2)
     report = {
         "rank": state.process_index,

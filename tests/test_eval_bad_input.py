@@ -12,6 +12,7 @@ import graft.eval.predict as predict_mod
 from graft.eval.metrics import JudgeConfig
 from graft.eval.runner import run_task
 from graft.eval.score import Options
+from graft.generate import Reply
 from graft.record_files import RecordError
 
 from judge_server import JudgeServer
@@ -32,9 +33,9 @@ def answers(monkeypatch):
 
     def fake(model, processor, convs, images, **kw):
         text = [c[-1].content for c in convs]
-        return [next((a for k, a in script.items() if k in t), "Yes") for t in text]
+        return [Reply(next((a for k, a in script.items() if k in t), "Yes")) for t in text]
 
-    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    monkeypatch.setattr(predict_mod, "generate_replies", fake)
     return script
 
 

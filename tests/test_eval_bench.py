@@ -14,6 +14,7 @@ import graft.eval.predict as predict_mod
 from graft.cli import app
 from graft.eval.runner import read_bench, run_bench, run_task
 from graft.eval.score import Options
+from graft.generate import Reply
 
 from tiny import save_tiny_backbones, tiny_model_and_processor, write_image, write_jsonl
 
@@ -70,9 +71,9 @@ def said_yes(monkeypatch):
 
     def fake(model, processor, convs, images, settings):
         calls.append(settings)
-        return ["Yes"] * len(convs)
+        return [Reply("Yes")] * len(convs)
 
-    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    monkeypatch.setattr(predict_mod, "generate_replies", fake)
     return calls
 
 

@@ -13,7 +13,7 @@ from graft.cli import app
 from graft.eval.predict import predict_jsonl
 from graft.eval.runner import run_task
 from graft.eval.settings import EvalSettings
-from graft.generate import ChatSession, GenerationSettings, generate_answers
+from graft.generate import ChatSession, GenerationSettings, Reply, generate_answers
 from graft.templates import Message
 
 from tiny import random_image, save_tiny_backbones, tiny_model_and_processor, write_jsonl, write_pope
@@ -69,9 +69,9 @@ def _capture(monkeypatch):
 
     def fake(model, processor, convs, images, settings):
         seen.extend(images)
-        return ["Yes"] * len(convs)
+        return [Reply("Yes")] * len(convs)
 
-    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    monkeypatch.setattr(predict_mod, "generate_replies", fake)
     return seen
 
 

@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from graft.generate import ChatSession, _decode, answer_stops, generate_answers
+from graft.generate import ChatSession, Reply, _decode, answer_stops, generate_answers
 from graft.processing import GraftProcessor, collate_samples
 from graft.prompts import ImageMarkerError
 from graft.templates import Message
@@ -98,9 +98,15 @@ def test_decode_stops_at_eos_and_stop_string():
     tok = processor.tokenizer
     ids = tok("Yes it is", add_special_tokens=False)["input_ids"]
     junk = tok(" chat", add_special_tokens=False)["input_ids"]
-    assert _decode(ids + [tok.eos_token_id] + junk, [tok.eos_token_id], [], processor) == "Yes it is"
+    ended = _decode(ids + [tok.eos_token_id] + junk, [tok.eos_token_id], [], processor, limit=20)
+    assert ended == Reply("Yes it is", cut=False)
     stop_ids = tok("<|im_end|> more", add_special_tokens=False)["input_ids"]
-    assert _decode(ids + stop_ids, [tok.eos_token_id], ["<|im_end|>"], processor) == "Yes it is"
+    assert _decode(ids + stop_ids, [tok.eos_token_id], ["<|im_end|>"], processor, 20) == Reply("Yes it is")
+    # no end within the limit: cut; fewer new tokens than the limit (its batch stopped early): not
+    assert _decode(ids, [tok.eos_token_id], ["<|im_end|>"], processor, len(ids)) == Reply(
+        "Yes it is", cut=True
+    )
+    assert not _decode(ids, [tok.eos_token_id], ["<|im_end|>"], processor, len(ids) + 1).cut
 
 
 def test_vicuna_answer_ends_at_its_turn_end_or_a_made_up_next_turn(sensitive):
@@ -110,7 +116,7 @@ def test_vicuna_answer_ends_at_its_turn_end_or_a_made_up_next_turn(sensitive):
     # '</s>' is this tokenizer's EOS token: a token-level stop; 'USER:' is text
     assert tok.convert_tokens_to_ids("</s>") in eos_ids and stops == ["USER:"]
     ran_on = tok(" green USER: Is it red? ASSISTANT: green", add_special_tokens=False)["input_ids"]
-    assert _decode(ran_on, eos_ids, stops, processor) == "green"
+    assert _decode(ran_on, eos_ids, stops, processor, len(ran_on)) == Reply("green")
 
 
 def test_multi_token_turn_end_is_cut_from_the_text():
@@ -123,7 +129,7 @@ def test_multi_token_turn_end_is_cut_from_the_text():
     assert len(tokenizer("</s>", add_special_tokens=False)["input_ids"]) > 1
     for tail in ["</s>USER: Is it red? ASSISTANT: green", " USER: Is it red?</s>", "</s>"]:
         ids = tokenizer(" green" + tail, add_special_tokens=False)["input_ids"]
-        assert _decode(ids, eos_ids, stops, processor) == "green"
+        assert _decode(ids, eos_ids, stops, processor, len(ids)) == Reply("green")
 
 
 def test_generate_answers_cuts_a_run_on_answer(sensitive, monkeypatch):
@@ -166,7 +172,7 @@ def test_answers_are_new_tokens_only(sensitive):
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=8, do_sample=False)
     new = out[0, batch["input_ids"].shape[1] :].tolist()
-    expected = _decode(new, *answer_stops(model, processor), processor)
+    expected = _decode(new, *answer_stops(model, processor), processor, 8).text
     assert generate_answers(model, processor, CONVS[1:2], IMAGES[1:2], max_new_tokens=8) == [expected]
 
 

@@ -9,6 +9,7 @@ from graft.eval import evaluate_question_files, predict_jsonl
 from graft.eval.answers import normalize_text, parse_choice, parse_yesno, score_answer
 from graft.eval.settings import EvalSettings
 from graft.files import BusyError, FileLock
+from graft.generate import Reply
 from graft.record_files import RecordError
 
 from tiny import random_image, tiny_model_and_processor
@@ -58,7 +59,8 @@ def test_predict_jsonl_writes_every_id_once(tiny, tmp_path):
     assert stats == {"total": 5, "already_done": 0, "written": 5, "bad": 0}
     rows = _read_jsonl(out)
     assert [r["id"] for r in rows] == ids
-    assert all(set(r) == {"id", "prediction"} and isinstance(r["prediction"], str) for r in rows)
+    assert all(isinstance(r["prediction"], str) and r.get("cut", True) is True for r in rows)
+    assert all(set(r) in ({"id", "prediction"}, {"id", "prediction", "cut"}) for r in rows)
     # a second run has nothing left to do
     again = predict_jsonl(model, processor, path, out, image_root=tmp_path, batch_size=2, max_new_tokens=4)
     assert again["written"] == 0 and again["already_done"] == 5
@@ -103,7 +105,7 @@ def test_predict_jsonl_survives_a_crash_mid_run(tiny, tmp_path, monkeypatch):
     model, processor = tiny
     path, ids = _prediction_questions(tmp_path)
     out = tmp_path / "pred.jsonl"
-    real = predict_mod.generate_answers
+    real = predict_mod.generate_replies
     calls = []
 
     def crash_on_second_batch(*args, **kwargs):
@@ -112,11 +114,11 @@ def test_predict_jsonl_survives_a_crash_mid_run(tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict_mod, "generate_answers", crash_on_second_batch)
+    monkeypatch.setattr(predict_mod, "generate_replies", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         predict_jsonl(model, processor, path, out, batch_size=2, max_new_tokens=4, progress=False)
     assert [r["id"] for r in _read_jsonl(out)] == ids[:2]  # the first batch was flushed
-    monkeypatch.setattr(predict_mod, "generate_answers", real)
+    monkeypatch.setattr(predict_mod, "generate_replies", real)
     stats = predict_jsonl(model, processor, path, out, batch_size=2, max_new_tokens=4, progress=False)
     assert stats["written"] == 3
     assert [r["id"] for r in _read_jsonl(out)] == ids
@@ -129,9 +131,9 @@ def test_predict_jsonl_passes_markers_and_prepends_images(tiny, tmp_path, monkey
 
     def fake(model, processor, convs, images, **kw):
         seen.extend((c[0].content, len(i)) for c, i in zip(convs, images, strict=True))
-        return ["x"] * len(convs)
+        return [Reply("x")] * len(convs)
 
-    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    monkeypatch.setattr(predict_mod, "generate_replies", fake)
     predict_jsonl(model, processor, path, tmp_path / "o.jsonl", batch_size=8, progress=False)
     assert seen == [
         ("<image>\nIs there a red circle?", 1),
@@ -285,9 +287,9 @@ def test_evaluate_question_files_bookkeeping(tiny, tmp_path, monkeypatch):
 
     def fake(model, processor, convs, images, *args, **kw):
         seen.extend(zip(convs, images, strict=True))
-        return [next(r for end, r in replies.items() if c[-1].content.endswith(end)) for c in convs]
+        return [Reply(next(r for end, r in replies.items() if c[-1].content.endswith(end))) for c in convs]
 
-    monkeypatch.setattr(predict_mod, "generate_answers", fake)
+    monkeypatch.setattr(predict_mod, "generate_replies", fake)
     out = tmp_path / "runs"
     settings = EvalSettings(batch_size=2, progress=False)
     result = evaluate_question_files(model, processor, [path], out, tmp_path, settings, blind=False)

@@ -123,3 +123,14 @@ def test_a_limited_run_takes_every_subtask_in_turn_and_keeps_mme_pairs_whole():
     ]
     # a family without subtasks: the first samples, as before
     assert get_task("pope").first(ReadResult(mme), 3).samples == mme[:3]
+
+
+def test_answers_cut_at_the_length_limit_are_marked_counted_and_warned(tmp_path, caplog):
+    model, processor = tiny_model_and_processor()
+    data = write_pope(tmp_path / "pope")
+    with caplog.at_level("WARNING", logger="graft.eval.runner"):
+        res = run_task(model, processor, "pope", data, tmp_path / "o", max_new_tokens=1, progress=False)
+    rows = _lines(tmp_path / "o" / "pope" / "predictions.jsonl")
+    cut = sum(r.get("cut", False) for r in rows)
+    assert cut > 0 and res["prediction_counts"]["cut"] == cut
+    assert f"pope: {cut} answers reached the 1-token answer limit" in caplog.text

@@ -1,10 +1,12 @@
 """Batched generation helpers and a multi-turn chat session.
 
-``generate_answers`` is the one place prompts become answers: evaluation, prediction files and
-the chat session all go through it. Prompts are left-padded (``GraftProcessor.prompts``) so
-every row's last prompt token sits in the same column and the KV cache is shared by the batch;
-greedy answers do not depend on the batch they were generated in. ``GenerationSettings`` holds
-every knob of it (answer length, batch size, sampling), passed as one object.
+``generate_replies`` is the one place prompts become answers: evaluation, prediction files and
+the chat session all go through it (``generate_answers`` when only the text is wanted); a reply
+says whether it was cut at ``max_new_tokens`` before its turn ended. Prompts are left-padded
+(``GraftProcessor.prompts``) so every row's last prompt token sits in the same column and the KV
+cache is shared by the batch; greedy answers do not depend on the batch they were generated in.
+``GenerationSettings`` holds every knob of it (answer length, batch size, sampling), passed as one
+object.
 """
 
 from __future__ import annotations
@@ -77,15 +79,30 @@ def answer_stops(model: Any, processor: GraftProcessor) -> tuple[list[int], list
     return sorted(ids), texts
 
 
-def _decode(tokens: list[int], eos_ids: list[int], stops: list[str], processor: GraftProcessor) -> str:
-    """The answer in ``tokens``: up to the first end token, then up to the first stop text."""
+@dataclass(frozen=True)
+class Reply:
+    """One generated answer: its text, and whether it reached ``max_new_tokens`` before the end of
+    its turn (so its text stops mid-answer and a scorer reads a cut answer)."""
+
+    text: str
+    cut: bool = False
+
+
+def _decode(
+    tokens: list[int], eos_ids: list[int], stops: list[str], processor: GraftProcessor, limit: int
+) -> Reply:
+    """The answer in ``tokens``: up to the first end token, then up to the first stop text; cut
+    when neither came within ``limit`` new tokens."""
+    ended = False
     for i, tok in enumerate(tokens):
         if tok in eos_ids:
-            tokens = tokens[:i]
+            tokens, ended = tokens[:i], True
             break
     text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
-    end = min((text.index(stop) for stop in stops if stop in text), default=len(text))
-    return text[:end].strip()
+    end = min((text.index(stop) for stop in stops if stop in text), default=None)
+    if end is not None:
+        text, ended = text[:end], True
+    return Reply(text.strip(), cut=not ended and len(tokens) >= limit)
 
 
 @contextlib.contextmanager
@@ -120,6 +137,22 @@ def generate_answers(
     progress: bool = False,
     **changes: Any,
 ) -> list[str]:
+    """The text of ``generate_replies``' answers."""
+    return [
+        r.text
+        for r in generate_replies(model, processor, conversations, images, settings, progress, **changes)
+    ]
+
+
+def generate_replies(
+    model: Any,
+    processor: GraftProcessor,
+    conversations: list[list[Message]],
+    images: list[list[Image.Image]],
+    settings: GenerationSettings | None = None,
+    progress: bool = False,
+    **changes: Any,
+) -> list[Reply]:
     """One answer per conversation (each ends with a user turn), in order.
 
     ``settings`` default to ``GenerationSettings()``; ``changes`` are fields of it set for this
@@ -149,7 +182,7 @@ def generate_answers(
     if stops:
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
 
-    answers: list[str] = []
+    answers: list[Reply] = []
     batch_size = s.batch_size
     starts = range(0, len(conversations), batch_size)
     bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) <= 1)
@@ -161,7 +194,7 @@ def generate_answers(
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model.generate(**batch, **gen_kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
-            answers.extend(_decode(row, eos_ids, stops, processor) for row in new_tokens)
+            answers.extend(_decode(row, eos_ids, stops, processor, s.max_new_tokens) for row in new_tokens)
     return answers
 
 

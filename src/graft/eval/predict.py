@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from graft.eval.readers.base import Collector, Sample, need
 from graft.eval.settings import EvalSettings
 from graft.files import FileLock, cut_partial_last_line
-from graft.generate import GenerationSettings, generate_answers
+from graft.generate import GenerationSettings, Reply, generate_replies
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.prompts import ImageMarkerError, place_images
 from graft.record_files import RecordError, check_id, iter_jsonl
@@ -75,7 +75,7 @@ def _answer(
     images: list[list[Any]],
     bad: Collector,
     gen: GenerationSettings,
-) -> list[tuple[Sample, str]]:
+) -> list[tuple[Sample, Reply]]:
     """(row, answer) for every row of a batch that can be answered.
 
     A prompt that cannot be encoded (longer than the model's context, markers that do not match
@@ -84,7 +84,7 @@ def _answer(
     """
     convs = [[Message("user", row.prompt)] for row in batch]
     try:
-        return list(zip(batch, generate_answers(model, processor, convs, images, settings=gen), strict=True))
+        return list(zip(batch, generate_replies(model, processor, convs, images, settings=gen), strict=True))
     except (SampleTooLongError, ImageMarkerError) as err:
         if len(batch) == 1:
             bad.fail(f"{batch[0].where}: {err}")
@@ -94,6 +94,18 @@ def _answer(
         for row, imgs in zip(batch, images, strict=True)
         for done in _answer(model, processor, [row], [imgs], bad, gen)
     ]
+
+
+def _row(rid: str | int, reply: Reply) -> dict[str, Any]:
+    """A predictions line: ``{"id", "prediction"}``, and ``"cut": true`` for a cut answer."""
+    return {"id": rid, "prediction": reply.text} | ({"cut": True} if reply.cut else {})
+
+
+def count_cut(predictions: Path) -> int:
+    """How many answers of a predictions file were cut at the length limit (``"cut": true``)."""
+    return (
+        sum(record.get("cut") is True for record, _ in iter_jsonl(predictions)) if predictions.exists() else 0
+    )
 
 
 def _append_answers(
@@ -107,7 +119,8 @@ def _append_answers(
     label: str,
 ) -> int:
     """Answer ``pending`` in batches, appending each batch's answers to ``out_path`` (flushed and
-    synced: a kill loses at most the batch in flight); returns how many were written."""
+    synced: a kill loses at most the batch in flight); returns how many were written. An answer
+    cut at the length limit is marked ``"cut": true`` (``count_cut``)."""
     written = 0
     bar = tqdm(total=len(pending), desc=f"predict {label}", unit="q", disable=not settings.progress)
     with out_path.open("a", encoding="utf-8") as out:
@@ -124,7 +137,7 @@ def _append_answers(
                 batch.append(row)
             if batch:
                 done_rows = _answer(model, processor, batch, images, bad, gen)
-                out.write("".join(json.dumps({"id": r.id, "prediction": a}) + "\n" for r, a in done_rows))
+                out.write("".join(json.dumps(_row(r.id, a)) + "\n" for r, a in done_rows))
                 out.flush()
                 os.fsync(out.fileno())
                 written += len(done_rows)

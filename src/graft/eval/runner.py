@@ -34,7 +34,7 @@ from accelerate.utils import gather_object
 import graft
 from graft.eval.cost import end_to_end_cost
 from graft.eval.families import Options, check_judge
-from graft.eval.predict import predict_jsonl
+from graft.eval.predict import count_cut, predict_jsonl
 from graft.eval.processes import EXPECTED, from_main, merge_shards, process_state, shard_path, step
 from graft.eval.readers import IMAGE_MARKER, ReadResult
 from graft.eval.score import read_predictions, score_samples
@@ -181,11 +181,21 @@ def run_task(
 
     def finish() -> dict[str, Any]:
         merge_shards(predictions)
+        cut = count_cut(predictions)
+        if cut:
+            limit = settings.generation(spec.generation).max_new_tokens
+            logger.warning(
+                "%s: %d answers reached the %d-token answer limit before their turn ended and are "
+                "scored as cut (raise --max-new-tokens)",
+                name,
+                cut,
+                limit,
+            )
         metrics = score_samples(spec, read, read_predictions(predictions), options)
         cost = end_to_end_cost(processor, questions, predictions, seconds, counts["written"], folder)
         return write_results(
             folder,
-            result_head(spec, name, path, settings, metrics, counts)
+            result_head(spec, name, path, settings, metrics, counts | {"cut": cut})
             | {
                 "blind": settings.blind,
                 "processes": world,
