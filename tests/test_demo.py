@@ -73,7 +73,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
 def test_step_clock_reuses_a_step_another_run_did(tmp_path):
     """The ablation shares the demo's world: its own clock never timed that step, and redoing
     it (with the ablation's seed) would rewrite the demo's world under the demo's models."""
-    from graft.pipelines.demo import StepClock
+    from graft.pipelines.run_folder import StepClock
 
     said, ran = [], []
     clock = StepClock(tmp_path / "steps.json", echo=said.append)
@@ -87,7 +87,8 @@ def test_step_clock_reuses_a_step_another_run_did(tmp_path):
 
 def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
     """A rerun reuses finished steps: with another seed it would report the old model."""
-    from graft.pipelines.demo import DemoSettings, RunFolderError, claim_folder
+    from graft.pipelines.demo import DemoSettings
+    from graft.pipelines.run_folder import RunFolderError, claim_folder
 
     claim_folder(tmp_path, DemoSettings(llm="tiny"))
     claim_folder(tmp_path, DemoSettings(llm="tiny"))  # the same settings: a rerun, allowed

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, RunFolderError, check_alignment, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, check_alignment, connector_spec, run_demo
 from graft.pipelines.demo_fits import GROUND_STEPS
+from graft.pipelines.run_folder import RunFolderError
 
 
 @app.command("demo")

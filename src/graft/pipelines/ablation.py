@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
-from graft.pipelines.demo import BUILD_STEPS, DemoSettings, StepClock, check_folder, claim_folder, train_demo
+from graft.pipelines.demo import BUILD_STEPS, DemoSettings, train_demo
+from graft.pipelines.run_folder import StepClock, check_folder, claim_folder
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
 #: the world's DEMON-format "which image shows ..." task
