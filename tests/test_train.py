@@ -352,3 +352,35 @@ def test_feature_cache_is_reused_and_invalidated_by_the_tower(tmp_path, world):
         next(model.vision_tower.parameters()).add_(1e-3)
     changed = FeatureCache.for_model(tmp_path / "fc", model)
     assert changed.root != cache.root and changed.fill(model, dataset)["computed"] == 6
+
+
+def test_feature_cache_computes_where_the_vision_tower_is(tmp_path, world, monkeypatch):
+    # a CUDA run of the demo's grounding once sent CPU pixels to a tower on the GPU; here the
+    # "meta" device stands in for the GPU, and a CPU twin computes the features
+    import copy
+
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path))
+    model, processor = build_model(recipe)
+    dataset = LlavaDataset(world["data"], world["root"], processor)
+    cache = FeatureCache.for_model(tmp_path / "fc", model)
+    twin = copy.deepcopy(model)
+    model.vision_tower.to("meta")
+    seen: list[str] = []
+    made: list[torch.Tensor] = []  # each batch's pixels as made, on the CPU
+    preprocess = dataset.processor.preprocess_images
+    monkeypatch.setattr(
+        dataset.processor, "preprocess_images", lambda im: made.append(preprocess(im)) or made[-1]
+    )
+
+    def select(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels.device.type)
+        return twin.select_vision_features(made[-1])
+
+    monkeypatch.setattr(model, "select_vision_features", select)
+    assert cache.fill(model, dataset)["computed"] == 6
+    assert seen and set(seen) == {"meta"}
+    key = dataset[0].image_keys[0]
+    with torch.no_grad():
+        assert torch.equal(
+            cache.get(key), twin.select_vision_features(processor.preprocess_images([random_image(0)]))[0]
+        )

@@ -129,7 +129,7 @@ class FeatureCache:
         model: Any,
         dataset: Any,
         batch_size: int = 64,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         rank: int = 0,
         world_size: int = 1,
         barrier: Callable[[], None] | None = None,
@@ -141,8 +141,11 @@ class FeatureCache:
         is missing and before anyone writes, so they all split the same list. Call ``load``
         after all are done. Returns the keys, each one's image file and counts. An image that
         cannot be read is an error, or, when the dataset skips bad samples, left uncached (the
-        loop then skips batches that hold it).
+        loop then skips batches that hold it). ``device``: where the images are computed, by
+        default where the model's vision tower is.
         """
+        if device is None:  # where the tower is: a model on a GPU computes there
+            device = next(model.vision_tower.parameters()).device
         paths = _image_paths(dataset)
         missing = sorted(k for k in paths if k not in self)
         if barrier is not None:
