@@ -229,7 +229,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     claim_folder(out, s)
     # a CPU that only emulates bf16 trains in fp32, several times slower: say so before the
     # first step, not at the first training step minutes later (graft.precision warns once)
-    use_bf16(s.bf16, process_state().device)
+    device = process_state().device
+    use_bf16(s.bf16, device)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     spec = connector_spec(s.connector, s.reduction)
@@ -247,6 +248,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
             world,
             backbones,
             s.seed,
+            str(device),  # the world's own pretraining (--vision train, --llm tiny): a GPU when there is one
             vision_steps=s.vision_steps,
             llm_steps=s.llm_steps,
             llm=s.llm,
