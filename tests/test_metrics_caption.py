@@ -104,3 +104,17 @@ def test_bad_inputs():
         caption_scores(REFS, {99: "a cat"}, java=False)
     with pytest.raises(ValueError, match="no captions"):
         caption_scores(REFS, {}, java=False)
+
+
+def test_missing_toolkit_says_how_to_install(monkeypatch):
+    """Without pycocoevalcap (a broken installation), scoring names the package to install
+    instead of failing on an import deep inside graft."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "pycocoevalcap" or m.startswith("pycocoevalcap.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "pycocoevalcap", None)
+    with pytest.raises(ModuleNotFoundError, match="pip install pycocoevalcap"):
+        caption_scores(REFS, PREDS, java=False)
+    with pytest.raises(ModuleNotFoundError, match="pip install pycocoevalcap"):
+        python_tokenize("A red car.")

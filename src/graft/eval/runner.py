@@ -186,7 +186,7 @@ def run_task(
             limit = settings.generation(spec.generation).max_new_tokens
             logger.warning(
                 "%s: %d answers reached the %d-token answer limit before their turn ended and are "
-                "scored as cut (raise --max-new-tokens)",
+                "scored as cut (a longer limit: EvalSettings.max_new_tokens, graft eval's --max-new-tokens)",
                 name,
                 cut,
                 limit,

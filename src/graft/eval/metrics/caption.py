@@ -12,6 +12,7 @@ such numbers are close to, not equal to, the reference, and never pass silently 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import re
 import shutil
@@ -33,6 +34,21 @@ _TOKEN = re.compile(
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-", '"': "''"}
 
 
+def toolkit(module: str, name: str) -> Any:
+    """``name`` from ``pycocoevalcap.<module>``, or a ModuleNotFoundError that says how to install
+    the toolkit (graft declares it; only a broken installation lacks it)."""
+    try:
+        return getattr(importlib.import_module(f"pycocoevalcap.{module}"), name)
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("pycocoevalcap"):
+            raise
+        raise ModuleNotFoundError(
+            "captioning scores need the COCO caption toolkit, which this environment lacks: "
+            "pip install pycocoevalcap",
+            name=err.name,
+        ) from err
+
+
 def java_available() -> bool:
     return shutil.which("java") is not None
 
@@ -40,22 +56,19 @@ def java_available() -> bool:
 def python_tokenize(text: str) -> str:
     """A stand-in for PTB tokenization: lower-case, split off punctuation and clitics, drop the
     punctuation tokens pycocoevalcap drops."""
-    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
-
+    punctuations = toolkit("tokenizer.ptbtokenizer", "PUNCTUATIONS")
     tokens = [_BRACKETS.get(t, t) for t in _TOKEN.findall(text.lower().replace("\n", " "))]
-    return " ".join(t for t in tokens if t not in PUNCTUATIONS)
+    return " ".join(t for t in tokens if t not in punctuations)
 
 
 def _tokenize(
     refs: Mapping[Any, Sequence[str]], preds: Mapping[Any, str], use_java: bool
 ) -> tuple[dict, dict]:
     if use_java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
         # one Java run for references and predictions together (the tokenizer works line by line)
         both = {("ref", k): [{"caption": c} for c in refs[k]] for k in preds}
         both |= {("pred", k): [{"caption": preds[k]}] for k in preds}
-        tokens = PTBTokenizer().tokenize(both)
+        tokens = toolkit("tokenizer.ptbtokenizer", "PTBTokenizer")().tokenize(both)
         return {k: tokens[("ref", k)] for k in preds}, {k: tokens[("pred", k)] for k in preds}
     return (
         {k: [python_tokenize(c) for c in refs[k]] for k in preds},
@@ -66,9 +79,7 @@ def _tokenize(
 def _meteor(gts: dict, res: dict, scorer: Any = None) -> float:
     if scorer is not None:
         return float(scorer.compute_score(gts, res)[0])
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    scorer = Meteor()
+    scorer = toolkit("meteor.meteor", "Meteor")()
     try:
         score, _ = scorer.compute_score(gts, res)
     finally:
@@ -94,10 +105,7 @@ def caption_scores(
     Returns ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "n", "tokenizer"}`` plus
     ``"fallback"`` (why) when Java was not used; METEOR is then ``None``.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
+    bleu_scorer, cider, rouge = (toolkit(f"{m}.{m}", m.capitalize()) for m in ("bleu", "cider", "rouge"))
     unknown = [k for k in preds if k not in refs]
     if unknown:
         raise KeyError(f"{len(unknown)} prediction id(s) have no reference captions, e.g. {unknown[:3]}")
@@ -112,11 +120,11 @@ def caption_scores(
     # the toolkit prints progress on stdout; keep stdout for our results
     with contextlib.redirect_stdout(sys.stderr):
         gts, res = _tokenize(refs, preds, use_java)
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        bleu, _ = bleu_scorer(4).compute_score(gts, res, verbose=0)
         out: dict[str, Any] = {f"Bleu_{i + 1}": float(b) for i, b in enumerate(bleu)}
         out["METEOR"] = _meteor(gts, res, meteor) if use_java else None
-        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+        out["ROUGE_L"] = float(rouge().compute_score(gts, res)[0])
+        out["CIDEr"] = float(cider().compute_score(gts, res)[0])
     out["n"] = len(preds)
     out["tokenizer"] = "ptb" if use_java else "python"
     if not use_java:
