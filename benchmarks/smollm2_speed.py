@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -24,27 +25,33 @@ from pathlib import Path
 import torch
 
 from graft.data import LlavaDataset, TrainCollator
+from graft.data.sampler import GroupedBatchSampler
 from graft.eval.readers.questions import read_questions
 from graft.generate import generate_answers
 from graft.modeling import GraftForConditionalGeneration
+from graft.packing import PACKED_KEYS, enable_packing
 from graft.processing import GraftProcessor, load_image
 from graft.templates import Message
 from graft.train.recipe import recipe_from_dict
 from graft.train.stages import apply_stage, param_groups
 
-#: (name, stage, bf16, label-only logits, recipe components) -- the first of each stage is its baseline
+#: the demo's stage 2: the top 15 of SmolLM2's 30 layers learn, the connector is frozen
+DEMO_STAGE2 = {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 15}}
+#: (name, stage, bf16, label-only logits, padding-free batches, recipe components) -- the first of
+#: each stage is its baseline
 TRAIN_CASES = [
-    ("stage 1: fp32, full logits", "stage1", False, False, {"connector": {"mode": "full"}}),
-    ("stage 1: bf16 autocast", "stage1", True, False, {"connector": {"mode": "full"}}),
-    ("stage 1: bf16 + label-only logits", "stage1", True, True, {"connector": {"mode": "full"}}),
-    ("stage 2: fp32, full logits, full LLM", "stage2", False, False, {"llm": {"mode": "full"}}),
-    ("stage 2: bf16 autocast", "stage2", True, False, {"llm": {"mode": "full"}}),
-    ("stage 2: bf16 + label-only logits", "stage2", True, True, {"llm": {"mode": "full"}}),
+    ("stage 1: fp32, full logits", "stage1", False, False, False, {"connector": {"mode": "full"}}),
+    ("stage 1: bf16 autocast", "stage1", True, False, False, {"connector": {"mode": "full"}}),
+    ("stage 1: bf16 + label-only logits", "stage1", True, True, False, {"connector": {"mode": "full"}}),
+    ("stage 2: fp32, full logits, full LLM", "stage2", False, False, False, {"llm": {"mode": "full"}}),
+    ("stage 2: bf16 autocast", "stage2", True, False, False, {"llm": {"mode": "full"}}),
+    ("stage 2: bf16 + label-only logits", "stage2", True, True, False, {"llm": {"mode": "full"}}),
     (
         "stage 2: bf16 + label-only + LoRA r=64 (connector learns)",
         "stage2",
         True,
         True,
+        False,
         {"llm": {"mode": "lora", "lora": {"r": 64, "alpha": 128}}},
     ),
     (
@@ -52,35 +59,49 @@ TRAIN_CASES = [
         "stage2",
         True,
         True,
+        False,
         {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 10}},
     ),
+    ("stage 2: fp32 + label-only + top 15 layers (demo, fp32)", "stage2", False, True, False, DEMO_STAGE2),
+    ("stage 2: fp32 + label-only + top 15 layers, packed", "stage2", False, True, True, DEMO_STAGE2),
+    ("stage 2: bf16 + label-only + top 15 layers (demo, bf16)", "stage2", True, True, False, DEMO_STAGE2),
+    ("stage 2: bf16 + label-only + top 15 layers, packed", "stage2", True, True, True, DEMO_STAGE2),
 ]
 
 
-def batches(model_dir: Path, world: Path, stage: str, batch_size: int, count: int, model) -> list[dict]:
+def batches(
+    model_dir: Path, world: Path, stage: str, batch_size: int, count: int, model, packed: bool
+) -> list[dict]:
     template = "plain" if stage == "stage1" else "smollm2"
     processor = GraftProcessor.from_pretrained(model_dir, template=template)
     dataset = LlavaDataset([str(world / f"{stage}.json")], str(world), processor)
-    collate = TrainCollator(processor.tokenizer.pad_token_id)
+    collate = TrainCollator(processor.tokenizer.pad_token_id, packed=packed)
+    # the training loop's batches: one modality each, samples of similar length together
+    order = GroupedBatchSampler(dataset.lengths, dataset.has_image, batch_size, packed=packed)
     out = []
     with torch.no_grad():
-        for start in range(0, batch_size * count, batch_size):
-            batch = collate([dataset[i] for i in range(start, start + batch_size)])
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        for indices in itertools.islice(order, count):
+            batch = collate([dataset[i] for i in indices])
+            keep = ("input_ids", "attention_mask", "labels", "position_ids", *PACKED_KEYS)
+            inputs = {k: batch[k] for k in keep if k in batch}
             inputs["vision_features"] = model.select_vision_features(batch["pixel_values"])
             out.append(inputs)
     return out
 
 
-def time_training(args, name: str, stage: str, bf16: bool, label_only: bool, components: dict) -> float:
+def time_training(
+    args, name: str, stage: str, bf16: bool, label_only: bool, packed: bool, components: dict
+) -> float:
     model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
+    if packed:
+        enable_packing(model, torch.device("cpu"))
     recipe = recipe_from_dict(
         {"model": {"init_from": str(args.model)}, "data": {"train": ["-"]}, **components}, source="benchmark"
     )
     apply_stage(model, recipe)
     model.train()
     model.vision_tower.eval()
-    data = batches(args.model, args.world, stage, args.batch_size, args.warmup + args.steps, model)
+    data = batches(args.model, args.world, stage, args.batch_size, args.warmup + args.steps, model, packed)
     optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=1e-5)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     for i, inputs in enumerate(data):
@@ -120,13 +141,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--eval-questions", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default="", help="Run only the cases whose name contains this text.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
     base: dict[str, float] = {}
-    for name, stage, bf16, label_only, components in TRAIN_CASES:
-        rate = time_training(args, name, stage, bf16, label_only, components)
+    for name, stage, bf16, label_only, packed, components in TRAIN_CASES:
+        if args.only not in name:
+            continue
+        rate = time_training(args, name, stage, bf16, label_only, packed, components)
         base.setdefault(stage, rate)
         results[name] = rate
         print(f"{name:70s} {rate:7.2f} samples/s  x{rate / base[stage]:.2f}", flush=True)
@@ -135,6 +159,8 @@ def main() -> None:
         ("eval: batch 32, fp32", 32, False),
         ("eval: batch 32, bf16 autocast", 32, True),
     ):
+        if args.only not in name:
+            continue
         rate = time_eval(args, batch_size, bf16)
         base.setdefault("eval", rate)
         results[name] = rate
