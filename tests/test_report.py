@@ -72,7 +72,7 @@ def test_report_tables_charts_and_failures(tmp_path):
     assert "| run | 0.800 | - | - | - |" in md  # pope's one split, no demo numbers
     assert "| demo | - | 0.900 | 0.500 | 0.700 |" in md
     assert "| colour | - | 0.950 |" in md
-    assert "2 wrong of 4" in md  # the two "no" samples
+    assert "2 wrong of 4 answered" in md  # the two "no" samples
 
     page = html_path.read_text()
     assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page)  # nothing fetched from outside
@@ -81,6 +81,17 @@ def test_report_tables_charts_and_failures(tmp_path):
     assert fails == 2
     assert page.count("data:image/jpeg;base64,") == 2  # each failure with its image
     assert "Is there a circle 0?" in page and "Is there a circle 1?" not in page
+
+
+def test_failures_of_a_limited_run_count_only_its_answers(tmp_path):
+    run = _tiny_pope_run(tmp_path, {})
+    first_two = _ids(run)[:2]  # a run with --limit 2: labels no, yes; the model says "Yes"
+    (run / "pope" / "predictions.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prediction": "Yes"}) + "\n" for i in first_two)
+    )
+    report = load_run(run)
+    assert report.tasks["pope"].note == "1 wrong of 2 answered, of 4 in the benchmark"
+    assert [f.id for f in report.tasks["pope"].failures] == first_two[:1]
 
 
 def test_headlines_per_family():

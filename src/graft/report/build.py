@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:
     """Up to ``limit`` wrong samples, or none and a note saying why."""
     from graft.eval.answers import mme_yes_no, pope_yes_no
+    from graft.eval.readers import ReadResult
     from graft.eval.score import read_predictions, score_samples
     from graft.eval.tasks import get_task
 
@@ -53,23 +54,22 @@ def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> t
         return [], f"benchmark data {data!r} or {preds_path.name} not found; failures not listed"
     # re-read through the run's own task (a user task file may prompt differently)
     spec = get_task(results.get("task_file") or results.get("task", task))
-    read = spec.read(data, skip_bad=True)
     preds = read_predictions(preds_path)
+    # a limited run (``--limit``) answered only some of the benchmark: judge those, as its scores did
+    full = spec.read(data, skip_bad=True)
+    read = ReadResult([s for s in full.samples if str(s.id) in preds], full.bad)
     if task in ("scienceqa_img", "mmbench"):
         verdicts = score_samples(spec, read, preds, keep_samples=True)["samples"]
         wrong = {str(v["id"]) for v in verdicts if not v["correct"]}
     else:
         parse = pope_yes_no if task == "pope" else mme_yes_no
-        wrong = {
-            str(s.id)
-            for s in read.samples
-            if str(s.id) in preds and parse(preds[str(s.id)]) != str(s.target).strip().lower()
-        }
+        wrong = {str(s.id) for s in read.samples if parse(preds[str(s.id)]) != str(s.target).strip().lower()}
     out = []
     for s in read.samples:
         if str(s.id) in wrong and len(out) < limit:
             out.append(Failure(str(s.id), s.prompt, preds.get(str(s.id), ""), str(s.target), list(s.images)))
-    return out, f"{len(wrong)} wrong of {len(read.samples)}"
+    of_all = "" if len(read.samples) == len(full.samples) else f", of {len(full.samples)} in the benchmark"
+    return out, f"{len(wrong)} wrong of {len(read.samples)} answered{of_all}"
 
 
 def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
