@@ -110,3 +110,20 @@ def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):
         result = CliRunner().invoke(app, [*args, "--model", str(tmp_path)])
         assert result.exit_code == 2, (args, result.output)
         assert f"error: {tmp_path} is not a model folder (no config.json)" in result.output
+
+
+def test_graft_logs_info_and_other_libraries_only_warnings():
+    import subprocess
+    import sys
+
+    script = (
+        "import logging; from graft.logs import configure_logging; configure_logging(); "
+        "logging.getLogger('matplotlib.font_manager').info('generated new fontManager'); "
+        "logging.getLogger('httpx').info('HTTP Request: POST'); "
+        "logging.getLogger('graft.train.loop').info('saved the trained model'); "
+        "logging.getLogger('accelerate').warning('a library warning')"
+    )
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
+    assert "INFO graft.train.loop: saved the trained model" in err
+    assert "WARNING accelerate: a library warning" in err
+    assert "fontManager" not in err and "HTTP Request" not in err

@@ -57,6 +57,17 @@ def test_limit_and_unknown_task(tmp_path):
         run_task(model, processor, "popes", data, tmp_path / "o")
 
 
+def test_the_progress_bar_names_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # `graft -q` in an earlier test sets it
+    model, processor = tiny_model_and_processor()
+    data = write_pope(tmp_path / "pope")
+    for run in ("with_images", "blind"):
+        run_task(model, processor, "pope", data, tmp_path / "o", run_name=run, limit=2, max_new_tokens=2)
+    err = capsys.readouterr().err  # tqdm writes to stderr
+    assert f"predict {tmp_path / 'o' / 'with_images'}" in err and f"predict {tmp_path / 'o' / 'blind'}" in err
+    assert "predict questions.jsonl" not in err
+
+
 def test_eval_cli(tmp_path):
     vision, llm = save_tiny_backbones(tmp_path)
     model_dir = tmp_path / "m"

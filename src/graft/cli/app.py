@@ -28,9 +28,6 @@ def _setup(
 ) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     configure_logging(level)
-    # HTTP clients log every request at INFO (the judge, gen-data, the server's tests): debug only
-    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
         import os
 

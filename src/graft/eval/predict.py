@@ -156,9 +156,11 @@ def predict_jsonl(
     generation_kwargs: Mapping[str, Any] | None = None,
     shard: tuple[int, int] | None = None,
     also_done: Sequence[str | os.PathLike] = (),
+    label: str | None = None,
     **changes: Any,
 ) -> dict[str, int]:
     """Answer every question of ``questions_path`` into ``out_path``; resumes where a run stopped.
+    The progress bar says ``predict {label}`` (default: the question file's name).
 
     ``image_root`` defaults to the question file's folder. ``settings`` (default
     ``EvalSettings()``, with ``changes`` to its fields on top: ``batch_size=2``) say how many
@@ -204,6 +206,6 @@ def predict_jsonl(
             if rank != 0:
                 read.bad.clear()
         written = _append_answers(
-            model, processor, pending, out_path, settings, bad, gen, questions_path.name
+            model, processor, pending, out_path, settings, bad, gen, label or questions_path.name
         )
     return {"total": len(rows), "already_done": already_done, "written": written, "bad": len(read.bad)}

@@ -170,6 +170,7 @@ def run_task(
             generation_kwargs=spec.generation,
             shard=(rank, world) if multi else None,
             also_done=[predictions] if multi else (),
+            label=str(folder),  # several runs' bars in one terminal: which run each one is
         ),
     )
     assert counts is not None
