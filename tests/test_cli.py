@@ -127,3 +127,21 @@ def test_graft_logs_info_and_other_libraries_only_warnings():
     assert "INFO graft.train.loop: saved the trained model" in err
     assert "WARNING accelerate: a library warning" in err
     assert "fontManager" not in err and "HTTP Request" not in err
+
+
+def test_quiet_turns_progress_bars_off_for_its_command_only(monkeypatch):
+    import os
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    seen = {}
+
+    @app.command("probe-env-for-test", hidden=True)
+    def probe() -> None:
+        seen["during"] = os.environ.get("TQDM_DISABLE")
+
+    try:
+        result = CliRunner().invoke(app, ["-q", "probe-env-for-test"])
+    finally:
+        app.registered_commands.pop()
+    assert result.exit_code == 0, result.output
+    assert seen["during"] == "1" and "TQDM_DISABLE" not in os.environ

@@ -58,7 +58,7 @@ def test_limit_and_unknown_task(tmp_path):
 
 
 def test_the_progress_bar_names_the_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # `graft -q` in an earlier test sets it
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # one set in the environment would hide the bars
     model, processor = tiny_model_and_processor()
     data = write_pope(tmp_path / "pope")
     for run in ("with_images", "blind"):

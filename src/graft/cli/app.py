@@ -21,6 +21,7 @@ app = typer.Typer(
 
 @app.callback()
 def _setup(
+    ctx: typer.Context,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")
     ] = False,
@@ -31,7 +32,17 @@ def _setup(
     if quiet:
         import os
 
+        # every tqdm bar (graft's, the world's rendering, the libraries') reads this; for this
+        # command only: a program that calls the app again, quiet or not, finds it as it was
+        before = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"
+        ctx.call_on_close(
+            lambda: (
+                os.environ.pop("TQDM_DISABLE", None)
+                if before is None
+                else os.environ.update(TQDM_DISABLE=before)
+            )
+        )
     # transformers' own chatter (weight loading bars, advisory warnings) follows the same switch
     from transformers.utils import logging as hf_logging
 
