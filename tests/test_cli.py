@@ -20,7 +20,20 @@ VERBS = [
     "import-gguf",
     "demo",
     "report",
+    "ablation",
+    "adapt",
+    "eval-expert",
+    "gen-data",
+    "mix",
+    "snap",
+    "pairs",
+    "plan",
+    "serve",
 ]
+
+
+def test_verbs_list_every_registered_command():
+    assert sorted(VERBS) == sorted(command.name for command in app.registered_commands)
 
 
 def test_top_level_help_lists_every_verb():
@@ -28,6 +41,15 @@ def test_top_level_help_lists_every_verb():
     assert result.exit_code == 0
     for verb in VERBS:
         assert verb in result.output
+
+
+def test_command_list_reflows_docstrings_and_keeps_angle_brackets():
+    # A docstring's line breaks are not the terminal's: the list shows each summary as one paragraph.
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    lines = [line for line in result.output.splitlines() if line.startswith("│ ") and line.split()[1:]]
+    rows = {line.split()[1]: line for line in lines}
+    assert "then a perception warm-up; or a caption stage 1" in rows["demo"]
+    assert "Refer to images with <image> in a turn" in rows["chat"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

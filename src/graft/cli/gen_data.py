@@ -33,7 +33,7 @@ def gen_data_cmd(
     ] = "conversation,detail,complex_reasoning",
     prompts_dir: Annotated[
         Path | None,
-        typer.Option(help="Your own prompt folders (<dir>/<type>/system_message.txt, 000_caps.txt ...)."),
+        typer.Option(help="Your own prompt folders (`<dir>/<type>/system_message.txt`, `000_caps.txt` ...)."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N contexts.")] = None,
     skip_bad: Annotated[

@@ -38,7 +38,7 @@ def chat_cmd(
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
     bf16: Annotated[bool, typer.Option(help="Run in bfloat16.")] = False,
 ) -> None:
-    """Talk to a model about images. Refer to images with <image> in a turn, or they are prepended.
+    """Talk to a model about images. Refer to images with `<image>` in a turn, or they are prepended.
 
     In the interactive session, `/image PATH` attaches an image to the next turn and `/reset`
     starts over; an empty line or Ctrl-D quits."""
