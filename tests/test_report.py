@@ -72,6 +72,7 @@ def test_report_tables_charts_and_failures(tmp_path):
     assert "| run | 0.800 | - | - | - |" in md  # pope's one split, no demo numbers
     assert "| demo | - | 0.900 | 0.500 | 0.700 |" in md
     assert "| colour | - | 0.950 |" in md
+    assert "## pope per category: F1" in md  # what the per-category numbers are
     assert "2 wrong of 4 answered" in md  # the two "no" samples
 
     page = html_path.read_text()
@@ -103,6 +104,10 @@ def test_headlines_per_family():
     )
     head, cats = headline_and_categories("demon", {"categories": {"a": 40.0, "b": 60.0}, "tasks": {}})
     assert head == 50.0 and cats == {"a": 40.0, "b": 60.0}
+    # a world's own DEMON-format tasks all fall in "Other": the bars are then its tasks
+    one = {"categories": {"Other": 30.0}, "tasks": {"Shapes_Difference": 50.0, "Shapes_WhichImage": 10.0}}
+    head, cats = headline_and_categories("demon", one)
+    assert head == 30.0 and cats == {"Shapes_Difference": 50.0, "Shapes_WhichImage": 10.0}
     head, cats = headline_and_categories(
         "mmbench", {"accuracy": 70.0, "circular_accuracy": 55.0, "per_category": {"x": 1.0}}
     )

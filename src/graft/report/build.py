@@ -25,7 +25,7 @@ from typing import Any
 from graft.files import write_text_atomic
 from graft.report import demo as report_demo
 from graft.report import expert as expert_report
-from graft.report.headline import HEADLINES, headline_and_categories
+from graft.report.headline import CATEGORY_MEASURES, HEADLINES, headline_and_categories
 from graft.report.model import (
     Failure,
     RunReport,
@@ -98,10 +98,19 @@ def _families(runs: list[RunReport]) -> list[str]:
     return list(dict.fromkeys(f for run in runs for f in run.tasks))
 
 
+def _kind(family: str, runs: list[RunReport]) -> str:
+    """A results column's scoring family (``pope`` for a run named ``binary`` scored as POPE)."""
+    return next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
+
+
 def _measure(family: str, runs: list[RunReport]) -> str:
     """What a results column's headline measures (its scoring family's)."""
-    kind = next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
-    return HEADLINES.get(kind, "score")
+    return HEADLINES.get(_kind(family, runs), "score")
+
+
+def _category_measure(family: str, runs: list[RunReport]) -> str:
+    """What a family's per-category numbers measure."""
+    return CATEGORY_MEASURES.get(_kind(family, runs), "score")
 
 
 def _headlines(run: RunReport, families: list[str]) -> list[str]:
@@ -131,7 +140,7 @@ def render_markdown(runs: list[RunReport]) -> str:
         if rows:
             lines += [
                 "",
-                f"## {family} per category",
+                f"## {family} per category: {_category_measure(family, runs)}",
                 "",
                 *md_table(["category", *(r.name for r in runs)], rows),
             ]
@@ -164,8 +173,12 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     for i, run in enumerate(runs):
         # a category a run lacks gets no bar (NaN), not a misleading zero
         values = [run.tasks[family].categories.get(c, float("nan")) for c in cats]
-        ax.bar([x + i * width for x in range(len(cats))], values, width, label=run.name)
+        drawn = ax.bar([x + i * width for x in range(len(cats))], values, width, label=run.name)
+        # a value on every bar: a zero must read as 0, not as a bar that is missing
+        ax.bar_label(drawn, ["" if v != v else f"{v:.3g}" for v in values], fontsize=6)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
+    ax.margins(y=0.12)  # room for the top bar's label (bars keep their floor at zero)
+    ax.set_ylabel(_category_measure(family, runs), fontsize=8)
     ax.set_title(f"{family} per category")
     ax.legend(fontsize=7)
     return png(fig)
