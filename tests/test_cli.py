@@ -117,6 +117,35 @@ def test_compose_then_chat_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_chat_reset_keeps_the_command_line_images(tmp_path, monkeypatch):
+    from graft.generate import ChatSession
+
+    from tiny import random_image, save_tiny_backbones
+
+    vision, llm = save_tiny_backbones(tmp_path)
+    out = tmp_path / "m"
+    composed = CliRunner().invoke(
+        app, ["compose", "--vision", str(vision), "--llm", str(llm), "--out", str(out)]
+    )
+    assert composed.exit_code == 0, composed.output
+    image = tmp_path / "a.png"
+    random_image().save(image)
+    seen = []
+
+    def ask(self, text, images=None, **changes):
+        seen.append((text, len(images or []), len(self.messages)))
+        self.messages += [text, "ok"]
+        return "ok"
+
+    monkeypatch.setattr(ChatSession, "ask", ask)
+    turns = "What is it?\nAnd its colour?\n/reset\nWhat is it now?\n\n"
+    result = CliRunner().invoke(app, ["chat", "--model", str(out), "--image", str(image)], input=turns)
+    assert result.exit_code == 0, result.output
+    # the image goes with the first turn of each conversation; /reset empties the history
+    assert seen == [("What is it?", 1, 0), ("And its colour?", 0, 2), ("What is it now?", 1, 0)]
+    assert "(new conversation: --image attaches to your next turn)" in result.output
+
+
 def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):
     from graft.inference import load_for_inference
 

@@ -41,7 +41,8 @@ def chat_cmd(
     """Talk to a model about images. Refer to images with `<image>` in a turn, or they are prepended.
 
     In the interactive session, `/image PATH` attaches an image to the next turn and `/reset`
-    starts over; an empty line or Ctrl-D quits."""
+    starts a new conversation (the `--image` images attach to its first turn again); an empty
+    line or Ctrl-D quits."""
     from graft.generate import ChatSession, GenerationSettings
     from graft.processing import load_image
 
@@ -49,7 +50,8 @@ def chat_cmd(
     sampled = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     settings = GenerationSettings(max_new_tokens=max_new_tokens, **sampled)
     session = ChatSession(mdl, processor, settings=settings)
-    pending = [load_image(p) for p in image or []]
+    given = [load_image(p) for p in image or []]
+    pending = list(given)
     if prompt is not None:
         typer.echo(session.ask(prompt, images=pending))
         return
@@ -63,9 +65,10 @@ def chat_cmd(
         if text.startswith("/image "):
             pending.append(load_image(text.removeprefix("/image ").strip()))
             continue
-        if text == "/reset":
-            session = ChatSession(mdl, processor, settings=settings)
-            pending = []
+        if text == "/reset":  # a new conversation about the same --image images, not about none
+            session.reset()
+            pending = list(given)
+            typer.echo("(new conversation" + (": --image attaches to your next turn)" if given else ")"))
             continue
         try:
             typer.echo("graft> " + session.ask(text, images=pending))
