@@ -138,12 +138,19 @@ def test_chat_reset_keeps_the_command_line_images(tmp_path, monkeypatch):
         return "ok"
 
     monkeypatch.setattr(ChatSession, "ask", ask)
-    turns = "What is it?\nAnd its colour?\n/reset\nWhat is it now?\n\n"
+    turns = "What is it?\n/image nowhere.png\nAnd its colour?\n/reset\nWhat is it now?\n\n"
     result = CliRunner().invoke(app, ["chat", "--model", str(out), "--image", str(image)], input=turns)
     assert result.exit_code == 0, result.output
     # the image goes with the first turn of each conversation; /reset empties the history
     assert seen == [("What is it?", 1, 0), ("And its colour?", 0, 2), ("What is it now?", 1, 0)]
     assert "(new conversation: --image attaches to your next turn)" in result.output
+    assert "error: image not found: nowhere.png" in result.output  # and the conversation went on
+
+    missing = CliRunner().invoke(app, ["chat", "--model", str(out), "--image", "gone.png", "--prompt", "hi"])
+    assert missing.exit_code == 2 and "error: --image: image not found: gone.png" in missing.output
+    monkeypatch.undo()  # the real ask: two markers and no image
+    marker = CliRunner().invoke(app, ["chat", "--model", str(out), "--prompt", "<image> and <image>?"])
+    assert marker.exit_code == 2 and "error: --prompt:" in marker.output, marker.output
 
 
 def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):

@@ -44,16 +44,22 @@ def chat_cmd(
     starts a new conversation (the `--image` images attach to its first turn again); an empty
     line or Ctrl-D quits."""
     from graft.generate import ChatSession, GenerationSettings
-    from graft.processing import load_image
+    from graft.processing import ImageLoadError, load_image
 
+    try:  # before the model loads: a wrong path fails in a second
+        given = [load_image(p) for p in image or []]
+    except ImageLoadError as err:
+        fail(f"--image: {err}")
     mdl, processor = _load(model, bf16)
     sampled = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     settings = GenerationSettings(max_new_tokens=max_new_tokens, **sampled)
     session = ChatSession(mdl, processor, settings=settings)
-    given = [load_image(p) for p in image or []]
     pending = list(given)
     if prompt is not None:
-        typer.echo(session.ask(prompt, images=pending))
+        try:
+            typer.echo(session.ask(prompt, images=pending))
+        except ValueError as err:  # e.g. more <image> markers than images
+            fail(f"--prompt: {err}")
         return
     while True:
         try:
@@ -63,7 +69,10 @@ def chat_cmd(
         if not text:
             break
         if text.startswith("/image "):
-            pending.append(load_image(text.removeprefix("/image ").strip()))
+            try:  # a wrong path costs that command, not the conversation
+                pending.append(load_image(text.removeprefix("/image ").strip()))
+            except ImageLoadError as err:
+                typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             continue
         if text == "/reset":  # a new conversation about the same --image images, not about none
             session.reset()
