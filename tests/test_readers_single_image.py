@@ -18,7 +18,8 @@ from graft.eval.readers import (
     read_pope,
     read_scienceqa,
 )
-from graft.prompts import MC_ANSWER
+from graft.eval.tasks import get_task
+from graft.prompts import MC_ANSWER, SHORT_ANSWER
 from graft.record_files import RecordError
 
 from reader_files import _img
@@ -54,6 +55,11 @@ def test_mme_reader_flat_and_split_layouts(tmp_path):
     assert [s.target for s in samples] == ["yes", "no", "yes", "no"]
     assert samples[2].images[0].parent.name == "images"
     assert samples[0].prompt == f"{IMAGE_MARKER}\nIs there a train in this image? Please answer yes or no."
+    # the built-in task asks as lmms-eval's MME task does by default: its mme_doc_to_text drops
+    # " Please answer yes or no." and appends the post_prompt (LLaVA-1.5's short-answer line)
+    asked = get_task("mme").read(root).samples
+    assert asked[0].prompt == f"{IMAGE_MARKER}\nIs there a train in this image?\n{SHORT_ANSWER}"
+    assert [s.meta["question"] for s in asked] == [s.meta["question"] for s in samples]  # scored as MME's
 
 
 def test_mme_reader_errors(tmp_path):
