@@ -31,11 +31,12 @@ def server(model_dir):
         yield url, state
 
 
-def test_models_lists_context_and_image_limits(server):
+def test_models_lists_context_and_image_limits(server, model_dir):
     url, state = server
     (card,) = client(url).models.list().data
     assert card.id == "tiny-vlm"
     assert card.context_length == 512 and card.max_images_per_request == 8 and card.vision is True
+    assert card.created == int((model_dir / "config.json").stat().st_mtime)  # when it was saved, not 0
 
 
 def test_answer_equals_graft_generation_and_usage_counts_image_tokens(server, model_dir):

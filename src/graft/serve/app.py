@@ -47,6 +47,7 @@ class ServerState:
     metrics: Metrics
     settings: ServeSettings
     model_name: str
+    created: int = 0  # /v1/models' "created": when the checkpoint was saved (Unix seconds)
     draining: bool = False
     in_flight: int = 0
 
@@ -252,7 +253,7 @@ def build_app(state: ServerState) -> Starlette:
         card = {
             "id": state.model_name,
             "object": "model",
-            "created": 0,
+            "created": state.created,
             "owned_by": "graft",
             "context_length": state.backend.context_length(),
             "max_images_per_request": settings.max_images_per_request if state.backend.supports_images else 0,

@@ -79,7 +79,8 @@ def build_state(model_dir: Path, settings: ServeSettings) -> ServerState:
     engine = Engine(backend, settings, metrics)
     engine.start()
     name = settings.served_model_name or Path(model_dir).resolve().name
-    return ServerState(backend, engine, metrics, settings, name)
+    saved = int(Path(model_dir, "config.json").stat().st_mtime)  # the checkpoint's, as OpenAI's "created"
+    return ServerState(backend, engine, metrics, settings, name, saved)
 
 
 def serve(model_dir: Path, settings: ServeSettings) -> None:
