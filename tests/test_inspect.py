@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from graft.backbones import compose_from_pretrained
@@ -13,7 +14,7 @@ from graft.train.recipe import load_recipe
 from graft.train.shipped import CONFIGS_DIR
 from graft.train.stages import apply_stage, parameter_counts
 
-from tiny import save_tiny_backbones
+from tiny import save_tiny_backbones, tiny_llm
 
 torch.set_num_threads(1)
 
@@ -58,6 +59,18 @@ def test_inspect_counts_what_training_builds(tmp_path):
         model, _, _ = compose_from_pretrained(recipe.model.vision, recipe.model.llm, connector=connector)
         apply_stage(model, recipe)
         assert counts == parameter_counts(model), overrides
+
+
+def test_a_tied_head_counts_once_as_in_training(tmp_path):
+    path = _tiny_recipe(tmp_path, "mlp2x_gelu", llm={"mode": "full"})
+    llm = tmp_path / "backbones" / "llm"
+    tiny_llm(len(AutoTokenizer.from_pretrained(llm)), tie=True).save_pretrained(llm)  # as SmolLM2's
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe(path)
+    model, _, _ = compose_from_pretrained(recipe.model.vision, recipe.model.llm, connector="mlp2x_gelu")
+    apply_stage(model, recipe)
+    assert json.loads(result.stdout)["components"] == parameter_counts(model)
 
 
 def test_inspect_errors_are_clear(tmp_path):

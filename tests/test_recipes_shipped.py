@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 from graft.train import load_recipe, packaged_recipe, recipe_names
-from graft.train.shipped import CONFIGS_DIR, find_recipe, is_packaged
+from graft.train.recipe import save_recipe
+from graft.train.shipped import CONFIGS_DIR, RUN_RECIPE, find_recipe, is_packaged
 from graft.train.stages import build_model
 
 from tiny import tiny_model_and_processor
@@ -31,6 +32,21 @@ def test_a_name_finds_a_shipped_recipe_and_a_file_wins_over_it(tmp_path, monkeyp
     assert find_recipe("shapes-stage1") == CONFIGS_DIR / "shapes-stage1.yaml"
     (tmp_path / "shapes-stage1").write_text("a file of that name")
     assert find_recipe("shapes-stage1") == Path("shapes-stage1")
+
+
+def test_a_training_runs_folder_gives_the_recipe_it_ran(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ran = load_recipe("shapes-stage2", {"optim.lr": 1e-4})
+    run = tmp_path / "runs" / "stage2"
+    run.mkdir(parents=True)
+    save_recipe(ran, run / RUN_RECIPE)  # what graft train writes into its output folder
+    monkeypatch.chdir(run)  # its paths are absolute: read from anywhere, they stay the run's
+    again = load_recipe(run)
+    assert find_recipe(run) == run / RUN_RECIPE
+    assert again.optim.lr == 1e-4 and again.data.train == ran.data.train
+    assert again.output_dir == ran.output_dir
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a folder without {RUN_RECIPE}"):
+        find_recipe(tmp_path)
 
 
 def test_shipped_recipe_paths_are_the_working_directorys(tmp_path, monkeypatch):

@@ -71,8 +71,9 @@ SampleLimit = Annotated[
 
 #: the help of a verb's recipe argument (train, inspect)
 RECIPE_HELP = (
-    "A YAML recipe file, or the name of a recipe graft ships (llava-1.5-7b-stage1, shapes-stage1, "
-    "vpgc-vicuna-7b ...: the files in graft/configs/)."
+    "A YAML recipe file, a folder `graft train` wrote (the recipe.yaml it ran), or the name of a "
+    "recipe graft ships (llava-1.5-7b-stage1, shapes-stage1, vpgc-vicuna-7b ...: the files in "
+    "graft/configs/)."
 )
 
 

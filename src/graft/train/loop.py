@@ -43,6 +43,7 @@ from graft.train import distributed as dist
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
 from graft.train.recipe import Recipe, save_recipe
+from graft.train.shipped import RUN_RECIPE
 from graft.train.stages import (
     apply_stage,
     build_model,
@@ -275,7 +276,7 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     is_main = processes.is_main_process
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, output_dir / "recipe.yaml")
+        save_recipe(recipe, output_dir / RUN_RECIPE)
     set_seed(recipe.seed)
 
     model, processor = build_model(recipe)

@@ -78,5 +78,8 @@ def meta_model(recipe: Recipe) -> Any:
         )
     with init_empty_weights():
         model = GraftForConditionalGeneration(config)
+    # init_empty_weights re-registers each parameter on the meta device, which unties an LLM's
+    # tied head (SmolLM2's): tie it again, or its embedding would count twice
+    model.tie_weights()
     apply_stage(model, recipe)
     return model

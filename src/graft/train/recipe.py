@@ -382,7 +382,8 @@ def _checked(raw: dict[str, Any], source: str) -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a YAML recipe, a file or a shipped recipe's name (``"shapes-stage1"``);
+    """Read a YAML recipe: a file, a training run's output folder (the recipe it ran) or a shipped
+    recipe's name (``"shapes-stage1"``);
     ``overrides`` maps dotted keys (``"optim.lr"``) to values."""
     path = find_recipe(path)
     try:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: the recipe a training run ran, written into its output folder (absolute paths, overrides applied)
+RUN_RECIPE = "recipe.yaml"
 
 
 def recipe_names() -> list[str]:
@@ -36,10 +38,18 @@ def is_packaged(path: str | os.PathLike) -> bool:
 
 
 def find_recipe(recipe: str | os.PathLike) -> Path:
-    """The file of ``recipe``: a YAML path, else the name of a shipped recipe (``shapes-stage1``)."""
+    """The file of ``recipe``: a YAML path, a training run's output folder (the ``RUN_RECIPE`` it
+    ran), else the name of a shipped recipe (``shapes-stage1``)."""
     path = Path(recipe)
     if path.is_file():
         return path
+    if path.is_dir():
+        if (path / RUN_RECIPE).is_file():
+            return path / RUN_RECIPE
+        raise FileNotFoundError(
+            f"{recipe} is a folder without {RUN_RECIPE}: give a recipe file or a shipped recipe's name "
+            f"(a folder `graft train` wrote holds the recipe it ran as {RUN_RECIPE})"
+        )
     if os.fspath(recipe) == path.name and (CONFIGS_DIR / f"{path.name}.yaml").is_file():
         return CONFIGS_DIR / f"{path.name}.yaml"
     message = f"recipe not found: {recipe}"
