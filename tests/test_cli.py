@@ -89,7 +89,8 @@ def test_compose_unknown_connector_names_valid_ones(tmp_path):
     assert "valid connectors" in result.output
 
 
-def test_compose_then_chat_round_trip(tmp_path):
+def _composed_and_image(tmp_path) -> tuple:
+    """``graft compose`` of tiny backbones (checked) and an image beside it."""
     from tiny import random_image, save_tiny_backbones
 
     vision, llm = save_tiny_backbones(tmp_path)
@@ -100,6 +101,11 @@ def test_compose_then_chat_round_trip(tmp_path):
     assert result.exit_code == 0, result.output
     image = tmp_path / "a.png"
     random_image().save(image)
+    return out, image
+
+
+def test_compose_then_chat_round_trip(tmp_path):
+    out, image = _composed_and_image(tmp_path)
     result = CliRunner().invoke(
         app,
         [
@@ -120,16 +126,7 @@ def test_compose_then_chat_round_trip(tmp_path):
 def test_chat_reset_keeps_the_command_line_images(tmp_path, monkeypatch):
     from graft.generate import ChatSession
 
-    from tiny import random_image, save_tiny_backbones
-
-    vision, llm = save_tiny_backbones(tmp_path)
-    out = tmp_path / "m"
-    composed = CliRunner().invoke(
-        app, ["compose", "--vision", str(vision), "--llm", str(llm), "--out", str(out)]
-    )
-    assert composed.exit_code == 0, composed.output
-    image = tmp_path / "a.png"
-    random_image().save(image)
+    out, image = _composed_and_image(tmp_path)
     seen = []
 
     def ask(self, text, images=None, **changes):
