@@ -30,6 +30,8 @@ def test_shipped_recipes_live_inside_the_package():
 def test_a_name_finds_a_shipped_recipe_and_a_file_wins_over_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert find_recipe("shapes-stage1") == CONFIGS_DIR / "shapes-stage1.yaml"
+    (tmp_path / "shapes-stage2").mkdir()  # a folder of that name, not written by graft train
+    assert find_recipe("shapes-stage2") == CONFIGS_DIR / "shapes-stage2.yaml"
     (tmp_path / "shapes-stage1").write_text("a file of that name")
     assert find_recipe("shapes-stage1") == Path("shapes-stage1")
 

@@ -43,15 +43,15 @@ def find_recipe(recipe: str | os.PathLike) -> Path:
     path = Path(recipe)
     if path.is_file():
         return path
+    if path.is_dir() and (path / RUN_RECIPE).is_file():
+        return path / RUN_RECIPE
+    if os.fspath(recipe) == path.name and (CONFIGS_DIR / f"{path.name}.yaml").is_file():
+        return CONFIGS_DIR / f"{path.name}.yaml"
     if path.is_dir():
-        if (path / RUN_RECIPE).is_file():
-            return path / RUN_RECIPE
         raise FileNotFoundError(
             f"{recipe} is a folder without {RUN_RECIPE}: give a recipe file or a shipped recipe's name "
             f"(a folder `graft train` wrote holds the recipe it ran as {RUN_RECIPE})"
         )
-    if os.fspath(recipe) == path.name and (CONFIGS_DIR / f"{path.name}.yaml").is_file():
-        return CONFIGS_DIR / f"{path.name}.yaml"
     message = f"recipe not found: {recipe}"
     if path.suffix in (".yaml", ".yml") and path.stem in recipe_names():
         message += f"; graft ships a recipe named {path.stem!r}: give that name instead of a path"
