@@ -63,6 +63,18 @@ def straight(world, tmp_path_factory):
     return train(_recipe(world, tmp_path_factory.mktemp("straight")))
 
 
+def test_a_finished_run_resumed_trains_nothing_and_says_so(world, straight, tmp_path, caplog):
+    out = tmp_path / "done"
+    shutil.copytree(straight.output_dir, out)
+    with caplog.at_level("INFO", logger="graft.train.loop"):
+        again = train(_recipe(world, out, resume=True))
+    assert again.steps == 2 * N and again.losses == [] and again.final_loss is None
+    assert "already finished: step 6 of 6; nothing to train" in caplog.text
+    json.dumps(again.summary(), allow_nan=False)  # what graft train prints: strict JSON (no NaN)
+    a, b = _trainable(straight.model), _trainable(again.model)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
 def test_stop_and_resume_matches_a_straight_run(world, straight, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:

@@ -67,7 +67,8 @@ SCHEDULES = {
 
 @dataclass
 class TrainResult:
-    final_loss: float
+    #: loss of the last step this call ran; None when it ran none (a finished run resumed)
+    final_loss: float | None
     steps: int
     output_dir: Path
     #: loss of every optimizer step this call ran (a resumed run: only the new ones)
@@ -345,6 +346,14 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
             with accelerator.autocast():
                 on_step(state.step, total_steps, model, processor)
 
+    if is_main and resume_from is not None and state.step >= total_steps:
+        logger.info(
+            "%s already finished: step %d of %d; nothing to train, the final model is saved again from %s",
+            output_dir,
+            state.step,
+            total_steps,
+            resume_from.name,
+        )
     try:
         if state.step == 0:
             hook()
@@ -398,7 +407,7 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
         logger.info("saved the trained model to %s", output_dir)
     accelerator.wait_for_everyone()
     return TrainResult(
-        final_loss=losses[-1] if losses else float("nan"),
+        final_loss=losses[-1] if losses else None,
         steps=state.step,
         output_dir=output_dir,
         losses=losses,
