@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from graft.connectors.vpgc import decoder_layers
 from graft.data import LlavaDataset, TrainCollator
 from graft.data.sampler import GroupedBatchSampler
 from graft.eval.readers.questions import read_questions
@@ -67,6 +68,12 @@ TRAIN_CASES = [
     ("stage 2: bf16 + label-only + top 15 layers (demo, bf16)", "stage2", True, True, False, DEMO_STAGE2),
     ("stage 2: bf16 + label-only + top 15 layers, packed", "stage2", True, True, True, DEMO_STAGE2),
 ]
+#: cases run again with every decoder layer under ``torch.compile(dynamic=True)`` (first pass:
+#: compilation, untimed with the warm-up steps)
+COMPILED = (
+    "stage 2: fp32 + label-only + top 15 layers (demo, fp32)",
+    "stage 2: bf16 + label-only + top 15 layers (demo, bf16)",
+)
 
 
 def batches(
@@ -90,9 +97,12 @@ def batches(
 
 
 def time_training(
-    args, name: str, stage: str, bf16: bool, label_only: bool, packed: bool, components: dict
+    args, name: str, stage: str, bf16: bool, label_only: bool, packed: bool, components: dict, compiled: bool
 ) -> float:
     model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
+    if compiled:
+        for layer in decoder_layers(model.language_model):
+            layer.compile(dynamic=True)
     if packed:
         enable_packing(model, torch.device("cpu"))
     recipe = recipe_from_dict(
@@ -147,10 +157,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
     base: dict[str, float] = {}
-    for name, stage, bf16, label_only, packed, components in TRAIN_CASES:
+    cases = [(*case, False) for case in TRAIN_CASES]
+    cases += [(f"{c[0]}, compiled layers", *c[1:], True) for c in TRAIN_CASES if c[0] in COMPILED]
+    for name, stage, bf16, label_only, packed, components, compiled in cases:
         if args.only not in name:
             continue
-        rate = time_training(args, name, stage, bf16, label_only, packed, components)
+        rate = time_training(args, name, stage, bf16, label_only, packed, components, compiled)
         base.setdefault(stage, rate)
         results[name] = rate
         print(f"{name:70s} {rate:7.2f} samples/s  x{rate / base[stage]:.2f}", flush=True)

@@ -277,6 +277,17 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
     assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
 
 
+def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp_path, world):
+    plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
+    compiled = train(recipe_from_dict(tiny_recipe(world, tmp_path / "b", max_steps=3, compile=True)))
+    assert compiled.losses == pytest.approx(plain.losses, abs=1e-5)
+    # the saved folder is an ordinary model: same keys (no compile wrapper), same weights
+    a = GraftForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    b = GraftForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
 def test_bf16_training_runs_and_saves_bf16(tmp_path, world, monkeypatch):
     monkeypatch.setenv("GRAFT_EMULATED_BF16", "1")  # bf16 even on a CPU that only emulates it
     result = train(recipe_from_dict(tiny_recipe(world, tmp_path / "out", max_steps=2, precision="bf16")))

@@ -47,6 +47,7 @@ from graft.train.shipped import RUN_RECIPE
 from graft.train.stages import (
     apply_stage,
     build_model,
+    compile_decoder_layers,
     describe_stage,
     enable_gradient_checkpointing,
     merge_lora,
@@ -284,6 +285,10 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     apply_stage(model, recipe)
     if recipe.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    if recipe.compile:
+        compiled = compile_decoder_layers(model)
+        if is_main:
+            logger.info("torch.compile: %d decoder layers (the first steps compile them)", compiled)
     if is_main:
         logger.info("stage: %s", describe_stage(recipe, parameter_counts(model)))
     d = recipe.data

@@ -124,6 +124,16 @@ def enable_gradient_checkpointing(model: GraftForConditionalGeneration) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def compile_decoder_layers(model: GraftForConditionalGeneration) -> int:
+    """``torch.compile`` each of the LLM's decoder layers in place (dynamic shapes: batches of any
+    length share one graph); the layers are alike, so one compilation serves them all. Returns
+    how many were compiled."""
+    layers = decoder_layers(model.language_model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def _component_lr(spec: ComponentSpec, recipe: Recipe) -> float:
     return spec.lr if spec.lr is not None else recipe.optim.lr
 
