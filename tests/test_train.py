@@ -278,6 +278,8 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
 
 
 def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp_path, world):
+    from torch._dynamo.utils import counters
+
     plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
     compiled = train(recipe_from_dict(tiny_recipe(world, tmp_path / "b", max_steps=3, compile=True)))
     assert compiled.losses == pytest.approx(plain.losses, abs=1e-5)
@@ -286,6 +288,16 @@ def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp
     b = GraftForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+    def generates(step, total, model, processor):  # as the demo's learning curve does, between steps
+        model.eval()
+        model.generate(**processor.tokenizer(["a b c"], return_tensors="pt"), max_new_tokens=4)
+        model.train()
+
+    counters.clear()  # the layers' graphs are compiled and cached by now
+    train(recipe_from_dict(tiny_recipe(world, tmp_path / "c", max_steps=3, compile=True)), on_step=generates)
+    # the hook's generation ran eagerly: compiled, each new cache length would compile new graphs
+    assert counters["stats"]["unique_graphs"] == 0
 
 
 def test_bf16_training_runs_and_saves_bf16(tmp_path, world, monkeypatch):

@@ -13,6 +13,7 @@ batch, whatever the accumulation and the process count.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -348,7 +349,10 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
 
     def hook() -> None:
         if on_step is not None:
-            with accelerator.autocast():
+            # a hook that generates (the demo's learning curve) runs the layers eagerly: compiled,
+            # every new cache length would recompile them
+            eager = torch.compiler.set_stance("force_eager") if recipe.compile else contextlib.nullcontext()
+            with accelerator.autocast(), eager:
                 on_step(state.step, total_steps, model, processor)
 
     if is_main and resume_from is not None and state.step >= total_steps:
