@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from graft.connectors.vpgc import decoder_layers
 from graft.data import LlavaDataset, TrainCollator
 from graft.data.sampler import GroupedBatchSampler
 from graft.eval.readers.questions import read_questions
@@ -34,7 +33,7 @@ from graft.packing import PACKED_KEYS, enable_packing
 from graft.processing import GraftProcessor, load_image
 from graft.templates import Message
 from graft.train.recipe import recipe_from_dict
-from graft.train.stages import apply_stage, param_groups
+from graft.train.stages import apply_stage, compile_decoder_layers, param_groups
 
 #: the demo's stage 2: the top 15 of SmolLM2's 30 layers learn, the connector is frozen
 DEMO_STAGE2 = {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 15}}
@@ -101,8 +100,7 @@ def time_training(
 ) -> float:
     model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
     if compiled:
-        for layer in decoder_layers(model.language_model):
-            layer.compile(dynamic=True)
+        compile_decoder_layers(model)  # what a recipe's compile: true does
     if packed:
         enable_packing(model, torch.device("cpu"))
     recipe = recipe_from_dict(
