@@ -33,7 +33,7 @@ from graft.serve.errors import APIError
 from graft.serve.media import load_image_url
 from graft.serve.metrics import Metrics
 from graft.serve.page import page_response
-from graft.serve.protocol import Completion, parse_chat_request
+from graft.serve.protocol import Answer, Completion, choices_usage, parse_chat_request
 from graft.serve.settings import ServeSettings
 
 logger = logging.getLogger("graft.serve")
@@ -159,26 +159,33 @@ def _sse(data: Any) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _stream(job: Job, completion: Completion, include_usage: bool) -> AsyncIterator[str]:
-    """Role chunk, content deltas, the finish chunk, the usage chunk when asked, ``[DONE]``; a
-    failure is one ``{"error": ...}`` event before ``[DONE]``. A disconnect cancels the job."""
+async def _stream(jobs: list[Job], completion: Completion, include_usage: bool) -> AsyncIterator[str]:
+    """Per choice the role chunk, then content deltas and one chunk with ``finish_reason`` as the
+    choices produce them; the usage chunk when asked; ``[DONE]``. A failure is one
+    ``{"error": ...}`` event before ``[DONE]``. A disconnect cancels the jobs."""
+    asked = jobs[0].sampling.top_logprobs is not None
     try:
-        yield _sse(completion.chunk({"role": "assistant", "content": ""}))
-        while True:
-            event = await job.events.get()
+        for job in jobs:
+            yield _sse(completion.chunk({"role": "assistant", "content": ""}, index=job.index))
+        usages: list[dict[str, int]] = []
+        while len(usages) < len(jobs):
+            event = await jobs[0].events.get()
             if event.kind == "delta":
-                yield _sse(completion.chunk({"content": event.text}))
+                logprobs = event.logprobs if asked else None
+                yield _sse(completion.chunk({"content": event.text}, index=event.index, logprobs=logprobs))
             elif event.kind == "done":
-                yield _sse(completion.chunk({}, event.finish_reason))
-                if include_usage and event.usage:
-                    yield _sse(completion.usage_chunk(event.usage))
-                break
+                yield _sse(completion.chunk({}, event.finish_reason, index=event.index))
+                usages.append(event.usage or {})
             else:
                 yield _sse(event.error.body() if event.error else {"error": {"message": "failed"}})
                 break
+        else:
+            if include_usage:
+                yield _sse(completion.usage_chunk(choices_usage(usages)))
         yield _sse("[DONE]")
     finally:
-        job.cancel()
+        for job in jobs:
+            job.cancel()
 
 
 async def _until_disconnected(receive: Receive) -> None:
@@ -186,28 +193,37 @@ async def _until_disconnected(receive: Receive) -> None:
         pass
 
 
-async def _collect(job: Job, request: Request) -> tuple[str, str, dict[str, int]] | None:
-    """The whole answer of a non-streamed request; None when the client left (the job is
-    cancelled: its row leaves the batch at the next step)."""
+async def _collect(jobs: list[Job], request: Request) -> tuple[list[Answer], dict[str, int]] | None:
+    """Every choice's whole answer and the request's usage; None when the client left (the jobs
+    are cancelled: their rows leave the batch at the next step)."""
+    asked = jobs[0].sampling.top_logprobs is not None
+    answers = [Answer(logprobs=[] if asked else None) for _ in jobs]
+    texts: list[list[str]] = [[] for _ in jobs]
+    usages: list[dict[str, int]] = []
     gone = asyncio.ensure_future(_until_disconnected(request.receive))
-    text: list[str] = []
     try:
-        while True:
-            get = asyncio.ensure_future(job.events.get())
+        while len(usages) < len(jobs):
+            get = asyncio.ensure_future(jobs[0].events.get())
             await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not get.done():
                 get.cancel()
                 return None
             event = get.result()
+            answer = answers[event.index]
             if event.kind == "delta":
-                text.append(event.text)
+                texts[event.index].append(event.text)
+                if answer.logprobs is not None:
+                    answer.logprobs += event.logprobs
             elif event.kind == "done":
-                return "".join(text), event.finish_reason or "stop", event.usage or {}
+                answer.text, answer.finish_reason = "".join(texts[event.index]), event.finish_reason or "stop"
+                usages.append(event.usage or {})
             else:
                 raise event.error or APIError(500, "generation failed", "internal_error", type="server_error")
+        return answers, choices_usage(usages)
     finally:
         gone.cancel()
-        job.cancel()
+        for job in jobs:
+            job.cancel()
 
 
 def build_app(state: ServerState) -> Starlette:
@@ -220,7 +236,9 @@ def build_app(state: ServerState) -> Starlette:
             raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from None
         except RecursionError:
             raise APIError(400, "the request body nests too deeply", "invalid_json") from None
-        req = parse_chat_request(body, state.model_name, state.backend.image_token, settings)
+        req = parse_chat_request(
+            body, state.model_name, state.backend.image_token, settings, state.backend.vocab_size()
+        )
         images = await asyncio.gather(
             *(load_image_url(part.url, settings.media, part.param) for part in req.images)
         )
@@ -237,17 +255,17 @@ def build_app(state: ServerState) -> Starlette:
         max_tokens = req.max_tokens or min(settings.default_max_tokens, limit - used)
         if used + max_tokens > limit:
             raise context_error(used + max_tokens, limit, "the prompt and max_tokens together")
-        job = state.engine.submit(prompt, dataclasses.replace(req.sampling, max_tokens=max_tokens))
+        jobs = state.engine.submit(prompt, req.samplings(max_tokens))
         completion = Completion(state.model_name)
         if req.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(
-                _stream(job, completion, req.include_usage), media_type="text/event-stream", headers=headers
+                _stream(jobs, completion, req.include_usage), media_type="text/event-stream", headers=headers
             )
-        answer = await _collect(job, request)
-        if answer is None:
+        answers = await _collect(jobs, request)
+        if answers is None:
             return Response(status_code=499)  # nginx's "client closed request": for the metrics only
-        return JSONResponse(completion.response(*answer))
+        return JSONResponse(completion.response(*answers))
 
     async def models(request: Request) -> Response:
         card = {

@@ -68,6 +68,10 @@ class Backend:
     def context_length(self) -> int:
         raise NotImplementedError
 
+    def vocab_size(self) -> int:
+        """Token ids a request may name (``logit_bias``): the tokenizer's, within the logits'."""
+        return min(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
+
     def stops(self) -> tuple[list[int], list[str]]:
         """Token ids and texts that end an answer."""
         raise NotImplementedError

@@ -6,6 +6,8 @@ from each row's first token) and join the rows already decoding: their KV caches
 left-padding the shorter one, so a row never waits for another batch to end. A finished or
 cancelled row leaves at the next step (``batch_select_indices``), and columns no row attends any
 more are cropped. Vision features are cached by image digest: every chat turn resends its images.
+A request for ``n`` choices is ``n`` jobs that share one event queue, each event tagged with its
+choice's index.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from graft.serve.backend import Backend, Prompt
-from graft.serve.decoding import AnswerText, Sampling, next_tokens
+from graft.serve.decoding import AnswerText, Sampling, model_logits, next_tokens, token_logprobs
 from graft.serve.errors import APIError
 from graft.serve.metrics import Metrics
 from graft.serve.settings import ServeSettings
@@ -34,25 +36,38 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Event:
-    """What a job tells its request: text, the end (with usage), or a failure."""
+    """What a job tells its request: text, the end (with usage), or a failure; ``index`` is the
+    job's choice. ``logprobs``: OpenAI's ``logprobs.content`` entries of the tokens decoded since
+    the previous event (asked with ``top_logprobs``)."""
 
     kind: str  # "delta" | "done" | "error"
     text: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     error: APIError | None = None
+    index: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Job:
-    """One request inside the engine; ``events`` is read on the request's event loop."""
+    """One choice of a request inside the engine; ``events`` (shared by a request's choices) is
+    read on the request's event loop."""
 
-    def __init__(self, prompt: Prompt, sampling: Sampling, loop: asyncio.AbstractEventLoop) -> None:
-        self.prompt, self.sampling, self.loop = prompt, sampling, loop
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
+    def __init__(
+        self,
+        prompt: Prompt,
+        sampling: Sampling,
+        loop: asyncio.AbstractEventLoop,
+        index: int = 0,
+        events: asyncio.Queue[Event] | None = None,
+    ) -> None:
+        self.prompt, self.sampling, self.loop, self.index = prompt, sampling, loop, index
+        self.events: asyncio.Queue[Event] = events if events is not None else asyncio.Queue()
         self.cancelled = threading.Event()
         self.submitted = time.monotonic()
 
     def emit(self, event: Event) -> None:
+        event.index = self.index
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the request's loop is gone (server shutting down): nobody listens
@@ -70,6 +85,8 @@ class _Row:
     position: int  # the position id of ``token``
     token: int = -1  # the last sampled token, fed at the next step
     generated: int = 0
+    #: log-probability entries not yet sent (with ``top_logprobs``)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     first_token_at: float | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -117,22 +134,27 @@ class Engine:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, prompt: Prompt, sampling: Sampling) -> Job:
+    def submit(self, prompt: Prompt, samplings: list[Sampling]) -> list[Job]:
+        """One job per choice, sharing one event queue; all are queued or none (503)."""
         if self._draining.is_set() or not self.alive:
             raise APIError(503, "the server is shutting down", "server_shutting_down", type="server_error")
-        job = Job(prompt, sampling, asyncio.get_running_loop())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise APIError(
-                503,
-                "the server is busy: too many requests waiting",
-                "server_busy",
-                type="server_error",
-                headers={"Retry-After": "1"},
-            ) from None
+        loop, events = asyncio.get_running_loop(), asyncio.Queue[Event]()
+        jobs = [Job(prompt, sampling, loop, i, events) for i, sampling in enumerate(samplings)]
+        for queued, job in enumerate(jobs):
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                for earlier in jobs[:queued]:
+                    earlier.cancel()
+                raise APIError(
+                    503,
+                    "the server is busy: too many requests waiting",
+                    "server_busy",
+                    type="server_error",
+                    headers={"Retry-After": "1"},
+                ) from None
         self.metrics.queue_depth.set(self._queue.qsize())
-        return job
+        return jobs
 
     def drain(self) -> None:
         """Refuse new jobs; the worker finishes the queued and running ones, then exits."""
@@ -279,11 +301,11 @@ class Engine:
     def _advance(self, logits: torch.Tensor, first: int) -> None:
         """Sample the next token of rows ``first..``, stream their text, drop finished rows."""
         rows = self._rows[first:]
-        tokens = next_tokens(
-            logits, [r.job.sampling for r in rows], [r.generator for r in rows], self._suppress
-        )
+        logits = model_logits(logits, self._suppress)
+        samplings = [r.job.sampling for r in rows]
+        tokens = next_tokens(logits, samplings, [r.generator for r in rows], [r.text.tokens for r in rows])
         now = time.monotonic()
-        for row, token in zip(rows, tokens, strict=True):
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.token, row.position, row.generated = token, row.position + 1, row.generated + 1
             if row.first_token_at is None:
                 row.first_token_at = now
@@ -291,9 +313,13 @@ class Engine:
             if token in self._stop_ids:
                 self._finish(row, "stop")
                 continue
+            top = row.job.sampling.top_logprobs
+            if top is not None:
+                row.logprobs.append(token_logprobs(self.backend.tokenizer, logits[i], token, top))
             delta = row.text.add(token)
             if delta:
-                row.job.emit(Event("delta", delta))
+                row.job.emit(Event("delta", delta, logprobs=row.logprobs))
+                row.logprobs = []
             if row.text.stopped:
                 self._finish(row, "stop")
             elif row.generated >= row.job.sampling.max_tokens:
@@ -304,8 +330,9 @@ class Engine:
 
     def _finish(self, row: _Row, reason: str) -> None:
         rest = row.text.finish()
-        if rest:
-            row.job.emit(Event("delta", rest))
+        if rest or row.logprobs:  # tokens whose text was held back still report their logprobs
+            row.job.emit(Event("delta", rest, logprobs=row.logprobs))
+            row.logprobs = []
         prompt = len(row.job.prompt.input_ids)
         usage = {
             "prompt_tokens": prompt,

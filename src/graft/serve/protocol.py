@@ -1,15 +1,16 @@
 """OpenAI's chat-completions request, checked, and the response and chunk objects it is answered with.
 
-What OpenAI defines is taken as it defines it; what graft cannot honour (tools, several choices,
-log-probabilities, penalties ...) is a 400 naming the parameter, never silently ignored. A
-parameter at its neutral value (``n: 1``, ``logprobs: false``) is accepted, since clients send them.
+What OpenAI defines is taken as it defines it: sampling, stop strings, several choices (``n``),
+log-probabilities, penalties and ``logit_bias``. What graft cannot honour (tools, structured
+output ...) is a 400 naming the parameter, never silently ignored; at its neutral value
+(``tools: []``, ``response_format: {type: text}``) it is accepted, since clients send them.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from graft.serve.decoding import Sampling
@@ -19,12 +20,6 @@ from graft.templates import Message
 
 #: parameters graft does not implement, with the values that mean "not used"
 NEUTRAL = {
-    "n": (1,),
-    "logprobs": (False, None),
-    "top_logprobs": (0, None),
-    "presence_penalty": (0, 0.0, None),
-    "frequency_penalty": (0, 0.0, None),
-    "logit_bias": ({}, None),
     "tools": ([], None),
     "tool_choice": ("none", None),
     "functions": ([], None),
@@ -44,7 +39,16 @@ SUPPORTED = {
     "stream",
     "stream_options",
     "user",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
 }
+#: OpenAI's bounds
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -65,6 +69,16 @@ class ChatRequest:
     sampling: Sampling
     stream: bool
     include_usage: bool
+    #: choices asked (``n``); choice i samples with ``seed + i`` when a seed is given
+    n: int = 1
+
+    def samplings(self, max_tokens: int) -> list[Sampling]:
+        """Each choice's decoding, all with ``max_tokens``."""
+        seed = self.sampling.seed
+        return [
+            replace(self.sampling, max_tokens=max_tokens, seed=None if seed is None else seed + i)
+            for i in range(self.n)
+        ]
 
 
 def _number(body: dict, key: str, low: float, high: float, default: float) -> float:
@@ -81,6 +95,35 @@ def _integer(body: dict, key: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise invalid(f"{key} must be an integer, got {value!r}", key)
     return value
+
+
+def _logit_bias(value: Any, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise invalid("logit_bias must be an object mapping token ids to biases", "logit_bias")
+    out = []
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < vocab_size):
+            raise invalid(f"logit_bias: {key!r} is not a token id (0..{vocab_size - 1})", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or abs(bias) > MAX_LOGIT_BIAS:
+            bound = f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
+            raise invalid(f"logit_bias[{key!r}] must be a number in {bound}, got {bias!r}", "logit_bias")
+        out.append((int(key), float(bias)))
+    return tuple(out)
+
+
+def _logprobs(body: dict) -> int | None:
+    """``top_logprobs`` when log-probabilities are asked (0 without it), else None."""
+    asked = body.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):
+        raise invalid("logprobs must be a boolean", "logprobs")
+    top = _integer(body, "top_logprobs")
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise invalid(f"top_logprobs must lie in 0..{MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
+    if top and not asked:
+        raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+    return (top or 0) if asked else None
 
 
 def _stop(value: Any) -> tuple[str, ...]:
@@ -131,9 +174,10 @@ def _content(message: dict, at: str, role: str, image_token: str | None, images:
 
 
 def parse_chat_request(
-    body: Any, model_name: str, image_token: str | None, settings: ServeSettings
+    body: Any, model_name: str, image_token: str | None, settings: ServeSettings, vocab_size: int
 ) -> ChatRequest:
-    """The checked request, or an ``APIError`` naming the offending field."""
+    """The checked request, or an ``APIError`` naming the offending field (``vocab_size``
+    bounds ``logit_bias``'s token ids)."""
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object", None, "invalid_json")
     for key, value in body.items():
@@ -198,9 +242,37 @@ def parse_chat_request(
         top_p=_number(body, "top_p", 1e-9, 1.0, 1.0),
         seed=_integer(body, "seed"),
         stop=_stop(body.get("stop")),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0, 0.0),
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0, 0.0),
+        logit_bias=_logit_bias(body.get("logit_bias"), vocab_size),
+        top_logprobs=_logprobs(body),
     )
+    n = _integer(body, "n")
+    if n is not None and not 1 <= n <= settings.max_batch_size:
+        raise invalid(f"n must lie in 1..{settings.max_batch_size} (the server's batch size), got {n}", "n")
     include_usage = bool((options or {}).get("include_usage", False))
-    return ChatRequest(messages, images, max_tokens, sampling, stream, include_usage)
+    return ChatRequest(messages, images, max_tokens, sampling, stream, include_usage, n or 1)
+
+
+@dataclass
+class Answer:
+    """One choice's whole answer."""
+
+    text: str = ""
+    finish_reason: str = "stop"
+    #: None: log-probabilities were not asked
+    logprobs: list[dict[str, Any]] | None = None
+
+
+def _logprobs_field(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def choices_usage(usages: list[dict[str, int]]) -> dict[str, int]:
+    """One request's usage over its choices: the prompt once, every choice's completion."""
+    prompt = usages[0]["prompt_tokens"] if usages else 0
+    completion = sum(u["completion_tokens"] for u in usages)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class Completion:
@@ -214,17 +286,31 @@ class Completion:
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def response(self, text: str, finish_reason: str, usage: dict[str, int]) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_reason,
-            "logprobs": None,
-        }
-        return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
+    def response(self, choices: list[Answer], usage: dict[str, int]) -> dict[str, Any]:
+        out = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+                "logprobs": _logprobs_field(answer.logprobs),
+            }
+            for i, answer in enumerate(choices)
+        ]
+        return {**self._head("chat.completion"), "choices": out, "usage": usage}
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        index: int = 0,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "finish_reason": finish_reason,
+            "logprobs": _logprobs_field(logprobs),
+        }
         return {**self._head("chat.completion.chunk"), "choices": [choice]}
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
