@@ -1,5 +1,6 @@
 """Captioning metrics equal pycocoevalcap's own scorers (to 1e-6), and a missing Java is never silent."""
 
+import logging
 import shutil
 
 import pytest
@@ -118,3 +119,14 @@ def test_missing_toolkit_says_how_to_install(monkeypatch):
         caption_scores(REFS, PREDS, java=False)
     with pytest.raises(ModuleNotFoundError, match="pip install pycocoevalcap"):
         python_tokenize("A red car.")
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Java is needed for the PTB tokenizer")
+def test_the_tokenizers_java_progress_line_goes_to_the_debug_log(capfd, caplog):
+    caplog.set_level(logging.DEBUG, logger=caption_mod.__name__)
+    gts, res = caption_mod._tokenize(REFS, PREDS, use_java=True)
+    assert res[1] == ["a man riding a horse on the beach"]
+    assert "PTBTokenizer" not in capfd.readouterr().err  # it printed straight onto the terminal
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("PTBTokenizer tokenized" in message for message in debug)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

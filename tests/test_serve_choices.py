@@ -62,7 +62,8 @@ def test_logprobs_are_the_models_own_distribution(server, model_dir):
     for e in entries:
         assert bytes(e.bytes).decode("utf-8", errors="backslashreplace") == e.token
         assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token  # greedy: the likeliest
-        assert e.top_logprobs[0].logprob == e.logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        first, second, third = (t.logprob for t in e.top_logprobs)
+        assert first == e.logprob >= second >= third
 
     # the first token's log-probability from the model's forward pass, computed here
     processor = GraftProcessor.from_pretrained(model_dir)
@@ -78,7 +79,8 @@ def test_logprobs_are_the_models_own_distribution(server, model_dir):
     assert math.isclose(entries[0].logprob, float(expected[first]), abs_tol=1e-4)
 
     plain = create(url, [user("Describe it.", image)], temperature=0, max_tokens=6)
-    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == reply.choices[0].message.content
+    assert plain.choices[0].logprobs is None
+    assert plain.choices[0].message.content == reply.choices[0].message.content
 
 
 def test_streamed_choices_and_logprobs_equal_the_non_streamed(server):
@@ -114,7 +116,9 @@ def test_logit_bias_forces_and_bans_tokens(server):
     plain = create(url, messages, temperature=0, max_tokens=5, logprobs=True)
     first = plain.choices[0].logprobs.content[0]
     banned_id = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(first.token))[0]
-    banned = create(url, messages, temperature=0, max_tokens=5, logit_bias={str(banned_id): -100}, logprobs=True)
+    banned = create(
+        url, messages, temperature=0, max_tokens=5, logit_bias={str(banned_id): -100}, logprobs=True
+    )
     assert banned.choices[0].logprobs.content[0].token != first.token
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ NO_JAVA = (
 _TOKEN = re.compile(
     r"n't|'[a-z]+|[a-z0-9]+(?=n't)|(?:[a-z]\.){2,}|[0-9]+(?:[.,][0-9]+)+|[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]"
 )
+_PTB_PROGRESS = re.compile(r"PTBTokenizer tokenized \d+ tokens at [\d.]+ tokens per second\.?")
 # PTB writes brackets as -LRB- etc. and, lower-casing, keeps them (pycocoevalcap drops only upper-case ones)
 _BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-", '"': "''"}
 
@@ -61,6 +64,29 @@ def python_tokenize(text: str) -> str:
     return " ".join(t for t in tokens if t not in punctuations)
 
 
+@contextlib.contextmanager
+def _java_stderr_logged() -> Iterator[None]:
+    """The PTB tokenizer's Java writes a progress line to the process's stderr (file descriptor 2,
+    past Python's ``sys.stderr``): catch what it writes and log it, that line at debug level and
+    anything else (a Java failure) as a warning."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode("utf-8", errors="replace").splitlines():
+                if _PTB_PROGRESS.fullmatch(line.strip()):
+                    logger.debug("%s", line.strip())
+                elif line.strip():
+                    logger.warning("PTB tokenizer (Java): %s", line)
+
+
 def _tokenize(
     refs: Mapping[Any, Sequence[str]], preds: Mapping[Any, str], use_java: bool
 ) -> tuple[dict, dict]:
@@ -68,7 +94,8 @@ def _tokenize(
         # one Java run for references and predictions together (the tokenizer works line by line)
         both = {("ref", k): [{"caption": c} for c in refs[k]] for k in preds}
         both |= {("pred", k): [{"caption": preds[k]}] for k in preds}
-        tokens = toolkit("tokenizer.ptbtokenizer", "PTBTokenizer")().tokenize(both)
+        with _java_stderr_logged():
+            tokens = toolkit("tokenizer.ptbtokenizer", "PTBTokenizer")().tokenize(both)
         return {k: tokens[("ref", k)] for k in preds}, {k: tokens[("pred", k)] for k in preds}
     return (
         {k: [python_tokenize(c) for c in refs[k]] for k in preds},
