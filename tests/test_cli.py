@@ -143,6 +143,16 @@ def test_chat_reset_keeps_the_command_line_images(tmp_path, monkeypatch):
     assert "(new conversation: --image attaches to your next turn)" in result.output
     assert "error: image not found: nowhere.png" in result.output  # and the conversation went on
 
+    # commands are never asked of the model; /quit ends the session
+    seen.clear()
+    turns = f"/help\n/image\n/image {image}\nWhat now?\n/whoami\n/quit\nnever asked\n"
+    result = CliRunner().invoke(app, ["chat", "--model", str(out)], input=turns)
+    assert result.exit_code == 0, result.output
+    assert seen == [("What now?", 1, 0)]
+    assert "commands: /image PATH" in result.output and "error: /image needs a path" in result.output
+    assert "(1 image(s) attached to your next turn)" in result.output
+    assert "error: unknown command /whoami" in result.output
+
     missing = CliRunner().invoke(app, ["chat", "--model", str(out), "--image", "gone.png", "--prompt", "hi"])
     assert missing.exit_code == 2 and "error: --image: image not found: gone.png" in missing.output
     monkeypatch.undo()  # the real ask: two markers and no image

@@ -25,6 +25,12 @@ def _load(model_dir: Path, bf16: bool = False) -> tuple[GraftForConditionalGener
         fail(str(err))
 
 
+CHAT_COMMANDS = (
+    "commands: /image PATH (attach an image to your next turn), /reset (a new conversation), "
+    "/help, /quit (or an empty line, or Ctrl-D)"
+)
+
+
 @app.command("chat")
 def chat_cmd(
     model: Annotated[Path, typer.Option(help="A graft model folder.")],
@@ -40,9 +46,9 @@ def chat_cmd(
 ) -> None:
     """Talk to a model about images. Refer to images with `<image>` in a turn, or they are prepended.
 
-    In the interactive session, `/image PATH` attaches an image to the next turn and `/reset`
-    starts a new conversation (the `--image` images attach to its first turn again); an empty
-    line or Ctrl-D quits."""
+    In the interactive session, `/image PATH` attaches an image to the next turn, `/reset`
+    starts a new conversation (the `--image` images attach to its first turn again), `/help`
+    lists the commands, and `/quit`, an empty line or Ctrl-D quits."""
     from graft.generate import ChatSession, GenerationSettings
     from graft.processing import ImageLoadError, load_image
 
@@ -66,18 +72,28 @@ def chat_cmd(
             text = input("you> ").strip()
         except EOFError:
             break
-        if not text:
+        command, _, argument = text.partition(" ")
+        if not text or command in ("/quit", "/exit"):
             break
-        if text.startswith("/image "):
+        if command == "/help":
+            typer.echo(CHAT_COMMANDS)
+            continue
+        if command == "/image":
             try:  # a wrong path costs that command, not the conversation
-                pending.append(load_image(text.removeprefix("/image ").strip()))
+                if not argument.strip():
+                    raise ImageLoadError("/image needs a path: /image PATH")
+                pending.append(load_image(argument.strip()))
+                typer.echo(f"({len(pending)} image(s) attached to your next turn)")
             except ImageLoadError as err:
                 typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             continue
-        if text == "/reset":  # a new conversation about the same --image images, not about none
+        if command == "/reset":  # a new conversation about the same --image images, not about none
             session.reset()
             pending = list(given)
             typer.echo("(new conversation" + (": --image attaches to your next turn)" if given else ")"))
+            continue
+        if command.startswith("/") and command[1:].isalpha():  # not a question to the model
+            typer.secho(f"error: unknown command {command}\n{CHAT_COMMANDS}", fg=typer.colors.RED, err=True)
             continue
         try:
             typer.echo("graft> " + session.ask(text, images=pending))
