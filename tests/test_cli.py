@@ -89,6 +89,23 @@ def test_compose_unknown_connector_names_valid_ones(tmp_path):
     assert "valid connectors" in result.output
 
 
+def test_compose_says_which_backbone_failed_to_load(tmp_path):
+    from tiny import save_tiny_backbones
+
+    vision, llm = save_tiny_backbones(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for args, said in (
+        (["--vision", str(vision), "--llm", str(tmp_path / "empty")], f"the LLM '{tmp_path / 'empty'}': "),
+        (
+            ["--vision", str(tmp_path / "gone"), "--llm", str(llm)],
+            f"the vision tower '{tmp_path / 'gone'}' (no such",
+        ),
+    ):
+        result = CliRunner().invoke(app, ["compose", *args, "--out", str(tmp_path / "m")])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert not (tmp_path / "m").exists()
+
+
 def _composed_and_image(tmp_path) -> tuple:
     """``graft compose`` of tiny backbones (checked) and an image beside it."""
     from tiny import random_image, save_tiny_backbones

@@ -7,8 +7,10 @@ Vicuna or the shapes world's tiny Llama.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -117,16 +119,32 @@ def compose_from_pretrained(
     dtype: torch.dtype | None = None,
     **kwargs: Any,
 ) -> tuple[GraftForConditionalGeneration, PreTrainedTokenizerBase, Any]:
-    """Load both backbones and their preprocessing, graft them: (model, tokenizer, image processor)."""
-    tokenizer = load_tokenizer(tokenizer_name_or_path or llm_name_or_path)
-    model = compose(
-        load_vision_tower(vision_name_or_path, dtype),
-        load_llm(llm_name_or_path, dtype),
-        tokenizer,
-        connector=connector,
-        **kwargs,
-    )
-    return model, tokenizer, load_image_processor(vision_name_or_path)
+    """Load both backbones and their preprocessing, graft them: (model, tokenizer, image processor).
+    A source that fails to load raises an error that names it and says which backbone it is."""
+    with _loading("the vision tower", vision_name_or_path):
+        vision, image_processor = (
+            load_vision_tower(vision_name_or_path, dtype),
+            load_image_processor(vision_name_or_path),
+        )
+    with _loading("the LLM", llm_name_or_path):
+        llm = load_llm(llm_name_or_path, dtype)
+    with _loading("the tokenizer", tokenizer_name_or_path or llm_name_or_path):
+        tokenizer = load_tokenizer(tokenizer_name_or_path or llm_name_or_path)
+    model = compose(vision, llm, tokenizer, connector=connector, **kwargs)
+    return model, tokenizer, image_processor
+
+
+@contextlib.contextmanager
+def _loading(what: str, source: str) -> Iterator[None]:
+    """Re-raise a loading failure with what was loaded, from where (a missing local folder is
+    read as a hub id, which the bare library error does not say)."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        where = "" if os.path.isdir(source) else " (no such local folder, so it was read as a hub id)"
+        raise (OSError if isinstance(err, OSError) else ValueError)(
+            f"{what} {source!r}{where}: {err}"
+        ) from err
 
 
 def save_composed(
