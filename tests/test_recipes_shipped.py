@@ -91,3 +91,10 @@ def test_the_vpgc_recipe_trains_in_the_template_of_the_model_it_wraps(tmp_path):
     processor.save_pretrained(tmp_path / "base")
     recipe = load_recipe("shapes-vpgc", {"model.init_from": str(tmp_path / "base")})
     assert build_model(recipe)[1].template.name == "chatml"
+
+
+def test_a_missing_init_from_folder_is_named_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # shapes-stage2 starts from runs/shapes/stage1, not made here
+    result = CliRunner().invoke(app, ["train", "shapes-stage2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "error: model.init_from " in result.output and "(no such local folder" in result.output

@@ -121,23 +121,23 @@ def compose_from_pretrained(
 ) -> tuple[GraftForConditionalGeneration, PreTrainedTokenizerBase, Any]:
     """Load both backbones and their preprocessing, graft them: (model, tokenizer, image processor).
     A source that fails to load raises an error that names it and says which backbone it is."""
-    with _loading("the vision tower", vision_name_or_path):
+    with naming_source("the vision tower", vision_name_or_path):
         vision, image_processor = (
             load_vision_tower(vision_name_or_path, dtype),
             load_image_processor(vision_name_or_path),
         )
-    with _loading("the LLM", llm_name_or_path):
+    with naming_source("the LLM", llm_name_or_path):
         llm = load_llm(llm_name_or_path, dtype)
-    with _loading("the tokenizer", tokenizer_name_or_path or llm_name_or_path):
+    with naming_source("the tokenizer", tokenizer_name_or_path or llm_name_or_path):
         tokenizer = load_tokenizer(tokenizer_name_or_path or llm_name_or_path)
     model = compose(vision, llm, tokenizer, connector=connector, **kwargs)
     return model, tokenizer, image_processor
 
 
 @contextlib.contextmanager
-def _loading(what: str, source: str) -> Iterator[None]:
-    """Re-raise a loading failure with what was loaded, from where (a missing local folder is
-    read as a hub id, which the bare library error does not say)."""
+def naming_source(what: str, source: str) -> Iterator[None]:
+    """Re-raise a loading failure (OSError or ValueError) with what was loaded, from where (a
+    missing local folder is read as a hub id, which the bare library error does not say)."""
     try:
         yield
     except (OSError, ValueError) as err:

@@ -89,7 +89,7 @@ def train_cmd(
         overrides["data.skip_bad"] = True
     try:
         result = train(load_recipe(recipe, overrides))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a model or data file that does not load
         fail(str(err))
     typer.echo(json.dumps(result.summary(), indent=2))
 

@@ -18,7 +18,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from graft.backbones import compose_from_pretrained
+from graft.backbones import compose_from_pretrained, naming_source
 from graft.connectors.vpgc import decoder_layers
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
@@ -39,8 +39,9 @@ def build_model(recipe: Recipe) -> tuple[GraftForConditionalGeneration, GraftPro
     dtype = torch.bfloat16 if recipe.precision == "bf16" else torch.float32
     m, settings = recipe.model, recipe.processor_settings()
     if m.init_from is not None:
-        model = GraftForConditionalGeneration.from_pretrained(m.init_from, dtype=dtype)
-        return model, GraftProcessor.from_pretrained(m.init_from, **settings)
+        with naming_source("model.init_from", m.init_from):
+            model = GraftForConditionalGeneration.from_pretrained(m.init_from, dtype=dtype)
+            return model, GraftProcessor.from_pretrained(m.init_from, **settings)
     model, tokenizer, image_processor = compose_from_pretrained(
         m.vision,
         m.llm,
