@@ -95,6 +95,7 @@ def test_the_vpgc_recipe_trains_in_the_template_of_the_model_it_wraps(tmp_path):
 
 def test_a_missing_init_from_folder_is_named_not_a_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # shapes-stage2 starts from runs/shapes/stage1, not made here
-    result = CliRunner().invoke(app, ["train", "shapes-stage2", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert "error: model.init_from " in result.output and "(no such local folder" in result.output
+    for args in (["train", "shapes-stage2", "--out", str(tmp_path / "out")], ["inspect", "shapes-stage2"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "error: model.init_from " in result.output and "(no such local folder" in result.output

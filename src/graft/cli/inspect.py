@@ -51,7 +51,7 @@ def inspect_cmd(
     try:
         loaded = load_recipe(recipe, parse_overrides(set_ or []))
         model = meta_model(loaded)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         fail(str(err))
     counts = parameter_counts(model)
     if as_json:

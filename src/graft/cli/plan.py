@@ -144,7 +144,7 @@ def plan_cmd(
             all_logits=all_logits,
         )
         plan = make_plan(load_recipe(recipe, parse_overrides(set_ or [])), settings)
-    except (PlanError, ValueError, FileNotFoundError) as err:
+    except (PlanError, ValueError, OSError) as err:
         fail(str(err))
     if as_json:
         typer.echo(json.dumps(plan.to_dict(), indent=2))

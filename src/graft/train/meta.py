@@ -64,7 +64,10 @@ def meta_model(recipe: Recipe) -> Any:
 
     m = recipe.model
     if m.init_from is not None:
-        config = GraftConfig.from_pretrained(m.init_from)
+        from graft.backbones import naming_source
+
+        with naming_source("model.init_from", m.init_from):
+            config = GraftConfig.from_pretrained(m.init_from)
     else:
         text_config = _backbone_config(m.text_config, m.llm, "text")
         if m.text_config is None:
