@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -407,3 +408,12 @@ def test_feature_cache_computes_where_the_vision_tower_is(tmp_path, world, monke
         assert torch.equal(
             cache.get(key), twin.select_vision_features(processor.preprocess_images([random_image(0)]))[0]
         )
+
+
+def test_a_lora_stage_prints_no_library_future_warning(tmp_path, world):
+    recipe = recipe_from_dict(tiny_recipe(world, tmp_path, **{"llm.mode": "lora", "llm.lora": {"r": 4}}))
+    model, _ = build_model(recipe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_stage(model, recipe)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,11 @@ def _lora(module: nn.Module, spec: LoraSpec, causal_lm: bool) -> PeftModel:
         # CAUSAL_LM keeps the LM head out of "all-linear" and forwards labels / inputs_embeds
         task_type="CAUSAL_LM" if causal_lm else None,
     )
-    return get_peft_model(module, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing``; its FutureWarning is
+        # about peft's code, not the user's, and would print on every LoRA stage
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(module, config)
 
 
 def apply_stage(model: GraftForConditionalGeneration, recipe: Recipe) -> None:
