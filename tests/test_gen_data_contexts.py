@@ -52,6 +52,13 @@ def test_own_prompts_folder_and_its_errors(tmp_path):
         load_prompts(("conversation",), tmp_path / "prompts")
     with pytest.raises(GenError, match="missing prompt folder for response type 'detail'"):
         load_prompts(("detail",), tmp_path / "prompts")
+    llava = tmp_path / "prompts" / "detail_description"  # LLaVA's playground/data/prompts name
+    llava.mkdir()
+    (llava / "system_message.txt").write_text("Describe.")
+    assert load_prompts(("detail",), tmp_path / "prompts")["detail"].system == "Describe."
+    (llava / "system_message.txt").write_bytes(b"Caf\xe9")
+    with pytest.raises(GenError, match=r"detail_description/system_message.txt:1: not valid UTF-8"):
+        load_prompts(("detail",), tmp_path / "prompts")
 
 
 @pytest.mark.parametrize(

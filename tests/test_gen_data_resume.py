@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 server = gen_data_fixtures.server  # the fake endpoint, a fixture shared by the gen-data tests
 
 
-def test_rerun_is_all_cache_hits_and_the_same_output(tmp_path, server, monkeypatch):
+def test_rerun_is_all_cache_hits_and_the_same_output(tmp_path, server, monkeypatch, caplog):
     monkeypatch.setenv("GRAFT_GEN_BASE_URL", server.url)
     monkeypatch.setenv("GRAFT_GEN_MODEL", "fake-gen")
     ctx = _contexts(tmp_path, [""] * 4)
@@ -44,6 +44,13 @@ def test_rerun_is_all_cache_hits_and_the_same_output(tmp_path, server, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert report["requests_sent"] == 0 and report["cache_hits"] == 12
     assert (out / "llava_instruct.json").read_bytes() == first
+
+    # a narrower rerun writes this run's types; the file of a type left out is from before, said so
+    result = _cli("--contexts", str(ctx), "--out", str(out), "--types", "detail")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((out / "llava_instruct.json").read_text())) == 4 and server.seen == []
+    assert len(json.loads((out / "conversation.json").read_text())) == 4
+    assert "conversation.json, complex_reasoning.json are from an earlier run" in caplog.text
 
 
 def test_dry_run_sends_nothing_and_estimates_cost(tmp_path, server):

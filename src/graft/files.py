@@ -19,15 +19,22 @@ logger = logging.getLogger(__name__)
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place (folders are
-    made when missing). The temporary name is unique, so concurrent writers never share one."""
+    made when missing). The temporary name is unique, so concurrent writers never share one; a
+    write that fails leaves no temporary file, and a ``path`` that is a folder is an
+    ``IsADirectoryError`` that says so."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path to write to")
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-    except FileNotFoundError:  # the folder is missing: make it only then (one syscall less per file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except FileNotFoundError:  # the folder is missing: make it only then (one syscall less per file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

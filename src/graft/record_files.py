@@ -47,11 +47,34 @@ def _invalid_json(where: str, err: json.JSONDecodeError) -> RecordError:
     return RecordError(f"{where}: not valid JSON ({err.msg} at column {err.colno})", "malformed_json")
 
 
+def _not_utf8(where: str, err: UnicodeDecodeError, column: int) -> RecordError:
+    byte = err.object[err.start : err.start + 1].hex()
+    return RecordError(f"{where}: not valid UTF-8 (byte 0x{byte} at column {column})", "malformed_json")
+
+
+def _unreadable(where: str, err: ValueError) -> RecordError:
+    """A line's decoding or parsing error as a ``RecordError``."""
+    if isinstance(err, UnicodeDecodeError):
+        return _not_utf8(where, err, err.start + 1)
+    assert isinstance(err, json.JSONDecodeError)
+    return _invalid_json(where, err)
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
+    """A file's text (a leading byte-order mark dropped); bytes that are not UTF-8 are a
+    ``RecordError`` naming the file and line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise _not_utf8(f"{path}:{line}", err, err.start - data.rfind(b"\n", 0, err.start)) from None
+
+
 def load_json(path: str | os.PathLike) -> Any:
     """One JSON document; an unreadable one is a ``RecordError`` naming the file and line."""
     path = _existing(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(decode_utf8(path.read_bytes(), path))
     except json.JSONDecodeError as err:
         raise _invalid_json(f"{path}:{err.lineno}", err) from None
 
@@ -77,17 +100,19 @@ def iter_jsonl(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator
     """``(record, "file:line")`` for every non-blank line. A line that is not a JSON object raises
     ``RecordError``, or, with ``on_bad``, is handed to it and skipped."""
     path = _existing(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                if not line.strip():
+                    continue
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                error = _unreadable(where, err)
                 if on_bad is None:
-                    raise _invalid_json(where, err) from None
-                on_bad(_invalid_json(where, err))
+                    raise error from None
+                on_bad(error)
                 continue
             yield from _yield_object(record, where, on_bad)
 

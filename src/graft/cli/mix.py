@@ -68,14 +68,18 @@ def mix_cmd(
                 absolute_images=absolute_images,
                 shuffle=shuffle,
             )
-        sources = {d.path.resolve() for d in result.lock.datasets}
+        inputs = {d.path.resolve(): "one of the mixture's source files" for d in result.lock.datasets}
+        if mixture is not None:
+            inputs[mixture.resolve()] = "the mixture YAML"
+        if from_lock is not None:
+            inputs[from_lock.resolve()] = "the lock it is rebuilt from"
         for target in (out, lock_path):
-            if target is not None and target.resolve() in sources:
-                fail(f"{target} is one of the mixture's source files; write the mixture elsewhere")
+            if target is not None and target.resolve() in inputs:
+                fail(f"{target} is {inputs[target.resolve()]}; write the mixture elsewhere")
         if lock_path is not None and lock_path.resolve() == out.resolve():
             fail("--lock and --out are the same file")
         write_mix(result, out, lock_path)
-    except MixError as err:
+    except (MixError, OSError) as err:  # OSError: an --out or --lock that cannot be written
         fail(str(err))
     typer.echo(format_summary(result))
     typer.echo(f"mixture: {out} ({len(result.records)} records)")

@@ -14,6 +14,7 @@ file, the line (or list index) and the field, handed to ``on_bad`` (which raises
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from graft.prompts import OPTION_LETTERS, has_demon_placeholders
-from graft.record_files import OnBad, RecordError, check_id, iter_jsonl, iter_objects, iter_records, load_json
+from graft.record_files import (
+    OnBad,
+    RecordError,
+    UniqueIds,
+    check_id,
+    iter_jsonl,
+    iter_objects,
+    iter_records,
+    load_json,
+)
 
 FORMATS = ("vqa", "caption", "mc")
 #: the image marker; a question's own markers are dropped, the record places one itself
@@ -188,8 +198,8 @@ def _objects(path: Path, on_bad: OnBad) -> Iterator[tuple[dict, str]]:
 def _first_char(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        return f.read(4096).lstrip()[:1]
+    with path.open("rb") as f:  # bytes: a file that is not UTF-8 fails where its lines are read
+        return f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1].decode("ascii", errors="replace")
 
 
 def _read_lines(
@@ -218,9 +228,12 @@ def read_captions(path: Path, on_bad: OnBad) -> tuple[list[Item], int]:
     if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations")):
         raise RecordError(f"{path}: expected COCO captions: an object with lists 'images' and 'annotations'")
     files: dict[str | int, str] = {}
+    image_ids = UniqueIds()
     for raw, where in iter_objects(doc["images"], f"{path}:images", on_bad):
         try:
-            files[check_id(raw.get("id"), where)] = _image(raw, where, "file_name")
+            image_id = check_id(raw.get("id"), where)
+            image_ids.add(image_id, where)  # a repeated id: whose are its captions? (the first's, skipped)
+            files[image_id] = _image(raw, where, "file_name")
         except RecordError as err:
             on_bad(err)
     items = []
@@ -250,12 +263,15 @@ def detect_format(path: str | os.PathLike) -> str:
             doc = None
         if isinstance(doc, dict) and "annotations" in doc and "images" in doc:
             return "caption"
-    for raw, where in _objects(path, lambda err: None):
+    unreadable: list[RecordError] = []
+    for raw, where in _objects(path, unreadable.append):
         if "options" in raw or "choices" in raw:
             return "mc"
         if "question" in raw and ("answer" in raw or "answers" in raw):
             return "vqa"
         raise RecordError(f"{where}: cannot tell the format from fields {sorted(raw)[:8]}; pass --format")
+    if unreadable:  # no line could be read: say why (not JSON, not UTF-8 ...), not just "nothing"
+        raise unreadable[0]
     raise RecordError(f"{path}: no record to tell the format from; pass --format")
 
 

@@ -19,6 +19,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from graft.record_files import RecordError, decode_utf8
+
 from .gen_contexts import Context
 from .gen_settings import GenError
 
@@ -63,7 +65,10 @@ class PromptSet:
 
 
 def _read(entry: Traversable, where: str) -> str:
-    text = entry.read_text(encoding="utf-8").strip()
+    try:
+        text = decode_utf8(entry.read_bytes(), where).strip()
+    except RecordError as err:
+        raise GenError(str(err)) from None
     if not text:
         raise GenError(f"{where}: the prompt file is empty")
     return text
@@ -113,7 +118,20 @@ def load_prompts(
         label = str(prompts_dir)
     else:
         root, label = builtin_prompts_root(), "graft/instruct/prompts"
-    return {t: load_prompt_folder(root / t, t, f"{label}/{t}") for t in types}
+    folders = {t: _folder(root, t) for t in types}
+    return {t: load_prompt_folder(root / name, t, f"{label}/{name}") for t, name in folders.items()}
+
+
+#: LLaVA's own prompt folders (``playground/data/prompts``) name the detail type this way
+LLAVA_FOLDERS = {"detail": "detail_description"}
+
+
+def _folder(root: Traversable, response_type: str) -> str:
+    """The folder of a type under ``root``: its name, or LLaVA's name for it when only that exists."""
+    llava = LLAVA_FOLDERS.get(response_type)
+    if llava is not None and not (root / response_type).is_dir() and (root / llava).is_dir():
+        return llava
+    return response_type
 
 
 def record_rng(seed: int, context_id: str, response_type: str) -> random.Random:

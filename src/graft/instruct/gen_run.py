@@ -9,7 +9,8 @@ higher), so the retry is a different request with its own cache key. The order o
 2. lock the output folder, read the cache, replay every job whose answers are all cached;
 3. if any job is left: check the endpoint (``GET /models``), then ask, ``concurrency`` at a time;
 4. write ``{type}.json``, ``llava_instruct.json`` and ``report.json`` (atomically), rebuilt from
-   every answer of the cache, so they never hold a duplicate or a torn record.
+   the cache's answers to this run's jobs (its contexts, ``limit`` and ``types``), so they never
+   hold a duplicate or a torn record.
 
 A run stops early, cleanly (outputs written, the rest left for a rerun), when the rejection
 rate passes ``max_reject_rate``, when the next request could pass ``max_cost``, or when the
@@ -35,7 +36,7 @@ from .gen_client import Answer, GenClient, RequestFailed, prompt_tokens_estimate
 from .gen_contexts import Context, load_contexts
 from .gen_prompts import PromptSet, load_prompts
 from .gen_report import RunStats
-from .gen_settings import GenSettings
+from .gen_settings import RESPONSE_TYPES, GenSettings
 from .gen_validate import RETRY_REASONS, Verdict, to_record
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,16 @@ def _write_outputs(s: GenSettings, plan: Plan, records: dict[int, dict[str, Any]
     for t, rows in by_type.items():
         write_text_atomic(s.out / f"{t}.json", json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
     write_text_atomic(s.out / MERGED_FILE, json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
+    stale = [f"{t}.json" for t in RESPONSE_TYPES if t not in s.types and (s.out / f"{t}.json").is_file()]
+    if stale:  # left by an earlier run with other --types: not part of this run's merged file
+        logger.warning(
+            "%s: %s %s from an earlier run (not in --types); %s holds this run's types only: %s",
+            s.out,
+            ", ".join(stale),
+            "is" if len(stale) == 1 else "are",
+            MERGED_FILE,
+            ", ".join(s.types),
+        )
 
 
 def dry_run(s: GenSettings) -> dict[str, Any]:

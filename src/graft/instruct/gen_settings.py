@@ -91,10 +91,14 @@ class GenSettings:
             "max_tokens": self.max_tokens,
             "timeout_s": self.timeout_s,
         }
-        positive |= {"rpm": self.rpm or 1, "tpm": self.tpm or 1, "burst_s": self.burst_s}
+        positive |= {"rpm": self.rpm, "tpm": self.tpm, "burst_s": self.burst_s}  # rpm, tpm: None = no limit
         for name, value in positive.items():
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise GenError(f"{name} must be positive, got {value}")
+        if not 0 <= self.temperature <= 2:  # OpenAI's range
+            raise GenError(f"temperature must lie in [0, 2], got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise GenError(f"top_p must lie in (0, 1], got {self.top_p}")
         for name in ("max_retries", "format_retries", "price_in", "price_out", "backoff_s"):
             if getattr(self, name) < 0:
                 raise GenError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -126,12 +126,14 @@ def read_source(
                         "ids must be unique within a file",
                         "duplicate_id",
                     )
+                # a record skipped for its images still holds its id: a later copy is a duplicate,
+                # so that a lock (which records ids) always names one record
+                first[record.id] = where
                 if image_path is not None:
                     check_images(record, llava, image_path)
             except RecordError as err:
                 skip(err)
                 continue
-            first[record.id] = where
             source.records.append((record, llava))
     except RecordError as err:  # a JSON list that does not parse: nothing in it can be trusted
         raise MixError(f"{label}: {err}") from None

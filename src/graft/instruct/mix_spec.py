@@ -15,6 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from graft.record_files import RecordError, decode_utf8
+
 STRATEGIES = "all, first:N%, random:N or weight:W"
 _DATASET_KEYS = {"path", "strategy", "name", "image_root", "replace", "weight"}
 _TOP_KEYS = {"datasets", "seed", "total"}
@@ -189,7 +191,9 @@ def load_mix_spec(path: str | os.PathLike) -> MixSpec:
     if not path.is_file():
         raise MixError(f"mixture file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path))
+    except RecordError as err:  # not UTF-8
+        raise MixError(str(err)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
