@@ -136,3 +136,6 @@ def test_gen_data_sampling_and_rate_settings_are_checked(tmp_path, field, value,
     with pytest.raises(GenError, match=message):
         GenSettings(**base, **{field: value}).check()
     GenSettings(**base, rpm=None, tpm=None, top_p=1.0).check()
+    (tmp_path / "g").write_text("a file")
+    with pytest.raises(GenError, match="out: .*g is a file; gen-data writes into a folder"):
+        GenSettings(**base).check()

@@ -76,6 +76,8 @@ class GenSettings:
         """Raise ``GenError`` for settings no run can use."""
         if not self.model:
             raise GenError("no model: pass --model or set GRAFT_GEN_MODEL")
+        if self.out.exists() and not self.out.is_dir():
+            raise GenError(f"out: {self.out} is a file; gen-data writes into a folder")
         if not self.dry_run and not self.base_url and not self.api_key:
             raise GenError(
                 "no endpoint: pass --base-url (a local server) and/or --api-key, or set GRAFT_GEN_BASE_URL / "
