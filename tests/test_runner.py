@@ -145,3 +145,25 @@ def test_answers_cut_at_the_length_limit_are_marked_counted_and_warned(tmp_path,
     cut = sum(r.get("cut", False) for r in rows)
     assert cut > 0 and res["prediction_counts"]["cut"] == cut
     assert f"pope: {cut} answers reached the 1-token answer limit" in caplog.text
+
+
+def test_a_folder_answered_for_other_data_or_answer_length_is_not_resumed(tmp_path):
+    import json
+
+    model, processor = tiny_model_and_processor()
+    data = write_pope(tmp_path / "pope", n=4)
+    run = {"limit": 2, "max_new_tokens": 2, "progress": False}
+    run_task(model, processor, "pope", data, tmp_path / "a", **run)
+    # more samples of the same data resume: the answered ones keep their questions
+    grown = run_task(model, processor, "pope", data, tmp_path / "a", **(run | {"limit": 4}))
+    assert grown["prediction_counts"]["written"] == 2
+    # the same ids asking other questions: the answers in the folder are not theirs
+    questions = data / "coco_pope_random.json"
+    rows = [json.loads(line) for line in questions.read_text().splitlines()]
+    questions.write_text("".join(json.dumps(r | {"text": r["text"] + " Or a square?"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"sample 'random/1' was answered for another question or image"):
+        run_task(model, processor, "pope", data, tmp_path / "a", **run)
+    longer = r"other generation settings \(generation \{'max_new_tokens': 2, .*\} then"
+    with pytest.raises(ValueError, match=longer):
+        run_task(model, processor, "pope", data, tmp_path / "a", **(run | {"max_new_tokens": 3}))
+    assert run_task(model, processor, "pope", data, tmp_path / "b", **run)["data"] == str(data.resolve())

@@ -41,7 +41,7 @@ from graft.eval.score import read_predictions, score_samples
 from graft.eval.settings import EvalSettings
 from graft.eval.tasks import TaskSpec, get_task
 from graft.files import write_text_atomic
-from graft.record_files import load_json
+from graft.record_files import iter_jsonl, load_json
 
 logger = logging.getLogger(__name__)
 MANIFEST = "bench.json"
@@ -65,32 +65,46 @@ def weights_fingerprint(model: Any, sample: int = 64) -> str:
     return digest.hexdigest()[:16]
 
 
-def _answered_by(model: Any, settings: EvalSettings) -> dict[str, Any]:
+def _answered_by(model: Any, settings: EvalSettings, generation: dict[str, Any]) -> dict[str, Any]:
     """What gave a folder's answers (its ``model.json``): the model's config hash and weights,
-    and ``"blind": true`` for a blind run (absent otherwise, as in folders written before)."""
+    the generation settings, and ``"blind": true`` for a blind run (absent otherwise, as in
+    folders written before)."""
     who: dict[str, Any] = {"config_hash": config_hash(model), "weights": weights_fingerprint(model)}
+    who["generation"] = generation
     return (who | {"blind": True}) if settings.blind else who
+
+
+#: fields of ``model.json`` that folders written before did not have: not compared when absent
+_LATER_FIELDS = ("generation",)
+_WHAT_DIFFERS = {"blind": "with another blind setting", "generation": "with other generation settings"}
 
 
 def check_same_model(folder: Path, model_id: dict[str, Any]) -> None:
     """Resuming appends to the answers already in ``folder``: refuse when another model (other
-    config or weights) gave them, or a blind run when this one sees (or the other way round),
-    rather than mix two kinds of answers in one score."""
+    config or weights) gave them, a blind run when this one sees (or the other way round), or
+    other generation settings (a longer answer limit), rather than mix two kinds of answers in
+    one score."""
     path = folder / "model.json"
     if path.exists() and (folder / "predictions.jsonl").exists():
         before = json.loads(path.read_text(encoding="utf-8"))
-        if before != model_id:
+        keys = (before.keys() | model_id.keys()) - {k for k in _LATER_FIELDS if k not in before}
+        changed = sorted(k for k in keys if before.get(k, False) != model_id.get(k, False))
+        if changed:
+            what = " and ".join(sorted({_WHAT_DIFFERS.get(k, "by another model") for k in changed}))
+            then, now = ({k: d.get(k, False) for k in changed} for d in (before, model_id))
+            values = "; ".join(f"{k} {then[k]} then, {now[k]} now" for k in changed)
             raise ValueError(
-                f"{folder}: its predictions were made by another model or with another blind "
-                f"setting ({before}, now {model_id}); evaluate into a new --out folder, or delete "
-                "this one to start over"
+                f"{folder}: its predictions were made {what} ({values}); evaluate into a new --out "
+                "folder, or delete this one to start over"
             )
     write_text_atomic(path, json.dumps(model_id) + "\n")
 
 
-def questions_file(read: ReadResult, path: Path, image_token: str) -> None:
+def questions_file(read: ReadResult, path: Path, image_token: str, data: Path | None = None) -> None:
     """The samples as predict_jsonl's input; rewritten only when they changed, so a resumed run
-    keeps matching its predictions by id."""
+    keeps matching its predictions by id. A sample already answered (in ``predictions.jsonl``
+    beside it) whose question or images are not the ones it was answered for is an error: the
+    folder holds answers to other data (``data`` names this run's, for the message)."""
     rows = [
         {
             "id": str(s.id),
@@ -101,7 +115,24 @@ def questions_file(read: ReadResult, path: Path, image_token: str) -> None:
     ]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
+        _check_answered_questions(path, rows, data)
         write_text_atomic(path, text)
+
+
+def _check_answered_questions(path: Path, rows: list[dict[str, Any]], data: Path | None) -> None:
+    predictions = path.parent / "predictions.jsonl"
+    if not (path.exists() and predictions.exists()):
+        return
+    answered = {str(r.get("id")) for r, _ in iter_jsonl(predictions, on_bad=lambda err: None)}
+    before = {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    for row in rows:
+        if row["id"] in answered and row["id"] in before and before[row["id"]] != row:
+            source = f" in {data}" if data is not None else ""
+            raise ValueError(
+                f"{path.parent}: sample {row['id']!r} was answered for another question or image than "
+                f"it has now{source} (the data changed since); evaluate into a new --out folder, or "
+                "delete this one to start over"
+            )
 
 
 def read_for_run(spec: TaskSpec, path: Path, settings: EvalSettings) -> ReadResult:
@@ -147,12 +178,12 @@ def run_task(
     assert read is not None
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
 
-    model_id = _answered_by(model, settings)
+    model_id = _answered_by(model, settings, settings.generation_kwargs(spec.generation))
 
     def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         check_same_model(folder, model_id)
-        questions_file(read, questions, processor.image_token)
+        questions_file(read, questions, processor.image_token, path)
         merge_shards(predictions)  # what a killed multi-process run left in its per-process files
 
     step(state, prepare, who="main")
@@ -239,7 +270,7 @@ def result_head(
         "run": name,
         "family": spec.family,
         "task_file": str(spec.file) if spec.file else None,  # None: a built-in task
-        "data": str(path),
+        "data": str(path.resolve()),  # absolute: a report read from anywhere finds the samples
         "metrics": metrics,
         "prediction_counts": counts,
         "generation": settings.generation_kwargs(spec.generation),

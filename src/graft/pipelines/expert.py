@@ -282,7 +282,7 @@ def run_expert_task(
     folder.mkdir(parents=True, exist_ok=True)
     check_same_model(folder, pipe.identity)
     questions, predictions = folder / "questions.jsonl", folder / "predictions.jsonl"
-    questions_file(read, questions, IMAGE_MARKER)
+    questions_file(read, questions, IMAGE_MARKER, path)
     began = time.perf_counter()
     counts = expert_predict_jsonl(
         pipe, questions, predictions, image_root=folder, settings=settings, generation_kwargs=spec.generation
