@@ -167,3 +167,10 @@ def test_eval_cli_bench_and_task_file(tmp_path, said_yes, monkeypatch):
         app, ["eval", "--model", str(model_dir), "--out", str(tmp_path / "r"), "--task", "pope=nowhere"]
     )
     assert bad.exit_code == 2 and "data not found: nowhere" in bad.output
+    # a --task named as one of the bench's runs would share its folder
+    clash = CliRunner().invoke(app, [*args, "--task", f"pope={bench / 'pope'}"])
+    assert clash.exit_code == 2 and "--task pope and --bench's run 'pope' would both write" in clash.output
+    (tmp_path / "afile").write_text("x")
+    args[args.index("--out") + 1] = str(tmp_path / "afile")
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "afile is a file; give a folder" in bad.output

@@ -99,13 +99,13 @@ def test_relative_scores_counts_and_cache(server, tmp_path):
     assert again["conv"] == out["conv"] and again["counts"] == out["counts"]
 
 
-def test_endpoint_down_is_counted_not_raised(tmp_path):
-    # nothing listens on this port (bound, then closed)
+def test_an_endpoint_that_judges_nothing_is_an_error_not_a_score_of_nulls(tmp_path):
+    # nothing listens on this port (bound, then closed); one failure among answers is counted (above)
     with JudgeServer() as s:
         url = s.base_url
     cfg = JudgeConfig(model="judge", base_url=url, backoff=0.01, retries=1, timeout=5)
-    out = judge_scores([_item(1, "conv", "score=5")], ChatClient(cfg))
-    assert out["counts"]["failed"] == 1 and out["all"] is None
+    with pytest.raises(ValueError, match=r"all 2 judge requests failed \(first: .*\); no score written"):
+        judge_scores([_item(1, "conv", "score=5"), _item(2, "detail", "score=5")], ChatClient(cfg))
 
 
 def test_config_from_env(monkeypatch):

@@ -352,6 +352,12 @@ def test_evaluate_question_files_default_root_and_errors(tiny, tmp_path):
     _write_jsonl(bad, [{"id": 1, "image": "img/x.png", "question": "?", "answer": "yes"}])
     with pytest.raises(RecordError, match=rf"{bad}:1 .*field 'qtype'"):
         run(bad, tmp_path)
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / path.name  # another file of the same name: the same run folder
+    twin.write_bytes(path.read_bytes())
+    settings = EvalSettings(progress=False)
+    with pytest.raises(ValueError, match=rf"{path} and {twin} would both write {out / path.stem}; rename"):
+        evaluate_question_files(model, processor, [path, twin], out, tmp_path, settings)
 
 
 def test_predict_jsonl_prompt_longer_than_the_context(tmp_path):

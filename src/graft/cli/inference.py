@@ -241,7 +241,11 @@ def eval_cmd(
                 fail(f"two --task entries for {spec.name!r}: both would write {out / spec.name}")
             runs.append((spec, data))
         if bench is not None:
-            read_bench(bench)
+            for run in read_bench(bench):
+                if any(run == spec.name for spec, _ in runs):
+                    fail(f"--task {run} and --bench's run {run!r} would both write {out / run}")
+        if out.exists() and not out.is_dir():
+            fail(f"--out {out} is a file; give a folder")
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     mdl, processor = _load(model, bf16)

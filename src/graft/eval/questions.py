@@ -31,6 +31,11 @@ def evaluate_question_files(
     if image_root is not None:
         task = replace(task, reader_kwargs={"image_root": str(image_root)})
     settings = settings or EvalSettings()
+    stems: dict[str, Path] = {}
+    for path in files:  # each file's runs are named by its stem: two files must not share one
+        other = stems.setdefault(Path(path).stem, Path(path))
+        if other != Path(path):
+            raise ValueError(f"{other} and {path} would both write {Path(out) / Path(path).stem}; rename one")
     metrics: dict[str, float] = {}
     for path in files:
         stem = Path(path).stem

@@ -218,6 +218,11 @@ def judge_scores(items: Sequence[dict[str, Any]], client: ChatClient) -> dict[st
         samples.append(record)
     if failed:
         first = next(s["error"] for s in samples if "error" in s)
+        if failed == len(items):  # nothing was judged: no score to write, not one of nulls
+            raise ValueError(
+                f"all {failed} judge requests failed (first: {first}); no score written: check the "
+                "judge's endpoint, model and key (--judge-*), then rerun (the answers are kept)"
+            )
         logger.warning(
             "%d of %d judge requests failed (first: %s); they are excluded", failed, len(items), first
         )
