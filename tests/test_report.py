@@ -68,7 +68,8 @@ def test_report_tables_charts_and_failures(tmp_path):
 
     md = md_path.read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
-    assert "pope (mean F1)" in header and "demo/binary (accuracy)" in header
+    # the run answered POPE's random split only: its F1, not a mean over the three
+    assert "pope (F1, random only)" in header and "demo/binary (accuracy)" in header
     assert "| run | 0.800 | - | - | - |" in md  # pope's one split, no demo numbers
     assert "| demo | - | 0.900 | 0.500 | 0.700 |" in md
     assert "| colour | - | 0.950 |" in md
@@ -149,7 +150,7 @@ def test_two_runs_of_one_family_and_a_user_task_each_get_a_column(tmp_path):
     assert report.tasks["pope"].headline == 0.8 and report.tasks["binary"].headline == 0.4
     assert report.tasks["binary"].kind == "pope" and report.tasks["mine"].headline == 0.25
     md = build_report([run], tmp_path / "out")[0].read_text()
-    assert "binary (mean F1)" in md and "mine (score)" in md
+    assert "binary (F1, random only)" in md and "mine (exact_match)" in md
 
 
 def _demo_with_curve(root):

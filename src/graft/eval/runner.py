@@ -273,6 +273,7 @@ def result_head(
         "data": str(path.resolve()),  # absolute: a report read from anywhere finds the samples
         "metrics": metrics,
         "prediction_counts": counts,
+        "limit": settings.limit,  # None: every sample the data holds
         "generation": settings.generation_kwargs(spec.generation),
     }
 

@@ -6,28 +6,29 @@ A source is either an eval run folder (``{task}/results.json`` beside ``predicti
 in a single table (what it measures: ``HEADLINES``; how it is read: ``headline_and_categories``),
 and bars per category.
 
-Failures are listed only where a sample is simply right or wrong: POPE and MME (the official
-yes/no reading of the answer against the label) and the multiple-choice tasks (the scorer's own
-per-sample verdict). Targets come from re-reading the benchmark at the path ``results.json``
-names; when it is gone, the failures are skipped with a note rather than guessed.
+A column is one task name and what its headline measures (``Column``): two runs share it only
+when both agree, so a limited POPE (``F1, adversarial only``) never stands under a full one's
+``mean F1``, nor ``graft evaluate``'s ``binary`` accuracy under the demo's POPE-scored ``binary``.
+A run that answered only part of its benchmark is listed under the table with how much.
+
+Failures (``failures.py``) are listed only where a sample is simply right or wrong.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from graft.files import write_text_atomic
 from graft.report import demo as report_demo
 from graft.report import expert as expert_report
-from graft.report.headline import CATEGORY_MEASURES, HEADLINES, headline_and_categories
+from graft.report.failures import failures
+from graft.report.headline import CATEGORY_MEASURES, HEADLINES, headline_and_categories, headline_measure
 from graft.report.model import (
-    Failure,
     RunReport,
     TaskReport,
     data_uri,
@@ -36,40 +37,9 @@ from graft.report.model import (
     md_table,
     png,
 )
+from graft.report.results import read_results
 
 logger = logging.getLogger(__name__)
-
-
-def _failures(task: str, results: dict[str, Any], folder: Path, limit: int) -> tuple[list[Failure], str]:
-    """Up to ``limit`` wrong samples, or none and a note saying why."""
-    from graft.eval.answers import mme_yes_no, pope_yes_no
-    from graft.eval.readers import ReadResult
-    from graft.eval.score import read_predictions, score_samples
-    from graft.eval.tasks import get_task
-
-    if task not in ("pope", "mme", "scienceqa_img", "mmbench"):
-        return [], "no per-sample right/wrong for this family"
-    data, preds_path = results.get("data"), folder / "predictions.jsonl"
-    if not data or not Path(data).exists() or not preds_path.exists():
-        return [], f"benchmark data {data!r} or {preds_path.name} not found; failures not listed"
-    # re-read through the run's own task (a user task file may prompt differently)
-    spec = get_task(results.get("task_file") or results.get("task", task))
-    preds = read_predictions(preds_path)
-    # a limited run (``--limit``) answered only some of the benchmark: judge those, as its scores did
-    full = spec.read(data, skip_bad=True)
-    read = ReadResult([s for s in full.samples if str(s.id) in preds], full.bad)
-    if task in ("scienceqa_img", "mmbench"):
-        verdicts = score_samples(spec, read, preds, keep_samples=True)["samples"]
-        wrong = {str(v["id"]) for v in verdicts if not v["correct"]}
-    else:
-        parse = pope_yes_no if task == "pope" else mme_yes_no
-        wrong = {str(s.id) for s in read.samples if parse(preds[str(s.id)]) != str(s.target).strip().lower()}
-    out = []
-    for s in read.samples:
-        if str(s.id) in wrong and len(out) < limit:
-            out.append(Failure(str(s.id), s.prompt, preds.get(str(s.id), ""), str(s.target), list(s.images)))
-    of_all = "" if len(read.samples) == len(full.samples) else f", of {len(full.samples)} in the benchmark"
-    return out, f"{len(wrong)} wrong of {len(read.samples)} answered{of_all}"
 
 
 def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
@@ -81,75 +51,134 @@ def load_run(path: str | os.PathLike, max_failures: int = 5) -> RunReport:
         report_demo.add_demo(run, summary)
     if path.is_dir():
         for results_path in sorted(path.glob("*/results.json")):
-            results = json.loads(results_path.read_text(encoding="utf-8"))
+            results = read_results(results_path)
             name = results.get("run", results.get("task", results_path.parent.name))
             family = results.get("family") or results.get("task", name)
-            head, cats = headline_and_categories(family, results.get("metrics", {}))
-            failures, note = _failures(family, results, results_path.parent, max_failures)
-            run.tasks[name] = TaskReport(name, head, cats, failures, note, kind=family)
+            metrics = results.get("metrics", {})
+            head, cats = headline_and_categories(family, metrics)
+            found = failures(family, results, results_path.parent, max_failures)
+            scope = ""
+            if found.answered < found.total:
+                scope = f"limited run: {found.answered} of {found.total} samples answered"
+            elif not found.total and results.get("limit") is not None:  # the benchmark was not re-read
+                scope = f"limited run: at most {results['limit']} samples (--limit)"
+            run.tasks[name] = TaskReport(
+                name,
+                head,
+                cats,
+                found.listed,
+                found.note,
+                kind=family,
+                measure=headline_measure(family, metrics),
+                scope=scope,
+            )
             run.config_hash = run.config_hash or results.get("model_config_hash", "")
             run.version = run.version or results.get("graft_version", "")
+    if not run.tasks and path.is_file():
+        raise ValueError(
+            f"{path}: no demo numbers (binary/accuracy, mcq/accuracy) in it; for an eval run give "
+            "its folder, the one holding {task}/results.json"
+        )
     if not run.tasks:
         raise FileNotFoundError(f"{path}: neither a summary.json nor any */results.json found")
     return run
 
 
-def _families(runs: list[RunReport]) -> list[str]:
-    return list(dict.fromkeys(f for run in runs for f in run.tasks))
+class Column(NamedTuple):
+    """A results column: a task name and what its headline is; runs share one only when both agree."""
+
+    name: str
+    kind: str
+    measure: str
 
 
-def _kind(family: str, runs: list[RunReport]) -> str:
-    """A results column's scoring family (``pope`` for a run named ``binary`` scored as POPE)."""
-    return next((r.tasks[family].kind for r in runs if family in r.tasks), "") or family
+def _column(name: str, task: TaskReport) -> Column:
+    kind = task.kind or name
+    return Column(name, kind, task.measure or HEADLINES.get(kind, "score"))
 
 
-def _measure(family: str, runs: list[RunReport]) -> str:
-    """What a results column's headline measures (its scoring family's)."""
-    return HEADLINES.get(_kind(family, runs), "score")
+def _columns(runs: list[RunReport]) -> list[Column]:
+    return list(dict.fromkeys(_column(name, task) for run in runs for name, task in run.tasks.items()))
 
 
-def _category_measure(family: str, runs: list[RunReport]) -> str:
-    """What a family's per-category numbers measure."""
-    return CATEGORY_MEASURES.get(_kind(family, runs), "score")
+def _task(run: RunReport, col: Column) -> TaskReport | None:
+    """``run``'s task in column ``col``; None when it has none, or one that measures otherwise."""
+    task = run.tasks.get(col.name)
+    return task if task is not None and _column(col.name, task) == col else None
 
 
-def _headlines(run: RunReport, families: list[str]) -> list[str]:
-    return [fmt(run.tasks[f].headline) if f in run.tasks else "-" for f in families]
+def _name(col: Column, cols: list[Column]) -> str:
+    """The column's task name, with its scoring family when another column of that name has another."""
+    shared = any(c.name == col.name and c.kind != col.kind for c in cols)
+    return f"{col.name} ({col.kind})" if shared else col.name
+
+
+def _label(col: Column, cols: list[Column]) -> str:
+    """A results column's heading: ``pope (mean F1)``, ``binary (questions, accuracy)``."""
+    name = _name(col, cols)
+    return f"{name[:-1]}, {col.measure})" if name != col.name else f"{name} ({col.measure})"
+
+
+def _title(col: Column, cols: list[Column]) -> str:
+    """A per-category section's name: the task's, or its column's heading when the name is shared."""
+    return _label(col, cols) if sum(c.name == col.name for c in cols) > 1 else col.name
+
+
+def _headlines(run: RunReport, cols: list[Column]) -> list[str]:
+    return [fmt(task.headline) if (task := _task(run, c)) else "-" for c in cols]
+
+
+def _scopes(runs: list[RunReport], cols: list[Column]) -> list[str]:
+    """``run / task: limited run: ...`` for every task that answered only part of its benchmark."""
+    return [
+        f"{r.name} / {_title(_column(name, t), cols)}: {t.scope}"
+        for r in runs
+        for name, t in r.tasks.items()
+        if t.scope
+    ]
+
+
+def _categories(col: Column, runs: list[RunReport]) -> list[str]:
+    return sorted({c for r in runs if (t := _task(r, col)) for c in t.categories})
 
 
 def render_markdown(runs: list[RunReport]) -> str:
-    families = _families(runs)
-    head = ["model", *(f"{f} ({_measure(f, runs)})" for f in families)]
+    cols = _columns(runs)
     lines = [
         "# graft evaluation report",
         "",
-        *md_table(head, [[r.name, *_headlines(r, families)] for r in runs]),
+        *md_table(
+            ["model", *(_label(c, cols) for c in cols)], [[r.name, *_headlines(r, cols)] for r in runs]
+        ),
     ]
     lines += ["", "Sources:"] + [
         f"- {r.name}: `{r.source}` {r.config_hash} {r.version}".rstrip() for r in runs
     ]
-    for family in families:
-        if family in report_demo.FAMILIES:
-            lines += report_demo.category_markdown(family, runs)
+    if _scopes(runs, cols):
+        lines += ["", "Partial runs (their numbers are of the samples answered):"]
+        lines += [f"- {scope}" for scope in _scopes(runs, cols)]
+    for col in cols:
+        if col.name in report_demo.FAMILIES:
+            lines += report_demo.category_markdown(col.name, runs)
             continue
-        cats = sorted({c for r in runs if family in r.tasks for c in r.tasks[family].categories})
         rows = [
-            [c, *(fmt(r.tasks[family].categories.get(c)) if family in r.tasks else "-" for r in runs)]
-            for c in cats
+            [c, *(fmt(t.categories.get(c)) if (t := _task(r, col)) else "-" for r in runs)]
+            for c in _categories(col, runs)
         ]
         if rows:
             lines += [
                 "",
-                f"## {family} per category: {_category_measure(family, runs)}",
+                f"## {_title(col, cols)} per category: {CATEGORY_MEASURES.get(col.kind, 'score')}",
                 "",
                 *md_table(["category", *(r.name for r in runs)], rows),
             ]
     lines += report_demo.render_markdown(runs)
     lines += ["", "## Failures"]
     for run in runs:
-        for family, task in run.tasks.items():
+        for name, task in run.tasks.items():
             if task.failures or task.note:
-                lines += ["", f"### {run.name} / {family}" + (f" ({task.note})" if task.note else "")]
+                title = _title(_column(name, task), cols)
+                lines += ["", f"### {run.name} / {title}" + (f" ({task.note})" if task.note else "")]
             for f in task.failures:
                 imgs = ", ".join(f"`{p}`" for p in f.images)
                 answer = f"**{_one_line(f.prediction)}** (target {f.target})"
@@ -161,25 +190,26 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
-    """Grouped bars, one group per category and one bar per run; None when no run has categories."""
-    runs = [r for r in runs if family in r.tasks]  # the legend names only the runs that have bars
-    cats = sorted({c for r in runs for c in r.tasks[family].categories})
+def bar_chart_png(col: Column, runs: list[RunReport], title: str) -> bytes | None:
+    """Grouped bars, one group per category and one bar per run of column ``col``; None when no
+    run has categories."""
+    tasks = [(r, t) for r in runs if (t := _task(r, col))]  # the legend names only runs with bars
+    cats = _categories(col, runs)
     if not cats:
         return None
-    fig = figure(max(4.0, 0.6 * len(cats) * max(1, len(runs)) + 1.5), 3.2, "tight")
+    fig = figure(max(4.0, 0.6 * len(cats) * max(1, len(tasks)) + 1.5), 3.2, "tight")
     ax = fig.subplots()
-    width = 0.8 / max(1, len(runs))
-    for i, run in enumerate(runs):
+    width = 0.8 / max(1, len(tasks))
+    for i, (run, task) in enumerate(tasks):
         # a category a run lacks gets no bar (NaN), not a misleading zero
-        values = [run.tasks[family].categories.get(c, float("nan")) for c in cats]
+        values = [task.categories.get(c, float("nan")) for c in cats]
         drawn = ax.bar([x + i * width for x in range(len(cats))], values, width, label=run.name)
         # a value on every bar: a zero must read as 0, not as a bar that is missing
         ax.bar_label(drawn, ["" if v != v else f"{v:.3g}" for v in values], fontsize=6)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(cats))], cats, rotation=30, ha="right", fontsize=8)
     ax.margins(y=0.12)  # room for the top bar's label (bars keep their floor at zero)
-    ax.set_ylabel(_category_measure(family, runs), fontsize=8)
-    ax.set_title(f"{family} per category")
+    ax.set_ylabel(CATEGORY_MEASURES.get(col.kind, "score"), fontsize=8)
+    ax.set_title(f"{title} per category")
     ax.legend(fontsize=7)
     return png(fig)
 
@@ -214,42 +244,48 @@ _CSS = (
 )
 
 
-def _header(family: str, runs: list[RunReport]) -> str:
+def _header(col: Column, cols: list[Column]) -> str:
     """A results column's heading: the name, breakable at its separators, over what it measures."""
-    name = escape(family).replace("/", "/<wbr>").replace("_", "_<wbr>")
-    return f"{name}<br><small>{escape(_measure(family, runs))}</small>"
+    name = escape(_name(col, cols)).replace("/", "/<wbr>").replace("_", "_<wbr>")
+    return f"{name}<br><small>{escape(col.measure)}</small>"
 
 
 def render_html(runs: list[RunReport]) -> str:
     """One page with everything inline: table, charts and thumbnails as data URIs, no links out."""
-    families = _families(runs)
-    many = len(families) > 5  # then: fixed layout, smaller type, wrapped headers
+    cols = _columns(runs)
+    many = len(cols) > 5  # then: fixed layout, smaller type, wrapped headers
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>graft evaluation report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>graft evaluation report</h1><div class='wide'>",
-        f"<table class='results{' many' if many else ''}' style='min-width:{8 + 4.5 * len(families):g}em'>"
+        f"<table class='results{' many' if many else ''}' style='min-width:{8 + 4.5 * len(cols):g}em'>"
         "<colgroup><col class='model'></colgroup><tr><th>model</th>",
     ]
-    parts += [f"<th>{_header(f, runs)}</th>" for f in families] + ["</tr>"]
+    parts += [f"<th>{_header(c, cols)}</th>" for c in cols] + ["</tr>"]
     for run in runs:
-        cells = "".join(f"<td>{cell}</td>" for cell in _headlines(run, families))
+        cells = "".join(f"<td>{cell}</td>" for cell in _headlines(run, cols))
         title = escape(f"{run.source} {run.config_hash} {run.version}".strip())
         parts.append(f"<tr><td title='{title}'>{escape(run.name)}</td>{cells}</tr>")
-    parts.append("</table></div><h2>Per category</h2>")
-    for family in families:
-        demo = report_demo.FAMILIES.get(family)  # "binary" for "demo/binary"
-        png = report_demo.bar_chart_png(demo, runs) if demo else bar_chart_png(family, runs)
+    parts.append("</table></div>")
+    if _scopes(runs, cols):
+        parts.append("<p>Partial runs (their numbers are of the samples answered):</p><ul>")
+        parts += [f"<li>{escape(scope)}</li>" for scope in _scopes(runs, cols)] + ["</ul>"]
+    parts.append("<h2>Per category</h2>")
+    for col in cols:
+        demo = report_demo.FAMILIES.get(col.name)  # "binary" for "demo/binary"
+        title = _title(col, cols)
+        png = report_demo.bar_chart_png(demo, runs) if demo else bar_chart_png(col, runs, title)
         if png:
-            parts.append(f"<div><img alt='{escape(family)} per category' src='{data_uri(png)}'></div>")
+            parts.append(f"<div><img alt='{escape(title)} per category' src='{data_uri(png)}'></div>")
     parts += report_demo.render_html(runs)
     parts.append("<h2>Failures</h2>")
     for run in runs:
-        for family, task in run.tasks.items():
+        for name, task in run.tasks.items():
             if not (task.failures or task.note):
                 continue
             note = f" <small>({escape(task.note)})</small>" if task.note else ""
-            parts.append(f"<details><summary>{escape(run.name)} / {escape(family)}{note}</summary>")
+            title = escape(_title(_column(name, task), cols))
+            parts.append(f"<details><summary>{escape(run.name)} / {title}{note}</summary>")
             for f in task.failures:
                 imgs = "".join(
                     f"<img alt='{escape(p.name)}' src='{uri}'>" for p in f.images if (uri := thumbnail_uri(p))
@@ -269,8 +305,12 @@ def build_report(
 ) -> tuple[Path, Path]:
     """Read every source, write ``report.md`` and ``report.html`` into ``out_dir``; returns both paths.
     When a source holds an expert-pipeline run, ``expert_comparison.md`` is written beside them."""
-    runs = [load_run(s, max_failures) for s in sources]
     out = Path(out_dir)
+    # before any run is read, and leaving nothing behind: an --out that cannot be a folder
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"--out {out}: not a folder ({existing} is a file)")
+    runs = [load_run(s, max_failures) for s in sources]
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "report.md", out / "report.html"
     write_text_atomic(md, render_markdown(runs))

@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import NamedTuple
 
+from graft.record_files import load_json
 from graft.report.model import RunReport, TaskReport, data_uri, figure, fmt, is_number, md_table, png
 
 #: accuracy of guessing, per question format: the reference every bar is read against
@@ -58,7 +59,12 @@ _NAN = float("nan")
 
 def add_demo(run: RunReport, summary_path: Path) -> None:
     """The demo's two question formats as tasks of ``run``, its summary and its learning curve."""
-    summary = {k: v for k, v in json.loads(summary_path.read_text(encoding="utf-8")).items() if is_number(v)}
+    doc = load_json(summary_path)
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"{summary_path}: expected a JSON object (a demo's summary), got {type(doc).__name__}"
+        )
+    summary = {k: v for k, v in doc.items() if is_number(v)}
     run.summary, run.curve = summary, read_curve(summary_path.parent / "curve.jsonl")
     for family in CHANCE:
         if f"{family}/accuracy" in summary:

@@ -11,7 +11,6 @@ LLM's reasoning does against the multimodal model).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from graft.files import write_text_atomic
 from graft.report.headline import HEADLINES, headline_and_categories
 from graft.report.model import fmt, md_table
+from graft.report.results import read_results
 
 FILE = "expert_comparison.md"
 
@@ -67,7 +67,7 @@ def collect(sources: list[str | os.PathLike]) -> list[Row]:
         if not source.is_dir():
             continue
         for path in sorted(source.glob("*/results.json")):
-            rows.append(_row(json.loads(path.read_text(encoding="utf-8")), source, path.parent))
+            rows.append(_row(read_results(path), source, path.parent))
     return rows
 
 

@@ -31,6 +31,10 @@ class TaskReport:
     note: str = ""
     #: the scoring family, which fixes what the headline means (default: ``family``)
     kind: str = ""
+    #: what this run's headline is (``headline.headline_measure``; default: the kind's ``HEADLINES``)
+    measure: str = ""
+    #: how much of the benchmark the run answered, when it was not all (a ``--limit`` run)
+    scope: str = ""
 
 
 @dataclass
