@@ -26,6 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from graft.config import DEFAULT_IMAGE_TOKEN, GraftConfig
 from graft.connectors import build_connector
+from graft.files import umask_modes
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
 
@@ -159,6 +160,7 @@ def save_composed(
     processor = GraftProcessor(tokenizer, image_processor, model.config.image_seq_length, **processor_options)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+    umask_modes(out_dir)
     return processor
 
 

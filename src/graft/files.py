@@ -8,7 +8,7 @@ import fcntl
 import logging
 import os
 import shutil
-import tempfile
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,24 +37,60 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def umask_modes(folder: str | os.PathLike) -> None:
+    """Give everything under ``folder`` the modes a plain ``mkdir`` and ``open`` would have given
+    (the folder's own mode, made under the umask): safetensors writes its files 0600, which would
+    make a saved model private to its writer."""
+    dir_mode = stat.S_IMODE(Path(folder).stat().st_mode) & 0o777
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode) or (stat.S_ISREG(mode) and mode & stat.S_IXUSR):
+                os.chmod(path, dir_mode)
+            elif stat.S_ISREG(mode):
+                os.chmod(path, dir_mode & 0o666)
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename."""
+    """Yield a temporary sibling folder; on success it replaces ``out_dir`` in one rename.
+
+    The folder and the files in it end with the modes a plain ``mkdir`` and ``open`` give under the
+    umask (safetensors writes its files 0600). Temporary folders (``.NAME.tmp-*``) that a killed
+    run left beside ``out_dir`` are removed first; a running writer's is locked and left alone."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder; give a folder path to write to")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    prefix = f".{out.name}.tmp-"
+    for stale in [p for p in out.parent.iterdir() if p.name.startswith(prefix)]:
+        with contextlib.suppress(OSError):  # BlockingIOError: a live run holds it
+            fd = os.open(stale, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                logger.info("removing %s, left by an interrupted run", stale)
+                shutil.rmtree(stale)
+            finally:
+                os.close(fd)
+    tmp = out.with_name(f"{prefix}{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would make the result private
+    lock = os.open(tmp, os.O_RDONLY)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the end: tells a concurrent run it is live
         yield tmp
+        umask_modes(tmp)
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
             os.replace(out, old)
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
+        os.close(lock)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -21,7 +21,7 @@ def _load(model_dir: Path, bf16: bool = False) -> tuple[GraftForConditionalGener
     """``load_for_inference`` for a verb: a folder that is no model is a clear error and exit 2."""
     try:
         return load_for_inference(model_dir, bf16)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # ValueError: a damaged weight file, not a graft model
         fail(str(err))
 
 

@@ -98,15 +98,22 @@ def train_cmd(
 def export_hf_cmd(
     model: Annotated[Path, typer.Option(help="A graft model folder.")],
     out: Annotated[Path, typer.Option(help="Folder for the transformers checkpoint.")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a non-empty --out folder (in one rename, once written).")
+    ] = False,
 ) -> None:
     """Write a transformers checkpoint (config, weights, processor) that AutoModelForImageTextToText
     loads: LlavaForConditionalGeneration (linear, mlp2x_gelu) or AyaVisionForConditionalGeneration
     (swiglu with layer_norm, token reduction by pixel shuffle)."""
     from graft.export import export_hf
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the transformers checkpoint")
     try:
-        written = export_hf(model, out)
-    except ValueError as err:
+        written = export_hf(model, out, overwrite=overwrite)
+    except FileExistsError:
+        fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
+    except (ValueError, OSError) as err:  # OSError: a model folder that is missing files
         fail(str(err))
     architecture = json.loads((written / "config.json").read_text())["architectures"][0]
     typer.echo(f"exported {model} -> {out} ({architecture})")

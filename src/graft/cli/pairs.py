@@ -69,7 +69,7 @@ def pairs_cmd(
             pick_from=pick_from,
             kinds=[k.strip() for k in kinds.split(",") if k.strip()],
         )
-    except (PairError, FileNotFoundError) as err:
+    except (PairError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     typer.echo(json.dumps(stats.summary()))
     typer.echo(f"pairs: {out / 'pairs.jsonl'} (train with data.image_root={out})")

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from graft.files import umask_modes
 from graft.train.stages import trainable_state_dict
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ def save_final(model: Any, processor: Any, output_dir: str | os.PathLike) -> Non
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
+    umask_modes(tmp)
     (output_dir / "config.json").unlink(missing_ok=True)
     new = {p.name for p in tmp.iterdir()}
     for old in output_dir.glob("model*.safetensors*"):  # shards of an earlier save, if any
