@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 import torch
 from PIL import Image
 
@@ -85,3 +86,17 @@ def raw_stream(url: str, body: dict, headers: dict | None = None) -> list:
                 data = line.removeprefix("data: ")
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The sensitive tiny model saved once per test module (a test file takes it by assignment:
+    ``model_dir = serve_fixtures.model_dir``)."""
+    return save_sensitive_model(tmp_path_factory.mktemp("serve") / "tiny-vlm")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """A server on ``model_dir`` for the module, batching up to 8 rows: ``(url, state)``."""
+    with running_server(model_dir, ServeSettings(port=0, max_batch_size=8)) as (url, state):
+        yield url, state

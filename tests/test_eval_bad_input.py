@@ -134,15 +134,18 @@ def test_judge_garbage_or_down_is_counted_and_the_run_finishes(tiny, tmp_path, a
     assert m["conv"] == pytest.approx(75.0) and m["detail"] is None and m["complex"] is None
     assert json.loads((tmp_path / "o" / "llava_bench" / "results.json").read_text())["metrics"] == m
 
-    # nothing listening at all: every judgement failed and counted; the results are still written
+    # nothing listening at all: nothing was judged, so the run fails without a results file of
+    # nulls; the answers stay for a rerun with the judge fixed
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     judge = JudgeConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=0, timeout=2)
-    res = run_task(
-        model, processor, "llava_bench", data, tmp_path / "o2", options=Options(judge), progress=False
-    )
-    assert res["metrics"]["counts"]["failed"] == 3 and res["metrics"]["all"] is None
+    with pytest.raises(ValueError, match=r"all 3 judge requests failed .*; no score written"):
+        run_task(
+            model, processor, "llava_bench", data, tmp_path / "o2", options=Options(judge), progress=False
+        )
+    assert not (tmp_path / "o2" / "llava_bench" / "results.json").exists()
+    assert len((tmp_path / "o2" / "llava_bench" / "predictions.jsonl").read_text().splitlines()) == 3
 
 
 def test_a_missing_judge_fails_before_generating(tiny, tmp_path, answers):

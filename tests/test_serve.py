@@ -16,19 +16,11 @@ from graft.serve import backend
 from graft.serve.settings import ServeSettings
 from graft.templates import Message
 
+import serve_fixtures
 from serve_fixtures import ask, client, data_url, raw_stream, running_server, save_sensitive_model, user
 from tiny import random_image
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_sensitive_model(tmp_path_factory.mktemp("serve") / "tiny-vlm")
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    with running_server(model_dir, ServeSettings(port=0, max_batch_size=8)) as (url, state):
-        yield url, state
+model_dir, server = serve_fixtures.model_dir, serve_fixtures.server  # shared by the serve tests
 
 
 def test_models_lists_context_and_image_limits(server, model_dir):

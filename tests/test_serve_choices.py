@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from graft.processing import GraftProcessor
 from graft.serve.decoding import Sampling, next_tokens
-from graft.serve.settings import ServeSettings
 from graft.templates import Message
 
-from serve_fixtures import client, raw_stream, running_server, save_sensitive_model, user
+import serve_fixtures
+from serve_fixtures import client, raw_stream, user
 from tiny import random_image
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_sensitive_model(tmp_path_factory.mktemp("choices") / "tiny-vlm")
-
-
-@pytest.fixture(scope="module")
-def server(model_dir):
-    with running_server(model_dir, ServeSettings(port=0, max_batch_size=8)) as (url, state):
-        yield url, state
+model_dir, server = serve_fixtures.model_dir, serve_fixtures.server  # shared by the serve tests
 
 
 def create(url: str, messages: list, **kwargs):

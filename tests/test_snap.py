@@ -82,7 +82,7 @@ def test_graft_snap_turns_a_lexical_model_folder_into_one_that_exports(tmp_path)
     snapped = GraftForConditionalGeneration.from_pretrained(tmp_path / "snapped")
     assert snapped.config.connector["name"] == "swiglu" and export_architecture(snapped)
     missing = CliRunner().invoke(app, ["snap", "--model", str(tmp_path / "nothing"), *args[3:], "--out", "x"])
-    assert missing.exit_code != 0 and "nothing is not a model folder" in missing.output
+    assert missing.exit_code != 0 and "nothing: no such folder; give a graft model folder" in missing.output
 
 
 def test_snapping_copies_what_fits_and_refuses_what_cannot_be_snapped(tmp_path):
