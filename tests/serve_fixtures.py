@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,17 @@ def server(model_dir):
     """A server on ``model_dir`` for the module, batching up to 8 rows: ``(url, state)``."""
     with running_server(model_dir, ServeSettings(port=0, max_batch_size=8)) as (url, state):
         yield url, state
+
+
+def slowed(state, seconds: float = 0.02) -> list[float]:
+    """Every model step of the server takes at least ``seconds`` (a long answer stays in flight);
+    returns the list the steps' start times go to."""
+    forward, steps = state.backend.forward, []
+
+    def slow(inputs):
+        steps.append(time.monotonic())
+        time.sleep(seconds)
+        return forward(inputs)
+
+    state.backend.forward = slow
+    return steps

@@ -17,7 +17,16 @@ from graft.serve.settings import ServeSettings
 from graft.templates import Message
 
 import serve_fixtures
-from serve_fixtures import ask, client, data_url, raw_stream, running_server, save_sensitive_model, user
+from serve_fixtures import (
+    ask,
+    client,
+    data_url,
+    raw_stream,
+    running_server,
+    save_sensitive_model,
+    slowed,
+    user,
+)
 from tiny import random_image
 
 model_dir, server = serve_fixtures.model_dir, serve_fixtures.server  # shared by the serve tests
@@ -149,20 +158,6 @@ def test_same_image_reuses_cached_features(server):
         "graft_decode_tokens_per_second",
     ):
         assert name in text
-
-
-def slowed(state, seconds: float = 0.02) -> list[float]:
-    """Every model step of the server takes at least ``seconds`` (a long answer stays in flight);
-    returns the list the steps' start times go to."""
-    forward, steps = state.backend.forward, []
-
-    def slow(inputs):
-        steps.append(time.monotonic())
-        time.sleep(seconds)
-        return forward(inputs)
-
-    state.backend.forward = slow
-    return steps
 
 
 def steps_after_leaving(state, steps: list[float], left: float) -> int:

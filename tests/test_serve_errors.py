@@ -3,6 +3,7 @@ remote media, failures that show no internals; each time the next valid request 
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -10,14 +11,13 @@ import openai
 import pytest
 
 from graft.serve.settings import ServeSettings
+from graft.templates import Message
 
-from serve_fixtures import ask, client, raw_stream, running_server, save_sensitive_model, user
+import serve_fixtures
+from serve_fixtures import ask, client, raw_stream, running_server, slowed, user
 from tiny import random_image
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_sensitive_model(tmp_path_factory.mktemp("serve") / "tiny-vlm")
+model_dir = serve_fixtures.model_dir  # shared by the serve tests
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,40 @@ BAD = [
     (body(logit_bias={"99999999": 1}), 400, "invalid_value", "logit_bias"),
     (body(logit_bias={"5": 101}), 400, "invalid_value", "logit_bias"),
     (body(logit_bias=[5]), 400, "invalid_value", "logit_bias"),
+    (body(logit_bias={"\u00b2": 5}), 400, "invalid_value", "logit_bias"),  # "²".isdigit()
+    (
+        json.dumps(body()).replace("}]", '}], "logit_bias": {"5": NaN}', 1).encode(),
+        400,
+        "invalid_value",
+        "logit_bias",
+    ),
+    (body(seed=2**64, temperature=1), 400, "invalid_value", "seed"),
+    (body(seed=2**63 - 1, n=2, temperature=1), 400, "invalid_value", "seed"),  # seed + 1 for choice 1
+    (
+        json.dumps(body()).replace("}]", '}], "max_tokens": ' + "9" * 5000, 1).encode(),
+        400,
+        "invalid_json",
+        None,
+    ),
+    (
+        b'{"model": "tiny-vlm", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+        400,
+        "invalid_value",
+        "messages[0].content[0].text",
+    ),
+    (json.dumps(body(stop="\ud800")).encode(), 400, "invalid_value", "stop"),
+    (
+        body(stream=True, stream_options={"include_usage": "no"}),
+        400,
+        "invalid_value",
+        "stream_options.include_usage",
+    ),
+    (
+        {"model": "tiny-vlm", "messages": [{"role": "user", "content": "x", "name": {"a": 1}}]},
+        400,
+        "invalid_value",
+        "messages[0].name",
+    ),
     (body(role="tool"), 400, "invalid_value", "messages[0].role"),
     (body("look <image> here"), 400, "image_token_in_text", "messages[0].content[0].text"),
     (body(max_tokens=0), 400, "invalid_value", "max_tokens"),
@@ -163,6 +197,35 @@ def test_remote_media_when_enabled_refuses_private_addresses(model_dir):
                 assert r.status_code == 400 and r.json()["error"]["code"] == "media_forbidden", r.text
     finally:
         server.shutdown()
+
+
+def test_a_prompt_that_fills_the_context_is_refused_without_max_tokens(model_dir):
+    with running_server(model_dir, ServeSettings(port=0)) as (url, state):
+        prompt = len(state.backend.encode([Message("user", "x")], [], []).input_ids)
+        state.backend.context_length = lambda: prompt  # no room left for one answer token
+        r = httpx.post(f"{url}/v1/chat/completions", json=body("x"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+
+
+def test_a_request_that_fails_to_join_fails_alone(model_dir):
+    with running_server(model_dir, ServeSettings(port=0, max_tokens_limit=400)) as (url, state):
+        slowed(state)
+        prefill, engine = state.engine._prefill, state.engine
+
+        def failing(prompts):  # the prefill of a request that says BOOM fails
+            if any("BOOM" in state.backend.tokenizer.decode(p.input_ids) for p in prompts):
+                raise RuntimeError("boom")
+            return prefill(prompts)
+
+        engine._prefill = failing
+        long = {**body("Hi"), "stream": True, "max_tokens": 60, "temperature": 0}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=long, timeout=60) as r:
+            lines = r.iter_lines()
+            next(lines)  # the long answer is decoding
+            bad = httpx.post(f"{url}/v1/chat/completions", json=body("BOOM"), timeout=30)
+            assert bad.status_code == 500 and bad.json()["error"]["code"] == "internal_error"
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and "error" not in "".join(rest)  # the long one went on
 
 
 def test_failures_are_shaped_logged_without_prompts_and_health_follows_the_worker(model_dir, caplog):

@@ -232,7 +232,7 @@ def build_app(state: ServerState) -> Starlette:
     async def chat(request: Request) -> Response:
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except ValueError as err:  # bad JSON or UTF-8, or an integer past Python's 4,300 digits
             raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from None
         except RecursionError:
             raise APIError(400, "the request body nests too deeply", "invalid_json") from None
@@ -253,7 +253,7 @@ def build_app(state: ServerState) -> Starlette:
             )
         limit, used = state.backend.context_length(), len(prompt.input_ids)
         max_tokens = req.max_tokens or min(settings.default_max_tokens, limit - used)
-        if used + max_tokens > limit:
+        if used >= limit or used + max_tokens > limit:  # the prompt alone may fill the context
             raise context_error(used + max_tokens, limit, "the prompt and max_tokens together")
         jobs = state.engine.submit(prompt, req.samplings(max_tokens))
         completion = Completion(state.model_name)

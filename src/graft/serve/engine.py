@@ -172,16 +172,19 @@ class Engine:
                     return
                 try:
                     if jobs:
-                        self._admit(jobs)
+                        rows, prefilled = self._new_rows(jobs)
+                except Exception:  # the newcomers alone fail: the rows already decoding go on
+                    logger.exception("the engine failed to admit %d request(s)", len(jobs))
+                    self._fail(jobs)
+                    jobs = []
+                try:
+                    if jobs:
+                        self._join(rows, *prefilled)
                     if self._rows:
                         self._step()
                 except Exception:  # a bug must not kill the worker: fail the jobs, keep serving
                     logger.exception("the engine failed a batch")
-                    error = APIError(
-                        500, "the model failed on this batch", "internal_error", type="server_error"
-                    )
-                    for job in jobs + [row.job for row in self._rows]:
-                        job.emit(Event("error", error=error))
+                    self._fail(jobs + [row.job for row in self._rows])
                     self._reset()
 
     def _take(self) -> list[Job] | None:
@@ -266,8 +269,14 @@ class Engine:
         out = self.backend.forward(inputs)
         return out.logits[:, -1], out.cache, inputs["attention_mask"]
 
-    def _admit(self, jobs: list[Job]) -> None:
-        logits, cache, mask = self._prefill([job.prompt for job in jobs])
+    def _fail(self, jobs: list[Job]) -> None:
+        error = APIError(500, "the model failed on this batch", "internal_error", type="server_error")
+        for job in jobs:
+            job.emit(Event("error", error=error))
+
+    def _new_rows(self, jobs: list[Job]) -> tuple[list[_Row], tuple[torch.Tensor, Any, torch.Tensor]]:
+        """The newcomers' rows and their prefill (logits, KV cache, mask); nothing joins the
+        batch yet, so a failure here is theirs alone."""
         rows = []
         for job in jobs:
             generator = None
@@ -276,7 +285,11 @@ class Engine:
                 generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else torch.seed())
             text = AnswerText(self.backend.tokenizer, self._stop_texts + job.sampling.stop)
             rows.append(_Row(job, text, generator, position=len(job.prompt.input_ids) - 1))
-        self.metrics.batch_size.observe(len(jobs))
+        return rows, self._prefill([job.prompt for job in jobs])
+
+    def _join(self, rows: list[_Row], logits: torch.Tensor, cache: Any, mask: torch.Tensor) -> None:
+        """The newcomers join the running batch and take their first token."""
+        self.metrics.batch_size.observe(len(rows))
         self._merge(rows, cache, mask)
         self._advance(logits, first=len(self._rows) - len(rows))
 

@@ -8,6 +8,7 @@ output ...) is a 400 naming the parameter, never silently ignored; at its neutra
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -49,6 +50,8 @@ SUPPORTED = {
 #: OpenAI's bounds
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
+#: a seed is a 64-bit integer (what a generator takes), for every choice's seed + i
+SEED_RANGE = (-(2**63), 2**63 - 1)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -104,9 +107,14 @@ def _logit_bias(value: Any, vocab_size: int) -> tuple[tuple[int, float], ...]:
         raise invalid("logit_bias must be an object mapping token ids to biases", "logit_bias")
     out = []
     for key, bias in value.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < vocab_size):
-            raise invalid(f"logit_bias: {key!r} is not a token id (0..{vocab_size - 1})", "logit_bias")
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or abs(bias) > MAX_LOGIT_BIAS:
+        if not (key.isascii() and key.isdigit() and len(key) <= 12 and int(key) < vocab_size):
+            raise invalid(f"logit_bias: {key[:20]!r} is not a token id (0..{vocab_size - 1})", "logit_bias")
+        if (
+            isinstance(bias, bool)
+            or not isinstance(bias, (int, float))
+            or not math.isfinite(bias)  # NaN passes every comparison below
+            or abs(bias) > MAX_LOGIT_BIAS
+        ):
             bound = f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
             raise invalid(f"logit_bias[{key!r}] must be a number in {bound}, got {bias!r}", "logit_bias")
         out.append((int(key), float(bias)))
@@ -126,12 +134,22 @@ def _logprobs(body: dict) -> int | None:
     return (top or 0) if asked else None
 
 
+def _utf8(text: str, param: str) -> None:
+    """Text JSON allowed but no tokenizer takes: a lone surrogate (``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid(f"{param} holds a lone UTF-16 surrogate, which is not text", param) from None
+
+
 def _stop(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
         raise invalid("stop must be a non-empty string or a list of at most 4 of them", "stop")
+    for stop in stops:
+        _utf8(stop, "stop")
     return tuple(stops)
 
 
@@ -149,6 +167,7 @@ def _content(message: dict, at: str, role: str, image_token: str | None, images:
         where = f"{at}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
+            _utf8(part["text"], f"{where}.text")
             if image_token and image_token in part["text"]:
                 raise invalid(
                     f"{where}.text contains {image_token!r}, the model's image marker: send images as "
@@ -203,6 +222,8 @@ def parse_chat_request(
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise invalid(f"{at}.role must be one of {', '.join(ROLES)}", f"{at}.role")
         extra = set(message) - {"role", "content", "name"}
+        if not isinstance(message.get("name", ""), str):
+            raise invalid(f"{at}.name must be a string", f"{at}.name")
         if extra:
             raise invalid(
                 f"{at}: field {sorted(extra)[0]!r} is not supported",
@@ -236,6 +257,8 @@ def parse_chat_request(
         not stream or not isinstance(options, dict) or set(options) - {"include_usage"}
     ):
         raise invalid("stream_options takes {include_usage: bool}, with stream: true", "stream_options")
+    if not isinstance((options or {}).get("include_usage", False), bool):
+        raise invalid("stream_options.include_usage must be a boolean", "stream_options.include_usage")
     sampling = Sampling(
         max_tokens=max_tokens or settings.default_max_tokens,
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
@@ -250,6 +273,9 @@ def parse_chat_request(
     n = _integer(body, "n")
     if n is not None and not 1 <= n <= settings.max_batch_size:
         raise invalid(f"n must lie in 1..{settings.max_batch_size} (the server's batch size), got {n}", "n")
+    low, high = SEED_RANGE
+    if sampling.seed is not None and not low <= sampling.seed <= high - ((n or 1) - 1):
+        raise invalid(f"seed must be a 64-bit integer ({low}..{high}; seed + n - 1 too)", "seed")
     include_usage = bool((options or {}).get("include_usage", False))
     return ChatRequest(messages, images, max_tokens, sampling, stream, include_usage, n or 1)
 
