@@ -76,9 +76,16 @@ def train_cmd(
         list[str] | None,
         typer.Option("--set", help="Override a recipe field: --set optim.lr=1e-4 (repeatable)."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over in an output folder that holds an earlier run (it is removed).")
+    ] = False,
 ) -> None:
-    """Train a stage of a recipe (alignment, instruction tuning, LoRA ...) through accelerate."""
+    """Train a stage of a recipe (alignment, instruction tuning, LoRA ...) through accelerate.
+
+    An output folder that holds a run is continued with --resume (with the run's own recipe) or
+    replaced with --overwrite; two runs never write one folder at once."""
     from graft.train import load_recipe, train
+    from graft.train.resume import start_over
 
     overrides = parse_overrides(set_ or [])
     if out is not None:
@@ -87,8 +94,13 @@ def train_cmd(
         overrides["resume"] = True
     if skip_bad:
         overrides["data.skip_bad"] = True
+    if resume and overwrite:
+        fail("--resume continues the run in the output folder, --overwrite removes it: give one")
     try:
-        result = train(load_recipe(recipe, overrides))
+        loaded = load_recipe(recipe, overrides)
+        if not resume:
+            start_over(loaded.output_dir, overwrite)
+        result = train(loaded)
     except (ValueError, OSError) as err:  # OSError: a model or data file that does not load
         fail(str(err))
     typer.echo(json.dumps(result.summary(), indent=2))

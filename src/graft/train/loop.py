@@ -36,6 +36,7 @@ from transformers import (
 from graft.config import IGNORE_INDEX
 from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, TrainCollator
 from graft.data.feature_cache import FeatureCache
+from graft.files import FileLock
 from graft.modeling import GraftForConditionalGeneration
 from graft.packing import PACKED_KEYS, enable_packing, is_packed
 from graft.precision import use_bf16
@@ -44,6 +45,7 @@ from graft.train import distributed as dist
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
 from graft.train.recipe import Recipe, save_recipe
+from graft.train.resume import TRAIN_LOCK, check_same_recipe
 from graft.train.shipped import RUN_RECIPE
 from graft.train.stages import (
     apply_stage,
@@ -276,10 +278,21 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
     processes = dist.start(recipe.distributed)
     if recipe.precision == "bf16" and not use_bf16(True, processes.device):
         recipe = replace(recipe, precision="fp32")  # what runs, and what recipe.yaml records
+    with contextlib.ExitStack() as held:
+        if processes.is_main_process:  # one run writes a folder; a resume continues its own run
+            output_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(FileLock(output_dir / TRAIN_LOCK, "graft train run"))
+            check_same_recipe(recipe, output_dir)
+            save_recipe(recipe, output_dir / RUN_RECIPE)
+        return _train(recipe, processes, on_step, started)
+
+
+def _train(
+    recipe: Recipe, processes: Any, on_step: Callable[[int, int, Any, Any], None] | None, started: float
+) -> TrainResult:
+    """``train`` once its output folder is held: the model, the data, the loop and the save."""
+    output_dir = Path(recipe.output_dir)
     is_main = processes.is_main_process
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, output_dir / RUN_RECIPE)
     set_seed(recipe.seed)
 
     model, processor = build_model(recipe)
@@ -336,7 +349,9 @@ def train(recipe: Recipe, on_step: Callable[[int, int, Any, Any], None] | None =
             *(total_steps, state.step),
         )
 
-    metrics = MetricsLogger(output_dir, enabled=is_main, tensorboard=recipe.tensorboard)
+    # a resumed run's log goes on from its checkpoint: the lines of steps after it are cut
+    after = state.step if resume_from is not None else None
+    metrics = MetricsLogger(output_dir, enabled=is_main, tensorboard=recipe.tensorboard, after_step=after)
     window = StepWindow()
     stream = _stream(loader, sampler, state.epoch, state.batch)
     set_train_mode(model, recipe)

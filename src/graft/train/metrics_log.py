@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graft.files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "log.jsonl"
@@ -26,14 +28,37 @@ def _tensorboard_writer(directory: Path) -> Any:
     return SummaryWriter(log_dir=str(directory))
 
 
+def _cut_after(path: Path, step: int) -> None:
+    """Keep the log's lines up to ``step`` (and any line without a step); a torn line goes too."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
 class MetricsLogger:
-    def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        after_step: int | None = None,
+    ) -> None:
+        """``after_step``: a run resumed from that step's checkpoint; the log's lines of later
+        steps (logged before the run stopped, and about to be run again) are cut."""
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_FILE
         self._file = None
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if after_step is not None and self.path.is_file():
+                _cut_after(self.path, after_step)
             # append: a resumed run continues the same log
             self._file = self.path.open("a", encoding="utf-8")
             if tensorboard:

@@ -341,6 +341,12 @@ def _validate(recipe: Recipe, source: str) -> None:
             "give grad_accum or global_batch_size, not both",
         ),
         (recipe.max_steps is not None or recipe.epochs > 0, "epochs must be > 0 (or set max_steps)"),
+        (recipe.max_steps is None or recipe.max_steps >= 0, "max_steps must be >= 0 (0: epochs decide)"),
+        (recipe.optim.lr > 0, "optim.lr must be > 0"),
+        *(
+            (spec.lr is None or spec.lr > 0, f"{name}.lr must be > 0")
+            for name, spec in recipe.components().items()
+        ),
         (recipe.log_every >= 1, "log_every must be >= 1"),
         (recipe.save_every >= 0, "save_every must be >= 0"),
         (recipe.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
