@@ -249,6 +249,10 @@ def save_fitted(
     save_final(model.cpu(), processor, out)
 
 
+#: a held-out cosine below this between the student's and the teacher's tokens is warned about
+POOR_COSINE = 0.9
+
+
 def snap_connector(
     teacher: GraftForConditionalGeneration,
     processor: Any,
@@ -270,6 +274,14 @@ def snap_connector(
     result = fit_connector(student.connector, features, targets, table, s)
     result["seconds"] = round(time.perf_counter() - start, 2)  # the teacher's tokens included
     save_fitted(student, processor, out, {"settings": asdict(s), "fidelity": result}, "snap")
+    if result.get("cosine", 1.0) < POOR_COSINE:
+        logger.warning(
+            "%s: the snapped connector writes tokens far from the teacher's (held-out cosine %.3f, "
+            "relative error %.3g): the model will answer differently; more --steps, or keep the teacher",
+            out,
+            result["cosine"],
+            result.get("relative_error", float("nan")),
+        )
     return result
 
 
