@@ -159,8 +159,14 @@ def test_token_counts_from_a_llava_sample(tmp_path, shapes):
     full = make_plan(recipe, scaled, shapes["stage2"])
     assert full.hours == pytest.approx(1000 * sample.hours)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="neither a JSON list nor JSONL"):
+    with pytest.raises(ValueError, match=r"bad.json:1: not valid JSON"):
         tokens_from_data(tmp_path / "bad.json", 576, 2048)
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{"id": 2}\n{"id": 3}\n{"id": "broken", "image": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:4: not valid JSON \(Expecting value at column 27\)"):
+        tokens_from_data(tmp_path / "bad.jsonl", 576, 2048)
+    (tmp_path / "list.json").write_text('[{"id": 1},\n{"id": 2},\n{"id": }]')
+    with pytest.raises(ValueError, match=r"list.json:3: not valid JSON"):
+        tokens_from_data(tmp_path / "list.json", 576, 2048)
 
 
 def test_the_cli_prints_the_table_and_json():

@@ -104,10 +104,10 @@ def iter_jsonl(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
                 if not line.strip():
                     continue
-                record = json.loads(line)
+                record = json.loads(line)  # without its newline: an error's column is on this line
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 error = _unreadable(where, err)
                 if on_bad is None:
