@@ -218,3 +218,34 @@ def test_compose_blip2_verb_saves_a_loadable_model(tmp_path):
         assert torch.isfinite(model(**batch).logits).all()
     result = CliRunner().invoke(app, [*args, "--connector", "qformer"])
     assert result.exit_code != 0 and "qformer_instruct" in result.output
+
+
+def test_compose_blip2_refuses_a_non_empty_out_and_names_missing_sources(tmp_path):
+    _tiny_blip2(tmp_path / "blip2")
+    _, llm = save_tiny_backbones(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("max_steps: 4\n")
+    (out / "log.jsonl").write_text('{"step": 1}\n')
+    args = ["compose-blip2", "--blip2", str(tmp_path / "blip2"), "--llm", str(llm), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--out {out} exists and is not empty; pass --overwrite to replace it" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "recipe.yaml"]
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert "config.json" in names and not names & {"log.jsonl", "recipe.yaml"}
+
+    (tmp_path / "emptyd").mkdir()
+    for given, said in (
+        (["--llm", str(tmp_path / "nonexist")], f"the LLM '{tmp_path / 'nonexist'}' (no such local folder"),
+        (["--blip2", str(tmp_path / "emptyd")], f"{tmp_path / 'emptyd'}: no config.json"),
+        (["--llm", str(tmp_path / "emptyd")], f"the LLM '{tmp_path / 'emptyd'}'"),
+        (["--connector", "mlp9"], "--connector 'mlp9' is not one of qformer"),
+    ):
+        options = dict(zip(args[1::2], args[2::2], strict=True)) | dict([given])
+        options["--out"] = str(tmp_path / "new")
+        result = CliRunner().invoke(app, ["compose-blip2", *[x for kv in options.items() for x in kv]])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "new").exists()

@@ -247,3 +247,11 @@ def test_smollm2_converts_and_answers_as_the_gguf_does(smollm2_checkpoint):
         ref_answer = ref_model.generate(ids, max_new_tokens=8, do_sample=False)
     assert answer.tolist() == ref_answer.tolist()
     assert "Paris" in tokenizer.decode(answer[0, ids.shape[1] :])
+
+
+def test_quiet_import_gguf_prints_no_progress_bar(tiny_gguf, tmp_path):
+    quiet = CliRunner().invoke(app, ["-q", "import-gguf", str(tiny_gguf), "--out", str(tmp_path / "q")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "GGUF tensors" not in quiet.output and "%|" not in quiet.output
+    plain = CliRunner().invoke(app, ["import-gguf", str(tiny_gguf), "--out", str(tmp_path / "p")])
+    assert plain.exit_code == 0 and "Converting and de-quantizing GGUF tensors" in plain.output

@@ -564,3 +564,57 @@ def test_word_readout_reads_each_token_as_its_nearest_word(world):
     assert scores["words/shape_recall"] == pytest.approx(sum(circles) / shapes_in)
     assert scores["words/shape_precision"] == pytest.approx(sum(circles) / len(scenes))
     assert scores["words/cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "given,said",
+    [
+        (["--image-size", "0"], "--image-size 0: give 6 or more"),
+        (["--image-size", "-1"], "--image-size -1: give 6 or more"),
+        (["--images", "-5"], "--images -5: give 3 or more"),
+        (["--images", "2"], "--images 2: give 3 or more"),
+        (["--out", "afile"], "--out afile is a file"),
+    ],
+)
+def test_world_verb_refuses_parameters_it_cannot_build_with(tmp_path, monkeypatch, given, said):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    options = {"--out": "w", "--images": "6"} | dict([given])
+    result = CliRunner().invoke(app, ["world", *[x for kv in options.items() for x in kv]])
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "w").exists()
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_smallest_world_the_verb_allows_has_every_split_and_renders(tmp_path):
+    from graft.world.build import MIN_IMAGE_SIZE, MIN_IMAGES
+
+    manifest = build_world(tmp_path, num_images=MIN_IMAGES, image_size=MIN_IMAGE_SIZE)
+    assert all(manifest["splits"][s] >= 1 for s in ("train", "val", "test"))
+    assert manifest["counts"]["eval_binary"] and manifest["counts"]["eval_mcq"]
+    with pytest.raises(ValueError, match="image_size=5"):
+        build_world(tmp_path / "small", num_images=3, image_size=MIN_IMAGE_SIZE - 1)
+
+
+def test_backbones_verb_checks_its_flags_before_any_work(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = {"--world": str(world), "--out": str(tmp_path / "bb"), "--llm": "tiny"}
+    for given, said in (
+        (("--world", str(tmp_path / "nonexist")), "not a world folder (no world.json)"),
+        (("--out", str(afile)), f"--out {afile} is a file"),
+        (("--vision-steps", "0"), "--vision-steps 0: give 1 or more"),
+        (("--vision", "bogus"), "--vision bogus: not a vision-tower folder"),
+    ):
+        options = base | dict([given])
+        result = CliRunner().invoke(app, ["backbones", *[x for kv in options.items() for x in kv]])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "bb").exists()

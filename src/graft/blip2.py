@@ -16,6 +16,7 @@ BLIP-2 feeds the Q-Former the ViT's last layer with its ``post_layernorm`` appli
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from graft.backbones import compose, load_llm
+from graft.backbones import compose, load_llm, naming_source
 from graft.connectors.qformer import _QFormerConnector
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import load_image_processor, load_tokenizer
@@ -63,6 +64,37 @@ def _qformer_of(model: GraftForConditionalGeneration) -> _QFormerConnector:
     return connector.vpg if model.config.connector["name"] == "vpgc" else connector
 
 
+def check_blip2(blip2_dir: str, connector: str = "qformer", **vpgc_options: Any) -> str:
+    """The checkpoint's ``model_type``, once its config (nothing more is read) shows that
+    ``connector`` and ``vpgc_options`` fit it; else a ValueError or OSError saying what does not."""
+    if connector not in CONNECTORS:
+        raise ValueError(
+            f"unknown connector {connector!r} for a BLIP-2 graft (valid: {', '.join(CONNECTORS)})"
+        )
+    if vpgc_options and connector != "vpgc":
+        raise ValueError(
+            f"options {', '.join(sorted(vpgc_options))} are for connector 'vpgc', not {connector!r}"
+        )
+    if os.path.isdir(blip2_dir) and not os.path.isfile(os.path.join(blip2_dir, "config.json")):
+        raise FileNotFoundError(
+            f"{blip2_dir}: no config.json in this folder; give a BLIP-2 or InstructBLIP checkpoint folder"
+        )
+    with naming_source("the BLIP-2 checkpoint", blip2_dir):
+        model_type = AutoConfig.from_pretrained(blip2_dir).model_type
+    if model_type not in CHECKPOINTS:
+        raise ValueError(
+            f"{blip2_dir}: model_type {model_type!r} is not a BLIP-2 / InstructBLIP checkpoint "
+            f"(valid: {', '.join(CHECKPOINTS)})"
+        )
+    qformer_name = CHECKPOINTS[model_type][1]
+    if connector != "vpgc" and connector != qformer_name:
+        raise ValueError(
+            f"{blip2_dir} is a {model_type} checkpoint: its Q-Former goes into connector "
+            f"{qformer_name!r} (or 'vpgc'), not {connector!r}"
+        )
+    return model_type
+
+
 def compose_from_blip2(
     blip2_dir: str,
     llm_dir: str,
@@ -79,27 +111,12 @@ def compose_from_blip2(
     Q-Former tokenizer); the last is the checkpoint's ``qformer_tokenizer`` folder for
     InstructBLIP (give it to ``GraftProcessor(instruction_tokenizer=...)``), else None.
     """
-    if connector not in CONNECTORS:
-        raise ValueError(
-            f"unknown connector {connector!r} for a BLIP-2 graft (valid: {', '.join(CONNECTORS)})"
-        )
-    if vpgc_options and connector != "vpgc":
-        raise ValueError(
-            f"options {', '.join(sorted(vpgc_options))} are for connector 'vpgc', not {connector!r}"
-        )
-    model_type = AutoConfig.from_pretrained(blip2_dir).model_type
-    if model_type not in CHECKPOINTS:
-        raise ValueError(
-            f"{blip2_dir}: model_type {model_type!r} is not a BLIP-2 / InstructBLIP checkpoint "
-            f"(valid: {', '.join(CHECKPOINTS)})"
-        )
-    checkpoint_class, qformer_name = CHECKPOINTS[model_type]
-    if connector != "vpgc" and connector != qformer_name:
-        raise ValueError(
-            f"{blip2_dir} is a {model_type} checkpoint: its Q-Former goes into connector "
-            f"{qformer_name!r} (or 'vpgc'), not {connector!r}"
-        )
-    source = checkpoint_class.from_pretrained(blip2_dir, dtype=dtype).eval()
+    checkpoint_class, qformer_name = CHECKPOINTS[check_blip2(blip2_dir, connector, **vpgc_options)]
+    # the LLM's tokenizer before the checkpoint's weights: a wrong --llm fails at once
+    with naming_source("the tokenizer" if tokenizer_dir else "the LLM", tokenizer_dir or llm_dir):
+        tokenizer = load_tokenizer(tokenizer_dir or llm_dir)
+    with naming_source("the BLIP-2 checkpoint", blip2_dir):
+        source = checkpoint_class.from_pretrained(blip2_dir, dtype=dtype).eval()
     vision = source.vision_model
     vpg: dict[str, Any] = {
         "name": qformer_name,
@@ -110,10 +127,11 @@ def compose_from_blip2(
     }
     spec = {"name": "vpgc", "vpg": vpg, **vpgc_options} if connector == "vpgc" else vpg
 
-    tokenizer = load_tokenizer(tokenizer_dir or llm_dir)
+    with naming_source("the LLM", llm_dir):
+        llm = load_llm(llm_dir, dtype)
     model = compose(
         vision,
-        load_llm(llm_dir, dtype),
+        llm,
         tokenizer,
         connector=spec,
         vision_feature_layer=-1,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -31,10 +33,9 @@ def _setup(
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     configure_logging(level)
     if quiet:
-        import os
-
-        # every tqdm bar (graft's, the world's rendering, the libraries') reads this; for this
-        # command only: a program that calls the app again, quiet or not, finds it as it was
+        # for subprocesses (accelerate's workers); a tqdm already imported reads it too late, so
+        # _progress_bars_off turns this process's bars off. For this command only: a program that
+        # calls the app again, quiet or not, finds both as they were
         before = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"
         ctx.call_on_close(
@@ -49,7 +50,47 @@ def _setup(
 
     hf_logging.set_verbosity_error() if not verbose else hf_logging.set_verbosity_info()
     if quiet or not verbose:
-        hf_logging.disable_progress_bar()
+        ctx.call_on_close(_progress_bars_off(every_tqdm=quiet))
+
+
+#: where ``disable`` is among tqdm's positional parameters (after iterable, desc, ... ascii)
+_TQDM_DISABLE_AT = 10
+
+
+def _progress_bars_off(every_tqdm: bool) -> Callable[[], None]:
+    """Turn off transformers' and huggingface_hub's progress bars and, with ``every_tqdm``, every
+    other tqdm bar too (a library's plain ``tqdm(...)``, such as transformers' GGUF conversion, or
+    graft's own); returns what puts them back as they were."""
+    import huggingface_hub.utils as hub
+    import tqdm.std
+    from transformers.utils import logging as hf_logging
+
+    hf_was, hub_was = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # huggingface_hub's too
+    init = tqdm.std.tqdm.__dict__["__init__"]
+
+    def quiet_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        # disable=True even where the caller asks for a bar: -q means none (TQDM_DISABLE comes too late)
+        if len(args) > _TQDM_DISABLE_AT:
+            args = (*args[:_TQDM_DISABLE_AT], True, *args[_TQDM_DISABLE_AT + 1 :])
+        else:
+            kwargs["disable"] = True
+        init.__get__(self, type(self))(*args, **kwargs)
+
+    if every_tqdm:
+        tqdm.std.tqdm.__init__ = quiet_init
+
+    def restore() -> None:
+        if every_tqdm:
+            tqdm.std.tqdm.__init__ = init
+        if hf_was:
+            hf_logging.enable_progress_bar()  # enables huggingface_hub's too
+        if hub_was:
+            hub.enable_progress_bars()
+        else:
+            hub.disable_progress_bars()
+
+    return restore
 
 
 # the LLM judge's options, shared by the verbs that may score with a judge (eval, score)
@@ -80,6 +121,15 @@ RECIPE_HELP = (
 def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def check_out_folder(out: Path, overwrite: bool, what: str) -> None:
+    """Fail, before any work, unless ``--out`` can take a new folder: not a file, and empty unless
+    ``--overwrite`` (the folder is then replaced whole, never written into)."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for {what}")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:

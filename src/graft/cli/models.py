@@ -37,10 +37,15 @@ def compose_cmd(
     ] = DEFAULT_TEMPLATE,
     feature_layer: Annotated[int, typer.Option(help="Vision layer whose features are used.")] = -2,
     pad_to_square: Annotated[bool, typer.Option(help="Pad images to square with the mean colour.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a non-empty --out folder (in one rename, once written).")
+    ] = False,
 ) -> None:
     """Graft a vision tower onto an LLM through a fresh connector and save the result."""
     from graft.backbones import compose_from_pretrained, save_composed
+    from graft.cli.app import check_out_folder
     from graft.connectors import connector_class
+    from graft.files import atomic_dir
     from graft.templates import get_template
 
     spec = {"name": connector}
@@ -51,12 +56,21 @@ def compose_cmd(
     try:  # names first, so a typo fails before any weights load
         get_template(template)
         connector_class(connector)
+    except ValueError as err:
+        fail(str(err))
+    check_out_folder(out, overwrite, "the grafted model")
+    try:
         model, tokenizer, image_processor = compose_from_pretrained(
             vision, llm, connector=spec, vision_feature_layer=feature_layer
         )
+        with atomic_dir(out, overwrite) as tmp:  # a replaced folder keeps nothing of the old one
+            save_composed(
+                model, tokenizer, image_processor, tmp, template=template, pad_to_square=pad_to_square
+            )
+    except FileExistsError:  # filled while the weights loaded
+        fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     except (ValueError, OSError) as err:
         fail(str(err))
-    save_composed(model, tokenizer, image_processor, out, template=template, pad_to_square=pad_to_square)
     typer.echo(f"saved {out} ({model.config.image_seq_length} tokens per image)")
 
 
@@ -172,13 +186,25 @@ def import_hf_cmd(
     template: Annotated[
         str, typer.Option(help=f"Conversation template of that checkpoint: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a non-empty --out folder (in one rename, once written).")
+    ] = False,
 ) -> None:
     """Turn a transformers LLaVA or Aya Vision checkpoint (what `graft export-hf` writes, too) into
     a graft model folder, ready to fine-tune."""
+    from graft.cli.app import check_out_folder
     from graft.export import import_from_hf
+    from graft.templates import get_template
 
+    try:  # the template name first, so a typo fails before any weights load
+        get_template(template)
+    except ValueError as err:
+        fail(str(err))
+    check_out_folder(out, overwrite, "the graft model")
     try:
-        import_from_hf(model, out_dir=out, template=template)
+        import_from_hf(model, out_dir=out, template=template, overwrite=overwrite)
+    except FileExistsError:  # filled while the weights loaded
+        fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     except (ValueError, OSError) as err:
         fail(str(err))
     typer.echo(f"imported {model} -> {out}")

@@ -24,8 +24,18 @@ def world_cmd(
     held-out benchmark files in real formats (WORLD/bench, for `graft eval --bench`)."""
     from graft.world import build_world
     from graft.world.benchmarks import write_benchmarks
+    from graft.world.build import MIN_IMAGE_SIZE, MIN_IMAGES
 
-    manifest = build_world(out, num_images=images, seed=seed, image_size=image_size)
+    if images < MIN_IMAGES:
+        fail(f"--images {images}: give {MIN_IMAGES} or more (one for each of train, val and test)")
+    if image_size < MIN_IMAGE_SIZE:
+        fail(f"--image-size {image_size}: give {MIN_IMAGE_SIZE} or more pixels (the smallest shapes need it)")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder to write the world into")
+    try:
+        manifest = build_world(out, num_images=images, seed=seed, image_size=image_size)
+    except (ValueError, OSError) as err:
+        fail(str(err))
     typer.echo(json.dumps(manifest, indent=2))
     runs = write_benchmarks(out, seed=seed)  # already written by build_world: returns the runs
     if runs:
@@ -58,9 +68,19 @@ def backbones_cmd(
     Each is saved with save_pretrained and loads like a real checkpoint afterwards."""
     from graft.world.pretrain import check_llm, pretrain_backbones
 
+    if not (world / "world.json").is_file():
+        fail(f"--world {world}: not a world folder (no world.json); write one with `graft world --out DIR`")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder for the backbones")
+    if vision_steps is not None and vision_steps < 1:
+        fail(f"--vision-steps {vision_steps}: give 1 or more")
+    if vision not in ("train", "packaged") and not (Path(vision) / "config.json").is_file():
+        fail(
+            f"--vision {vision}: not a vision-tower folder (no config.json); give train, packaged or a folder"
+        )
     try:
         check_llm(llm)
+        paths = pretrain_backbones(world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision)
     except (ValueError, OSError) as err:
         fail(str(err))
-    paths = pretrain_backbones(world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision)
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

@@ -72,7 +72,15 @@ def _connector_spec(config: LlavaConfig | AyaVisionConfig, projector: nn.Module)
 
 
 def _read_checkpoint(folder: Path, dtype: torch.dtype | None) -> PreTrainedModel:
-    """The folder's LLaVA or Aya Vision model, or an error naming its ``model_type``."""
+    """The folder's LLaVA or Aya Vision model, or an error naming the folder (missing, a file, no
+    config.json) or its ``model_type``."""
+    wanted = "give a transformers LLaVA or Aya Vision checkpoint folder"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder; {wanted}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder; {wanted}")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json in this folder; {wanted}")
     model_type = AutoConfig.from_pretrained(folder).model_type
     if model_type not in IMPORTABLE:
         raise ExportError(

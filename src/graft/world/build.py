@@ -27,9 +27,14 @@ from .describe import boxes, captions
 from .instructions import caption_record, qa_record, rich_record, single_questions, stage1_record
 from .multi_image import difference_record, which_image_record
 from .questions import FAMILIES, mcq, yesno
-from .scene import COLORS, SHAPES, Scene, sample_scene
+from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 
 WORLD_VERSION = "shapes-4"
+#: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
+MIN_IMAGES = 3
+#: the smallest image side at which the smallest object's box is over a pixel wide (the renderer
+#: cannot draw it at fewer; 0.10 of the side each way: 6 pixels)
+MIN_IMAGE_SIZE = int(1 / (2 * min(SIZES.values()))) + 1
 
 
 @dataclass
@@ -111,9 +116,19 @@ def build_world(
     """Build (or reuse) a shapes world in `out_dir`; returns the manifest (also in world.json).
 
     Extra keyword arguments are the other `WorldArgs` fields (max_objects, val_frac, ...).
+    A negative ``num_images`` or a side under ``MIN_IMAGE_SIZE`` pixels is a ValueError (under
+    ``MIN_IMAGES`` images builds a world whose val and test splits are empty).
     """
+    if num_images < 0:
+        raise ValueError(f"num_images={num_images}: give a number of images, {MIN_IMAGES} or more")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size={image_size}: the smallest side the shapes render at is {MIN_IMAGE_SIZE}"
+        )
     args = WorldArgs(num_images=num_images, seed=seed, image_size=image_size, **kw)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder; give a folder to write the world into")
     manifest_path = out / "world.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
