@@ -62,6 +62,15 @@ def test_missing_image(tmp_path):
     assert str(tmp_path / "gone.png") in message
 
 
+def test_a_folder_where_an_image_or_a_record_file_should_be_is_said_so(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    bad = {"id": "d", "image": "imgs", "conversations": _turns("<image>\nWhat?", "No")}
+    folder = r"id 'd'.*field image: a folder, not an image"
+    _check(tmp_path, bad, "missing_image", folder, error=ImageLoadError)
+    with pytest.raises(FileNotFoundError, match=r"imgs is a folder; give a record file"):
+        read_records(tmp_path / "imgs")
+
+
 def test_corrupt_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(
         np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()

@@ -38,6 +38,8 @@ OnBad = Callable[[RecordError], None]
 
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder; give a record file (a JSON list or JSON Lines)")
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     return path

@@ -122,9 +122,8 @@ class LlavaDataset(Dataset):
             path = self.image_path(image)
             if not os.path.isfile(path):
                 field = "image" if len(record.images) == 1 else f"images[{k}]"
-                raise ImageLoadError(
-                    f"{record.source} (id {record.id!r}): field {field}: image not found: {path}"
-                )
+                what = "a folder, not an image" if os.path.isdir(path) else "image not found"
+                raise ImageLoadError(f"{record.source} (id {record.id!r}): field {field}: {what}: {path}")
 
     def _measure(self, read_from: list[int]) -> None:
         """Tokenize every record once: lengths for the sampler, errors before training starts."""
