@@ -139,3 +139,15 @@ def test_gen_data_sampling_and_rate_settings_are_checked(tmp_path, field, value,
     (tmp_path / "g").write_text("a file")
     with pytest.raises(GenError, match="out: .*g is a file; gen-data writes into a folder"):
         GenSettings(**base).check()
+
+
+def test_adapt_a_coco_file_read_as_questions_says_what_it_is(tmp_path):
+    caps = tmp_path / "caps.json"
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": "A cat."}]}
+    caps.write_text(json.dumps(doc, indent=1))
+    result = _run("adapt", str(caps), "-o", str(tmp_path / "o.json"), "--format", "vqa")
+    assert result.exit_code == 2 and "one JSON object over several lines" in result.output
+    assert "--format caption" in result.output
+    one_line = tmp_path / "q.json"  # one record on one line is JSON Lines, whatever the suffix
+    one_line.write_text(json.dumps({"id": 1, "image": "a.jpg", "question": "Q?", "answer": "yes"}))
+    assert _run("adapt", str(one_line), "-o", str(tmp_path / "q_out.json"), "--format", "vqa").exit_code == 0

@@ -189,10 +189,25 @@ def _mc_item(raw: dict, where: str, path: Path) -> Item:
 
 
 def _objects(path: Path, on_bad: OnBad) -> Iterator[tuple[dict, str]]:
-    """The objects of a JSON Lines file, or of a JSON list (whatever the suffix)."""
-    if path.suffix != ".jsonl" and _first_char(path) == "[":
+    """The objects of a JSON Lines file, or of a JSON list (whatever the suffix). One JSON object
+    over several lines (COCO captions' layout) is neither: an error that says so."""
+    first = _first_char(path)
+    if path.suffix != ".jsonl" and first == "[":
         return iter_records(path, on_bad)
+    if path.suffix != ".jsonl" and first == "{" and _one_document(path):
+        raise RecordError(
+            f"{path}: one JSON object over several lines, not JSON Lines or a list of records "
+            "(COCO captions: --format caption)"
+        )
     return iter_jsonl(path, on_bad)
+
+
+def _one_document(path: Path) -> bool:
+    """Whether the file is one JSON object spread over several lines."""
+    try:
+        return isinstance(load_json(path), dict) and path.read_bytes().strip().count(b"\n") > 0
+    except RecordError:
+        return False
 
 
 def _first_char(path: Path) -> str:
