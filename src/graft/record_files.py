@@ -13,6 +13,7 @@ skips bad records counts them under. Ids are checked one way (``check_id``) and 
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -70,6 +71,14 @@ def decode_utf8(data: bytes, path: str | os.PathLike) -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise _not_utf8(f"{path}:{line}", err, err.start - data.rfind(b"\n", 0, err.start)) from None
+
+
+def first_char(path: str | os.PathLike) -> str:
+    """The file's first character past a byte-order mark and white space (``[`` for a JSON list,
+    ``{`` for JSON Lines or one object), read as bytes: a file that is not UTF-8 fails later, where
+    its lines are read and named."""
+    with _existing(path).open("rb") as f:
+        return f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1].decode("ascii", errors="replace")
 
 
 def load_json(path: str | os.PathLike) -> Any:

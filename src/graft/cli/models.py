@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from graft.cli.app import RECIPE_HELP, app, fail, parse_overrides
+from graft.cli.app import RECIPE_HELP, app, check_out_folder, fail, parse_overrides
 from graft.config import DEFAULT_CONNECTOR
 from graft.templates import DEFAULT_TEMPLATE, TEMPLATE_NAMES
 
@@ -43,7 +43,6 @@ def compose_cmd(
 ) -> None:
     """Graft a vision tower onto an LLM through a fresh connector and save the result."""
     from graft.backbones import compose_from_pretrained, save_composed
-    from graft.cli.app import check_out_folder
     from graft.connectors import connector_class
     from graft.files import atomic_dir
     from graft.templates import get_template
@@ -133,11 +132,10 @@ def export_hf_cmd(
     (swiglu with layer_norm, token reduction by pixel shuffle)."""
     from graft.export import export_hf
 
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a folder for the transformers checkpoint")
+    check_out_folder(out, overwrite, "the transformers checkpoint")
     try:
         written = export_hf(model, out, overwrite=overwrite)
-    except FileExistsError:
+    except FileExistsError:  # filled while the model loaded
         fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     except (ValueError, OSError) as err:  # OSError: a model folder that is missing files
         fail(str(err))
@@ -192,7 +190,6 @@ def import_hf_cmd(
 ) -> None:
     """Turn a transformers LLaVA or Aya Vision checkpoint (what `graft export-hf` writes, too) into
     a graft model folder, ready to fine-tune."""
-    from graft.cli.app import check_out_folder
     from graft.export import import_from_hf
     from graft.templates import get_template
 

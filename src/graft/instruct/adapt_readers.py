@@ -14,7 +14,6 @@ file, the line (or list index) and the field, handed to ``on_bad`` (which raises
 
 from __future__ import annotations
 
-import codecs
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from graft.record_files import (
     RecordError,
     UniqueIds,
     check_id,
+    first_char,
     iter_jsonl,
     iter_objects,
     iter_records,
@@ -191,7 +191,7 @@ def _mc_item(raw: dict, where: str, path: Path) -> Item:
 def _objects(path: Path, on_bad: OnBad) -> Iterator[tuple[dict, str]]:
     """The objects of a JSON Lines file, or of a JSON list (whatever the suffix). One JSON object
     over several lines (COCO captions' layout) is neither: an error that says so."""
-    first = _first_char(path)
+    first = first_char(path)
     if path.suffix != ".jsonl" and first == "[":
         return iter_records(path, on_bad)
     if path.suffix != ".jsonl" and first == "{" and _one_document(path):
@@ -208,13 +208,6 @@ def _one_document(path: Path) -> bool:
         return isinstance(load_json(path), dict) and path.read_bytes().strip().count(b"\n") > 0
     except RecordError:
         return False
-
-
-def _first_char(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    with path.open("rb") as f:  # bytes: a file that is not UTF-8 fails where its lines are read
-        return f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1].decode("ascii", errors="replace")
 
 
 def _read_lines(
@@ -271,7 +264,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """``caption`` for a JSON object with images and annotations, else ``mc`` or ``vqa`` from the
     first readable record's fields; a ``RecordError`` when that tells nothing."""
     path = Path(path)
-    if path.suffix != ".jsonl" and _first_char(path) == "{":
+    if path.suffix != ".jsonl" and first_char(path) == "{":
         try:
             doc = load_json(path)
         except RecordError:  # JSON Lines under another suffix

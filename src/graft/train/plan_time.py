@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from graft.record_files import iter_jsonl, load_json
+from graft.record_files import first_char, iter_jsonl, load_json
 from graft.train.plan_model import FLOP_FACTORS, ModelShape
 
 #: peak dense bf16 tensor-core FLOP/s per GPU (NVIDIA datasheets: A100 SXM 312 TFLOPS; H100 SXM
@@ -48,9 +48,7 @@ class Tokens:
 def _records(path: Path) -> list[dict[str, Any]]:
     """A JSON list of records, or JSON Lines (whatever the suffix); an unreadable line or item is a
     ``RecordError`` naming the file and line."""
-    with path.open("rb") as f:
-        first = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-    data: Any = load_json(path) if first == b"[" else [record for record, _ in iter_jsonl(path)]
+    data: Any = load_json(path) if first_char(path) == "[" else [record for record, _ in iter_jsonl(path)]
     if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
         raise ValueError(f"{path}: expected a non-empty list of LLaVA records (objects)")
     return data
