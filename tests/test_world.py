@@ -598,6 +598,21 @@ def test_smallest_world_the_verb_allows_has_every_split_and_renders(tmp_path):
     assert manifest["counts"]["eval_binary"] and manifest["counts"]["eval_mcq"]
     with pytest.raises(ValueError, match="image_size=5"):
         build_world(tmp_path / "small", num_images=3, image_size=MIN_IMAGE_SIZE - 1)
+    with pytest.raises(ValueError, match="num_images=2: give 3 or more"):  # no val or test split
+        build_world(tmp_path / "two", num_images=MIN_IMAGES - 1, image_size=MIN_IMAGE_SIZE)
+    assert not (tmp_path / "two").exists()
+
+
+@pytest.mark.parametrize("verb", ["demo", "ablation"])
+def test_demo_and_ablation_refuse_a_world_without_every_split_before_any_work(tmp_path, monkeypatch, verb):
+    from typer.testing import CliRunner
+
+    from graft.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [verb, "--out", "run", "--images", "2", "--llm", "tiny"])
+    assert result.exit_code == 2 and "--images 2: give 3 or more" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
 def test_backbones_verb_checks_its_flags_before_any_work(world, tmp_path):

@@ -350,8 +350,10 @@ def test_reproducible(bench: tuple[Path, dict], tmp_path: Path) -> None:
 
 
 def test_tiny_and_rebuilt_worlds(tmp_path: Path) -> None:
-    build_world(tmp_path / "empty", num_images=2, image_size=32)  # too small for a test split
-    assert write_benchmarks(tmp_path / "empty") == {}
+    empty = tmp_path / "empty"
+    build_world(empty, num_images=3, image_size=32)
+    (empty / "meta" / "test.jsonl").write_text("")  # a world without test scenes: no benchmark
+    assert write_benchmarks(empty) == {}
     world = tmp_path / "one"
     build_world(world, num_images=3, seed=0, image_size=32)  # one test image
     runs = write_benchmarks(world)

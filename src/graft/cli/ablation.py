@@ -52,8 +52,11 @@ def ablation_cmd(
     ] = 40,
 ) -> None:
     """Q-Former base vs + VPG-C on captions vs + VPG-C with synthetic pairs; prints the table."""
+    from graft.world.build import world_size_problem
     from graft.world.pretrain import check_llm
 
+    if problem := world_size_problem(images):
+        fail(problem)
     try:
         check_llm(llm)
         shares = parse_mix(mix)

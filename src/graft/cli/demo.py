@@ -103,8 +103,11 @@ def demo_cmd(
     """World, backbones, the alignment (grounding or word alignment and snap, then a perception
     warm-up; or a caption stage 1), stage 2, held-out evaluation, learning curve and diagnostics;
     prints the results table."""
+    from graft.world.build import world_size_problem
     from graft.world.pretrain import check_llm
 
+    if problem := world_size_problem(images):
+        fail(problem)
     try:  # before any work: a bad choice fails in a second, not after pretraining
         connector_spec(connector, reduction)
         check_alignment(connector, alignment)

@@ -24,12 +24,10 @@ def world_cmd(
     held-out benchmark files in real formats (WORLD/bench, for `graft eval --bench`)."""
     from graft.world import build_world
     from graft.world.benchmarks import write_benchmarks
-    from graft.world.build import MIN_IMAGE_SIZE, MIN_IMAGES
+    from graft.world.build import world_size_problem
 
-    if images < MIN_IMAGES:
-        fail(f"--images {images}: give {MIN_IMAGES} or more (one for each of train, val and test)")
-    if image_size < MIN_IMAGE_SIZE:
-        fail(f"--image-size {image_size}: give {MIN_IMAGE_SIZE} or more pixels (the smallest shapes need it)")
+    if problem := world_size_problem(images, image_size):
+        fail(problem)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder to write the world into")
     try:

@@ -37,6 +37,18 @@ MIN_IMAGES = 3
 MIN_IMAGE_SIZE = int(1 / (2 * min(SIZES.values()))) + 1
 
 
+def world_size_problem(images: int, image_size: int | None = None) -> str | None:
+    """What is wrong with a world of ``images`` images of ``image_size`` pixels, worded with the
+    command-line flags that set them (``graft world``, ``demo``, ``ablation``); None if nothing."""
+    if images < MIN_IMAGES:
+        return f"--images {images}: give {MIN_IMAGES} or more (one for each of train, val and test)"
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        return (
+            f"--image-size {image_size}: give {MIN_IMAGE_SIZE} or more pixels (the smallest shapes need it)"
+        )
+    return None
+
+
 @dataclass
 class WorldArgs:
     num_images: int = 10000
@@ -59,8 +71,8 @@ def _jsonl(rows: list[dict]) -> str:
 def _split_ids(n: int, args: WorldArgs, rng: random.Random) -> dict[str, list[int]]:
     order = list(range(n))
     rng.shuffle(order)
-    n_test = max(1, round(n * args.test_frac)) if n >= 3 else 0
-    n_val = max(1, round(n * args.val_frac)) if n >= 3 else 0
+    n_test = max(1, round(n * args.test_frac))  # n >= MIN_IMAGES: one image each at least
+    n_val = max(1, round(n * args.val_frac))
     return {
         "test": sorted(order[:n_test]),
         "val": sorted(order[n_test : n_test + n_val]),
@@ -116,11 +128,13 @@ def build_world(
     """Build (or reuse) a shapes world in `out_dir`; returns the manifest (also in world.json).
 
     Extra keyword arguments are the other `WorldArgs` fields (max_objects, val_frac, ...).
-    A negative ``num_images`` or a side under ``MIN_IMAGE_SIZE`` pixels is a ValueError (under
-    ``MIN_IMAGES`` images builds a world whose val and test splits are empty).
+    Under ``MIN_IMAGES`` images (a world whose val and test splits would be empty) or a side under
+    ``MIN_IMAGE_SIZE`` pixels is a ValueError.
     """
-    if num_images < 0:
-        raise ValueError(f"num_images={num_images}: give a number of images, {MIN_IMAGES} or more")
+    if num_images < MIN_IMAGES:
+        raise ValueError(
+            f"num_images={num_images}: give {MIN_IMAGES} or more (one for each of train, val and test)"
+        )
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(
             f"image_size={image_size}: the smallest side the shapes render at is {MIN_IMAGE_SIZE}"
