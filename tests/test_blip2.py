@@ -239,7 +239,10 @@ def test_compose_blip2_refuses_a_non_empty_out_and_names_missing_sources(tmp_pat
 
     (tmp_path / "emptyd").mkdir()
     for given, said in (
-        (["--llm", str(tmp_path / "nonexist")], f"the LLM '{tmp_path / 'nonexist'}' (no such local folder"),
+        (
+            ["--llm", str(tmp_path / "nonexist")],
+            f"the LLM '{tmp_path / 'nonexist'}': no such folder (nor is it a hub id",
+        ),
         (["--blip2", str(tmp_path / "emptyd")], f"{tmp_path / 'emptyd'}: no config.json"),
         (["--llm", str(tmp_path / "emptyd")], f"the LLM '{tmp_path / 'emptyd'}'"),
         (["--connector", "mlp9"], "--connector 'mlp9' is not one of qformer"),

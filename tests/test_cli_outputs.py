@@ -82,7 +82,11 @@ def test_compose_out_that_is_a_file_and_a_source_that_is_no_folder(backbones, tm
     gone = tmp_path / "gone"
     _refused(
         _run("compose", "--vision", vision, "--llm", gone, "--out", tmp_path / "m"),
-        f"the LLM '{gone}' (no such local folder",
+        f"the LLM '{gone}': no such folder (nor is it a hub id",
+    )
+    _refused(  # a name the hub could hold is said to have been looked for there
+        _run("compose", "--vision", vision, "--llm", "someone/no-such-llm", "--out", tmp_path / "m"),
+        "the LLM 'someone/no-such-llm' (no such local folder, so it was read as a hub id)",
     )
     assert not (tmp_path / "m").exists()
 

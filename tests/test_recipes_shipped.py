@@ -98,4 +98,8 @@ def test_a_missing_init_from_folder_is_named_not_a_traceback(tmp_path, monkeypat
     for args in (["train", "shapes-stage2", "--out", str(tmp_path / "out")], ["inspect", "shapes-stage2"]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, result.output
-        assert "error: model.init_from " in result.output and "(no such local folder" in result.output
+        assert (
+            "error: model.init_from " in result.output
+            and ": no such folder (nor is it a hub" in result.output
+        )
+        assert "Repo id must" not in result.output  # the hub's naming rules: not what went wrong

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import init_empty_weights
+from huggingface_hub.errors import HFValidationError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -142,6 +143,11 @@ def naming_source(what: str, source: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError) as err:
+        if isinstance(err, HFValidationError) or isinstance(err.__cause__, HFValidationError):
+            # not a folder, and not a hub id either: the hub's naming rules would only confuse
+            raise OSError(
+                f"{what} {source!r}: no such folder (nor is it a hub id, 'namespace/name')"
+            ) from err
         where = "" if os.path.isdir(source) else " (no such local folder, so it was read as a hub id)"
         raise (OSError if isinstance(err, OSError) else ValueError)(
             f"{what} {source!r}{where}: {err}"
