@@ -264,6 +264,31 @@ def test_export_then_import_gives_back_the_same_model(tmp_path, connector):
     assert _max_diff(model, again, batch) <= TOL
 
 
+def test_import_asks_in_the_template_its_chat_template_renders(tmp_path, caplog):
+    tokenizer = tiny_tokenizer(extra_special=["<|im_start|>", "<|im_end|>"])
+    model = compose(tiny_vision(), tiny_llm(len(tokenizer) + 1), tokenizer).eval()
+    for template in ("smollm2", "vicuna_v1"):
+        processor = GraftProcessor(tokenizer, tiny_image_processor(), model.config.image_seq_length, template)
+        out = export_to_transformers(model, processor, tmp_path / template)
+        with caplog.at_level("WARNING", logger="graft.export.importer"):
+            assert import_from_hf(out)[1].template.name == template
+        assert not caplog.records
+    # told another template than the folder's chat template renders: done, but said
+    with caplog.at_level("WARNING", logger="graft.export.importer"):
+        assert import_from_hf(tmp_path / "smollm2", template="chatml")[1].template.name == "chatml"
+    assert "its chat template renders '<|im_start|>system\\nYou are a helpful AI" in caplog.text
+    assert "(template 'chatml')" in caplog.text
+
+
+def test_import_of_a_folder_without_chat_template_says_which_template_it_assumes(tmp_path, caplog):
+    model, processor = _tiny()  # llama_2: graft ships no chat template for it
+    out = export_to_transformers(model, processor, tmp_path / "llava")
+    with caplog.at_level("WARNING", logger="graft.export.importer"):
+        assert import_from_hf(out)[1].template.name == "vicuna_v1"
+    assert f"{out}: no chat template; asking it in 'vicuna_v1'" in caplog.text
+    assert "pass --template" in caplog.text
+
+
 @pytest.mark.parametrize("layout", ["transformers", "llava-hf"])
 def test_import_of_a_llava_checkpoint_saved_by_transformers(tmp_path, layout):
     folder = _tiny_llava(tmp_path)

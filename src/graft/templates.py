@@ -216,7 +216,8 @@ TEMPLATES: dict[str, Template] = {
     ),
 }
 
-#: the template of a processor, a compose or an import that names none (LLaVA-1.5's)
+#: the template of a processor or a compose that names none, and of an import whose chat template
+#: matches none of these (LLaVA-1.5's)
 DEFAULT_TEMPLATE = "vicuna_v1"
 #: for help texts: "plain, vicuna_v1, ..."
 TEMPLATE_NAMES = ", ".join(TEMPLATES)

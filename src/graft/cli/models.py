@@ -182,8 +182,12 @@ def import_hf_cmd(
     ],
     out: Annotated[Path, typer.Option(help="Folder for the graft model.")],
     template: Annotated[
-        str, typer.Option(help=f"Conversation template of that checkpoint: {TEMPLATE_NAMES}.")
-    ] = DEFAULT_TEMPLATE,
+        str | None,
+        typer.Option(
+            help=f"Conversation template of that checkpoint: {TEMPLATE_NAMES} (default: the one its "
+            f"chat template renders, else {DEFAULT_TEMPLATE}, with a warning)."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a non-empty --out folder (in one rename, once written).")
     ] = False,
@@ -194,7 +198,8 @@ def import_hf_cmd(
     from graft.templates import get_template
 
     try:  # the template name first, so a typo fails before any weights load
-        get_template(template)
+        if template is not None:
+            get_template(template)
     except ValueError as err:
         fail(str(err))
     check_out_folder(out, overwrite, "the graft model")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,13 @@ from transformers import (
 from graft.backbones import compose
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.export.model import ExportError
+from graft.export.processor import chat_template_problem, template_of
 from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
-from graft.templates import DEFAULT_TEMPLATE
+from graft.templates import DEFAULT_TEMPLATE, get_template
+
+logger = logging.getLogger(__name__)
 
 #: config.json's model_type -> the transformers class graft imports it through
 IMPORTABLE = {"llava": LlavaForConditionalGeneration, "aya_vision": AyaVisionForConditionalGeneration}
@@ -98,15 +102,38 @@ def _image_token(folder: Path) -> str:
     return DEFAULT_IMAGE_TOKEN
 
 
+def _template(folder: Path, tokenizer: Any, given: str | None) -> str:
+    """The template to ask the imported model in: ``given``, else the one its chat template
+    renders (``DEFAULT_TEMPLATE`` when none does, with a warning); a given template that the
+    folder's chat template contradicts is warned about too."""
+    shipped = getattr(tokenizer, "chat_template", None)
+    if given is not None:
+        problem = chat_template_problem(get_template(given), tokenizer, shipped) if shipped else None
+        if problem:
+            logger.warning("%s: its chat template %s (template %r)", folder, problem, given)
+        return given
+    found = template_of(tokenizer, shipped)
+    if found is None:
+        logger.warning(
+            "%s: %s; asking it in %r (LLaVA-1.5's); pass --template if it was trained in another",
+            folder,
+            "no chat template" if not shipped else "its chat template matches none of graft's templates",
+            DEFAULT_TEMPLATE,
+        )
+        return DEFAULT_TEMPLATE
+    return found
+
+
 def import_from_hf(
     folder: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> tuple[GraftForConditionalGeneration, GraftProcessor]:
     """Load a transformers LLaVA folder (either key layout, llava-hf's included) or Aya Vision
-    folder as a graft model and processor; save them to ``out_dir`` when given."""
+    folder as a graft model and processor; save them to ``out_dir`` when given. ``template``
+    None: graft's template that renders what the folder's chat template renders (``_template``)."""
     folder = Path(folder)
     hf = _read_checkpoint(folder, dtype)
     config = hf.config
@@ -165,7 +192,7 @@ def import_from_hf(
         tokenizer,
         load_image_processor(str(folder)),
         model.config.image_seq_length,
-        template=template,
+        template=_template(folder, tokenizer, template),
         image_token=image_token,
     )
     if out_dir is not None:

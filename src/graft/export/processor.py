@@ -22,7 +22,7 @@ from transformers import LlavaImageProcessorPil, LlavaProcessor
 from graft.export.model import ExportError
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
-from graft.templates import Message
+from graft.templates import TEMPLATES, Message, Template
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,37 @@ def _as_chat(messages: list[Message], structured: bool) -> list[dict[str, Any]]:
     return chat
 
 
+def chat_template_problem(template: Template, tokenizer: Any, chat_template: str) -> str | None:
+    """How ``chat_template`` (Jinja, run by ``tokenizer``) departs from graft's ``template`` on
+    probe conversations, plain and with a processor's typed parts; None when it renders the same."""
+    for messages in _PROBES:
+        expected = template.render(messages, add_generation_prompt=True).text
+        for structured in (False, True):
+            try:
+                got = tokenizer.apply_chat_template(
+                    _as_chat(messages, structured),
+                    chat_template=chat_template,
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            except Exception as err:  # jinja syntax or runtime errors
+                got = f"<error: {err}>"
+            if got != expected:
+                return f"renders {got!r} where graft renders {expected!r}"
+    return None
+
+
+def template_of(tokenizer: Any, chat_template: str | None) -> str | None:
+    """The name of graft's template that renders what ``chat_template`` renders (what
+    ``graft export-hf`` shipped, or a published template that agrees with one); None if none does."""
+    if not chat_template:
+        return None
+    for name, template in TEMPLATES.items():
+        if chat_template_problem(template, tokenizer, chat_template) is None:
+            return name
+    return None
+
+
 def _chat_template(processor: GraftProcessor) -> str | None:
     """The chat template to ship, checked to render exactly what graft's template renders (a
     template that disagrees would silently feed the exported model prompts it never saw)."""
@@ -94,24 +125,13 @@ def _chat_template(processor: GraftProcessor) -> str | None:
         if own
         else "the tokenizer's chat_template"
     )
-    for messages in _PROBES:
-        expected = processor.template.render(messages, add_generation_prompt=True).text
-        for structured in (False, True):
-            chat = _as_chat(messages, structured)
-            try:
-                got = processor.tokenizer.apply_chat_template(
-                    chat, chat_template=candidate, tokenize=False, add_generation_prompt=True
-                )
-            except Exception as err:  # jinja syntax or runtime errors
-                got = f"<error: {err}>"
-            if got == expected:
-                continue
-            problem = f"{source} renders {got!r} where graft renders {expected!r}"
-            if own:
-                raise ExportError(problem)
-            logger.warning("%s; the LLaVA processor gets no chat template", problem)
-            return None
-    return candidate
+    problem = chat_template_problem(processor.template, processor.tokenizer, candidate)
+    if problem is None:
+        return candidate
+    if own:
+        raise ExportError(f"{source} {problem}")
+    logger.warning("%s %s; the LLaVA processor gets no chat template", source, problem)
+    return None
 
 
 def llava_processor(model: GraftForConditionalGeneration, processor: GraftProcessor) -> LlavaProcessor:
