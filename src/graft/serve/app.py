@@ -124,20 +124,25 @@ class Guard:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, request_id: str, route: str) -> None:
         seen = [0]
         started = [False]
+        # a completion is in flight (SIGTERM's drain waits for it) once its whole body is in: a
+        # client that stalls halfway through sending one holds nothing up
+        counted = [False]
 
         async def limited_receive() -> Message:
             message = await receive()
             seen[0] += len(message.get("body", b""))
             if seen[0] > self.state.settings.max_body_bytes:
                 raise _BodyTooLarge
+            whole = message["type"] == "http.request" and not message.get("more_body")
+            if route == "/v1/chat/completions" and whole and not counted[0]:
+                counted[0] = True
+                self.state.in_flight += 1
             return message
 
         async def tracked_send(message: Message) -> None:
             started[0] = started[0] or message["type"] == "http.response.start"
             await send(message)
 
-        if route == "/v1/chat/completions":
-            self.state.in_flight += 1
         try:
             await self.app(scope, limited_receive, tracked_send)
         except _BodyTooLarge:
@@ -151,7 +156,7 @@ class Guard:
                 )
                 await error_response(error)(scope, receive, send)
         finally:
-            if route == "/v1/chat/completions":
+            if counted[0]:
                 self.state.in_flight -= 1
 
 
