@@ -98,7 +98,7 @@ def test_compose_says_which_backbone_failed_to_load(tmp_path):
         (["--vision", str(vision), "--llm", str(tmp_path / "empty")], f"the LLM '{tmp_path / 'empty'}': "),
         (
             ["--vision", str(tmp_path / "gone"), "--llm", str(llm)],
-            f"the vision tower '{tmp_path / 'gone'}' (no such",
+            f"the vision tower '{tmp_path / 'gone'}': no such folder (nor is it a hub id",
         ),
     ):
         result = CliRunner().invoke(app, ["compose", *args, "--out", str(tmp_path / "m")])
