@@ -106,6 +106,15 @@ def test_a_projector_fitted_to_grounded_targets_names_held_out_cells():
         fit_connector(model.connector, features, targets[:3], table, settings)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 20, 21])
+def test_a_fit_of_any_length_runs(steps):
+    """20 steps once crashed inside torch's one-cycle schedule (its 5 % warm-up ended at step 0)."""
+    model, processor, features, classes, table, _ = _toy_cells(0.05)
+    targets = cell_words(processor.tokenizer, table)[classes]
+    settings = FitSettings(steps=steps, batch_size=8, heldout=16)
+    assert fit_connector(model.connector, features, targets, table, settings)["final_loss"] > 0
+
+
 def test_the_class_loss_separates_words_that_lie_close_together():
     """Words that differ little beside their size (as SmolLM2's shape words) and noisy features:
     by squared error alone the fitted tokens land almost as near another class's word as their

@@ -75,6 +75,10 @@ class TokenClasses:
     words: torch.Tensor
 
 
+#: the share of a fit's steps over which its learning rate rises (one-cycle schedule)
+_WARMUP = 0.05
+
+
 def class_loss(
     tokens: torch.Tensor, labels: torch.Tensor, words: torch.Tensor, scale: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -209,7 +213,9 @@ def fit_connector(
     connector = connector.to(device).float().train()
     _match_size(connector, features[train[: s.batch_size]].float(), targets[train[: s.batch_size]])
     optimizer = torch.optim.AdamW(connector.parameters(), lr=s.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=s.steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, s.lr, total_steps=s.steps, pct_start=_WARMUP if _WARMUP * s.steps != 1 else 2 / s.steps
+    )  # (at 20 steps torch's warm-up would end at step 0, a ZeroDivisionError: it gets 2 steps)
     scale = (table**2).sum(-1).mean()
     if classes is not None:
         classes = TokenClasses(classes.labels.to(device), classes.words.to(device).float())
