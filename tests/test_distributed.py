@@ -16,10 +16,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from graft.cli import app
 from graft.modeling import GraftForConditionalGeneration
 from graft.train import load_recipe, recipe_from_dict, train
-from graft.train.distributed import DistributedError, deepspeed_config, no_device
+from graft.train.distributed import DistributedError, check_launch, deepspeed_config, no_device
+from graft.train.distributed_spec import DistributedSpec
 from graft.train.fsdp import load_settings
 from graft.train.recipe import RecipeError
 
@@ -153,6 +156,22 @@ def test_a_deepspeed_launch_with_a_ddp_recipe_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("GRAFT_DEEPSPEED", raising=False)
     with pytest.raises(DistributedError, match="distributed.strategy"):
         train(recipe_from_dict(tiny_recipe(world, tmp_path / "out")))
+
+
+def test_an_accelerate_launch_that_started_one_process_of_several_is_refused(tmp_path, monkeypatch):
+    # `accelerate launch --cpu --num_processes 2` (or without --multi_gpu on a machine with fewer
+    # than two GPUs) runs its simple launcher: one process, MASTER_ADDR set, no WORLD_SIZE
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_world(tmp_path / "world"), tmp_path / "out")))
+    result = CliRunner().invoke(app, ["train", str(recipe)])
+    assert result.exit_code != 0 and "accelerate launch --multi_gpu" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    monkeypatch.delenv("MASTER_ADDR")  # `accelerate launch` of one process: nothing to refuse
+    check_launch(DistributedSpec())
 
 
 def _recipe(tmp_path: Path, **overrides):

@@ -113,7 +113,8 @@ def test_the_smallest_strategy_that_fits_and_its_batch(shapes):
     recipe = load_recipe("llava-1.5-7b-stage2")
     plan = make_plan(recipe, PlanSettings(gpus=8, gpu_memory=80 * GB), shapes["stage2"])
     rows = {row.strategy: row for row in plan.strategies}
-    assert not rows["ddp"].fits and rows["ddp"].memory.states == pytest.approx(16 * 6_759_395_328)
+    # graft's DDP: the paper's 16 bytes (fp32 weight and gradient, Adam) + the reducer's gradient buckets
+    assert not rows["ddp"].fits and rows["ddp"].memory.states == pytest.approx(20 * 6_759_395_328)
     assert plan.best is rows["zero2"]
     assert all(r.micro_batch * r.grad_accum * 8 == 128 for r in plan.strategies)
     assert plan.hours is None  # no sample count: no data here and none given
@@ -128,6 +129,25 @@ def test_the_smallest_strategy_that_fits_and_its_batch(shapes):
     assert wide.activations == pytest.approx(2 * rows["ddp"].memory.activations)
     tiny = make_plan(recipe, PlanSettings(gpus=8, gpu_memory=4 * GB), shapes["stage2"])
     assert tiny.best is None and all(r.micro_batch == 1 for r in tiny.strategies)
+
+
+def test_the_advice_is_a_strategy_graft_runs_and_ddp_counts_its_gradient_buckets(shapes):
+    recipe = load_recipe("llava-1.5-7b-stage2")
+    # one 80 GB GPU: DDP with a CPU optimizer fits, but graft has no such strategy; the advice is the
+    # first row graft runs (ZeRO-3 with offload), and the table says which rows it cannot run
+    one = make_plan(recipe, PlanSettings(gpus=1, gpu_memory=80 * GB), shapes["stage2"])
+    rows = {row.strategy: row for row in one.strategies}
+    assert rows["ddp+offload"].fits and rows["ddp+offload"].graft is None
+    assert one.best is rows["zero3+offload"] and one.best.graft == "zero3_offload"
+    assert one.to_dict()["best"] == "zero3+offload"
+    # 8 x H200 141 GB: 16 bytes per parameter would fit DDP (108 GB of states), but graft's DDP also
+    # keeps the reducer's fp32 gradient buckets (27 GB more): ZeRO-2
+    h200 = make_plan(recipe, PlanSettings(gpus=8, gpu_memory=141 * GB, gpu_type="H200"), shapes["stage2"])
+    assert not h200.strategies[0].fits and h200.best is not None and h200.best.graft == "zero2"
+    result = CliRunner().invoke(app, [*PLAN[:3], "1", *PLAN[4:]])
+    assert result.exit_code == 0, result.output
+    assert "--set distributed.strategy=zero3_offload --set batch_size=" in result.output
+    assert "zero3|fsdp2" in result.output
 
 
 def test_lora_fits_under_ddp_as_the_recipe_says():
@@ -190,6 +210,9 @@ def test_bad_input_is_a_clear_error():
         ("--gpus", "0"): "--gpus must be at least 1",
         ("--gpus", "3"): "global_batch_size 128 is not a multiple of 3 GPUs",
         ("--mfu", "40"): "--mfu is a fraction",
+        ("--gpu-memory", "abc"): "--gpu-memory: cannot read GPU memory 'abc'",
+        ("--samples", "0"): "--samples must be positive",
+        ("--tokens-per-sample", "0"): "--tokens-per-sample must be positive",
     }
     for (option, value), message in cases.items():
         args = list(PLAN)
@@ -200,5 +223,10 @@ def test_bad_input_is_a_clear_error():
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (option, result.output)
     assert parse_memory("80GB") == 80e9 and parse_memory("141 GiB") == 141 * 2**30
+    # a recipe whose backbone folders are not built yet: named as missing folders, not as bad hub ids
+    missing = ["plan", "shapes-tiny-stage1", "--gpus", "1", "--gpu-memory", "9GB", "--set"]
+    missing += ["model.vision=/nonexistent/vision", "--set", "model.llm=/nonexistent/llm"]
+    result = runner.invoke(app, missing)
+    assert result.exit_code == 2 and "model.llm='/nonexistent/llm': no such folder" in result.output
     with pytest.raises(PlanError):
         parse_memory("-3GB")

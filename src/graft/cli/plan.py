@@ -60,7 +60,7 @@ def render(plan: Plan) -> None:
     table = Table(title="per-GPU memory (GB) and time by strategy", title_justify="left")
     for column in ("strategy", "states", "frozen", "activations", "logits", "overhead", "total"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
-    for column in ("fits", "micro x accum", "hours", "host RAM/GPU"):
+    for column in ("fits", "micro x accum", "hours", "host RAM/GPU", "graft"):
         table.add_column(column, justify="right")
     for row in plan.strategies:
         m = row.memory
@@ -79,6 +79,7 @@ def render(plan: Plan) -> None:
             f"{row.micro_batch} x {row.grad_accum}" if row.fits else "-",
             hours,
             _gb(m.cpu) if m.cpu else "-",
+            {None: "-", "zero3": "zero3|fsdp2"}.get(row.graft, row.graft),
         )
     console.print(table)
     best = plan.best
@@ -90,12 +91,17 @@ def render(plan: Plan) -> None:
     else:
         console.print(
             f"smallest that fits: {best.label}, micro-batch {best.micro_batch} x accumulation "
-            f"{best.grad_accum} x {plan.settings.gpus} GPUs = {plan.global_batch}"
+            f"{best.grad_accum} x {plan.settings.gpus} GPUs = {plan.global_batch}: graft train "
+            f"RECIPE --set distributed.strategy={best.graft} --set batch_size={best.micro_batch}"
+            f"{'' if plan.fixed_global_batch else f' --set grad_accum={best.grad_accum}'}",
+            soft_wrap=True,
         )
     console.print(
         "states: 16-bit weights + gradients + fp32 Adam (16 B per trainable parameter, ZeRO's K=12), "
-        "with ZeRO-3's gathered layers; frozen: 16-bit frozen weights; a row that does not fit shows "
-        "micro-batch 1; offload hours leave out host transfers and the CPU optimizer step (>=). "
+        "with ZeRO-3's gathered layers, and under DDP 4 B more for its gradient buckets; frozen: 16-bit "
+        "frozen weights; a row that does not fit shows micro-batch 1; "
+        "offload hours leave out host transfers and the CPU optimizer step (>=); graft: "
+        "the distributed.strategy that runs the row (-: none graft ships; never advised). "
         "Estimates, not measurements: docs/plan.md."
     )
 

@@ -209,7 +209,8 @@ def load_checkpoint(
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     mine = torch.load(path / f"rank-{rank}.pt", weights_only=True)
     set_rng_state(mine["rng"])
-    logger.info("resumed from %s (step %d)", path, info["step"])
+    if rank == 0:  # once, not once per process
+        logger.info("resumed from %s (step %d)", path, info["step"])
     return TrainState(step=info["step"], epoch=mine["epoch"], batch=mine["batch"])
 
 

@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 ENGINE_TAG = "deepspeed"
 
 
-class DistributedError(RuntimeError):
-    """A strategy that cannot run as asked (and would otherwise fail silently or hang)."""
+class DistributedError(RuntimeError, ValueError):
+    """A strategy that cannot run as asked (and would otherwise fail silently or hang); a ValueError
+    too, so that ``graft train`` reports it as a one-line error, not a traceback."""
 
 
 # --- the process group ------------------------------------------------------------------------------
@@ -66,8 +67,29 @@ def _launched_with(flag: str) -> bool:
     return os.environ.get(flag, "false").lower() == "true"
 
 
+def alone_under_accelerate() -> bool:
+    """``accelerate launch --num_processes N`` (N > 1) ran its simple launcher, one process: it does
+    so with ``--cpu``, and without ``--multi_gpu`` on a machine with fewer than two GPUs. It sets
+    ``MASTER_ADDR`` for N > 1 but no ``WORLD_SIZE`` (torchrun's) nor an MPI size (``--mpirun_hostfile``)."""
+    world = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    return (
+        "ACCELERATE_USE_CPU" in os.environ
+        and "MASTER_ADDR" in os.environ
+        and not any(name in os.environ for name in world)
+    )
+
+
 def check_launch(spec: DistributedSpec) -> None:
     """Refuse launcher settings that would train otherwise than the recipe says."""
+    if alone_under_accelerate():
+        raise DistributedError(
+            "accelerate launch started one process although it was given several (--num_processes > 1): "
+            "it does so with --cpu, and without --multi_gpu on a machine with fewer than two GPUs, and "
+            "this process would train alone. Launch with accelerate launch --multi_gpu --num_processes N "
+            "(on a machine without GPUs graft then trains on CPU over gloo) or torchrun --nproc_per_node N. "
+            "(Seen as: MASTER_ADDR set, no WORLD_SIZE; a single process with MASTER_ADDR exported by the "
+            "shell: unset it.)"
+        )
     if _launched_with("ACCELERATE_USE_FSDP"):
         if no_device():
             raise DistributedError(

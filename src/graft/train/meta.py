@@ -27,10 +27,16 @@ def _backbone_config(written: dict[str, Any] | None, ref: str | None, key: str) 
         if "model_type" not in values:
             raise ValueError(f"{field} needs a 'model_type' field (llama, clip_vision_model ...)")
         return AutoConfig.for_model(values.pop("model_type"), **values)
+    source = "model.vision" if key == "vision" else "model.llm"
+    if ref is not None and Path(ref).is_absolute() and not Path(ref).exists():
+        # a folder, not a hub id: transformers would say the id is malformed
+        raise ValueError(
+            f"{source}={ref!r}: no such folder; build it first (graft backbones, or the stage that "
+            f"writes it) or write the architecture out in the recipe as {field}"
+        )
     try:
         config = AutoConfig.from_pretrained(ref)
     except OSError as err:
-        source = "model.vision" if key == "vision" else "model.llm"
         raise ValueError(
             f"cannot read the config of {source}={ref!r} ({err}); write the architecture out in the "
             f"recipe as {field}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.train.plan_memory import (
+    GRAFT_STRATEGIES,
     LABELS,
     STRATEGIES,
     WEIGHT_BYTES,
@@ -49,14 +50,16 @@ def parse_memory(text: str) -> float:
     """``80GB`` / ``80 GB`` / ``80`` (GB) / ``141GiB`` / ``8e10B`` -> bytes (GB = 1e9, GiB = 2**30)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
-        raise PlanError(f"cannot read GPU memory {text!r}: give a size such as 80GB, 141GB or 80GiB")
+        raise PlanError(
+            f"--gpu-memory: cannot read GPU memory {text!r}: give a size such as 80GB, 141GB or 80GiB"
+        )
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def gpu_type_name(text: str) -> str:
     name = text.strip().upper()
     if name not in GPU_PEAK_FLOPS:
-        raise PlanError(f"unknown GPU type {text!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
+        raise PlanError(f"--gpu-type: unknown GPU type {text!r}; known: {', '.join(GPU_PEAK_FLOPS)}")
     return name
 
 
@@ -91,14 +94,14 @@ class PlanSettings:
         if self.gpus < 1:
             raise PlanError(f"--gpus must be at least 1, got {self.gpus}")
         if self.gpu_memory <= 0:
-            raise PlanError("GPU memory must be positive")
+            raise PlanError("--gpu-memory must be positive")
         self.gpu_type = gpu_type_name(self.gpu_type)
         if not 0 < self.mfu <= 1:
             raise PlanError(f"--mfu is a fraction of the peak rate in (0, 1], got {self.mfu}")
         for name in ("samples", "tokens_per_sample", "seq_len"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise PlanError(f"{name.replace('_', '-')} must be positive, got {value}")
+                raise PlanError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 @dataclass
@@ -110,6 +113,8 @@ class StrategyPlan:
     micro_batch: int
     grad_accum: int
     hours: float | None
+    #: the recipe's ``distributed.strategy`` for this row; None: not one graft ships (never advised)
+    graft: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "memory": self.memory.to_dict()}
@@ -127,11 +132,13 @@ class Plan:
     flops: float | None
     hours: float | None
     strategies: list[StrategyPlan] = field(default_factory=list)
+    #: the recipe gives ``global_batch_size`` (graft derives the accumulation from batch_size)
+    fixed_global_batch: bool = False
 
     @property
     def best(self) -> StrategyPlan | None:
-        """The first strategy, in ``STRATEGIES`` order, that fits."""
-        return next((s for s in self.strategies if s.fits), None)
+        """The first strategy, in ``STRATEGIES`` order, that fits and that graft can run."""
+        return next((s for s in self.strategies if s.fits and s.graft is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
@@ -277,7 +284,16 @@ def make_plan(recipe: Recipe, settings: PlanSettings, shape: ModelShape | None =
     for strategy in STRATEGIES:
         memory, fits, micro = _plan_strategy(strategy, recipe, settings, shape, tokens, per_gpu)
         plans.append(
-            StrategyPlan(strategy, LABELS[strategy], memory, fits, micro, per_gpu // micro, run_hours)
+            StrategyPlan(
+                strategy,
+                LABELS[strategy],
+                memory,
+                fits,
+                micro,
+                per_gpu // micro,
+                run_hours,
+                GRAFT_STRATEGIES[strategy],
+            )
         )
     return Plan(
         recipe=str(Path(recipe.source).name) if recipe.source else "<recipe>",
@@ -290,4 +306,5 @@ def make_plan(recipe: Recipe, settings: PlanSettings, shape: ModelShape | None =
         flops=flops,
         hours=run_hours,
         strategies=plans,
+        fixed_global_batch=recipe.global_batch_size is not None,
     )

@@ -31,6 +31,22 @@ LABELS = {
     "zero2+offload": "ZeRO-2 + CPU offload",
     "zero3+offload": "ZeRO-3 / FSDP2 + CPU offload",
 }
+#: the recipe's ``distributed.strategy`` that runs each row with the configs graft ships; None: graft
+#: has no such strategy (DDP with a CPU optimizer; ZeRO-2 with offload needs a config of your own),
+#: so the planner never advises it
+GRAFT_STRATEGIES: dict[str, str | None] = {
+    "ddp": "ddp",
+    "zero2": "zero2",
+    "zero3": "zero3",  # or fsdp2: the same accounting
+    "ddp+offload": None,
+    "zero2+offload": None,
+    "zero3+offload": "zero3_offload",
+}
+
+#: graft's DDP keeps trainable weights and their gradients in fp32 (4 + 4 + 8 Adam = the paper's 16
+#: bytes), and PyTorch's DDP reducer holds a flat copy of every gradient in its all-reduce buckets
+#: (``gradient_as_bucket_view=False``, the default, which graft keeps): 4 more bytes per parameter
+DDP_BUCKET_BYTES = 4
 
 #: ZeRO-3 / FSDP2 gather whole units (a decoder layer) to compute: the current one and the
 #: prefetched next, each with its 16-bit weights and, when it learns, its 16-bit gradients
@@ -109,7 +125,8 @@ def weights_and_states(
     n, t, fb = gpus, trainable, frozen_bytes * frozen
     unit = LIVE_UNITS * (WEIGHT_BYTES * largest_unit + GRAD_BYTES * unit_trainable)
     if strategy == "ddp":
-        return {"states": model_states(t, n, 0), "gathered": 0.0, "frozen": fb, "cpu": 0.0}
+        states = model_states(t, n, 0) + DDP_BUCKET_BYTES * t
+        return {"states": states, "gathered": 0.0, "frozen": fb, "cpu": 0.0}
     if strategy == "zero2":
         return {"states": model_states(t, n, 2), "gathered": 0.0, "frozen": fb, "cpu": 0.0}
     if strategy == "zero3":
