@@ -72,7 +72,7 @@ def test_report_tables_charts_and_failures(tmp_path):
     assert "pope (F1, random only)" in header and "demo/binary (accuracy)" in header
     assert "| run | 0.800 | - | - | - |" in md  # pope's one split, no demo numbers
     assert "| demo | - | 0.900 | 0.500 | 0.700 |" in md
-    assert "| colour | - | 0.950 |" in md
+    assert "| colour | 0.950 | - | 0.50 |" in md  # the demo's table: only the demo's columns
     assert "## pope per category: F1" in md  # what the per-category numbers are
     assert "2 wrong of 4 answered" in md  # the two "no" samples
 
@@ -220,7 +220,10 @@ def test_demo_report_curve_diagnostics_and_blind_bars(tmp_path):
 
     page = html_path.read_text()
     assert not re.search(r"""(src|href)\s*=\s*['"](?!data:)""", page)
-    assert "alt='demo: accuracy during stage 2' src='data:image/png;base64," in page
+    assert (
+        "alt='Line chart: demo: accuracy during stage 2; its points are in the table below' src='data:"
+        in page
+    )
     assert page.count("data:image/png;base64,") == 3  # binary bars, mcq bars, the curve
     assert "Demo diagnostics" in page and "frozen vision tower" in page and "0.420" in page
     assert "class='wide'" in page and "overflow-x:auto" in page

@@ -102,7 +102,7 @@ def test_a_limited_pope_run_is_labelled_and_apart_from_a_full_one(tmp_path):
     full = _pope_run(tmp_path / "b", ["adversarial", "popular", "random"])
     md = build_report([limited, full], tmp_path / "out")[0].read_text()
     assert _header(md) == "| model | pope (F1, adversarial only) | pope (mean F1) |"
-    assert "- demo / pope (F1, adversarial only): limited run: 2 of 6 samples answered" in md
+    assert "- a/runs/demo / pope (F1, adversarial only): limited run: 2 of 6 samples answered" in md
     assert md.count("limited run") == 1  # the full run answered all six
 
 
@@ -113,7 +113,7 @@ def test_a_data_path_relative_to_where_eval_ran_is_found_from_anywhere(tmp_path,
     assert task.note == "2 wrong of 2 answered, of 6 in the benchmark"
     assert task.failures[0].images == [tmp_path / "root" / "pope_data" / "images" / "0.png"]
     gone = load_run(_pope_run(tmp_path / "other", ["random"], data="nowhere/pope_data")).tasks["pope"]
-    assert gone.note.startswith("benchmark data 'nowhere/pope_data' or predictions.jsonl not found")
+    assert gone.note == "benchmark data 'nowhere/pope_data' not found; failures not listed"
 
 
 def test_broken_results_and_summaries_are_named(tmp_path):

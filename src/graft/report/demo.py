@@ -16,10 +16,22 @@ from pathlib import Path
 from typing import NamedTuple
 
 from graft.record_files import load_json
-from graft.report.model import RunReport, TaskReport, data_uri, figure, fmt, is_number, md_table, png
+from graft.report.model import (
+    RunReport,
+    TaskReport,
+    data_uri,
+    figure,
+    fmt,
+    html_table,
+    is_number,
+    md_table,
+    png,
+)
 
 #: accuracy of guessing, per question format: the reference every bar is read against
 CHANCE = {"binary": 0.5, "mcq": 0.25}
+#: the learning curve's marker per question format: told apart without their colour
+CURVE_MARKERS = {"binary": "o", "mcq": "s"}
 #: the report's column for each question format
 FAMILIES = {f"demo/{family}": family for family in CHANCE}
 _PROBE = "vision probe: each object's {} read linearly from the frozen vision tower's features"
@@ -169,7 +181,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
         )
         xs = [g + (i - (k - 1) / 2) * width for g in range(n)]
         drawn = ax.bar(xs, values, width, label=label, **style)
-        ax.bar_label(drawn, ["" if math.isnan(v) else f"{v:.2f}" for v in values], fontsize=6)
+        ax.bar_label(drawn, ["" if math.isnan(v) else f"{v:.2f}" for v in values], fontsize=7)
     ax.axhline(bars.chance, color="0.3", linestyle="--", linewidth=1)
     ax.text(
         1.0, bars.chance, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="0.3"
@@ -186,7 +198,8 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
 
 
 def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
-    """Accuracy over stage-2 steps: binary and mcq, with images solid and blind dashed, chance dotted."""
+    """Accuracy over stage-2 steps: binary and mcq (each its colour and marker), with images solid
+    and blind dashed, chance dotted and named at the right."""
     lines = curve_series(curve)
     if not lines:
         return None
@@ -194,9 +207,13 @@ def curve_png(curve: list[dict[str, float]], title: str) -> bytes | None:
     ax = fig.subplots()
     colors = {family: f"C{i}" for i, family in enumerate(CHANCE)}
     for label, steps, values, style in lines:
-        ax.plot(steps, values, style, marker="o", markersize=3, color=colors[label.split()[0]], label=label)
+        family = label.split()[0]
+        marker = CURVE_MARKERS[family]
+        ax.plot(steps, values, style, marker=marker, markersize=4, color=colors[family], label=label)
     for family, chance in CHANCE.items():
         ax.axhline(chance, color=colors[family], linestyle=":", linewidth=1, label=f"{family} chance")
+        at = ax.get_yaxis_transform()
+        ax.text(1.0, chance, f" {family} chance", transform=at, va="center", fontsize=7, color=colors[family])
     ax.set_xlabel("stage-2 step", fontsize=8)
     ax.set_ylabel("held-out accuracy", fontsize=8)
     ax.set_ylim(0, 1.05)
@@ -234,20 +251,34 @@ def _blind_columns(runs: list[RunReport], family: str) -> list[RunReport]:
     ]
 
 
-def category_markdown(column: str, runs: list[RunReport]) -> list[str]:
-    """``column`` (``demo/binary``...) per question type, with images and blind, and chance."""
+def category_table(column: str, runs: list[RunReport]) -> tuple[list[str], list[list[str]]]:
+    """``column`` (``demo/binary``...) overall and per question type: each demo run with images,
+    then blind, then chance; no rows when no run has this format."""
     family = FAMILIES[column]
     bars = bar_series(family, runs)
-    if bars is None or len(bars.groups) < 2:
-        return []
-    blinds = _blind_columns(runs, family)
-    head = ["category", *(r.name for r in runs), *(f"{r.name} blind" for r in blinds), "chance"]
+    if bars is None:
+        return ["category"], []
+    demos = [r for r in runs if _has(r, family)]
+    blinds = _blind_columns(demos, family)
+    head = ["category", *(r.name for r in demos), *(f"{r.name} blind" for r in blinds), "chance"]
     rows = [
-        [group, *(fmt(group_value(r.summary, family, group)) for r in runs)]
+        [group, *(fmt(group_value(r.summary, family, group)) for r in demos)]
         + [fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
         + [f"{CHANCE[family]:.2f}"]
         for group in bars.groups
     ]
+    return head, rows
+
+
+def _has(run: RunReport, family: str) -> bool:
+    return any(group_value(run.summary, family, "all", blind) is not None for blind in (False, True))
+
+
+def category_markdown(column: str, runs: list[RunReport]) -> list[str]:
+    """``column`` (``demo/binary``...) per question type, with images and blind, and chance."""
+    head, rows = category_table(column, runs)
+    if len(rows) < 2:  # "all" alone is the results table's
+        return []
     return ["", f"## {column} per category (with images vs blind)", "", *md_table(head, rows)]
 
 
@@ -282,26 +313,16 @@ def render_html(runs: list[RunReport]) -> list[str]:
         parts.append("<h2>Learning curve (stage 2, held-out accuracy)</h2>")
     for run in curves:
         title = f"{run.name}: accuracy during stage 2"
+        parts.append(f"<h3>{escape(title)}</h3>")
         png = curve_png(run.curve, title)
         if png:
-            parts.append(f"<div><img alt='{escape(title)}' src='{data_uri(png)}'></div>")
-        rows = "".join(
-            "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in _curve_rows(run.curve)
-        )
-        head = "".join(f"<th>{h}</th>" for h in _CURVE_HEAD)
-        parts.append(f"<details><summary>points</summary><table><tr>{head}</tr>{rows}</table></details>")
+            alt = f"Line chart: {title}; its points are in the table below"
+            parts.append(f"<div><img alt='{escape(alt)}' src='{data_uri(png)}'></div>")
+        table = html_table(_CURVE_HEAD, _curve_rows(run.curve))
+        parts.append(f"<details><summary>points</summary>{table}</details>")
     demos, keys = _diagnostics(runs)
     if keys:
-        parts.append(
-            "<h2>Demo diagnostics</h2><div class='wide'><table class='diag'><tr><th>measurement</th>"
-        )
-        parts.append(
-            "".join(f"<th>{escape(r.name)}</th>" for r in demos) + "<th class='text'>meaning</th></tr>"
-        )
-        for key in keys:
-            cells = "".join(f"<td>{escape(_diagnostic_cell(r.summary, key))}</td>" for r in demos)
-            parts.append(
-                f"<tr><td>{escape(key)}</td>{cells}<td class='text'>{escape(DIAGNOSTICS[key])}</td></tr>"
-            )
-        parts.append("</table></div>")
+        head = ["measurement", *(r.name for r in demos), "meaning"]
+        rows = [[key, *(_diagnostic_cell(r.summary, key) for r in demos), DIAGNOSTICS[key]] for key in keys]
+        parts += ["<h2>Demo diagnostics</h2>", html_table(head, rows, "diag")]
     return parts

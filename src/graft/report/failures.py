@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 #: the families whose samples are simply right or wrong
 FAMILIES = ("pope", "mme", "scienceqa_img", "mmbench", "questions")
+#: what the report says when no run has such a family
+NONE_LISTED = "No run has samples that are simply right or wrong (POPE, MME, multiple choice, questions)."
 #: those whose scorer gives a per-sample verdict (the others: a yes/no reading against the label)
 _VERDICTS = ("scienceqa_img", "mmbench", "questions")
 
@@ -68,7 +70,9 @@ def failures(family: str, results: dict[str, Any], folder: Path, limit: int) -> 
     data, preds_path = data_path(results.get("data"), folder), folder / "predictions.jsonl"
     if data is None or not preds_path.exists():
         named = results.get("data")
-        return Failures([], f"benchmark data {named!r} or {preds_path.name} not found; failures not listed")
+        missing = [f"benchmark data {named!r}" if named else "benchmark data (results.json names none)"]
+        missing = (missing if data is None else []) + ([] if preds_path.exists() else [preds_path.name])
+        return Failures([], f"{' and '.join(missing)} not found; failures not listed")
     # re-read through the run's own task (a user task file may prompt differently)
     spec = get_task(results.get("task_file") or results.get("task", family))
     full = spec.read(data, skip_bad=True, check_images=False)
