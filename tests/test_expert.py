@@ -5,11 +5,13 @@ clear error that loses nothing."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+import typer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -342,6 +344,15 @@ def test_graft_eval_expert_through_an_endpoint_and_a_clear_error_when_it_is_down
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
     bad = CliRunner().invoke(app, [*args])
     assert bad.exit_code == 2 and "give one answerer" in bad.output
+
+
+def test_a_down_endpoint_names_only_flags_that_eval_expert_has():
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EndpointError, match="not answering") as err:
+        EndpointAnswerer(down, max_retries=0, timeout=5)
+    named = set(re.findall(r"--[a-z][a-z-]*", str(err.value)))
+    command = typer.main.get_command(app).commands["eval-expert"]
+    assert named and named <= {opt for param in command.params for opt in param.opts}
 
 
 def test_graft_eval_expert_with_a_graft_captioner_and_a_local_llm_resumes_from_its_cache(tmp_path):

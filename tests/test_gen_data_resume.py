@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_rerun_is_all_cache_hits_and_the_same_output(tmp_path, server, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert report["requests_sent"] == 0 and report["cache_hits"] == 12
     assert (out / "llava_instruct.json").read_bytes() == first
+    assert "latency: no request answered in this run" in result.output and "None s" not in result.output
 
     # a narrower rerun writes this run's types; the file of a type left out is from before, said so
     result = _cli("--contexts", str(ctx), "--out", str(out), "--types", "detail")
@@ -85,6 +87,20 @@ def test_max_cost_stops_cleanly_and_a_rerun_goes_on(tmp_path, server):
     report = generate(s)
     assert report["stopped"] is None and report["requests_sent"] == 6 - sent and report["cache_hits"] == sent
     assert len(json.loads((s.out / "conversation.json").read_text())) == 6
+
+
+def test_max_cost_stop_counts_what_the_requests_in_flight_hold(tmp_path, server):
+    server.delay_s = 0.3  # the first request is still in flight when the second would start
+    s = _settings(
+        tmp_path, server.url, [""] * 2, concurrency=2, max_tokens=100, price_in=1000.0, price_out=1000.0
+    )
+    one = plan_jobs(s).jobs[0]
+    per_request = s.cost(sum(len(m["content"]) // 4 + 4 for m in one.messages), 100)
+    report = generate(replace(s, max_cost=per_request * 1.5))
+    assert report["requests_sent"] == 1
+    pattern = r"\(spent 0\.0000, (\d+\.\d{4}) more held by the requests in flight\)"
+    held = re.search(pattern, report["stopped"])
+    assert held and float(held[1]) == pytest.approx(per_request, rel=0.01)
 
 
 def test_rejection_rate_stops_the_run(tmp_path, server):

@@ -143,5 +143,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"answers {report['answers']}, accepted {report['accepted']}"
         + (f" ({rate:.0%})" if rate is not None else "")
         + f"; rejected: {rejected}",
-        f"latency p50 {lat['p50']} s, p90 {lat['p90']} s",
+        f"latency p50 {lat['p50']} s, p90 {lat['p90']} s"
+        if lat["p50"] is not None
+        else "latency: no request answered in this run",
     ]

@@ -126,8 +126,13 @@ class _Runner:
         assert self.client is not None
         estimate = self._cost_allows(request)
         if estimate is None:
+            held = (
+                f", {stats.reserved_cost:.4f} more held by the requests in flight"
+                if stats.reserved_cost
+                else ""
+            )
             self.stop(
-                f"the next request could pass --max-cost {s.max_cost} (spent {stats.cost(s):.4f}); "
+                f"the next request could pass --max-cost {s.max_cost} (spent {stats.cost(s):.4f}{held}); "
                 "rerun with a higher limit to go on"
             )
             return None

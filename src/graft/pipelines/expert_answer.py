@@ -153,7 +153,7 @@ class EndpointAnswerer:
         except openai.APIError as err:
             raise EndpointError(
                 f"the answering endpoint {self.base_url} is not answering ({type(err).__name__}: {err}); "
-                "start it, or check --expert-endpoint"
+                "start it, or check --endpoint"
             ) from None
         if model is None:
             if not served:
