@@ -79,6 +79,17 @@ def test_the_cli_never_trains_over_a_run_without_resume_or_overwrite(world, tmp_
     assert runner.invoke(app, ["train", str(recipe)]).exit_code == 0
     again = runner.invoke(app, ["train", str(recipe), "--set", "connector.lr=0.5"])
     assert again.exit_code == 2 and "holds a training run or a model; --resume continues" in again.output
+    # finished without a checkpoint (save_every 0): a resume would train it again from step 0
+    saved = (tmp_path / "run" / "model.safetensors").read_bytes()
+    resumed = runner.invoke(app, ["train", str(recipe), "--resume", "--set", "connector.lr=0.5"])
+    assert resumed.exit_code == 2 and "its run is finished" in resumed.output, resumed.output
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == saved
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["connector"]["lr"] != 0.5
+    # --overwrite never removes a folder that a run is still writing
+    with FileLock(tmp_path / "run" / TRAIN_LOCK, "graft train run"):
+        busy = runner.invoke(app, ["train", str(recipe), "--overwrite"])
+    assert busy.exit_code == 2 and "in use by another graft train run" in busy.output
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == saved
     both = runner.invoke(app, ["train", str(recipe), "--resume", "--overwrite"])
     assert both.exit_code == 2 and "give one" in both.output
     over = runner.invoke(app, ["train", str(recipe), "--overwrite", "--set", "connector.lr=0.5"])
@@ -99,3 +110,15 @@ def test_the_cli_never_trains_over_a_run_without_resume_or_overwrite(world, tmp_
 def test_negative_steps_and_rates_are_refused(world, tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         recipe_from_dict(tiny_recipe(world, tmp_path, **override))
+
+
+def test_a_run_that_stopped_before_its_first_step_does_not_block_a_rerun(world, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    out = tmp_path / "run"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(world, out, max_steps=1, **{"data.train": ["gone.json"]})))
+    failed = CliRunner().invoke(app, ["train", str(recipe)])
+    assert failed.exit_code == 2 and "gone.json" in failed.output, failed.output
+    assert (out / "recipe.yaml").exists()  # what the failed run left, and all of it
+    recipe.write_text(yaml.safe_dump(tiny_recipe(world, out, max_steps=1)))
+    rerun = CliRunner().invoke(app, ["train", str(recipe)])
+    assert rerun.exit_code == 0, rerun.output

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-from graft.train.checkpoint import CHECKPOINTS, latest_checkpoint
+from graft.files import FileLock
+from graft.train.checkpoint import latest_checkpoint
+from graft.train.metrics_log import LOG_FILE
 from graft.train.recipe import Recipe
 from graft.train.shipped import RUN_RECIPE
 
@@ -40,8 +42,16 @@ def check_same_recipe(recipe: Recipe, output_dir: str | Path) -> None:
     """Refuse to resume the run in ``output_dir`` (a checkpoint and its ``recipe.yaml`` there)
     with a recipe that differs from it outside ``RESUME_FREE``; the error names the fields."""
     path = Path(output_dir) / RUN_RECIPE
-    if recipe.resume is False or not path.is_file() or latest_checkpoint(output_dir) is None:
+    if recipe.resume is False or not path.is_file():
         return
+    if latest_checkpoint(output_dir) is None:
+        if (Path(output_dir) / "config.json").is_file():  # finished, with no checkpoint to go on from
+            raise ValueError(
+                f"{output_dir}: its run is finished (its model is saved there) and kept no checkpoint: "
+                "nothing to resume; --overwrite trains it again, or start a new run in another folder "
+                "(model.init_from can start from this one's model)"
+            )
+        return  # stopped before its first checkpoint: nothing kept that another recipe would contradict
     before = _flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     now = _flat(yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
     keys = (before.keys() | now.keys()) - set(RESUME_FREE)
@@ -57,9 +67,15 @@ def check_same_recipe(recipe: Recipe, output_dir: str | Path) -> None:
 
 
 def holds_run(output_dir: str | Path) -> bool:
-    """Whether a training run (started or finished) or a saved model is in ``output_dir``."""
+    """Whether ``output_dir`` holds what a run made: a saved model, a checkpoint or logged steps. A
+    run that stopped before any (bad data, say) left only its ``recipe.yaml``: a rerun may start over."""
     folder = Path(output_dir)
-    return any((folder / name).exists() for name in (RUN_RECIPE, CHECKPOINTS, "config.json"))
+    log = folder / LOG_FILE
+    return (
+        (folder / "config.json").exists()
+        or latest_checkpoint(folder) is not None
+        or (log.is_file() and log.stat().st_size > 0)
+    )
 
 
 def start_over(output_dir: str | Path, overwrite: bool) -> None:
@@ -75,4 +91,5 @@ def start_over(output_dir: str | Path, overwrite: bool) -> None:
         )
     if not (folder / RUN_RECIPE).is_file():
         raise ValueError(f"{folder} holds a model that graft train did not write; give another --out")
-    shutil.rmtree(folder)
+    with FileLock(folder / TRAIN_LOCK, "graft train run"):  # never from under a run still writing it
+        shutil.rmtree(folder)
