@@ -1,4 +1,5 @@
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from graft.cli import app
@@ -57,6 +58,14 @@ def test_every_verb_has_help(verb):
     result = CliRunner().invoke(app, [verb, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def test_compose_help_names_every_registered_connector():
+    from graft.connectors import CONNECTORS
+
+    command = typer.main.get_command(app).commands["compose"]
+    text = next(p.help for p in command.params if p.name == "connector")
+    assert all(name in text.replace(",", " ").split() for name in CONNECTORS), text
 
 
 def test_compose_unknown_template_fails_before_loading(tmp_path):

