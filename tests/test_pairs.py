@@ -99,6 +99,11 @@ def test_the_least_attended_object_is_edited(world, tmp_path):
     assert len(rows) == 3
     for row, source in zip(rows, sources, strict=True):
         assert row["edit"]["target"] == source.regions[-1].label and row["edit"]["selection"] == "attention"
+    # a resume goes on as the run began: not by chance where the first pairs were chosen by attention
+    before = (tmp_path / "pairs.jsonl").read_text()
+    with pytest.raises(PairError, match="3 of its 3 pairs were not chosen by random"):
+        make_pairs(sources, ShapesEditor(), world, tmp_path, progress=False)
+    assert (tmp_path / "pairs.jsonl").read_text() == before
 
 
 # --- the shapes world: exact re-render ------------------------------------------------------------

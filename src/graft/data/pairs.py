@@ -206,11 +206,13 @@ class PairStats:
         }
 
 
-def _done_ids(path: Path) -> set[str]:
-    """Ids already written (a line cut by a kill is dropped, so its source is redone)."""
+def _done(path: Path) -> dict[str, str]:
+    """Ids already written -> how their edited object was chosen ("attention" or "random"); a line
+    cut by a kill is dropped, so its source is redone."""
     if not path.exists():
-        return set()
-    return {json.loads(line)["id"] for line in cut_partial_last_line(path).splitlines() if line.strip()}
+        return {}
+    records = [json.loads(line) for line in cut_partial_last_line(path).splitlines() if line.strip()]
+    return {r["id"]: r.get("edit", {}).get("selection", "") for r in records}
 
 
 def _save_atomic(image: Image.Image, path: Path) -> None:
@@ -242,8 +244,15 @@ def make_pairs(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     pairs_path = out / PAIRS_FILE
-    done = _done_ids(pairs_path)
+    done = _done(pairs_path)
     stats = PairStats(selection="attention" if scorer is not None else "random")
+    other = sum(how != stats.selection for how in done.values())
+    if other:  # a resumed run goes on as it began: its pairs would otherwise be chosen two ways
+        raise PairError(
+            f"{pairs_path}: {other} of its {len(done)} pairs were not chosen by {stats.selection} (this "
+            f"run's way: {'with' if scorer is not None else 'without'} a model's Q-Former attention); "
+            "resume as the run began, or give another output folder"
+        )
     if scorer is None:
         logger.warning("no Q-Former attention available: objects to edit are chosen at random")
     sources = list(sources)
