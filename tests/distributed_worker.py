@@ -30,7 +30,7 @@ def main(jobs_file: str) -> None:
     torch.set_num_threads(1)
     _skip_deepspeed_shm_build()
     seen: list[bool] = []
-    model_inputs = loop._model_inputs
+    model_inputs = loop.model_inputs
 
     def recording(batch, cache, device):  # which micro-batches held images, on this rank
         inputs = model_inputs(batch, cache, device)
@@ -38,7 +38,7 @@ def main(jobs_file: str) -> None:
             seen.append("pixel_values" in inputs or "vision_features" in inputs)
         return inputs
 
-    loop._model_inputs = recording
+    loop.model_inputs = recording
     for job in json.loads(Path(jobs_file).read_text()):
         seen.clear()
         result = train(load_recipe(job["recipe"]))

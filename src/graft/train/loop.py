@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
     get_constant_schedule_with_warmup,
@@ -34,14 +33,13 @@ from transformers import (
 )
 
 from graft.config import IGNORE_INDEX
-from graft.data import GroupedBatchSampler, LlavaDataset, MixedBatchSampler, TrainCollator
-from graft.data.feature_cache import FeatureCache
+from graft.data import LlavaDataset
 from graft.files import FileLock
 from graft.modeling import GraftForConditionalGeneration
-from graft.packing import PACKED_KEYS, enable_packing, is_packed
+from graft.packing import enable_packing, is_packed
 from graft.precision import use_bf16
-from graft.processing import GraftProcessor
 from graft.train import distributed as dist
+from graft.train.batches import data_loader, fill_feature_cache, model_inputs, stream
 from graft.train.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_final
 from graft.train.metrics_log import MetricsLogger, StepWindow
 from graft.train.recipe import Recipe, save_recipe
@@ -108,97 +106,6 @@ def _grad_accum(recipe: Recipe, num_processes: int) -> int:
             f"{recipe.batch_size} x {num_processes} process(es)"
         )
     return accum
-
-
-def _fill_feature_cache(
-    recipe: Recipe, model: GraftForConditionalGeneration, dataset: LlavaDataset, accelerator: Accelerator
-) -> FeatureCache:
-    spec = recipe.feature_cache
-    directory = spec.dir or Path(recipe.output_dir) / "feature_cache"
-    cache = FeatureCache.for_model(directory, model, spec.dtype, spec.in_memory)
-    info = cache.fill(
-        model,
-        dataset,
-        spec.batch_size,
-        accelerator.device,
-        accelerator.process_index,
-        accelerator.num_processes,
-        barrier=accelerator.wait_for_everyone,
-    )
-    accelerator.wait_for_everyone()
-    cache.load([k for k in info["keys"] if k in cache])
-    if accelerator.is_main_process:
-        logger.info(
-            "feature cache %s: %d images, %d computed by this process",
-            cache.root,
-            info["images"],
-            info["computed"],
-        )
-    dataset.load_pixels = False  # items now skip image decoding; the loop feeds vision_features
-    return cache
-
-
-def _data(
-    recipe: Recipe, processor: GraftProcessor, accelerator: Accelerator, dataset: LlavaDataset
-) -> tuple[DataLoader, GroupedBatchSampler | MixedBatchSampler]:
-    sampler: GroupedBatchSampler | MixedBatchSampler
-    shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
-    if recipe.data.mix is not None:
-        sampler = MixedBatchSampler(
-            dataset.source_index, recipe.data.mix, recipe.batch_size, seed=recipe.seed, **shard
-        )
-        logger.info("per-batch mix of the data.train files: %s", sampler.counts)
-    else:
-        sampler = GroupedBatchSampler(
-            dataset.lengths,
-            dataset.has_image,
-            recipe.batch_size,
-            seed=recipe.seed,
-            group_by_modality=recipe.data.group_by_modality,
-            max_batch_tokens=recipe.data.max_batch_tokens,
-            packed=recipe.data.packing,
-            **shard,
-        )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=TrainCollator(processor.tokenizer.pad_token_id, packed=recipe.data.packing),
-        num_workers=recipe.data.num_workers,
-        # its own generator: a new epoch's iterator draws a seed from it, and drawing from the
-        # global RNG would shift dropout masks between a straight and a resumed run
-        generator=torch.Generator().manual_seed(recipe.seed + accelerator.process_index),
-    )
-    return loader, sampler
-
-
-# --- the data stream -------------------------------------------------------------------------------
-def _stream(
-    loader: DataLoader, sampler: GroupedBatchSampler | MixedBatchSampler, epoch: int, done: int
-) -> Iterator[tuple]:
-    """Batches forever, epoch after epoch, with the position after each: (epoch, batches done, batch)."""
-    while True:
-        sampler.set_epoch(epoch, done)
-        for batch in loader:
-            done += 1
-            if batch is not None:  # every sample of it was skipped (corrupt images)
-                yield epoch, done, batch
-        epoch, done = epoch + 1, 0
-
-
-def _model_inputs(batch: dict[str, Any], cache: FeatureCache | None, device: torch.device) -> dict | None:
-    keys = ("input_ids", "attention_mask", "labels", "position_ids", "instruction_ids", "instruction_mask")
-    inputs = {k: batch[k].to(device) for k in keys if k in batch}
-    inputs.update(
-        {k: batch[k].to(device) if torch.is_tensor(batch[k]) else batch[k] for k in PACKED_KEYS if k in batch}
-    )
-    if cache is not None and batch["image_keys"]:
-        if not all(k in cache for k in batch["image_keys"]):
-            logger.warning("skipping a batch with an image that could not be cached (ids %s)", batch["ids"])
-            return None
-        inputs["vision_features"] = cache.batch(batch["image_keys"], device)
-    elif "pixel_values" in batch:
-        inputs["pixel_values"] = batch["pixel_values"].to(device)
-    return inputs
 
 
 # --- one optimizer step ----------------------------------------------------------------------------------
@@ -318,8 +225,8 @@ def _train(
         logger.info(
             "padding-free batches (data.packing): attention %s", enable_packing(model, accelerator.device)
         )
-    cache = _fill_feature_cache(recipe, model, dataset, accelerator) if recipe.feature_cache.enabled else None
-    loader, sampler = _data(recipe, processor, accelerator, dataset)
+    cache = fill_feature_cache(recipe, model, dataset, accelerator) if recipe.feature_cache.enabled else None
+    loader, sampler = data_loader(recipe, processor, accelerator, dataset)
 
     total_steps = recipe.max_steps or math.ceil(recipe.epochs * sampler.batches_per_epoch / grad_accum)
     dist.shard(model, recipe, accelerator.device)  # FSDP2 only
@@ -353,7 +260,7 @@ def _train(
     after = state.step if resume_from is not None else None
     metrics = MetricsLogger(output_dir, enabled=is_main, tensorboard=recipe.tensorboard, after_step=after)
     window = StepWindow()
-    stream = _stream(loader, sampler, state.epoch, state.batch)
+    batches = stream(loader, sampler, state.epoch, state.batch)
     set_train_mode(model, recipe)
     # disable=None: a bar on a terminal only; other processes never draw one
     bar = tqdm(
@@ -384,8 +291,8 @@ def _train(
         while state.step < total_steps:
             micro_batches = []
             while len(micro_batches) < grad_accum:
-                state.epoch, state.batch, batch = next(stream)
-                inputs = _model_inputs(batch, cache, accelerator.device)
+                state.epoch, state.batch, batch = next(batches)
+                inputs = model_inputs(batch, cache, accelerator.device)
                 if inputs is not None:
                     micro_batches.append(inputs)
             stats = _step(
