@@ -213,6 +213,7 @@ def test_bad_input_is_a_clear_error():
         ("--gpu-memory", "abc"): "--gpu-memory: cannot read GPU memory 'abc'",
         ("--samples", "0"): "--samples must be positive",
         ("--tokens-per-sample", "0"): "--tokens-per-sample must be positive",
+        ("--seq-len", "100"): "--seq-len 100: the longest sample holds an image, 576 tokens",
     }
     for (option, value), message in cases.items():
         args = list(PLAN)

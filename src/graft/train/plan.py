@@ -182,6 +182,11 @@ def stage_tokens(recipe: Recipe, settings: PlanSettings, shape: ModelShape) -> T
         tokens.samples = settings.samples
         tokens.source += f"; {settings.samples:,} samples given"
     if settings.seq_len is not None:
+        if settings.seq_len <= shape.image_tokens:
+            raise PlanError(
+                f"--seq-len {settings.seq_len}: the longest sample holds an image, {shape.image_tokens} "
+                "tokens, and its text; give more"
+            )
         tokens.max_tokens = settings.seq_len
         tokens.max_supervised = min(tokens.max_supervised, settings.seq_len)
     return tokens
