@@ -1,18 +1,20 @@
 """Every bad input is a clear error naming file / line / record / field, or, with
 ``skip_bad=True``, a skipped and counted sample — never a silently wrong one."""
 
+import codecs
 import json
 import logging
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from graft.config import GraftConfig
 from graft.connectors import UnknownConnectorError, build_connector
 from graft.data import LlavaDataset, TrainCollator
 from graft.modeling import GraftForConditionalGeneration
-from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError
+from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.record_files import RecordError, read_records
 
 from tiny import random_image, tiny_image_processor, tiny_llm, tiny_tokenizer, tiny_vision
@@ -87,6 +89,32 @@ def test_corrupt_image(tmp_path):
     assert batch["ids"] == ["good"] and batch["pixel_values"].shape[0] == 1
 
 
+def test_an_image_too_large_to_decode_is_a_named_load_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses twice this: 32x32 is a "bomb"
+    bad = {"id": "b", "image": "ok.png", "conversations": _turns("<image>\nWhat is it?", "A square.")}
+    path = _write(tmp_path, [bad])
+    with pytest.raises(ImageLoadError, match=r"\[0\] \(id 'b'\).*ok\.png.*exceeds limit"):
+        LlavaDataset(path, tmp_path, _tiny_processor())[0]
+    ds = LlavaDataset(path, tmp_path, _tiny_processor(), skip_bad=True)
+    assert ds[0] is None and ds.skipped == {"corrupt_image": 1}
+
+
+def test_deep_grey_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG (a scan, a depth map) reads as the same picture in 8 bits: PIL's own
+    conversion clips every level above 255, turning it nearly all white."""
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    rgb = np.asarray(load_image(tmp_path / "deep.png"))
+    assert rgb.shape == (64, 64, 3) and (rgb == rgb[..., :1]).all()
+    assert np.array_equal(rgb[..., 0], np.rint(ramp / 257).astype(np.uint8))
+    floats = np.linspace(0.0, 1.0, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(floats).save(tmp_path / "float.tiff")
+    grey = np.asarray(load_image(tmp_path / "float.tiff"))[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and np.array_equal(grey, np.rint(floats * 255))
+    Image.fromarray(np.full((4, 4), 200, dtype=np.int32)).save(tmp_path / "int.tiff")  # 8-bit levels
+    assert (np.asarray(load_image(tmp_path / "int.tiff")) == 200).all()
+
+
 def test_malformed_json_names_file_and_line(tmp_path):
     path = tmp_path / "data.json"
     path.write_text('[\n  {"id": "a",\n   "conversations": [}\n]\n')
@@ -102,6 +130,20 @@ def test_top_level_json_must_be_a_list(tmp_path):
     path.write_text(json.dumps(GOOD))
     with pytest.raises(RecordError, match="expected a JSON list"):
         read_records(path)
+
+
+def test_json_lines_under_another_suffix_are_read_as_json_lines(tmp_path):
+    # POPE-style: one record per line in a .json file (graft plan reads it so, and so must training)
+    path = _write(tmp_path, [GOOD, {**GOOD, "id": "two"}], name="data.jsonl").rename(tmp_path / "data.json")
+    path.write_bytes(codecs.BOM_UTF8 + path.read_bytes().replace(b"\n", b"\r\n"))
+    assert [r.id for r in LlavaDataset(path, tmp_path, _tiny_processor()).records] == ["good", "two"]
+    upper = path.rename(tmp_path / "data.JSONL")
+    assert len(LlavaDataset(upper, tmp_path, _tiny_processor())) == 2
+    single = tmp_path / "one.json"  # one object, on one line or several, is still not a list
+    for text in (json.dumps(GOOD), json.dumps(GOOD, indent=1)):
+        single.write_text(text + "\n")
+        with pytest.raises(RecordError, match="expected a JSON list of records, got dict"):
+            read_records(single)
 
 
 def test_malformed_jsonl_line(tmp_path):
@@ -129,6 +171,11 @@ def test_image_marker_count_mismatch(tmp_path):
     _check(tmp_path, two, "image_marker_mismatch", r"id 't'.*2 <image> marker\(s\)")
     in_answer = {"id": "a", "image": "ok.png", "conversations": _turns("What?", "<image> this.")}
     _check(tmp_path, in_answer, "image_marker_mismatch", r"id 'a'.*field conversations\[1\]\.value")
+    # plain renders no system turn: a marker there would leave its image without a place
+    system = [{"from": "system", "value": "<image>"}, *_turns("What?", "A circle.")]
+    in_system = {"id": "s", "image": "ok.png", "conversations": system}
+    match = r"id 's'.*plain template keeps 0 of the 1 <image> marker"
+    _check(tmp_path, in_system, "image_marker_mismatch", match, template="plain")
 
 
 @pytest.mark.parametrize("conversations", [None, []])
@@ -147,7 +194,7 @@ def test_empty_conversation(tmp_path, conversations):
         (
             [{"from": "gpt", "value": "Yes"}, {"from": "human", "value": "Ok?"}],
             "bad_turn_order",
-            r"conversations\[0\]\.from .*first turn must be from 'human'",
+            r"conversations\[0\]\.from is an assistant turn; the first turn must be from 'human'",
         ),
         (
             [
@@ -174,7 +221,11 @@ def test_one_sided_or_misordered_conversation(tmp_path, conversations, reason, m
         ),
         (
             {"id": "f", "conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "x"}]},
-            r"id 'f'\): field conversations\[0\]\.from is 'robot'",
+            r"id 'f'\): field conversations\[0\]\.from is 'robot'; expected one of human, user, gpt, ",
+        ),
+        (  # a JSON escape of half a surrogate pair: no tokenizer can encode it
+            {"id": "u", "conversations": _turns("Emoji \ud83d?", "x")},
+            r"id 'u'\): field conversations\[0\]\.value holds a lone surrogate '\\ud83d' at character 6",
         ),
         ({"id": "g", "image": 5, "conversations": _turns("<image>", "x")}, "field 'image'"),
         ({"id": "h", "images": "a.png", "conversations": _turns("<image>", "x")}, "field 'images'"),

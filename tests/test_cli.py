@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -184,6 +186,53 @@ def test_chat_reset_keeps_the_command_line_images(tmp_path, monkeypatch):
     monkeypatch.undo()  # the real ask: two markers and no image
     marker = CliRunner().invoke(app, ["chat", "--model", str(out), "--prompt", "<image> and <image>?"])
     assert marker.exit_code == 2 and "error: --prompt:" in marker.output, marker.output
+
+
+def test_chat_keeps_attached_images_when_a_turn_fails(tmp_path, monkeypatch):
+    from graft.cli import inference
+    from graft.generate import ChatSession
+    from graft.prompts import ImageMarkerError
+    from graft.templates import get_template
+
+    from tiny import random_image
+
+    image = tmp_path / "my picture.png"
+    random_image().save(image)
+    seen = []
+
+    def ask(self, text, images=None, **changes):
+        seen.append((text, len(images or [])))
+        if text.count("<image>") > len(images or []):
+            raise ImageMarkerError("turn 1: too many markers")
+        if text == "Long story?":
+            raise KeyboardInterrupt  # Ctrl-C while the model answers
+        return "ok"
+
+    processor = SimpleNamespace(template=get_template("vicuna_v1"))
+    monkeypatch.setattr(inference, "_load", lambda model, bf16=False: (None, processor))
+    monkeypatch.setattr(ChatSession, "ask", ask)
+    turns = [
+        f"/image '{image}' ",  # in quotes, as a terminal pastes a dragged-in file whose name has a space
+        "<image> and <image>?",
+        "What is it?",
+        "Long story?",
+        "And now?",
+        f"/image {image}",
+        "/reset",
+        "Hi",
+    ]
+    result = CliRunner().invoke(app, ["chat", "--model", str(tmp_path)], input="\n".join(turns) + "\n")
+    assert result.exit_code == 0, result.output
+    # the image attached before the failed turn goes with the retry, and survives a /reset
+    asked = ["<image> and <image>?", "What is it?", "Long story?", "And now?", "Hi"]
+    assert seen == list(zip(asked, [1, 1, 0, 0, 1], strict=True))
+    assert "error: turn 1: too many markers\n(1 image(s) still attached to your next turn)" in result.output
+    assert "(answer interrupted; the turn is not kept)" in result.output  # and the session went on
+    assert "note:" not in result.output
+    # a pre-training (plain) model reads no words: the user is told so, not left guessing
+    processor.template = get_template("plain")
+    result = CliRunner().invoke(app, ["chat", "--model", str(tmp_path), "--prompt", "Hi"])
+    assert result.exit_code == 0 and "note: this model's template is plain" in result.output
 
 
 def test_load_for_inference_raises_and_the_verbs_say_why(tmp_path):

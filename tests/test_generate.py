@@ -3,8 +3,9 @@ import warnings
 import pytest
 import torch
 
+from graft import generate
 from graft.generate import ChatSession, Reply, _decode, answer_stops, generate_answers
-from graft.processing import GraftProcessor, collate_samples
+from graft.processing import GraftProcessor, SampleTooLongError, collate_samples
 from graft.prompts import ImageMarkerError
 from graft.templates import Message
 
@@ -247,3 +248,30 @@ def test_chat_session_system_prompt_and_marker_errors(sensitive):
     assert chat.conversation()[0] == Message("system", "Be brief.")
     chat.reset()
     assert chat.messages == [] and chat.images == []
+
+
+def test_chat_session_answers_within_the_context(sensitive, monkeypatch):
+    """An answer stops where the model's context ends; a conversation that fills it is an error
+    that says to start again, not a prompt run past the model's positions."""
+    model, processor = sensitive
+    budgets = []
+
+    def answers(model, processor, conversations, images, settings):
+        budgets.append(settings.max_new_tokens)
+        return ["ok"]
+
+    monkeypatch.setattr(generate, "generate_answers", answers)
+    prompt = len(processor.encode_text([Message("user", "Hi")], 0, add_generation_prompt=True)[0])
+    monkeypatch.setattr(processor, "max_length", prompt + 5)
+    chat = ChatSession(model, processor, max_new_tokens=64)
+    assert chat.ask("Hi") == "ok" and budgets == [5]
+    with pytest.raises(
+        SampleTooLongError, match=rf"turn 2: the conversation is \d+ tokens, .* at most {prompt + 5};"
+    ):
+        chat.ask("And why?")
+    assert len(chat.messages) == 2  # the failed turn left no trace
+    monkeypatch.setattr(processor, "max_length", 10_000)  # the LLM's positions bound it too
+    monkeypatch.setattr(model.config.text_config, "max_position_embeddings", prompt + 3)
+    chat.reset()
+    chat.ask("Hi")
+    assert budgets == [5, 3]

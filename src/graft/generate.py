@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from graft.processing import GraftProcessor, load_image
+from graft.processing import GraftProcessor, SampleTooLongError, load_image
 from graft.prompts import place_images
 from graft.templates import Message
 
@@ -242,16 +242,35 @@ class ChatSession:
         text, order = place_images(text, len(loaded), where, marker, what="the text")
         loaded = [loaded[i] for i in order]
         user = Message("user", text)
-        answer = generate_answers(
-            self.model,
-            self.processor,
-            [self.conversation() + [user]],
-            [self.images + loaded],
-            self.settings.replace(**changes),
-        )[0]
+        conversation, images = self.conversation() + [user], self.images + loaded
+        settings = self._fit(conversation, len(images), self.settings.replace(**changes), where)
+        answer = generate_answers(self.model, self.processor, [conversation], [images], settings)[0]
         # a literal marker in an answer would claim an image that does not exist on re-encoding
         said = answer.replace(marker, "")
         # history only grows once the turn succeeded: a failed turn can be retried cleanly
         self.messages += [user, Message("assistant", said)]
         self.images += loaded
         return answer
+
+    def _fit(
+        self, conversation: list[Message], num_images: int, settings: GenerationSettings, where: str
+    ) -> GenerationSettings:
+        """``settings`` with the answer cut to the room the model's context leaves after the
+        prompt; a prompt that leaves none is a ``SampleTooLongError`` (past its context a model with
+        learned positions fails, one with rotary positions babbles)."""
+        ids, _ = self.processor.encode_text(conversation, num_images, True, where, max_length=1 << 62)
+        context = context_length(self.model, self.processor)
+        if len(ids) >= context:
+            what = "start a new conversation" if self.messages else "shorten the text"
+            raise SampleTooLongError(
+                f"{where}: the conversation is {len(ids)} tokens, the model reads at most {context}; {what}"
+            )
+        return settings.replace(max_new_tokens=min(settings.max_new_tokens, context - len(ids)))
+
+
+def context_length(model: Any, processor: GraftProcessor) -> int:
+    """The most tokens a prompt and its answer may hold: the processor's ``max_length`` and the
+    LLM's position limit, whichever is smaller."""
+    text_config = getattr(model.config, "text_config", None)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    return min(x for x in (processor.max_length, positions, 1 << 62) if x)

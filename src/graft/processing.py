@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
@@ -79,15 +80,46 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+#: what decoding a damaged file can raise (PIL's plugins are not uniform), and an image whose
+#: header claims more pixels than PIL will decode
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except _DECODE_ERRORS as err:
         raise ImageLoadError(f"cannot read image {path}: {err}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB. Grey levels deeper than 8 bits (a 16-bit PNG or TIFF) are scaled onto
+    0-255 first: PIL's own conversion clips them, turning a 16-bit scan nearly all white."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        image = Image.fromarray(_grey_to_8bit(np.asarray(image), image.mode))
+    return image.convert("RGB")
+
+
+def _grey_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit levels (``I;16``, or ``I`` above 255) divided by 257; floats in [0, 1] times 255."""
+    values = values.astype(np.float64)
+    top = values.max(initial=0.0)
+    if mode.startswith("I;16") or (mode == "I" and top > 255):
+        values = values / 257
+    elif mode == "F" and top <= 1.0:
+        values = values * 255
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -197,6 +229,11 @@ class GraftProcessor:
         rendered = self.template.render(messages, add_generation_prompt=add_generation_prompt)
         enc = self.tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = enc["input_ids"]
+        if ids.count(self.image_token_id) != markers:  # plain drops a system turn's markers
+            raise ImageMarkerError(
+                f"{where}: the {self.template.name} template keeps {ids.count(self.image_token_id)} of the "
+                f"{markers} {self.image_token} marker(s); put them in user turns"
+            )
         supervised = self._supervised_tokens(enc["offset_mapping"], rendered.supervised, ids, where)
 
         input_ids: list[int] = []

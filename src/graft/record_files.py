@@ -1,7 +1,8 @@
 """Record files (a JSON list, or JSON Lines) read one way, with one error type.
 
 ``iter_records`` reads either kind: a ``.jsonl`` file holds one record per line, any other file
-one JSON list of records. ``iter_jsonl`` reads JSON Lines whatever the suffix (POPE ships its
+one JSON list of records, unless its first line is a whole JSON object and more lines follow (JSON
+Lines under another suffix). ``iter_jsonl`` reads JSON Lines whatever the suffix (POPE ships its
 question lines as ``.json``). Both yield ``(record, where)``, ``where`` being ``"file.jsonl:12"``
 (a line) or ``"file.json[3]"`` (an item of the list).
 
@@ -128,15 +129,32 @@ def iter_jsonl(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator
             yield from _yield_object(record, where, on_bad)
 
 
+def _json_lines(path: Path) -> bool:
+    """Whether a file named otherwise holds JSON Lines (POPE ships its questions as ``.json``): its
+    first line is a whole JSON object and another line follows. A list, or one object over several
+    lines, is one document."""
+    if first_char(path) != "{":
+        return False
+    with path.open("rb") as f:
+        lines = (raw for raw in f if raw.strip())
+        first = next(lines).removeprefix(codecs.BOM_UTF8)
+        try:
+            whole = isinstance(json.loads(first), dict)
+        except ValueError:  # not JSON, or not UTF-8
+            return False
+        return whole and next(lines, None) is not None
+
+
 def iter_records(path: str | os.PathLike, on_bad: OnBad | None = None) -> Iterator[tuple[dict, str]]:
-    """``(record, where)`` for every record of a JSON list, or of a ``.jsonl`` file.
+    """``(record, where)`` for every record of a JSON list, or of a ``.jsonl`` file (or of a file
+    that holds JSON Lines under another suffix).
 
     A JSON list that does not parse is always an error (nothing in it can be trusted); a line of
     JSON Lines that does not parse, or an item that is not an object, is an error too, unless
     ``on_bad`` is given: then it is handed the error and reading goes on.
     """
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl" or _json_lines(path):
         yield from iter_jsonl(path, on_bad)
         return
     data = load_json(path)

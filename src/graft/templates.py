@@ -246,8 +246,22 @@ def messages_from_llava(conversations: list[dict], where: str = "record") -> lis
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise ValueError(f"{where}: conversations[{i}] needs 'from' and 'value'")
         if turn["from"] not in roles:
-            raise ValueError(f"{where}: conversations[{i}].from is {turn['from']!r}; expected human or gpt")
+            raise ValueError(
+                f"{where}: conversations[{i}].from is {turn['from']!r}; expected one of {', '.join(roles)}"
+            )
         if not isinstance(turn["value"], str):
             raise ValueError(f"{where}: conversations[{i}].value must be a string")
+        _check_unicode(turn["value"], f"{where}: conversations[{i}].value")
         out.append(Message(roles[turn["from"]], turn["value"]))
     return out
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """A JSON escape such as ``"\\ud83d"`` without its pair decodes to a lone surrogate, which no
+    tokenizer can encode (it fails with a TypeError that names nothing)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} holds a lone surrogate {text[err.start]!r} at character {err.start}: not valid Unicode"
+        ) from None

@@ -27,8 +27,16 @@ def _load(model_dir: Path, bf16: bool = False) -> tuple[GraftForConditionalGener
 
 CHAT_COMMANDS = (
     "commands: /image PATH (attach an image to your next turn), /reset (a new conversation), "
-    "/help, /quit (or an empty line, or Ctrl-D)"
+    "/help, /quit (or an empty line, or Ctrl-D); Ctrl-C stops an answer"
 )
+
+
+def _unquoted(path: str) -> str:
+    """``/image``'s path, out of the quotes a terminal puts around a dragged-in file's path with
+    spaces (``'/my pictures/a.png'``) unless a file is named so."""
+    if len(path) > 1 and path[0] == path[-1] and path[0] in "'\"" and not os.path.exists(path):
+        return path[1:-1]
+    return path
 
 
 @app.command("chat")
@@ -48,22 +56,30 @@ def chat_cmd(
 
     In the interactive session, `/image PATH` attaches an image to the next turn, `/reset`
     starts a new conversation (the `--image` images attach to its first turn again), `/help`
-    lists the commands, and `/quit`, an empty line or Ctrl-D quits."""
+    lists the commands, and `/quit`, an empty line or Ctrl-D quits; Ctrl-C stops an answer."""
     from graft.generate import ChatSession, GenerationSettings
-    from graft.processing import ImageLoadError, load_image
+    from graft.processing import ImageLoadError, SampleTooLongError, load_image
 
     try:  # before the model loads: a wrong path fails in a second
         given = [load_image(p) for p in image or []]
     except ImageLoadError as err:
         fail(f"--image: {err}")
     mdl, processor = _load(model, bf16)
+    if processor.template.name == "plain":  # a stage-1 model: the question would vanish unsaid
+        typer.secho(
+            "note: this model's template is plain (pre-training): it reads only the images, not your "
+            "words, and answers with a caption",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     sampled = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     settings = GenerationSettings(max_new_tokens=max_new_tokens, **sampled)
     session = ChatSession(mdl, processor, settings=settings)
-    pending = list(given)
+    # images for the next turn: the --image ones at a conversation's start, then /image ones
+    first, attached = list(given), []
     if prompt is not None:
         try:
-            typer.echo(session.ask(prompt, images=pending))
+            typer.echo(session.ask(prompt, images=first))
         except ValueError as err:  # e.g. more <image> markers than images
             fail(f"--prompt: {err}")
         return
@@ -71,6 +87,7 @@ def chat_cmd(
         try:
             text = input("you> ").strip()
         except EOFError:
+            typer.echo()  # Ctrl-D leaves the cursor after the prompt
             break
         command, _, argument = text.partition(" ")
         if not text or command in ("/quit", "/exit"):
@@ -82,24 +99,31 @@ def chat_cmd(
             try:  # a wrong path costs that command, not the conversation
                 if not argument.strip():
                     raise ImageLoadError("/image needs a path: /image PATH")
-                pending.append(load_image(argument.strip()))
-                typer.echo(f"({len(pending)} image(s) attached to your next turn)")
+                attached.append(load_image(_unquoted(argument.strip())))
+                typer.echo(f"({len(first) + len(attached)} image(s) attached to your next turn)")
             except ImageLoadError as err:
                 typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             continue
         if command == "/reset":  # a new conversation about the same --image images, not about none
             session.reset()
-            pending = list(given)
+            first = list(given)
             typer.echo("(new conversation" + (": --image attaches to your next turn)" if given else ")"))
             continue
         if command.startswith("/") and command[1:].isalpha():  # not a question to the model
             typer.secho(f"error: unknown command {command}\n{CHAT_COMMANDS}", fg=typer.colors.RED, err=True)
             continue
         try:
-            typer.echo("graft> " + session.ask(text, images=pending))
-        except ValueError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        pending = []
+            typer.echo("graft> " + session.ask(text, images=first + attached))
+        except ValueError as err:  # the images stay attached for the next try
+            hint = " (/reset)" if isinstance(err, SampleTooLongError) and session.messages else ""
+            if first or attached:
+                hint += f"\n({len(first) + len(attached)} image(s) still attached to your next turn)"
+            typer.secho(f"error: {err}{hint}", fg=typer.colors.RED, err=True)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops a long answer, not the conversation
+            typer.echo("\n(answer interrupted; the turn is not kept)")
+            continue
+        first, attached = [], []
 
 
 @app.command("predict")

@@ -81,6 +81,10 @@ def _images(raw: dict, here: str) -> list[str]:
     return list(images)
 
 
+#: "a user turn", "an assistant turn"
+_ARTICLE = {"user": "a", "assistant": "an", "system": "a"}
+
+
 def _check_turns(messages: list[Message], here: str) -> None:
     """An optional system turn, then user / assistant alternating, starting with the user and
     ending with an answer: anything else would train on nothing or on the wrong side."""
@@ -95,7 +99,8 @@ def _check_turns(messages: list[Message], here: str) -> None:
         if role != expected:
             what = "the first turn must be from 'human'" if i == 0 else "turns must alternate human / gpt"
             raise RecordError(
-                f"{here}: field conversations[{i + offset}].from is a {role} turn; {what}", "bad_turn_order"
+                f"{here}: field conversations[{i + offset}].from is {_ARTICLE[role]} {role} turn; {what}",
+                "bad_turn_order",
             )
     if roles[-1] != "assistant":
         raise RecordError(

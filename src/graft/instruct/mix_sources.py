@@ -1,6 +1,6 @@
 """One dataset of a mixture, read and checked: LLaVA records, and text-only ShareGPT or Alpaca ones.
 
-Files are read by ``graft.record_files.iter_records`` (a JSON list, or JSON Lines by suffix) and
+Files are read by ``graft.record_files.iter_records`` (a JSON list, or JSON Lines) and
 every record is checked by ``graft.data.records.parse_record``. A ShareGPT record (``conversations``
 or ``messages`` of ``{"from", "value"}`` or ``{"role", "content"}`` turns) and an Alpaca record
 (``{"instruction", "input", "output"}``) become a LLaVA record without images. A record without an
