@@ -13,7 +13,9 @@ import threading
 import time
 import warnings
 import zlib
+from io import BytesIO
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -51,6 +53,16 @@ def test_png_data_url_decodes_to_rgb_with_digest() -> None:
     assert loaded.image.getpixel((0, 0)) == (10, 120, 200)
     assert loaded.digest == hashlib.sha256(PNG).hexdigest()
     assert loaded.nbytes == len(PNG)
+
+
+def test_a_16_bit_grey_png_is_decoded_as_training_decodes_it() -> None:
+    ramp = Image.fromarray(np.linspace(0, 65535, 64 * 8).astype(np.uint16).reshape(8, 64))
+    buffer = BytesIO()
+    ramp.save(buffer, "PNG")
+    loaded = load(_data_url(buffer.getvalue()))
+    assert loaded.image.mode == "RGB"
+    mean = np.asarray(loaded.image).mean()
+    assert 120 < mean < 135, mean  # a ramp over the whole range, not clipped to white (mean 254)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])

@@ -46,6 +46,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from graft.processing import to_rgb
 from graft.serve.errors import APIError
 from graft.serve.settings import MediaPolicy
 
@@ -133,7 +134,7 @@ def _decode(data: bytes, policy: MediaPolicy, param: str) -> LoadedImage:
             width, height = im.size
             if width * height > policy.max_image_pixels:
                 raise _refuse("image_too_large", param, f"{too_many} ({width}x{height})")
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im)  # as training reads it: 16-bit grey scaled, not clipped
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _refuse("image_too_large", param, too_many) from None
     except APIError:
