@@ -1,14 +1,25 @@
+import json
+
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
+from graft.backbones import compose
+from graft.config import GraftConfig
 from graft.connectors import TokenReduction, UnknownConnectorError, build_connector
 from graft.modeling import GraftForConditionalGeneration, ImageTokenMismatchError
 from graft.processing import GraftProcessor
 from graft.prompts import ImageMarkerError
 from graft.templates import Message
 
-from tiny import random_image, tiny_model_and_processor
+from tiny import (
+    random_image,
+    tiny_image_processor,
+    tiny_llm,
+    tiny_model_and_processor,
+    tiny_tokenizer,
+    tiny_vision,
+)
 
 
 def _batch(processor, turns, images):
@@ -155,3 +166,209 @@ def test_supervised_logits_only_gives_the_same_loss_and_gradients():
     assert grads.keys() == full_grads.keys() and len(grads) > 10
     for name, grad in grads.items():
         torch.testing.assert_close(grad, full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+INSTRUCT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+INSTRUCT_SPEC = {
+    "name": "qformer_instruct",
+    "num_query_tokens": 4,
+    "qformer_config": {**INSTRUCT, "vocab_size": 64, "max_position_embeddings": 64},
+}
+
+
+def test_image_count_mismatch_is_named_before_any_image_is_encoded():
+    """Images without placeholders (an instruction-aware connector would have failed on its rows
+    first) and the word-alignment loss (which indexed the images by placeholder block) say both
+    counts; placeholders without images are never a text-only batch."""
+    model, processor = tiny_model_and_processor(INSTRUCT_SPEC)
+    text = _batch(processor, [Message("user", "hi"), Message("assistant", "yo")], [])
+    pixels = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])[
+        "pixel_values"
+    ]
+    rows = {"instruction_ids": torch.ones(1, 3, dtype=torch.long)}
+    with pytest.raises(ImageTokenMismatchError, match="holds 0 image placeholder tokens but 1 image"):
+        model(input_ids=text["input_ids"], pixel_values=pixels, **rows)
+
+    model, processor = tiny_model_and_processor("linear")
+    batch = _batch(
+        processor, [Message("user", "<image> hi"), Message("assistant", "A red circle.")], [random_image()]
+    )
+    words = batch["labels"] != -100
+    n = model.config.image_seq_length
+    for images, said in (
+        (torch.cat([batch["pixel_values"]] * 2), f"2 image\\(s\\) need 2 x {n}"),
+        (None, "no images"),
+    ):
+        with pytest.raises(ImageTokenMismatchError, match=f"holds {n} image placeholder tokens but {said}"):
+            model(
+                input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=images, caption_words=words
+            )
+
+
+def test_from_pretrained_refuses_weights_that_do_not_fit_the_connector_spec(tmp_path):
+    """A config.json whose connector was edited or lost (and so became the default) would load
+    a connector partly initialised afresh, with only a warning."""
+    model, _ = tiny_model_and_processor("mlp2x_gelu")
+    model.save_pretrained(tmp_path)
+    loaded, info = GraftForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and loaded.config.connector == {"name": "mlp2x_gelu"}
+    config = json.loads((tmp_path / "config.json").read_text())
+    for connector, said in (
+        ("linear", "unexpected: connector.linear_2.bias, connector.linear_2.weight"),
+        ("swiglu", "of another shape: connector.linear_1.bias, connector.linear_1.weight"),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps({**config, "connector": {"name": connector}}))
+        with pytest.raises(
+            ValueError,
+            match=f"do not fit its config.json \\(connector {{'name': '{connector}'}}\\): .*{said}",
+        ):
+            AutoModelForCausalLM.from_pretrained(tmp_path)
+
+    linear, _ = tiny_model_and_processor("linear")
+    linear.save_pretrained(tmp_path / "linear")
+    config = json.loads((tmp_path / "linear" / "config.json").read_text())
+    del config["connector"]
+    (tmp_path / "linear" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match="mlp2x_gelu.*missing: connector.linear_2.bias, connector.linear_2.weight"
+    ):
+        GraftForConditionalGeneration.from_pretrained(tmp_path / "linear")
+
+
+def test_a_vision_feature_layer_outside_the_tower_is_a_clear_error():
+    vision, text = tiny_vision().config, tiny_llm(400).config  # 2 layers: hidden states -3..2
+    for layer in (-3, 2):
+        assert GraftConfig(vision, text, vision_feature_layer=layer).vision_feature_layer == layer
+    for layer in (-4, 3):
+        with pytest.raises(ValueError, match=f"vision_feature_layer={layer} is outside .*valid: -3..2"):
+            GraftConfig(vision, text, vision_feature_layer=layer)
+
+
+@pytest.mark.parametrize("strategy", ["default", "full"])
+@pytest.mark.parametrize("layer", [-2, -1, 0])
+def test_image_features_equal_llavas_for_each_layer_and_strategy(strategy, layer):
+    tokenizer = tiny_tokenizer()
+    model = compose(
+        tiny_vision(), tiny_llm(len(tokenizer) + 1), tokenizer, "mlp2x_gelu", layer, strategy
+    ).eval()
+    config = LlavaConfig(
+        vision_config=model.config.vision_config.to_dict(),
+        text_config=model.config.text_config.to_dict(),
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=strategy,
+        image_token_id=model.config.image_token_id,
+        projector_hidden_act="gelu",
+    )
+    llava = LlavaForConditionalGeneration(config).eval()
+    llava.model.vision_tower.load_state_dict(model.vision_tower.state_dict())
+    llava.model.multi_modal_projector.load_state_dict(model.connector.state_dict())
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model.get_image_features(pixels)
+        theirs = llava.get_image_features(
+            pixels,
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=strategy,
+            output_hidden_states=True,
+        ).pooler_output
+    assert ours.shape[1] == 16 + (strategy == "full") and torch.equal(ours, torch.stack(list(theirs)))
+
+
+def test_tied_and_resized_embeddings_survive_a_round_trip(tmp_path):
+    tokenizer = tiny_tokenizer()
+    llm = tiny_llm(len(tokenizer), tie=True)  # no row for <image> yet: compose adds one
+    model = compose(tiny_vision(), llm, tokenizer, "linear").eval()
+    assert model.language_model.config.vocab_size == len(tokenizer) == model.config.image_token_id + 1
+    processor = GraftProcessor(tokenizer, tiny_image_processor(), model.config.image_seq_length)
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    model.save_pretrained(tmp_path)
+    loaded = GraftForConditionalGeneration.from_pretrained(tmp_path).eval()
+    head, table = loaded.get_output_embeddings().weight, loaded.get_input_embeddings().weight
+    assert head.data_ptr() == table.data_ptr() and table.shape[0] == len(tokenizer)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_a_bf16_model_and_bf16_autocast_run_and_generate_on_the_cpu():
+    model, processor = tiny_model_and_processor()
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    prompts = processor.prompts(
+        [[Message("user", "<image> What?")], [Message("user", "Hi")]], [[random_image()], []]
+    )
+    with torch.no_grad():
+        reference = model(**batch).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(**batch).logits
+        model.to(torch.bfloat16)
+        cast = model(**batch).logits  # fp32 pixels into a bf16 vision tower
+        features = model.select_vision_features(batch["pixel_values"])
+        text = {k: v for k, v in batch.items() if k != "pixel_values"}
+        from_features = model(**text, vision_features=features.float()).logits
+        generated = model.generate(**prompts, max_new_tokens=3, do_sample=False)
+    assert cast.dtype == torch.bfloat16 and torch.equal(cast, from_features)
+    for logits in (autocast, cast):
+        torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0)
+    assert generated.shape == (2, prompts["input_ids"].shape[1] + 3)
+
+
+def test_qformer_instruct_reads_the_instruction_and_not_its_right_padding():
+    model, _ = tiny_model_and_processor(INSTRUCT_SPEC)
+    features = torch.randn(1, model.num_patches, 32, generator=torch.Generator().manual_seed(0))
+
+    def queries(ids: list[int], pad: int = 0) -> torch.Tensor:
+        mask = torch.tensor([[1] * len(ids) + [0] * pad])
+        with torch.no_grad():
+            return model.connector.query_outputs(
+                features, instruction_ids=torch.tensor([ids + [0] * pad]), instruction_mask=mask
+            )
+
+    alone = queries([2, 5, 6, 3])
+    torch.testing.assert_close(queries([2, 5, 6, 3], pad=5), alone, atol=1e-6, rtol=0)
+    assert (queries([2, 7, 8, 3]) - alone).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "connector",
+    ["linear", "mlp2x_gelu", "swiglu", "lexical", {"name": "qformer", "qformer_config": INSTRUCT}],
+)
+def test_a_frozen_llm_passes_gradients_to_every_connector_weight(connector):
+    model, processor = tiny_model_and_processor(connector)
+    model.train()
+    model.language_model.requires_grad_(False)
+    model.vision_tower.requires_grad_(False)
+    batch = _batch(
+        processor, [Message("user", "<image> hi"), Message("assistant", "A red circle.")], [random_image()]
+    )
+    model(**batch).loss.backward()
+    dead = [n for n, p in model.connector.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead
+    assert all(p.grad is None for p in model.language_model.parameters())
+
+
+def test_each_copy_for_beams_or_several_sequences_gets_its_samples_images(monkeypatch):
+    model, processor = tiny_model_and_processor("linear")
+    conversations = [
+        [Message("user", "<image> and <image>?")],
+        [Message("user", "Hi")],
+        [Message("user", "<image> what?")],
+    ]
+    prompts = processor.prompts(conversations, [[random_image(1), random_image(2)], [], [random_image(3)]])
+    prefills = []
+    embed = model.embed_inputs
+
+    def spy(input_ids, pixel_values=None, *args, **kwargs):
+        embeds = embed(input_ids, pixel_values, *args, **kwargs)
+        if pixel_values is not None:
+            prefills.append((input_ids, embeds))
+        return embeds
+
+    monkeypatch.setattr(model, "embed_inputs", spy)
+    with torch.no_grad():
+        soft = model.get_image_features(prompts["pixel_values"])  # images 0, 1 (sample 0) and 2
+        model.generate(**prompts, max_new_tokens=2, do_sample=True, num_return_sequences=2)
+    (input_ids, embeds), n = prefills[0], model.config.image_seq_length
+    mask = input_ids == model.config.image_token_id
+    for row, images in enumerate([[0, 1], [0, 1], [], [], [2], [2]]):
+        torch.testing.assert_close(
+            embeds[row][mask[row]], soft[images].reshape(len(images) * n, soft.shape[-1])
+        )

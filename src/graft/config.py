@@ -65,6 +65,13 @@ class GraftConfig(PreTrainedConfig):
             )
         self.vision_config = _as_config(vision_config)
         self.text_config = _as_config(text_config)
+        # hidden_states holds the embeddings' output and each layer's: L + 1 of them
+        layers = getattr(self.vision_config, "num_hidden_layers", None)
+        if isinstance(layers, int) and not -(layers + 1) <= vision_feature_layer <= layers:
+            raise ValueError(
+                f"vision_feature_layer={vision_feature_layer} is outside the vision tower, which has "
+                f"{layers} layers (valid: {-(layers + 1)}..{layers}; -1 is the last layer's output)"
+            )
         self.connector = connector_spec(connector)
         self.image_token = image_token
         self.image_token_id = image_token_id

@@ -123,6 +123,31 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         self.post_init()
         self._suppress_image_token()
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """transformers' loader, strict about the connector: weights that do not fit the config's
+        ``connector`` spec (edited, or absent and so the default) are a ValueError naming the spec
+        and the keys, not a connector partly initialised afresh with a warning."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        ignore_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        resized = sorted(key for key, *_ in info["mismatched_keys"])
+        wrong = {
+            "missing": sorted(k for k in info["missing_keys"] if k.startswith("connector.")),
+            "unexpected": sorted(k for k in info["unexpected_keys"] if k.startswith("connector.")),
+            "of another shape": [k for k in resized if k.startswith("connector.") or not ignore_sizes],
+        }
+        if any(wrong.values()):
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            found = "; ".join(f"{what}: {', '.join(keys)}" for what, keys in wrong.items() if keys)
+            raise ValueError(
+                f"{source}: the weights do not fit its config.json (connector {model.config.connector!r}): "
+                f"{found}; was the config edited after saving, or the weights copied from another model?"
+            )
+        return (model, info) if wants_info else model
+
     def _suppress_image_token(self) -> None:
         # a generated image placeholder would be read back as an image slot with no image
         if self.config.image_token_id is not None and self.generation_config is not None:
@@ -168,6 +193,18 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids == self.config.image_token_id
 
+    def checked_image_mask(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """The placeholder mask, once it holds ``image_seq_length`` tokens for each of ``images``
+        (pixels or features, or None); else an ``ImageTokenMismatchError`` naming both counts,
+        before any image is encoded."""
+        mask = self.image_token_mask(input_ids)
+        n, per_image = 0 if images is None else images.shape[0], self.config.image_seq_length
+        found = int(mask.sum())
+        if found != n * per_image:
+            given = f"{n} image(s) need {n} x {per_image}" if n else "no images were given"
+            raise ImageTokenMismatchError(f"the prompt holds {found} image placeholder tokens but {given}")
+        return mask
+
     def embed_inputs(
         self,
         input_ids: torch.Tensor,
@@ -179,24 +216,19 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
 
         ``context`` holds per-sample rows (``instruction_ids`` ``[B, T]``); each image gets its
         sample's row."""
-        mask = self.image_token_mask(input_ids)
+        images = vision_features if vision_features is not None else pixel_values
+        mask = self.checked_image_mask(input_ids, images)
         embeds = self.get_input_embeddings()(input_ids)
-        has_images = pixel_values is not None or vision_features is not None
-        n_placeholders = int(mask.sum())
-        if not has_images:
-            if n_placeholders:
-                raise ImageTokenMismatchError(
-                    f"the prompt holds {n_placeholders} image placeholder tokens but no images were given"
-                )
+        if images is None:
             return embeds
         if context:  # per-sample instruction rows -> one per image, for the connector
             samples, _ = image_blocks(mask, self.config.image_seq_length)
             context = {key: value[samples.to(value.device)] for key, value in context.items()}
         image_embeds = self.get_image_features(pixel_values, vision_features, **context)
-        if n_placeholders != image_embeds.shape[0] * image_embeds.shape[1]:
-            raise ImageTokenMismatchError(
-                f"the prompt holds {n_placeholders} image placeholder tokens but {image_embeds.shape[0]} "
-                f"image(s) give {image_embeds.shape[0]} x {image_embeds.shape[1]} soft tokens"
+        if image_embeds.shape[:2] != (images.shape[0], self.config.image_seq_length):
+            raise ValueError(
+                f"connector {self.connector.name!r} gave {image_embeds.shape[0]} x {image_embeds.shape[1]} "
+                f"soft tokens for {images.shape[0]} image(s) of {self.config.image_seq_length} tokens"
             )
         image_embeds = image_embeds.to(embeds.device, embeds.dtype)
         return embeds.masked_scatter(mask.unsqueeze(-1), image_embeds)
@@ -304,11 +336,13 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
             )
         if input_ids is None or labels is None:
             raise ValueError("word alignment needs input_ids and labels")
-        if pixel_values is None and vision_features is None:  # a text-only batch: nothing to align
+        images = vision_features if vision_features is not None else pixel_values
+        mask = self.checked_image_mask(input_ids, images)
+        if images is None:  # a text-only batch: nothing to align
             return CausalLMOutputWithPast(loss=sum(p.sum() for p in self.connector.parameters()) * 0.0)
         if is_packed(kwargs):
             raise ValueError("word alignment reads padded batches: turn data.packing off")
-        samples, _ = image_blocks(self.image_token_mask(input_ids), self.config.image_seq_length)
+        samples, _ = image_blocks(mask, self.config.image_seq_length)
         tokens = self.get_image_features(pixel_values, vision_features)
         table = self.get_input_embeddings().weight
         loss = word_alignment_loss(
@@ -395,6 +429,24 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
                 last_instruction_positions(input_ids.shape, kwargs.get("attention_mask")),
             )
         return super().generate(*args, **kwargs)
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: Any = None, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """Copies of each sample for beams or ``num_return_sequences``: images are rows per image,
+        not per sample, so each copy gets its sample's images in order (transformers'
+        ``repeat_interleave`` would give a sample of images A, B the copies A, A and B, B)."""
+        images = {k: kwargs.pop(k) for k in ("pixel_values", "vision_features") if kwargs.get(k) is not None}
+        if images and expand_size > 1 and input_ids is not None:
+            mask = self.checked_image_mask(input_ids, next(iter(images.values())))
+            samples, _ = image_blocks(mask, self.config.image_seq_length)
+            own = [torch.nonzero(samples == row).flatten() for row in range(input_ids.shape[0])]
+            order = torch.cat([rows.repeat(expand_size) for rows in own])
+            images = {key: value[order.to(value.device)] for key, value in images.items()}
+        input_ids, kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **kwargs
+        )
+        return input_ids, {**kwargs, **images}
 
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         inputs = super().prepare_inputs_for_generation(*args, **kwargs)
