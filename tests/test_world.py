@@ -15,7 +15,7 @@ import pytest
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
 from graft.world.instructions import YES_SHARE
-from graft.world.questions import LETTERS, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
+from graft.world.questions import LETTERS, MARGIN, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
 from graft.world.scene import BACKGROUND, Obj, Scene
 
 N = 60
@@ -633,3 +633,88 @@ def test_backbones_verb_checks_its_flags_before_any_work(world, tmp_path):
         result = CliRunner().invoke(app, ["backbones", *[x for kv in options.items() for x in kv]])
         assert result.exit_code == 2 and said in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / "bb").exists()
+
+
+def _holds(a: Obj, b: Obj, phrase: str) -> bool:
+    """``a`` is ``phrase`` ``b`` by the margin rule: centres at least MARGIN apart that way."""
+    dx, dy = a.x - b.x, a.y - b.y
+    return {
+        "to the left of": dx <= -MARGIN,
+        "to the right of": dx >= MARGIN,
+        "above": dy <= -MARGIN,
+        "below": dy >= MARGIN,
+    }[phrase]
+
+
+def test_position_mcq_offers_one_true_relation_among_four():
+    # the square is well left of the circle and 0.14 above it too: "above" would be a second truth
+    two_ways = Scene([Obj("square", "red", "small", 0.2, 0.4), Obj("circle", "blue", "small", 0.6, 0.54)])
+    assert mcq(two_ways, random.Random(0), "position") is None
+    asked = 0
+    for seed in range(600):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        qa = mcq(scene, rng, "position")
+        if qa is None:
+            continue
+        asked += 1
+        a = _resolve(scene, qa.question.split("\n")[0][len("Where is the ") : -1])
+        true = [
+            c
+            for c in qa.choices
+            if _holds(a, _resolve(scene, c.rsplit(" the ", 1)[1]), c.rsplit(" the ", 1)[0])
+        ]
+        assert true == [qa.choices[LETTERS.index(qa.answer)]], (scene, qa.question)
+    assert asked > 150
+
+
+def test_count_yesno_wording_does_not_give_the_answer_away():
+    # "Are there no circles?" was asked only when the answer was yes, "exactly five" only when no
+    by_wording: dict[str, Counter] = {}
+    for seed in range(1500):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        for answer in (True, False):
+            qa = yesno(scene, rng, answer, "count")
+            wording = re.sub(r"(circle|square|triangle|diamond)s?", "SHAPE", qa.question.split("\n")[0])
+            by_wording.setdefault(wording, Counter())[qa.answer] += 1
+    assert not any("five" in w for w in by_wording)
+    zero = by_wording["Are there no SHAPE in the image?"]
+    assert zero["No"] > 0 and zero["Yes"] / sum(zero.values()) < 0.75
+    blind = sum(max(c.values()) for c in by_wording.values()) / sum(
+        sum(c.values()) for c in by_wording.values()
+    )
+    assert blind < 0.62  # 0.66 when a "no" never asked zero
+
+
+def test_no_held_out_image_renders_like_a_train_image(tmp_path, monkeypatch):
+    # one-object scenes a fraction of a pixel apart render alike; here half the draws are one scene
+    import graft.world.build as build
+
+    twin = Scene([Obj("circle", "red", "large", 0.5, 0.5)])
+
+    def sample(rng, **kw):
+        return twin if rng.random() < 0.5 else sample_scene(rng, **kw)
+
+    monkeypatch.setattr(build, "sample_scene", sample)
+    build_world(tmp_path, num_images=40, seed=1, val_frac=0.1, test_frac=0.1)
+    pixels = {
+        split: {p.read_bytes() for p in (tmp_path / "images" / split).glob("*.png")}
+        for split in ("train", "val", "test")
+    }
+    assert pixels["val"] and pixels["test"]
+    assert not (pixels["val"] | pixels["test"]) & pixels["train"]
+
+
+def test_closest_to_an_edge_is_judged_by_the_shapes_edge_not_its_centre():
+    from graft.world.instructions import reasoning
+
+    # the small triangle's centre is higher, but the large circle reaches nearer the top edge
+    scene = Scene([Obj("triangle", "blue", "small", 0.18, 0.27), Obj("circle", "green", "large", 0.53, 0.29)])
+    asked = 0
+    for seed in range(200):
+        q, a = reasoning(scene, random.Random(seed))
+        if q.startswith("Which object is closest to the top edge"):
+            asked += 1
+            assert a.startswith("The green circle is closest to the top edge"), a
+    assert asked

@@ -396,3 +396,38 @@ def test_run_task_on_every_offline_benchmark(bench: tuple[Path, dict], tmp_path:
             progress=False,
         )
         assert res["metrics"]["counts"]["samples"] == 4 and res["metrics"]["counts"]["missing"] == 0, run
+
+
+def test_in_context_options_have_no_centre_a_blind_reader_could_pick() -> None:
+    # wrong sets one step off the right one made it the option nearest all others (0.42 blind)
+    import random
+
+    from graft.world.bench_demon import _in_context_answer, _in_context_options
+    from graft.world.scene import sample_scene
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        scene = sample_scene(rng)
+        for rule in ("colors", "shapes"):
+            options = _in_context_options(rule, scene, rng)
+            assert _in_context_answer(rule, scene) in options and len(set(options)) == 4
+            sets = [set(o.replace(" and ", ", ").split(", ")) for o in options]
+            spread = {sum(len(s ^ t) for t in sets) for s in sets}
+            assert len(spread) == 1, options
+
+
+def test_difference_says_which_of_two_alike_objects_changed(tmp_path: Path) -> None:
+    import random
+
+    from graft.world.bench_demon import _difference
+    from graft.world.edits import ShapesEditor
+    from graft.world.scene import Obj
+
+    twins = Scene([Obj("circle", "red", "large", 0.25, 0.5), Obj("circle", "red", "large", 0.75, 0.5)])
+    twins.render().save(tmp_path / "twins.png")
+    row = {"id": "000001", "image": "twins.png", "scene": twins.to_dict()}
+    for seed in range(6):
+        said = _difference(tmp_path, row, random.Random(seed), tmp_path / "out")["response"]
+        assert re.fullmatch(r"The large red circle on the (left|right) is \w+ in the second image\.", said)
+        _, text = ShapesEditor._modify(twins, seed % 2, random.Random(seed))
+        assert text.startswith("The large red circle on the " + ("left" if seed % 2 == 0 else "right"))

@@ -27,7 +27,7 @@ from pathlib import Path
 from graft.files import write_text_atomic
 
 from .bench_files import place_image, save_render
-from .describe import join, number_word
+from .describe import join, named, number_word
 from .scene import COLORS, SHAPES, Scene
 
 SEQUENCE_SAMPLES = 200  # ~5 renders of ~1 ms each per sample: keeps the task under a second
@@ -103,10 +103,7 @@ def _difference(world: Path, row: dict, rng: random.Random, out: Path) -> dict:
     place_image(world / row["image"], out / "core" / "images" / before)
     save_render(edited, out / "core" / "images" / after)
     return _sample(
-        0,
-        "{image#1} {image#2}",
-        [before, after],
-        f"The {obj.size} {obj.color} {obj.shape} is {new} in the second image.",
+        0, "{image#1} {image#2}", [before, after], f"The {named(scene, obj)} is {new} in the second image."
     )
 
 
@@ -177,6 +174,13 @@ def _in_context_answer(rule: str, scene: Scene) -> str:
     return join(sorted(values))
 
 
+def _one_off(values: frozenset[str], pool: list[str]) -> list[frozenset[str]]:
+    """The non-empty sets one value more or one value fewer than ``values``, in a fixed order (a set
+    of strings iterates in an order that varies across processes)."""
+    more = [values | {v} for v in pool if v not in values]
+    return more + [values - {v} for v in sorted(values) if len(values) > 1]
+
+
 def _in_context_options(rule: str, scene: Scene, rng: random.Random) -> list[str]:
     """The right answer and three wrong ones of the same kind, shuffled."""
     right = _in_context_answer(rule, scene)
@@ -186,13 +190,14 @@ def _in_context_options(rule: str, scene: Scene, rng: random.Random) -> list[str
         wrong = [f"{number_word(k)} object{'s' if k != 1 else ''}" for k in wrong_n]
     else:
         pool = list(COLORS) if rule == "colors" else list(SHAPES)
-        have = {o.color if rule == "colors" else o.shape for o in scene.objects}
-        # one value more, one fewer, or one swapped: wrong sets that stay close to the right one
-        sets = [have | {v} for v in pool if v not in have]
-        # in sorted order: a set of strings iterates in an order that varies across processes
-        sets += [have - {v} for v in sorted(have) if len(have) > 1]
-        sets += [(have - {v}) | {w} for v in sorted(have) for w in pool if w not in have]
-        wrong = [join(sorted(s)) for s in rng.sample(sets, 3)]
+        have = frozenset(o.color if rule == "colors" else o.shape for o in scene.objects)
+        # Wrong sets that stay close to the right one, yet none closer than the others: a pivot one
+        # value more or fewer than the right set, then three other sets one value off the pivot.
+        # Wrong sets one step off the right set make it the centre of the options (one step from
+        # each, the others two apart): a blind reader picking the centre scored 0.42, not 0.25.
+        pivots = [p for p in _one_off(have, pool) if len(_one_off(p, pool)) >= 4]
+        pivot = rng.choice(pivots)
+        wrong = [join(sorted(s)) for s in rng.sample([s for s in _one_off(pivot, pool) if s != have], 3)]
     options = [right, *wrong]
     rng.shuffle(options)
     return options

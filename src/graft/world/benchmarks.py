@@ -47,7 +47,8 @@ from .instructions import DETAIL_PROMPTS, conversation, reasoning
 from .questions import SHORT_SUFFIX, yesno
 from .scene import COLORS, SHAPES, Scene
 
-BENCH_VERSION = "bench-2"  # 2: runs {task, path}; binary, mmbench, scienceqa, 2 DEMON tasks
+BENCH_VERSION = "bench-3"  # 2: runs {task, path}; binary, mmbench, scienceqa, 2 DEMON tasks
+# 3: position MCQs with one true option, counts asked alike for yes and no, DEMON options unleaky
 MME_SUBTASKS = ("existence", "count", "position", "color")
 MME_SUFFIX = " Please answer yes or no."
 POPE_PER_IMAGE = 3  # POPE samples 3 ground-truth objects per image, and as many negatives

@@ -1,14 +1,15 @@
 """Build a shapes world on disk: images, symbolic metadata, instruction data, eval files, text corpus.
 
-Split by image (train / val / test). Training files (stage1, stage2, captions, corpus) draw only
-on train images; eval files (eval/, and bench/: see benchmarks.py) only on test images. Every
-file is written to a temporary name and renamed; `world.json` is written last, so its presence
-means the world is complete, and a rerun with the same arguments returns it without doing the
-work again.
+Split by image (train / val / test), and no val or test image renders like a train image.
+Training files (stage1, stage2, captions, corpus) draw only on train images; eval files (eval/,
+and bench/: see benchmarks.py) only on test images. Every file is written to a temporary name
+and renamed; `world.json` is written last, so its presence means the world is complete, and a
+rerun with the same arguments returns it without doing the work again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,7 +30,9 @@ from .multi_image import difference_record, which_image_record
 from .questions import FAMILIES, mcq, yesno
 from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 
-WORLD_VERSION = "shapes-4"
+# 5: one true option per position MCQ, counts asked alike for yes and no, no held-out image rendered like
+# a train image, "closest to the edge" by the shape's edge, alike objects told apart in differences
+WORLD_VERSION = "shapes-5"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3
 #: the smallest image side at which the smallest object's box is over a pixel wide (the renderer
@@ -78,6 +81,23 @@ def _split_ids(n: int, args: WorldArgs, rng: random.Random) -> dict[str, list[in
         "val": sorted(order[n_test : n_test + n_val]),
         "train": sorted(order[n_test + n_val :]),
     }
+
+
+def _draw(seed: int, i: int, args: WorldArgs, taken: set[bytes] | None = None) -> tuple[random.Random, Scene]:
+    """Image ``i``'s generator and scene: one generator per image, so image i is the same whatever
+    num_images or the split is. A held-out image whose render is in ``taken`` (digests of the
+    training renders) is drawn again: a one-object scene renders pixel for pixel like another one
+    a fraction of a pixel away, and a test image seen in training would be no test."""
+    for attempt in range(100):
+        rng = random.Random(f"{seed}-{i}" if attempt == 0 else f"{seed}-{i}-again-{attempt}")
+        scene = sample_scene(rng, max_objects=args.max_objects, image_size=args.image_size)
+        if taken is None or _digest(scene) not in taken:
+            break
+    return rng, scene
+
+
+def _digest(scene: Scene) -> bytes:
+    return hashlib.sha256(scene.render().tobytes()).digest()
 
 
 def _binary_pair(scene: Scene, rng: random.Random) -> list:
@@ -155,16 +175,15 @@ def build_world(
     for split, ids in _split_ids(num_images, args, random.Random(f"split-{seed}")).items():
         split_of.update({i: split for i in ids})
 
+    taken = {_digest(_draw(seed, i, args)[1]) for i, split in split_of.items() if split == "train"}
     meta: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     stage1, stage2, caps_rows, docs, binary, mcq_rows = [], [], [], [], [], []
     pix_sum = np.zeros(3)
     pix_sq = np.zeros(3)
     n_train_pix = 0
     for i in tqdm(range(num_images), desc="render shapes world", unit="img"):
-        # One generator per image: image i is the same whatever num_images or the split is.
-        rng = random.Random(f"{seed}-{i}")
-        scene = sample_scene(rng, max_objects=args.max_objects, image_size=image_size)
         split, iid = split_of[i], f"{i:06d}"
+        rng, scene = _draw(seed, i, args, None if split == "train" else taken)
         rel = f"images/{split}/{iid}.png"
         img = scene.render()
         path = out / rel

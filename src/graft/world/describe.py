@@ -29,6 +29,15 @@ def noun_phrase(obj: Obj, size: bool = True, det: bool = True) -> str:
     return f"{article(words)} {words}" if det else words
 
 
+def named(scene: Scene, obj: Obj) -> str:
+    """``obj``'s size, colour and shape ("large red circle"), and its place too when another object
+    of the scene has the same three ("large red circle on the left"): a difference description
+    has to say which of two alike objects changed."""
+    words = noun_phrase(obj, det=False)
+    twins = sum(noun_phrase(o, det=False) == words for o in scene.objects)
+    return f"{words} {where(obj)}" if twins > 1 else words
+
+
 def where(obj: Obj) -> str:
     """Coarse absolute position: 'in the top left', 'on the right', 'in the center', ..."""
     col = "left" if obj.x < LOW else "right" if obj.x > HIGH else ""

@@ -17,7 +17,7 @@ from PIL import Image
 
 from graft.data.pairs import EditResult, PairError, Region, Source
 
-from .describe import noun_phrase, where
+from .describe import named, noun_phrase, where
 from .scene import COLORS, SHAPES, SIZES, Scene, place_object
 
 SECOND = "in the second image"
@@ -60,7 +60,7 @@ class ShapesEditor:
     @staticmethod
     def _modify(scene: Scene, i: int, rng: random.Random) -> tuple[Scene, str] | None:
         obj = scene.objects[i]
-        name = noun_phrase(obj, det=False)
+        name = named(scene, obj)
         if rng.random() < 0.5:
             color = rng.choice([c for c in COLORS if c != obj.color])
             new, text = replace(obj, color=color), f"The {name} is {color} {SECOND}."

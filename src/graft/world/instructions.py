@@ -126,11 +126,13 @@ def reasoning(scene: Scene, rng: random.Random) -> tuple[str, str]:
         )
     if kind == "edge":
         side = rng.choice(["left", "right", "top", "bottom"])
+        # by the shape's own edge (each shape touches all four sides of its box), not its centre:
+        # a large shape further in can reach nearer the edge than a small one
         key = {
-            "left": lambda o: o.x,
-            "right": lambda o: -o.x,
-            "top": lambda o: o.y,
-            "bottom": lambda o: -o.y,
+            "left": lambda o: o.x - o.half,
+            "right": lambda o: -(o.x + o.half),
+            "top": lambda o: o.y - o.half,
+            "bottom": lambda o: -(o.y + o.half),
         }[side]
         o = min(objs, key=key)
         return (

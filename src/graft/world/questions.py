@@ -92,15 +92,21 @@ OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"
 AXIS = {"left": "x", "right": "x", "above": "y", "below": "y"}
 
 
-def _pairs(scene: Scene) -> list[tuple[Obj, Obj, str, str, str]]:
-    """Ordered pairs of uniquely nameable objects in a clear relation: (a, b, ref_a, ref_b, rel)."""
+def _pairs(scene: Scene, only: bool = False) -> list[tuple[Obj, Obj, str, str, str]]:
+    """Ordered pairs of uniquely nameable objects in a clear relation: (a, b, ref_a, ref_b, rel).
+    With ``only``, just the pairs whose centres are also within ``MARGIN`` along the other axis, so
+    ``rel`` is the only one of the four relations that holds: a multiple-choice question offers all
+    four, and "left" 0.3 off with "below" 0.14 off has two true options."""
     out = []
     for a in scene.objects:
         for b in scene.objects:
             if a is b:
                 continue
             ra, rb, rel = refer(scene, a), refer(scene, b), relation(a, b)
-            if ra and rb and rel:
+            if not (ra and rb and rel):
+                continue
+            across = a.y - b.y if AXIS[rel] == "x" else a.x - b.x
+            if not only or abs(across) < MARGIN:
                 out.append((a, b, ra, rb, rel))
     return out
 
@@ -148,17 +154,28 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         q = f"Is the {ref} {value}?" if qtype == "color" else f"Is the {ref} a {value}?"
         seen = truth
     elif qtype == "count":
+        # A "no" asks a count as a "yes" would, so the number asked does not give the answer away:
+        # of objects any other count from one to four (a "yes" asks each about as often); of one
+        # shape the count of another shape in the image (a "yes" asks "no circles" often, "four
+        # circles" rarely), so "Are there no circles?" is asked with both answers; never "exactly
+        # five", which only a "no" asked.
         if rng.random() < 0.5:
-            noun_of, n = (lambda k: "objects" if k != 1 else "object"), len(objs)
+            noun_of, n, lo = (lambda k: "objects" if k != 1 else "object"), len(objs), 1
+            others = []
         else:
             shape = rng.choice(SHAPES)
-            noun_of, n = (lambda k, s=shape: plural(s) if k != 1 else s), sum(o.shape == shape for o in objs)
+            noun_of, n, lo = (
+                (lambda k, s=shape: plural(s) if k != 1 else s),
+                sum(o.shape == shape for o in objs),
+                0,
+            )
+            others = [v for s in SHAPES if s != shape and (v := sum(o.shape == s for o in objs)) != n]
         if answer:
             k = n
         else:
-            near = [v for v in (n - 1, n + 1) if v >= 1]
+            near = [v for v in (n - 1, n + 1) if lo <= v <= max(4, n)]
             hard = rng.random() < 0.5
-            k = rng.choice(near if hard else [v for v in range(1, 5) if v != n])
+            k = rng.choice(near if hard else others or [v for v in range(lo, 5) if v != n])
         if k == 0:
             q = f"Are there no {noun_of(k)} in the image?"
         elif k == 1:
@@ -274,7 +291,7 @@ def mcq(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
             pool = [str(v) for v in range(0, 6) if v != n]
         return _mcq(rng, stem, str(n), pool, qtype)
     if qtype == "position":
-        pairs = _pairs(scene)
+        pairs = _pairs(scene, only=True)
         if not pairs:
             return None
         _, _, ra, rb, rel = rng.choice(pairs)
