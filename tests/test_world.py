@@ -299,7 +299,8 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 noun = stem.split()[-4]  # "... four objects in the image"
                 shapes = [o.shape for o in scene.objects]
                 n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
-                assert qa.seen == number_word(n)
+                assert qa.seen == (f"{qa.seen.split(': ')[0]}: {number_word(n)}" if n else "none")
+                assert len(qa.seen.split(": ")[0].replace(" and ", ", ").split(", ")) == max(n, 1)
             else:
                 a, b = [o for o in scene.objects if f" {refer(scene, o)} " in f" {stem} "][:2]
                 assert qa.seen in {relation(a, b), relation(b, a)}
@@ -333,8 +334,8 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
     }
 
     def answers(family: str, question: str, value: str) -> bool:
-        if family == "binary":  # what decides it, then the verdict: "square, so no"
-            return re.fullmatch(r"[a-z ]+, so (yes|no)", value) is not None
+        if family == "binary":  # what decides it, then the verdict: "square, so no", "red circle: one, so no"
+            return re.fullmatch(r"[a-z ,:]+, so (yes|no)", value) is not None
         # the option's text, then its letter: "red circle (B)", the option the question lists as B
         m = re.fullmatch(r"(.+) \(([ABCD])\)", value)
         return m is not None and f"\n{m[2]}. {m[1]}\n" in question
@@ -369,7 +370,7 @@ def test_image_twin_records_keep_the_image_and_the_question(world):
     for twin in twins:
         source = sources[twin["id"].rsplit("-", 1)[0]]
         human, gpt = twin["conversations"]
-        assert twin["image"] == source["image"] and re.fullmatch(r"[a-z ]+, so (yes|no)", gpt["value"])
+        assert twin["image"] == source["image"] and re.fullmatch(r"[a-z ,:]+, so (yes|no)", gpt["value"])
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert "Context:" not in human["value"] and human["value"].endswith(SHORT_SUFFIX)
     with pytest.raises(ValueError, match="with_image needs a family"):
@@ -685,6 +686,28 @@ def test_count_yesno_wording_does_not_give_the_answer_away():
         sum(c.values()) for c in by_wording.values()
     )
     assert blind < 0.62  # 0.66 when a "no" never asked zero
+
+
+def test_a_count_reply_lists_the_objects_counted_in_reading_order_then_their_number():
+    scene = Scene(
+        [
+            Obj("circle", "blue", "small", 0.8, 0.2),
+            Obj("square", "red", "small", 0.2, 0.8),
+            Obj("circle", "green", "small", 0.2, 0.2),
+        ]
+    )
+    seen = set()
+    for seed in range(60):
+        qa = yesno(scene, random.Random(seed), seed % 2 == 0, "count")
+        assert qa.reply == f"{qa.seen}, so {qa.answer.lower()}"
+        seen.add(qa.seen)
+    # every object (a count of objects), the circles, the square, or none of a shape it lacks
+    assert seen == {
+        "green circle, blue circle and red square: three",
+        "green circle and blue circle: two",
+        "red square: one",
+        "none",
+    }
 
 
 def test_no_held_out_image_renders_like_a_train_image(tmp_path, monkeypatch):

@@ -159,17 +159,15 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         # shape the count of another shape in the image (a "yes" asks "no circles" often, "four
         # circles" rarely), so "Are there no circles?" is asked with both answers; never "exactly
         # five", which only a "no" asked.
+        shape = None
         if rng.random() < 0.5:
-            noun_of, n, lo = (lambda k: "objects" if k != 1 else "object"), len(objs), 1
-            others = []
+            noun_of, counted, lo = (lambda k: "objects" if k != 1 else "object"), reading_order(scene), 1
         else:
             shape = rng.choice(SHAPES)
-            noun_of, n, lo = (
-                (lambda k, s=shape: plural(s) if k != 1 else s),
-                sum(o.shape == shape for o in objs),
-                0,
-            )
-            others = [v for s in SHAPES if s != shape and (v := sum(o.shape == s for o in objs)) != n]
+            noun_of, lo = (lambda k, s=shape: plural(s) if k != 1 else s), 0
+            counted = [o for o in reading_order(scene) if o.shape == shape]
+        n = len(counted)
+        others = [v for s in SHAPES if shape and s != shape and (v := sum(o.shape == s for o in objs)) != n]
         if answer:
             k = n
         else:
@@ -182,7 +180,9 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             q = f"Is there exactly one {noun_of(k)} in the image?"
         else:
             q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
-        seen = number_word(n)
+        # the objects counted, in reading order, then their number: "red circle and blue circle:
+        # two, so no"; the warm-up teaches the list (``presence``), the count is then the list's
+        seen = f"{join([o.category for o in counted])}: {number_word(n)}" if n else "none"
     elif qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
