@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,35 +38,57 @@ from graft.train.stages import apply_stage, compile_decoder_layers, param_groups
 
 #: the demo's stage 2: the top 15 of SmolLM2's 30 layers learn, the connector is frozen
 DEMO_STAGE2 = {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 15}}
-#: (name, stage, bf16, label-only logits, padding-free batches, recipe components) -- the first of
-#: each stage is its baseline
+#: the demo's perception warm-up: the top 10 layers learn
+DEMO_PERCEIVE = {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 10}}
+CONNECTOR = {"connector": {"mode": "full"}}
+FULL_LLM = {"llm": {"mode": "full"}}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training configuration; the first case of each stage is its baseline."""
+
+    name: str
+    stage: str  # stage1 | perceive | stage2: whose data it trains on
+    components: dict
+    bf16: bool = True
+    label_only: bool = True
+    packed: bool = False
+    shared_prefix: bool = False
+    compiled: bool = False
+
+
 TRAIN_CASES = [
-    ("stage 1: fp32, full logits", "stage1", False, False, False, {"connector": {"mode": "full"}}),
-    ("stage 1: bf16 autocast", "stage1", True, False, False, {"connector": {"mode": "full"}}),
-    ("stage 1: bf16 + label-only logits", "stage1", True, True, False, {"connector": {"mode": "full"}}),
-    ("stage 2: fp32, full logits, full LLM", "stage2", False, False, False, {"llm": {"mode": "full"}}),
-    ("stage 2: bf16 autocast", "stage2", True, False, False, {"llm": {"mode": "full"}}),
-    ("stage 2: bf16 + label-only logits", "stage2", True, True, False, {"llm": {"mode": "full"}}),
-    (
+    Case("stage 1: fp32, full logits", "stage1", CONNECTOR, bf16=False, label_only=False),
+    Case("stage 1: bf16 autocast", "stage1", CONNECTOR, label_only=False),
+    Case("stage 1: bf16 + label-only logits", "stage1", CONNECTOR),
+    Case("warm-up: bf16 + label-only + top 10 layers (demo)", "perceive", DEMO_PERCEIVE),
+    Case("warm-up: the same + shared prefix", "perceive", DEMO_PERCEIVE, shared_prefix=True),
+    Case("stage 2: fp32, full logits, full LLM", "stage2", FULL_LLM, bf16=False, label_only=False),
+    Case("stage 2: bf16 autocast", "stage2", FULL_LLM, label_only=False),
+    Case("stage 2: bf16 + label-only logits", "stage2", FULL_LLM),
+    Case(
         "stage 2: bf16 + label-only + LoRA r=64 (connector learns)",
         "stage2",
-        True,
-        True,
-        False,
         {"llm": {"mode": "lora", "lora": {"r": 64, "alpha": 128}}},
     ),
-    (
+    Case(
         "stage 2: bf16 + label-only + top 10 layers (connector frozen)",
         "stage2",
-        True,
-        True,
-        False,
         {"connector": {"mode": "frozen"}, "llm": {"mode": "full", "top_layers": 10}},
     ),
-    ("stage 2: fp32 + label-only + top 15 layers (demo, fp32)", "stage2", False, True, False, DEMO_STAGE2),
-    ("stage 2: fp32 + label-only + top 15 layers, packed", "stage2", False, True, True, DEMO_STAGE2),
-    ("stage 2: bf16 + label-only + top 15 layers (demo, bf16)", "stage2", True, True, False, DEMO_STAGE2),
-    ("stage 2: bf16 + label-only + top 15 layers, packed", "stage2", True, True, True, DEMO_STAGE2),
+    Case("stage 2: fp32 + label-only + top 15 layers (demo, fp32)", "stage2", DEMO_STAGE2, bf16=False),
+    Case(
+        "stage 2: fp32 + label-only + top 15 layers, packed", "stage2", DEMO_STAGE2, bf16=False, packed=True
+    ),
+    Case("stage 2: bf16 + label-only + top 15 layers (demo, bf16)", "stage2", DEMO_STAGE2),
+    Case("stage 2: bf16 + label-only + top 15 layers, packed", "stage2", DEMO_STAGE2, packed=True),
+    Case(
+        "stage 2: bf16 + label-only + top 15 layers + shared prefix",
+        "stage2",
+        DEMO_STAGE2,
+        shared_prefix=True,
+    ),
 ]
 #: cases run again with every decoder layer under ``torch.compile(dynamic=True)`` (first pass:
 #: compilation, untimed with the warm-up steps)
@@ -75,15 +98,14 @@ COMPILED = (
 )
 
 
-def batches(
-    model_dir: Path, world: Path, stage: str, batch_size: int, count: int, model, packed: bool
-) -> list[dict]:
+def batches(args, stage: str, count: int, model, packed: bool) -> list[dict]:
     template = "plain" if stage == "stage1" else "smollm2"
-    processor = GraftProcessor.from_pretrained(model_dir, template=template)
-    dataset = LlavaDataset([str(world / f"{stage}.json")], str(world), processor)
+    processor = GraftProcessor.from_pretrained(args.model, template=template)
+    data = args.perceive if stage == "perceive" else args.world / f"{stage}.json"
+    dataset = LlavaDataset([str(data)], str(args.world), processor)
     collate = TrainCollator(processor.tokenizer.pad_token_id, packed=packed)
     # the training loop's batches: one modality each, samples of similar length together
-    order = GroupedBatchSampler(dataset.lengths, dataset.has_image, batch_size, packed=packed)
+    order = GroupedBatchSampler(dataset.lengths, dataset.has_image, args.batch_size, packed=packed)
     out = []
     with torch.no_grad():
         for indices in itertools.islice(order, count):
@@ -95,28 +117,32 @@ def batches(
     return out
 
 
-def time_training(
-    args, name: str, stage: str, bf16: bool, label_only: bool, packed: bool, components: dict, compiled: bool
-) -> float:
+def time_training(args, case: Case) -> float:
     model = GraftForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
-    if compiled:
+    if case.compiled:
         compile_decoder_layers(model)  # what a recipe's compile: true does
-    if packed:
+    if case.packed:
         enable_packing(model, torch.device("cpu"))
     recipe = recipe_from_dict(
-        {"model": {"init_from": str(args.model)}, "data": {"train": ["-"]}, **components}, source="benchmark"
+        {"model": {"init_from": str(args.model)}, "data": {"train": ["-"]}, **case.components},
+        source="benchmark",
     )
     apply_stage(model, recipe)
     model.train()
     model.vision_tower.eval()
-    data = batches(args.model, args.world, stage, args.batch_size, args.warmup + args.steps, model, packed)
+    data = batches(args, case.stage, args.warmup + args.steps, model, case.packed)
     optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=1e-5)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if case.bf16 else contextlib.nullcontext()
     for i, inputs in enumerate(data):
         if i == args.warmup:
             start = time.perf_counter()
         with autocast:
-            loss = model(**inputs, use_cache=False, supervised_logits_only=label_only).loss
+            loss = model(
+                **inputs,
+                use_cache=False,
+                supervised_logits_only=case.label_only,
+                share_prefix=case.shared_prefix,
+            ).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -144,6 +170,9 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument(
+        "--perceive", type=Path, default=None, help="The warm-up's records (default: WORLD/../perceive.json)."
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
@@ -151,19 +180,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default="", help="Run only the cases whose name contains this text.")
     args = parser.parse_args()
+    args.perceive = args.perceive or args.world.parent / "perceive.json"
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
     base: dict[str, float] = {}
-    cases = [(*case, False) for case in TRAIN_CASES]
-    cases += [(f"{c[0]}, compiled layers", *c[1:], True) for c in TRAIN_CASES if c[0] in COMPILED]
-    for name, stage, bf16, label_only, packed, components, compiled in cases:
-        if args.only not in name:
+    cases = TRAIN_CASES + [
+        replace(c, name=f"{c.name}, compiled layers", compiled=True)
+        for c in TRAIN_CASES
+        if c.name in COMPILED
+    ]
+    for case in cases:
+        if args.only not in case.name:
             continue
-        rate = time_training(args, name, stage, bf16, label_only, packed, components, compiled)
-        base.setdefault(stage, rate)
-        results[name] = rate
-        print(f"{name:70s} {rate:7.2f} samples/s  x{rate / base[stage]:.2f}", flush=True)
+        rate = time_training(args, case)
+        base.setdefault(case.stage, rate)
+        results[case.name] = rate
+        print(f"{case.name:70s} {rate:7.2f} samples/s  x{rate / base[case.stage]:.2f}", flush=True)
     for name, batch_size, bf16 in (
         ("eval: batch 1, fp32", 1, False),
         ("eval: batch 32, fp32", 32, False),

@@ -278,6 +278,25 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
     assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
 
 
+def test_the_shared_prefix_gives_the_same_losses_and_weights(tmp_path, world, monkeypatch):
+    import graft.modeling
+
+    calls = []
+    run_once = graft.modeling.decode_after_shared_prefix
+    monkeypatch.setattr(
+        graft.modeling, "decode_after_shared_prefix", lambda *a, **k: calls.append(a[4]) or run_once(*a, **k)
+    )
+    shared = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
+    # the micro-batches of two samples ran Vicuna's system prompt once (a sample alone has no one
+    # to share it with: the text-only record and the seventh image record come alone)
+    assert len(calls) == 4 and min(calls) >= 8
+    plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "b", max_steps=3, share_prefix=False)))
+    assert len(calls) == 4
+    assert shared.losses == pytest.approx(plain.losses, abs=1e-6)
+    a, b = shared.model.state_dict(), plain.model.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
 def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp_path, world):
     from torch._dynamo.utils import counters
 

@@ -34,6 +34,7 @@ from graft.config import IGNORE_INDEX, GraftConfig
 from graft.connectors import Connector, build_connector
 from graft.connectors.vpgc import GuidanceContext
 from graft.packing import check_packed_call, is_packed
+from graft.shared_prefix import decode_after_shared_prefix, shareable, shared_prefix_length
 from graft.word_alignment import word_alignment_loss
 
 
@@ -258,6 +259,7 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         instruction_mask: torch.Tensor | None = None,
         instruction_positions: torch.LongTensor | None = None,
         supervised_logits_only: bool = False,
+        share_prefix: bool = False,
         unused_image: str | None = None,
         caption_words: torch.Tensor | None = None,
         **kwargs: Any,
@@ -268,7 +270,9 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         token before the last supervised answer, else the last attended token).
 
         With ``labels`` and ``supervised_logits_only`` (training) the output head runs only
-        where a label is supervised: the same loss and gradients, no ``logits`` returned.
+        where a label is supervised: the same loss and gradients, no ``logits`` returned; with
+        ``share_prefix`` too, the opening tokens every sample shares run once
+        (``graft.shared_prefix``).
 
         ``unused_image`` (``"pixels"`` or ``"features"``), for a batch without images: the
         connector (and with pixels the vision tower) still runs, on a blank image that counts
@@ -285,6 +289,7 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         context = self._connector_context(instruction_ids, instruction_mask)
         positions = instruction_positions
         guidance: Any = contextlib.nullcontext()
+        from_ids = inputs_embeds is None  # a shared prefix is found in ids, so only then
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
@@ -305,7 +310,12 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
             blank = self._blank_image_term(unused_image, context)
         with guidance:
             if supervised_logits_only and labels is not None and self._plain_head():
-                out = self._supervised_loss(inputs_embeds, attention_mask, position_ids, labels, **kwargs)
+                prefix = 0
+                if share_prefix and from_ids and not is_packed(kwargs):
+                    prefix = self._shared_prefix(input_ids, attention_mask, labels)
+                out = self._supervised_loss(
+                    inputs_embeds, attention_mask, position_ids, labels, prefix=prefix, **kwargs
+                )
             else:
                 out = self.language_model(
                     inputs_embeds=inputs_embeds,
@@ -374,6 +384,18 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         text = self.config.text_config
         return all(getattr(text, key, None) is None for key in ("final_logit_softcapping", "logit_scale"))
 
+    def _shared_prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+    ) -> int:
+        """How many opening tokens every sample of the batch shares and the decoder may run once
+        (none where the connector reads the LLM's hidden states, its hook seeing one whole pass,
+        nor under gradient checkpointing, which drops the prefix's cache)."""
+        if self.connector.needs_llm_hidden or not shareable(self.config.text_config):
+            return 0
+        if any(getattr(m, "gradient_checkpointing", False) for m in self.language_model.modules()):
+            return 0
+        return shared_prefix_length(input_ids, attention_mask, labels, self.image_token_mask(input_ids))
+
     def _supervised_loss(
         self,
         inputs_embeds: torch.Tensor,
@@ -381,18 +403,27 @@ class GraftForConditionalGeneration(GraftPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None,
         labels: torch.LongTensor,
         num_items_in_batch: int | torch.Tensor | None = None,
+        prefix: int = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """transformers' causal-LM loss (shift by one, ignore -100, sum over ``num_items_in_batch``
         or mean) with the head applied to the supervised positions only: a 49k-word head is a
-        fifth of a small LLM's FLOPs, and most positions of a chat sample are not supervised."""
-        hidden = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            **kwargs,
-        ).last_hidden_state
+        fifth of a small LLM's FLOPs, and most positions of a chat sample are not supervised.
+        With ``prefix``, the first ``prefix`` positions (shared, unsupervised) run once."""
+        decoder = self.language_model.get_decoder()
+        if prefix:
+            hidden = decode_after_shared_prefix(
+                decoder, inputs_embeds, attention_mask, position_ids, prefix, **kwargs
+            )
+            labels = labels[:, prefix:]
+        else:
+            hidden = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                **kwargs,
+            ).last_hidden_state
         targets = labels[:, 1:].to(hidden.device)
         keep = targets != IGNORE_INDEX
         logits = self.language_model.get_output_embeddings()(hidden[:, :-1][keep])

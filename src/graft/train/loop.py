@@ -126,11 +126,12 @@ def _step(
     max_grad_norm: float,
     unused_image: str | None = None,
     word_mask: torch.Tensor | None = None,
+    share_prefix: bool = False,
 ) -> dict[str, Any]:
     """One optimizer step; ``unused_image`` (sharded strategies): what a micro-batch without images
     runs the connector on (see ``GraftForConditionalGeneration.forward``). With ``word_mask``
     (``[vocabulary]`` bools, ``content_words``: the word-alignment objective) the loss is a mean
-    over the step's samples."""
+    over the step's samples. ``share_prefix``: the recipe's (``graft.shared_prefix``)."""
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
     if word_mask is not None:
         for b in micro_batches:
@@ -146,7 +147,12 @@ def _step(
         blank = {"unused_image": unused_image} if unused_image and not images else {}
         with dist.no_sync(accelerator, model, last):
             out = model(
-                **inputs, **blank, num_items_in_batch=num_tokens, use_cache=False, supervised_logits_only=True
+                **inputs,
+                **blank,
+                num_items_in_batch=num_tokens,
+                use_cache=False,
+                supervised_logits_only=True,
+                share_prefix=share_prefix,
             )
             loss = out.loss
             if not loss.requires_grad:
@@ -305,6 +311,7 @@ def _train(
                 o.max_grad_norm,
                 unused_image,
                 content,
+                recipe.share_prefix,
             )
             state.step += 1
             losses.append(stats["loss"])
