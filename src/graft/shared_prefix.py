@@ -70,7 +70,10 @@ def decode_after_shared_prefix(
     positions (the same in every row) run once."""
     batch = inputs_embeds.shape[0]
     cache = DynamicCache(config=decoder.config)
-    opening = torch.arange(prefix, device=inputs_embeds.device).unsqueeze(0)
+    if position_ids is None:
+        opening = torch.arange(prefix, device=inputs_embeds.device).unsqueeze(0)
+    else:
+        opening = position_ids[:1, :prefix]
     decoder(
         inputs_embeds=inputs_embeds[:1, :prefix],
         position_ids=opening,

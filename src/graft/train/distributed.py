@@ -292,6 +292,16 @@ def unused_image_input(spec: DistributedSpec, cached_features: bool) -> str | No
     return "features" if cached_features else "pixels"
 
 
+def may_share_prefix(spec: DistributedSpec) -> bool:
+    """Whether a recipe's ``share_prefix`` may act: only under DDP (or one process). A micro-batch
+    of one sample, or one without a shared opening, runs the layers once where another runs them
+    twice: ZeRO-3 and FSDP2 gather a layer's weights at every call, and ZeRO-2 reduces gradients
+    in the order they become ready, so both need every process to run alike (measured: ZeRO-2's
+    losses drifted from DDP's by 3e-4 from the third step). DDP reduces its buckets in a fixed order.
+    """
+    return spec.strategy == "ddp"
+
+
 # --- preparing, checkpoints and the final model ------------------------------------------------------------
 def shard(model: torch.nn.Module, recipe: Recipe, device: torch.device) -> None:
     """FSDP2: ``fully_shard`` the model in place, before its optimizer is built (others: nothing)."""

@@ -251,6 +251,7 @@ def _train(
     if resume_from is not None and sharded is not None:  # restored into the sharded weights
         state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world, sharded)
     unused_image = dist.unused_image_input(recipe.distributed, cache is not None)
+    share_prefix = recipe.share_prefix and dist.may_share_prefix(recipe.distributed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     content = None
     if recipe.objective == "word_alignment":
@@ -311,7 +312,7 @@ def _train(
                 o.max_grad_norm,
                 unused_image,
                 content,
-                recipe.share_prefix,
+                share_prefix,
             )
             state.step += 1
             losses.append(stats["loss"])

@@ -155,7 +155,8 @@ class Recipe:
     gradient_checkpointing: bool = False
     #: run the opening tokens every sample of a batch shares (the chat template's system prompt)
     #: once per batch, not once per sample (``graft.shared_prefix``): the same loss and gradients;
-    #: x1.2 warm-up and x1.1 stage-2 samples/s in the demo (benchmarks/smollm2_speed.py)
+    #: x1.2 warm-up and x1.1 stage-2 samples/s in the demo (benchmarks/smollm2_speed.py); under
+    #: DDP or one process only (``graft.train.distributed.may_share_prefix``)
     share_prefix: bool = True
     #: torch.compile every decoder layer of the LLM (dynamic shapes): x1.35 stage-2 samples/s on a
     #: 2-core Xeon in bf16 once compiled (benchmarks/smollm2_speed.py); its first steps compile
