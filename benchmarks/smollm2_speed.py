@@ -1,6 +1,6 @@
-"""Samples/s of the demo's three phases with SmolLM2-135M on this machine, with and without each
-speed lever, in one run: stage 1 (connector only, plain template), stage 2 (instruction tuning)
-and evaluation (greedy short answers).
+"""Samples/s of the demo's phases with SmolLM2-135M on this machine, with and without each speed
+lever, in one run: stage 1 (connector only, plain template), the perception warm-up (its records
+from ``--perceive``), stage 2 (instruction tuning) and evaluation (greedy short answers).
 
 Every training configuration runs the same batches of the world's own data, with the vision
 features computed once beforehand (the training loop's feature cache does the same), for
@@ -10,7 +10,8 @@ gives samples/s and the speed-up over the first configuration of its phase.
     python benchmarks/smollm2_speed.py --model runs/demo/stage1 --world runs/demo/world
 
 ``--model`` is a graft folder grafted onto SmolLM2 (``runs/demo/composed``, or ``stage1`` of a
-``graft demo --alignment captions`` run).
+``graft demo --alignment captions`` run). ``--only warm-up --model runs/demo/ground`` times the
+warm-up as the demo runs it, ``--only "top 15" --model runs/demo/perceive`` stage 2.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ TRAIN_CASES = [
 #: cases run again with every decoder layer under ``torch.compile(dynamic=True)`` (first pass:
 #: compilation, untimed with the warm-up steps)
 COMPILED = (
+    "warm-up: the same + shared prefix",
     "stage 2: fp32 + label-only + top 15 layers (demo, fp32)",
     "stage 2: bf16 + label-only + top 15 layers (demo, bf16)",
+    "stage 2: bf16 + label-only + top 15 layers + shared prefix",
 )
 
 
