@@ -131,7 +131,8 @@ def _step(
     """One optimizer step; ``unused_image`` (sharded strategies): what a micro-batch without images
     runs the connector on (see ``GraftForConditionalGeneration.forward``). With ``word_mask``
     (``[vocabulary]`` bools, ``content_words``: the word-alignment objective) the loss is a mean
-    over the step's samples. ``share_prefix``: the recipe's (``graft.shared_prefix``)."""
+    over the step's samples. ``share_prefix``: run each micro-batch's shared opening once
+    (``graft.shared_prefix``; the recipe's setting where ``may_share_prefix`` allows it)."""
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}  # the rates this step uses
     if word_mask is not None:
         for b in micro_batches:
