@@ -408,8 +408,8 @@ def test_presence_questions_are_true_balanced_and_train_as_records(world):
         ]
     )
     qa = presence(scene, random.Random(0), True, "color")
-    assert qa.seen == "green diamond, red circle and blue square"
-    assert qa.reply == "green diamond, red circle and blue square, so yes"
+    assert qa.seen == "green diamond, red circle, blue square"  # commas alone: ``listing``
+    assert qa.reply == "green diamond, red circle, blue square, so yes"
     full = Scene([Obj(s, "red", "small", 0.5, 0.5) for s in ("circle", "square", "triangle", "diamond")])
     assert presence(full, random.Random(0), False, "shape") is None  # no absent shape to ask about
     with pytest.raises(ValueError, match="'size'"):
@@ -703,8 +703,8 @@ def test_a_count_reply_lists_the_objects_counted_in_reading_order_then_their_num
         seen.add(qa.seen)
     # every object (a count of objects), the circles, the square, or none of a shape it lacks
     assert seen == {
-        "green circle, blue circle and red square: three",
-        "green circle and blue circle: two",
+        "green circle, blue circle, red square: three",  # commas alone (``listing``)
+        "green circle, blue circle: two",
         "red square: one",
         "none",
     }

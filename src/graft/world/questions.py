@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from graft.prompts import MC_ANSWER, SHORT_ANSWER
 
-from .describe import join, number_word
+from .describe import number_word
 from .scene import COLORS, SHAPES, Obj, Scene
 
 SHORT_SUFFIX = "\n" + SHORT_ANSWER
@@ -180,9 +180,9 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             q = f"Is there exactly one {noun_of(k)} in the image?"
         else:
             q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
-        # the objects counted, in reading order, then their number: "red circle and blue circle:
+        # the objects counted, in reading order, then their number: "red circle, blue circle:
         # two, so no"; the warm-up teaches the list (``presence``), the count is then the list's
-        seen = f"{join([o.category for o in counted])}: {number_word(n)}" if n else "none"
+        seen = f"{listing([o.category for o in counted])}: {number_word(n)}" if n else "none"
     elif qtype == "position":
         pairs = _pairs(scene)
         if not pairs:
@@ -210,11 +210,20 @@ def reading_order(scene: Scene) -> list[Obj]:
     return sorted(scene.objects, key=lambda o: (min(int(o.y * READING_ROWS), READING_ROWS - 1), o.x))
 
 
+def listing(items: list[str]) -> str:
+    """The objects a yes/no reply names, joined by commas alone ("purple triangle, blue circle, green
+    square"), so that after each one the LLM only decides whether another object follows. Joined
+    as English joins them ("... blue circle and green square") it must know at the comma before
+    the last one that one is left: the warm-up's model then wrote one object or three, never two
+    or four (docs/demo-history.md)."""
+    return ", ".join(items)
+
+
 def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> QA | None:
     """'Is there a red object in the image?' (``attribute`` "color") or 'Is there a circle in the
     image?' ("shape"): one attribute, no binding, the easiest question an image can answer (the
     demo's perception warm-up, ``graft.world.perception``). The reply lists every object in
-    reading order before the verdict ("purple triangle, blue circle and green square, so no"), so
+    reading order (``listing``) before the verdict ("purple triangle, blue circle, green square, so no"), so
     the warm-up teaches the LLM to read each object's colour and shape from its tokens, not the
     colours alone. Family ``existence``; None when the scene has every value (no negative) of
     that attribute."""
@@ -230,7 +239,7 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
         else f"Is there a {value} in the image?"
     )
     verdict = "Yes" if answer else "No"
-    seen = join([o.category for o in reading_order(scene)])
+    seen = listing([o.category for o in reading_order(scene)])
     return QA(q + SHORT_SUFFIX, verdict, "existence", "yesno", seen=seen)
 
 
