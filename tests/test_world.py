@@ -710,6 +710,19 @@ def test_a_count_reply_lists_the_objects_counted_in_reading_order_then_their_num
     }
 
 
+def test_an_existence_reply_lists_the_asked_colours_objects_by_commas_alone():
+    scene = Scene(
+        [
+            Obj("triangle", "yellow", "small", 0.8, 0.2),
+            Obj("diamond", "yellow", "small", 0.2, 0.8),
+            Obj("circle", "green", "small", 0.2, 0.2),
+        ]
+    )
+    replies = {yesno(scene, random.Random(seed), False, "existence").reply for seed in range(80)}
+    assert "yellow diamond, yellow triangle, so no" in replies
+    assert not any(" and " in r for r in replies)
+
+
 def test_no_held_out_image_renders_like_a_train_image(tmp_path, monkeypatch):
     # one-object scenes a fraction of a pixel apart render alike; here half the draws are one scene
     import graft.world.build as build

@@ -33,7 +33,7 @@ from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 # 5: one true option per position MCQ, counts asked alike for yes and no, no held-out image rendered like
 # a train image, "closest to the edge" by the shape's edge, alike objects told apart in differences;
 # 6: a count yes/no reply lists the objects counted before their number ("red circle and blue circle: two");
-# 7: those lists, and a presence reply's, joined by commas alone ("red circle, blue circle: two")
+# 7: those lists, and a presence or existence reply's, joined by commas alone ("red circle, blue circle: two")
 WORLD_VERSION = "shapes-7"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3

@@ -131,7 +131,7 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             hard = bool(hard_combos) and rng.random() < 0.5
             color, shape = rng.choice(hard_combos if hard else combos)
         q = f"Is there a {color} {shape} in the image?"
-        seen = " and ".join(sorted({o.category for o in objs if o.color == color})) or "none"
+        seen = listing(sorted({o.category for o in objs if o.color == color})) or "none"
     elif qtype in ("color", "shape"):
         cands = [(o, refer(scene, o)) for o in objs]
         if qtype == "color":
