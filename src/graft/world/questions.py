@@ -223,9 +223,9 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
     """'Is there a red object in the image?' (``attribute`` "color") or 'Is there a circle in the
     image?' ("shape"): one attribute, no binding, the easiest question an image can answer (the
     demo's perception warm-up, ``graft.world.perception``). The reply lists every object in
-    reading order (``listing``) before the verdict ("purple triangle, blue circle, green square, so no"), so
-    the warm-up teaches the LLM to read each object's colour and shape from its tokens, not the
-    colours alone. Family ``existence``; None when the scene has every value (no negative) of
+    reading order (``listing``) before the verdict ("purple triangle, blue circle, green square,
+    so no"), so the warm-up teaches the LLM to read each object's colour and shape from its
+    tokens, not the colours alone. Family ``existence``; None when the scene has every value (no negative) of
     that attribute."""
     pool = _attribute_pool(attribute)
     have = {getattr(o, attribute) for o in scene.objects}
