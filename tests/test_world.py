@@ -289,7 +289,7 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
             if fam == "existence":
                 color = stem.split()[3]
                 want = sorted({o.category for o in scene.objects if o.color == color})
-                assert qa.seen == (" and ".join(want) or "none")
+                assert qa.seen == (", ".join(want) or "none")  # commas alone: ``listing``
             elif fam in ("color", "shape"):
                 *ref, value = stem[len("Is the ") :].split()
                 ref = ref[:-1] if fam == "shape" else ref  # "... a square"
