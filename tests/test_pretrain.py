@@ -116,9 +116,44 @@ def test_corpus_drills_share_one_context(world):
     assert {"Yes", "No"} <= set(answers) and {"A", "B", "C", "D"} & set(answers)
 
 
+def test_refining_a_tower_with_cell_targets(world, tmp_path):
+    """``init_from``: the tower starts as the given one; during ``head_steps`` only the fresh
+    heads learn, afterwards the cell loss (no captions) moves the tower; a tower made for
+    other images is refused by name."""
+    from transformers import CLIPVisionModel
+
+    from graft.world.vision import REFINE
+
+    base = pretrain_vision(world, tmp_path / "base", steps=1, batch_size=8, hidden_size=32, num_layers=2)
+    start = CLIPVisionModel.from_pretrained(base).state_dict()
+    still = pretrain_vision(
+        world,
+        tmp_path / "still",
+        steps=2,
+        batch_size=8,
+        init_from=str(base),
+        caption_weight=0.0,
+        cell_weight=1.0,
+        head_steps=2,
+        warmup=1,
+    )
+    kept = CLIPVisionModel.from_pretrained(still).state_dict()
+    assert all(torch.equal(start[k], kept[k]) for k in start)
+    refine = {**REFINE, "steps": 3, "head_steps": 1, "warmup": 1}
+    moved = pretrain_vision(world, tmp_path / "moved", batch_size=8, init_from=str(base), **refine)
+    after = CLIPVisionModel.from_pretrained(moved)
+    assert after.config.hidden_size == 32  # the start's architecture, not VisionArgs' defaults
+    changed = after.state_dict()
+    assert any(not torch.equal(start[k], changed[k]) for k in start)
+    small = tmp_path / "small"
+    build_world(small, num_images=8, seed=1, image_size=32)
+    with pytest.raises(ValueError, match="64-pixel images"):
+        pretrain_vision(small, tmp_path / "bad", steps=1, batch_size=4, init_from=str(base))
+
+
 def test_patch_labels_name_the_object_under_each_patch():
+    from graft.world.labels import patch_labels
     from graft.world.scene import Obj, Scene
-    from graft.world.vision import patch_labels
 
     scene = Scene([Obj("square", "blue", "large", 0.25, 0.25)], image_size=64)
     labels = patch_labels(scene, patch=8, min_cover=0.125)

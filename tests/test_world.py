@@ -629,8 +629,10 @@ def test_backbones_verb_checks_its_flags_before_any_work(world, tmp_path):
         (("--out", str(afile)), f"--out {afile} is a file"),
         (("--vision-steps", "0"), "--vision-steps 0: give 1 or more"),
         (("--vision", "bogus"), "--vision bogus: not a vision-tower folder"),
+        (("--vision-init", str(tmp_path)), "not a vision-tower folder (no config.json)"),
+        (("--vision", "packaged", "--vision-init", str(tmp_path)), "needs --vision train"),
     ):
-        options = base | dict([given])
+        options = base | dict(zip(given[::2], given[1::2], strict=True))
         result = CliRunner().invoke(app, ["backbones", *[x for kv in options.items() for x in kv]])
         assert result.exit_code == 2 and said in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / "bb").exists()

@@ -57,6 +57,14 @@ def backbones_cmd(
         ),
     ] = "train",
     vision_steps: Annotated[int | None, typer.Option(help="Vision-tower pretraining steps.")] = None,
+    vision_init: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --vision train: refine this tower (a CLIP vision folder) with the per-patch and "
+            "per-cell targets instead of pretraining one from scratch; the recipe that made the packaged "
+            "tower from its first version."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Backbones for a world: a CLIP vision tower pretrained on it (captions with hard negatives,
@@ -76,9 +84,15 @@ def backbones_cmd(
         fail(
             f"--vision {vision}: not a vision-tower folder (no config.json); give train, packaged or a folder"
         )
+    if vision_init is not None and vision != "train":
+        fail(f"--vision-init {vision_init}: refines a tower on the world, so it needs --vision train")
+    if vision_init is not None and not (vision_init / "config.json").is_file():
+        fail(f"--vision-init {vision_init}: not a vision-tower folder (no config.json)")
     try:
         check_llm(llm)
-        paths = pretrain_backbones(world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision)
+        paths = pretrain_backbones(
+            world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision, vision_init=vision_init
+        )
     except (ValueError, OSError) as err:
         fail(str(err))
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

