@@ -68,7 +68,8 @@ def backbones_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Backbones for a world: a CLIP vision tower pretrained on it (captions with hard negatives,
-    and per-patch colour, shape and size targets) and the LLM: SmolLM2-135M-Instruct saved as
+    and per-patch colour, shape and size targets; with ``--vision-init`` a given tower refined
+    with per-patch and per-cell targets instead) and the LLM: SmolLM2-135M-Instruct saved as
     safetensors, or a tiny BPE tokenizer and Llama pretrained on the world's text (``--llm tiny``).
 
     Each is saved with save_pretrained and loads like a real checkpoint afterwards."""
