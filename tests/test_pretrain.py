@@ -147,6 +147,8 @@ def test_refining_a_tower_with_cell_targets(world, tmp_path):
     assert any(not torch.equal(start[k], changed[k]) for k in start)
     small = tmp_path / "small"
     build_world(small, num_images=8, seed=1, image_size=32)
+    with pytest.raises(ValueError, match="caption_weight, dense_weight or cell_weight"):
+        pretrain_vision(world, tmp_path / "none", steps=1, caption_weight=0.0, dense_weight=0.0)
     with pytest.raises(ValueError, match="64-pixel images"):
         pretrain_vision(small, tmp_path / "bad", steps=1, batch_size=4, init_from=str(base))
 

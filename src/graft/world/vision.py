@@ -241,6 +241,8 @@ def pretrain_vision(
     args = args or VisionArgs()
     for k, v in overrides.items():
         setattr(args, k, v)
+    if max(args.caption_weight, args.dense_weight, args.cell_weight) <= 0:
+        raise ValueError("pretraining a tower needs caption_weight, dense_weight or cell_weight above 0")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     world = Path(world_dir)
