@@ -67,4 +67,6 @@ def test_demo_connector_choices_are_checked_before_any_work(tmp_path):
         app, ["demo", "--out", str(tmp_path), "--connector", "qformer", "--reduction", "pool"]
     )
     assert result.exit_code == 2 and "--reduction none" in result.output
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--ground-cells", "middle"])
+    assert result.exit_code == 2 and "--ground-cells middle: give one of cover, centre" in result.output
     assert not any(tmp_path.iterdir())

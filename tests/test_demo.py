@@ -56,6 +56,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
     assert "ground/object_shape_acc" in (tmp_path / "summary.md").read_text()
+    # a tower trained on the world, not refined for centre cells: its cells name what covers them
+    assert json.loads((tmp_path / "ground" / "ground.json").read_text())["cells"] == "cover"
     assert (tmp_path / "report" / "report.html").exists()
     # every run of the world's benchmark suite was answered, scored and reported
     bench = json.loads((tmp_path / "world" / "bench" / "bench.json").read_text())["tasks"]
@@ -114,3 +116,11 @@ def test_the_alignment_picks_the_stages_before_stage_2():
     assert stages_wanted("captions", {}) == ["stage1"]
     # 0 skips a stage the alignment runs; a count asks for one it does not
     assert stages_wanted("ground", {"perceive": 0, "stage1": 3}) == ["ground", "stage1"]
+
+
+def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_cells_with_others():
+    from graft.pipelines.demo import DemoSettings
+
+    assert DemoSettings().cells() == "centre"
+    assert DemoSettings(vision="train").cells() == DemoSettings(vision="/my/tower").cells() == "cover"
+    assert DemoSettings(vision="train", ground_cells="centre").cells() == "centre"

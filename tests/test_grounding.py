@@ -12,13 +12,13 @@ import torch
 from graft.train.snap import FitSettings, TokenClasses, fit_connector
 from graft.world.grounding import (
     cell_accuracy,
-    cell_classes,
     cell_words,
     grid_side,
     grounding_targets,
     scenes_of_images,
     word_embedding,
 )
+from graft.world.labels import cell_classes, cell_labeller, centre_classes, object_class
 from graft.world.scene import COLORS, SHAPES, Obj, Scene
 
 from tiny import tiny_model_and_processor, tiny_tokenizer
@@ -51,11 +51,39 @@ def test_each_cell_says_its_objects_colour_and_shape_words_or_background():
     assert {int(c) for c in classes} == {0, int(classes[0]), int(classes[11])}
 
 
+def test_centre_cells_name_each_object_once_and_cover_cells_once_per_cell_it_covers():
+    tokenizer = tiny_tokenizer()
+    table = torch.randn(len(tokenizer), 8)
+    circle, square = _scene().objects
+    cover, centre = cell_classes(_scene(), 4), centre_classes(_scene(), 4)
+    # the large circle spans x, y in [0.03, 0.37]: it paints cells 0, 1, 4, 5; its centre is in cell 0
+    assert [int(i) for i in cover.nonzero()] == [0, 1, 4, 5, 11]
+    assert [int(i) for i in centre.nonzero()] == [0, 11]
+    assert centre[0] == object_class(circle) and centre[11] == object_class(square)
+    targets = grounding_targets([_scene()], 16, tokenizer, table, cells="centre")
+    background = word_embedding(tokenizer, table, " background")
+    assert torch.allclose(targets[0, 1], background)  # covered by the circle, not its centre
+    assert not torch.allclose(
+        grounding_targets([_scene()], 16, tokenizer, table, cells="cover")[0, 1], background
+    )
+    # two centres in one cell (1, 1): the larger object keeps it; of two alike, the first
+    small, large = Obj("circle", "red", "small", 0.3, 0.3), Obj("square", "blue", "large", 0.45, 0.45)
+    for objects, kept in (([small, large], large), ([large, small], large), ([small, small], small)):
+        classes = centre_classes(Scene(list(objects)), 4)
+        assert classes.nonzero().flatten().tolist() == [5] and classes[5] == object_class(kept)
+    with pytest.raises(ValueError, match="unknown cell targets 'middle'; valid: cover, centre"):
+        cell_labeller("middle")
+    with pytest.raises(ValueError, match="unknown cell targets"):
+        grounding_targets([_scene()], 16, tokenizer, table, cells="middle")
+
+
 def test_grounding_refuses_what_is_no_square_grid_and_images_the_world_does_not_know(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="17 tokens per image"):
         grid_side(17)
     with pytest.raises(ValueError, match="does not split into a 5x5 grid"):
         cell_classes(_scene(), 5)
+    with pytest.raises(ValueError, match="does not split into a 5x5 grid"):
+        centre_classes(_scene(), 5)
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / "train.jsonl").write_text(
         json.dumps({"id": "0", "image": "images/train/0.png", "scene": _scene().to_dict()}) + "\n"

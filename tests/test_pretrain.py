@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,21 @@ def test_refining_a_tower_with_cell_targets(world, tmp_path):
         pretrain_vision(world, tmp_path / "none", steps=1, caption_weight=0.0, dense_weight=0.0)
     with pytest.raises(ValueError, match="64-pixel images"):
         pretrain_vision(small, tmp_path / "bad", steps=1, batch_size=4, init_from=str(base))
+    with pytest.raises(ValueError, match="unknown cell targets 'middle'; valid: cover, centre"):
+        pretrain_vision(world, tmp_path / "bad", init_from=str(base), **refine | {"cell_targets": "middle"})
+    assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def test_cell_targets_choose_how_a_given_tower_is_refined(world, tmp_path, monkeypatch):
+    from graft.world import pretrain
+
+    asked = []
+    monkeypatch.setattr(pretrain, "pretrain_vision", lambda *a, **kw: asked.append(kw) or tmp_path)
+    pretrain.prepare_vision(world, tmp_path, "train", init=tmp_path / "start")
+    pretrain.prepare_vision(world, tmp_path, "train", init=tmp_path / "start", cell_targets="cover")
+    assert [kw["cell_targets"] for kw in asked] == ["centre", "cover"]  # REFINE's, then the one asked
+    with pytest.raises(ValueError, match="give the tower to refine"):
+        pretrain.prepare_vision(world, tmp_path, "train", cell_targets="cover")
 
 
 def test_patch_labels_name_the_object_under_each_patch():
@@ -170,12 +186,18 @@ def test_patch_labels_name_the_object_under_each_patch():
 def test_packaged_vision_tower_is_copied_and_loads(world, tmp_path):
     from transformers import CLIPVisionModel
 
+    from graft.world.grounding import CELLS
     from graft.world.pretrain import PACKAGED_VISION, prepare_vision
 
     out = prepare_vision(world, tmp_path, "packaged")
     assert out == tmp_path / "vision" and is_finished(out)
     model = CLIPVisionModel.from_pretrained(out)
     assert model.config.patch_size == 4 and (PACKAGED_VISION / "model.safetensors").is_file()
+    # the demo's grounding by default names the cells the packaged tower was last refined for
+    record = json.loads((PACKAGED_VISION / MARKER).read_text())
+    assert (
+        record["args"]["cell_targets"] == CELLS and record["refined_from"]["args"]["cell_targets"] == "cover"
+    )
     with pytest.raises(FileNotFoundError, match="not a vision-tower folder"):
         prepare_vision(world, tmp_path, str(tmp_path / "nowhere"))
 

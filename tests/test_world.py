@@ -15,6 +15,7 @@ import pytest
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
 from graft.world.instructions import YES_SHARE
+from graft.world.pretrain import PACKAGED_VISION
 from graft.world.questions import LETTERS, MARGIN, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
 from graft.world.scene import BACKGROUND, Obj, Scene
 
@@ -631,6 +632,8 @@ def test_backbones_verb_checks_its_flags_before_any_work(world, tmp_path):
         (("--vision", "bogus"), "--vision bogus: not a vision-tower folder"),
         (("--vision-init", str(tmp_path)), "not a vision-tower folder (no config.json)"),
         (("--vision", "packaged", "--vision-init", str(tmp_path)), "needs --vision train"),
+        (("--cell-targets", "cover"), "--cell-targets cover: chooses how --vision-init's tower"),
+        (("--vision-init", str(PACKAGED_VISION), "--cell-targets", "middle"), "give one of cover, centre"),
     ):
         options = base | dict(zip(given[::2], given[1::2], strict=True))
         result = CliRunner().invoke(app, ["backbones", *[x for kv in options.items() for x in kv]])

@@ -48,6 +48,14 @@ def demo_cmd(
             "the qformer's default). ground and words end with a perception warm-up."
         ),
     ] = None,
+    ground_cells: Annotated[
+        str | None,
+        typer.Option(
+            help="What the grounding teaches each image cell's token to name: centre (the object whose "
+            "centre the cell holds, one token per object; the default with the packaged tower, refined "
+            "for it) or cover (the object painting most of the cell; the default with any other tower)."
+        ),
+    ] = None,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
     ] = None,
@@ -105,10 +113,13 @@ def demo_cmd(
     warm-up; or a caption stage 1), stage 2, held-out evaluation, learning curve and diagnostics;
     prints the results table."""
     from graft.world.build import world_size_problem
+    from graft.world.labels import CELL_TARGETS
     from graft.world.pretrain import check_llm
 
     if problem := world_size_problem(images):
         fail(problem)
+    if ground_cells is not None and ground_cells not in CELL_TARGETS:
+        fail(f"--ground-cells {ground_cells}: give one of {', '.join(CELL_TARGETS)}")
     try:  # before any work: a bad choice fails in a second, not after pretraining
         connector_spec(connector, reduction)
         check_alignment(connector, alignment)
@@ -122,6 +133,7 @@ def demo_cmd(
         vision=vision,
         connector=connector,
         alignment=alignment,
+        ground_cells=ground_cells,
         reduction=reduction,
         eval_limit=eval_limit,
         vision_steps=vision_steps,

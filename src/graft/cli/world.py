@@ -62,7 +62,14 @@ def backbones_cmd(
         typer.Option(
             help="With --vision train: refine this tower (a CLIP vision folder) with the per-patch and "
             "per-cell targets instead of pretraining one from scratch; the recipe that made the packaged "
-            "tower from its first version."
+            "tower from its first version (twice: --cell-targets cover, then centre)."
+        ),
+    ] = None,
+    cell_targets: Annotated[
+        str | None,
+        typer.Option(
+            help="With --vision-init: what each cell of 4x4 patches (one image token) names: centre (the "
+            "object whose centre it holds; the default) or cover (the object painting most of it)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -73,6 +80,7 @@ def backbones_cmd(
     safetensors, or a tiny BPE tokenizer and Llama pretrained on the world's text (``--llm tiny``).
 
     Each is saved with save_pretrained and loads like a real checkpoint afterwards."""
+    from graft.world.labels import CELL_TARGETS
     from graft.world.pretrain import check_llm, pretrain_backbones
 
     if not (world / "world.json").is_file():
@@ -89,10 +97,23 @@ def backbones_cmd(
         fail(f"--vision-init {vision_init}: refines a tower on the world, so it needs --vision train")
     if vision_init is not None and not (vision_init / "config.json").is_file():
         fail(f"--vision-init {vision_init}: not a vision-tower folder (no config.json)")
+    if cell_targets is not None and vision_init is None:
+        fail(
+            f"--cell-targets {cell_targets}: chooses how --vision-init's tower is refined; give --vision-init"
+        )
+    if cell_targets is not None and cell_targets not in CELL_TARGETS:
+        fail(f"--cell-targets {cell_targets}: give one of {', '.join(CELL_TARGETS)}")
     try:
         check_llm(llm)
         paths = pretrain_backbones(
-            world, out, seed=seed, vision_steps=vision_steps, llm=llm, vision=vision, vision_init=vision_init
+            world,
+            out,
+            seed=seed,
+            vision_steps=vision_steps,
+            llm=llm,
+            vision=vision,
+            vision_init=vision_init,
+            vision_cells=cell_targets,
         )
     except (ValueError, OSError) as err:
         fail(str(err))

@@ -85,6 +85,11 @@ class DemoSettings:
     #: connector's word alignment on captions, its snap onto swiglu, the warm-up) or captions
     #: (LLaVA's stage 1, at chance on the shapes world: README)
     alignment: str | None = None
+    #: what the grounding's image cells name (``graft.world.labels.CELL_TARGETS``): centre (the
+    #: object whose centre the cell holds: one token per object; the default with the packaged
+    #: tower, refined for it) or cover (the object painting most of the cell; the default with any
+    #: other tower)
+    ground_cells: str | None = None
     reduction: str | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
@@ -121,6 +126,10 @@ class DemoSettings:
     def world_dir(self, out: Path) -> Path:
         """The world's folder for a run in ``out``: ``world`` if given, else ``out/world``."""
         return self.world or out / "world"
+
+    def cells(self) -> str:
+        """``ground_cells``, or its default for this run's tower."""
+        return self.ground_cells or ("centre" if self.vision == "packaged" else "cover")
 
 
 #: how a demo's connector first learns (``DemoSettings.alignment``)
@@ -297,7 +306,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         dst = out / name
         work: Callable[[], Any]
         if name in FITS:  # LLM-free: no recipe
-            work = partial(FITS[name], src, dst, data, world, cache, steps, s.seed)
+            cells = {"cells": s.cells()} if name == "ground" else {}
+            work = partial(FITS[name], src, dst, data, world, cache, steps, s.seed, **cells)
             clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
             src = dst
             continue

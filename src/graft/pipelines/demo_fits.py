@@ -35,16 +35,25 @@ GROUND_CONTRAST = 0.3
 
 
 def ground_step(
-    src: Path, dst: Path, records: Path, world: Path, cache: str, steps: int | None, seed: int
+    src: Path,
+    dst: Path,
+    records: Path,
+    world: Path,
+    cache: str,
+    steps: int | None,
+    seed: int,
+    cells: str | None = None,
 ) -> None:
     """The demo's grounding: the connector of the model in ``src`` learns, LLM-free, to write
-    each image cell's words from the world's annotations (``graft.world.grounding``), on the
-    cached features of ``records``' images; saved with the rest of the model into ``dst``."""
+    each image cell's words from the world's annotations (``graft.world.grounding``; a cell names
+    the object of ``cells``, ``labels.CELL_TARGETS``, by default ``grounding.CELLS``), on the cached
+    features of ``records``' images; saved with the rest of the model into ``dst``."""
     from graft.inference import load_for_inference
     from graft.train.snap import FitSettings, TokenClasses, cached_features, fit_connector, save_fitted
-    from graft.world.grounding import cell_accuracy, cell_words, grounding_classes, scenes_of_images
+    from graft.world.grounding import CELLS, cell_accuracy, cell_words, grounding_classes, scenes_of_images
 
     settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed, contrast=GROUND_CONTRAST)
+    cells = cells or CELLS
     model, processor = load_for_inference(src)
     if not model.connector.spatial:
         raise ValueError(
@@ -55,7 +64,7 @@ def ground_step(
     settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
     table = model.get_input_embeddings().weight.detach().float()
     scenes = scenes_of_images(world, files)
-    labels = grounding_classes(scenes, model.config.image_seq_length)
+    labels = grounding_classes(scenes, model.config.image_seq_length, cells)
     words = cell_words(processor.tokenizer, table)
     result = fit_connector(
         model.connector,
@@ -66,7 +75,9 @@ def ground_step(
         partial(cell_accuracy, words=words),
         TokenClasses(labels, words),
     )
-    save_fitted(model, processor, dst, {"settings": asdict(settings), "fidelity": result}, "ground")
+    save_fitted(
+        model, processor, dst, {"settings": asdict(settings), "cells": cells, "fidelity": result}, "ground"
+    )
 
 
 #: the stages that fit the connector alone, LLM-free, without a recipe

@@ -4,8 +4,11 @@ exact annotations.
 A projector with pixel-shuffle reduction gives one token per cell of a square grid over the
 image, in row-major order (the ViT's patch order). The grounding target of a cell is the LLM's
 own input embeddings of what the world puts there: the mean of its colour word and its shape
-word (" red", " circle", as a question says them) for the object that covers most of the cell,
-the embedding of ``BACKGROUND_WORD`` for a cell no object covers enough. A connector taught to write these
+word (" red", " circle", as a question says them) for the object the cell names, the embedding of
+``BACKGROUND_WORD`` for a cell that names none. Which object a cell names is ``cells``
+(``labels.CELL_TARGETS``): the one whose centre it holds (``centre``, the default: each object is
+one token, and the tokens list the objects in reading order), or the one covering most of it
+(``cover``: an object is said once per cell it covers, 2.3 on average). A connector taught to write these
 tokens (``graft.train.snap.fit_connector``, LLM-free) hands the LLM each object's colour and
 shape bound in one token, at its place: the dense, region-level supervision that real models
 get from grounded caption data, here exact. The word alignment from captions
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .labels import cell_classes
+from .labels import cell_labeller
 from .scene import COLORS, SHAPES, Scene
 
 #: what a cell without an object says
@@ -53,7 +56,7 @@ def grid_side(tokens_per_image: int) -> int:
 
 def cell_words(tokenizer: Any, embeddings: torch.Tensor) -> torch.Tensor:
     """``[1 + shapes * colours, d]``: what a cell can say, the background word first, then each
-    shape's words with each colour's (``cell_classes``' order), from ``embeddings`` ``[V, d]``,
+    shape's words with each colour's (``labels.class_of``' order), from ``embeddings`` ``[V, d]``,
     the LLM's input embedding table."""
     table = embeddings.detach().float()
     background = word_embedding(tokenizer, table, BACKGROUND_WORD)
@@ -63,17 +66,27 @@ def cell_words(tokenizer: Any, embeddings: torch.Tensor) -> torch.Tensor:
     return torch.cat([background[None], objects.reshape(-1, table.shape[1])])
 
 
-def grounding_classes(scenes: Sequence[Scene], tokens_per_image: int) -> torch.Tensor:
-    """``[len(scenes), tokens_per_image]``: each cell's class (``cell_classes``), indexing ``cell_words``."""
+#: what a cell names by default (module docstring): what the packaged tower was refined for
+CELLS = "centre"
+
+
+def grounding_classes(scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS) -> torch.Tensor:
+    """``[len(scenes), tokens_per_image]``: each cell's class (``labels.CELL_TARGETS[cells]``),
+    indexing ``cell_words``."""
+    classes_of = cell_labeller(cells)
     side = grid_side(tokens_per_image)
-    return torch.stack([cell_classes(scene, side) for scene in scenes])
+    return torch.stack([classes_of(scene, side) for scene in scenes])
 
 
 def grounding_targets(
-    scenes: Sequence[Scene], tokens_per_image: int, tokenizer: Any, embeddings: torch.Tensor
+    scenes: Sequence[Scene],
+    tokens_per_image: int,
+    tokenizer: Any,
+    embeddings: torch.Tensor,
+    cells: str = CELLS,
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
-    return cell_words(tokenizer, embeddings)[grounding_classes(scenes, tokens_per_image)]
+    return cell_words(tokenizer, embeddings)[grounding_classes(scenes, tokens_per_image, cells)]
 
 
 def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor) -> dict[str, float]:

