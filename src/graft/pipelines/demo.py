@@ -128,8 +128,11 @@ class DemoSettings:
         return self.world or out / "world"
 
     def cells(self) -> str:
-        """``ground_cells``, or its default for this run's tower."""
-        return self.ground_cells or ("centre" if self.vision == "packaged" else "cover")
+        """``ground_cells``, or its default for this run's tower: the grounding's own
+        (``grounding.CELLS``, what the packaged tower was refined for) or cover."""
+        from graft.world.grounding import CELLS
+
+        return self.ground_cells or (CELLS if self.vision == "packaged" else "cover")
 
 
 #: how a demo's connector first learns (``DemoSettings.alignment``)
