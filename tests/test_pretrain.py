@@ -195,9 +195,12 @@ def test_packaged_vision_tower_is_copied_and_loads(world, tmp_path):
     assert model.config.patch_size == 4 and (PACKAGED_VISION / "model.safetensors").is_file()
     # the demo's grounding by default names the cells the packaged tower was last refined for
     record = json.loads((PACKAGED_VISION / MARKER).read_text())
-    assert (
-        record["args"]["cell_targets"] == CELLS and record["refined_from"]["args"]["cell_targets"] == "cover"
-    )
+    chain = [record]
+    while "refined_from" in chain[-1]:
+        chain.append(chain[-1]["refined_from"])
+    # first version -> cover -> centre -> centre again, longer (README, "The packaged vision tower")
+    assert [r["args"].get("cell_targets") for r in chain] == [CELLS, "centre", "cover", None]
+    assert [r["args"]["steps"] for r in chain] == [1000, 500, 500, 800]
     with pytest.raises(FileNotFoundError, match="not a vision-tower folder"):
         prepare_vision(world, tmp_path, str(tmp_path / "nowhere"))
 

@@ -62,7 +62,8 @@ def backbones_cmd(
         typer.Option(
             help="With --vision train: refine this tower (a CLIP vision folder) with the per-patch and "
             "per-cell targets instead of pretraining one from scratch; the recipe that made the packaged "
-            "tower from its first version (twice: --cell-targets cover, then centre)."
+            "tower from its first version (three times: --cell-targets cover, centre, then centre again with "
+            "--vision-steps 1000)."
         ),
     ] = None,
     cell_targets: Annotated[

