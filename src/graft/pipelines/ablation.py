@@ -50,7 +50,7 @@ class AblationSettings:
     test_pairs: int = 100
     #: optimizer steps of each VPG-C row: with the 64b5720 tower, 150 steps gave the pairs row
     #: +4.5 ROUGE-L over the base and 225 steps +14.3, the ablation taking 13 min 18 s and
-    #: 18 min 44 s on a 2-core Zen 5 EPYC (README, "The VPG-C ablation")
+    #: 17 min 41 s on a 2-core Zen 5 EPYC (README, "The VPG-C ablation")
     vpgc_steps: int = 225
     #: captions : synthetic pairs per batch of the pairs row (Cheetah's is 64 : 24; in few steps an
     #: even mix shows the pairs' effect on fewer captions)
