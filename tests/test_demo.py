@@ -33,6 +33,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
         "probe/shape_acc",
         "caption/object_recall",
         "binary/accuracy_text",
+        "mcq/accuracy_exact_tokens",
         "words/shape_recall",
         "ground/object_shape_acc",
     ):

@@ -175,6 +175,7 @@ def _demo_with_curve(root):
         "stage1/final_loss": 1.25,
         "binary/accuracy_text": 0.98,
         "mcq/accuracy_text": 0.91,
+        "binary/accuracy_exact_tokens": 0.88,
         "time/total_s": 12.0,
     }
     (root / "summary.json").write_text(json.dumps(summary))
@@ -216,6 +217,7 @@ def test_demo_report_curve_diagnostics_and_blind_bars(tmp_path):
     assert "| shape | 0.800 | 0.200 | 0.25 |" in md
     assert "| probe/shape_acc | 0.970 (chance 0.340) | vision probe" in md
     assert "| binary/accuracy_text | 0.980 (with images 0.900) | text upper bound" in md
+    assert "| binary/accuracy_exact_tokens | 0.880 (with images 0.900) | exact-token bound" in md
     assert "caption/exact" in md and "stage1/final_loss" in md and "probe/size_acc" not in md
 
     page = html_path.read_text()

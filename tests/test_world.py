@@ -519,6 +519,57 @@ def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypa
     assert not any(k.startswith("qtype/") for k in diagnostics.text_upper_bound(None, None, world, limit=2))
 
 
+def test_exact_token_bound_hands_the_llm_the_grounding_targets_of_each_batch(world, monkeypatch):
+    """The bound's model, asked a batch of held-out questions, computes the grounding's exact
+    target tokens of those questions' scenes as its image tokens; the hook is gone afterwards and
+    the scores count the answers."""
+    import torch
+
+    import graft.world.diagnostics as diagnostics
+    from graft.world.grounding import grounding_targets
+
+    from tiny import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor()  # 16 tokens: a 4 x 4 grid of image cells
+    table = model.get_input_embeddings().weight.detach().float()
+    scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+    truth = {
+        r["question"]: r["answer"]
+        for f in ("binary", "mcq")
+        for r in _read_jsonl(world / "eval" / f"{f}.jsonl")
+    }
+    batches = []
+
+    def fake_generate(model, processor, convs, images, **kwargs):
+        pixels = processor.image_processor([i for per in images for i in per], return_tensors="pt")
+        tokens = model.get_image_features(pixel_values=pixels["pixel_values"])
+        ids = [c[0].content for c in convs]
+        batches.append((tokens, ids, pixels["pixel_values"]))
+        with pytest.raises(ValueError, match="tokens"):  # a batch the tokens were not made for
+            model.get_image_features(pixel_values=pixels["pixel_values"][:1])
+        return [
+            "wrong" if k % 3 == 0 else truth[c[0].content.removeprefix("<image>\n")]
+            for k, c in enumerate(convs)
+        ]
+
+    monkeypatch.setattr(diagnostics, "generate_answers", fake_generate)
+    scores = diagnostics.exact_token_bound(model, processor, world, limit=5, batch_size=3)
+    assert "get_image_features" not in vars(model)  # the instance's own method again
+    assert [len(ids) for _, ids, _ in batches] == [3, 2, 3]  # 5 binary, the world's 3 MCQ, batches of 3
+    rows = _read_jsonl(world / "eval" / "binary.jsonl")[:5] + _read_jsonl(world / "eval" / "mcq.jsonl")[:5]
+    done = 0
+    for tokens, ids, _ in batches:
+        shown = [scenes[r["id"].split("-")[0]] for r in rows[done : done + len(ids)]]
+        done += len(ids)
+        assert torch.allclose(tokens, grounding_targets(shown, 16, processor.tokenizer, table))
+    own = model.get_image_features(pixel_values=batches[0][2])  # the connector's, not the targets
+    assert own.shape == batches[0][0].shape and not torch.allclose(own, batches[0][0])
+    # the first answer of each batch is wrong: 2 + 1 of 3 + 2 binary, 2 of 3 multiple choice
+    assert scores == pytest.approx(
+        {"binary/accuracy_exact_tokens": 3 / 5, "mcq/accuracy_exact_tokens": 2 / 3}
+    )
+
+
 def test_word_readout_reads_each_token_as_its_nearest_word(world):
     """A fake aligned model whose tokens are the embeddings of the scene's colour words and of
     " circle" in every image: colours all read right, shape recall = the scenes' circles."""

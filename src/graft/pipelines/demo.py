@@ -363,7 +363,7 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> dict[str, float
     def do_diagnose() -> None:
         write_text_atomic(
             out / "diagnostics.json",
-            json.dumps(diagnose(out, world, vision_dir, s.curve_limit, s.bf16), indent=2),
+            json.dumps(diagnose(out, world, vision_dir, s.curve_limit, s.bf16, s.eval_limit), indent=2),
         )
 
     clock.run("diagnostics", lambda: (out / "diagnostics.json").exists(), do_diagnose)

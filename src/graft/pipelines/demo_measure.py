@@ -66,15 +66,21 @@ def last_step(run: Path) -> int:
     return int(json.loads(lines[-1])["step"])
 
 
-def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool) -> dict[str, float]:
+def diagnose(
+    out: Path, world: Path, vision: Path, limit: int | None, bf16: bool, eval_limit: int | None = None
+) -> dict[str, float]:
     """Where the model fails: the vision probe (perception), stage 1's caption loss and caption
     accuracy, how well the grounding's tokens name each cell's object, and the words the
     aligned model's soft tokens say (alignment), the text upper bound
-    (the LLM's reasoning without perception) and, for both stages, how much the loss of training
-    records grows when each gets another record's image (does the model use the image at all)."""
+    (the LLM's reasoning without perception), the exact-token bound (the grounded model given
+    the grounding's exact tokens: its reasoning with perfect perception) and, for both stages,
+    how much the loss of training records grows when each gets another record's image (does the
+    model use the image at all). ``limit`` questions or images per measurement; the exact-token
+    bound answers ``eval_limit`` questions per family, the held-out evaluation's, to be read
+    beside it."""
     from graft.eval.image_reliance import image_reliance
     from graft.inference import load_for_inference
-    from graft.world.diagnostics import caption_accuracy, text_upper_bound, word_readout
+    from graft.world.diagnostics import caption_accuracy, exact_token_bound, text_upper_bound, word_readout
     from graft.world.probe import probe_vision_features
 
     probe = probe_vision_features(vision, world, train_images=1000, test_images=limit)
@@ -83,6 +89,7 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
     losses = [json.loads(line)["loss"] for line in log.read_text().splitlines()] if log.exists() else []
     if losses:
         result["stage1/final_loss"] = losses[-1]
+    grounding = out / "ground" / "ground.json"
     for stage, data, measure in (
         ("stage1", "stage1.json", caption_accuracy),
         ("stage2", "stage2.json", text_upper_bound),
@@ -91,9 +98,11 @@ def diagnose(out: Path, world: Path, vision: Path, limit: int | None, bf16: bool
             continue
         model, processor = load_for_inference(out / stage, bf16)
         result.update(measure(model, processor, world, limit))
+        if stage == "stage2" and grounding.exists():  # the grounding's token design, made exact
+            cells = json.loads(grounding.read_text())["cells"]
+            result.update(exact_token_bound(model, processor, world, eval_limit, cells=cells))
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
-    grounding = out / "ground" / "ground.json"
     if grounding.exists():  # measured on the grounding's held-out images when it ran
         fidelity = json.loads(grounding.read_text())["fidelity"]
         result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS})
@@ -147,7 +156,9 @@ def summary_markdown(summary: dict[str, float], reused: set[str], curve: list[di
         for k, v in summary.items()
         if k.split("/")[0] in ("probe", "caption", "ground", "words", "stage1", "reliance")
     }
-    diagnostics.update({k: v for k, v in summary.items() if k.endswith("/accuracy_text")})
+    diagnostics.update(
+        {k: v for k, v in summary.items() if k.endswith(("/accuracy_text", "/accuracy_exact_tokens"))}
+    )
     if diagnostics:
         lines += ["", "## Diagnostics", "", "| measurement | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in sorted(diagnostics.items())]

@@ -65,6 +65,10 @@ DIAGNOSTICS = {
     "description in place of the image",
     "mcq/accuracy_text": "text upper bound: the same multiple-choice questions answered with the scene's "
     "description in place of the image",
+    "binary/accuracy_exact_tokens": "exact-token bound: the held-out yes/no questions answered with the "
+    "grounding's exact tokens in place of the connector's (perfect perception)",
+    "mcq/accuracy_exact_tokens": "exact-token bound: the held-out multiple-choice questions answered with "
+    "the grounding's exact tokens in place of the connector's (perfect perception)",
 }
 _NAN = float("nan")
 
@@ -231,8 +235,8 @@ def _diagnostic_cell(summary: dict[str, float], key: str) -> str:
     if key.startswith("probe/") and key.endswith("_acc"):
         chance = summary.get(key.removesuffix("_acc") + "_chance")
         ref = f" (chance {fmt(chance)})" if chance is not None else ""
-    elif key.endswith("/accuracy_text"):
-        seeing = summary.get(key.removesuffix("_text"))
+    elif key.endswith(("/accuracy_text", "/accuracy_exact_tokens")):
+        seeing = summary.get(key.split("/")[0] + "/accuracy")
         ref = f" (with images {fmt(seeing)})" if seeing is not None else ""
     elif key.startswith("reliance/") and key.endswith("_gain"):
         own, other = (summary.get(key.replace("_gain", f"_loss_{w}")) for w in ("own", "other"))

@@ -1,6 +1,6 @@
 """Where a model of the shapes world fails: perception, alignment or reasoning.
 
-Three measurements beside the held-out accuracy (the vision probe is ``probe.py``):
+Measurements beside the held-out accuracy (the vision probe is ``probe.py``):
 
 - ``caption_accuracy``: does the stage-1 model name what is in a held-out image? Its caption is
   read for every "colour shape" it mentions and compared, as a multiset, with the scene.
@@ -9,6 +9,9 @@ Three measurements beside the held-out accuracy (the vision probe is ``probe.py`
 - ``text_upper_bound``: the same questions answered by a model with the scene's symbolic
   description (captions and boxes) in place of the image: what perfect perception would give
   this LLM, so the gap to the seeing score is what perception and alignment still cost.
+- ``exact_token_bound``: the same questions answered by the model with the grounding's exact
+  target tokens in place of its connector's: what perfect perception gives it in the grounding's
+  token design, so the gap to its own score is perception's and the rest the LLM's reading.
 - ``text_question_records``: the stage-2 question records with that description in place of
   the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
 - ``presence_questions``: the easiest image questions (is there a red object? which of these
@@ -26,6 +29,8 @@ import os
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from graft.processing import load_image
 from graft.templates import Message
 
 from .describe import captions, context_text
+from .grounding import CELLS, grounding_targets
 from .instructions import BRIEF_PROMPTS
 from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
@@ -133,6 +139,8 @@ def with_context(scene: Scene, question: str, brief: bool = False) -> str:
 
 #: the held-out question families (``eval/{family}.jsonl``)
 QUESTION_FAMILIES = ("binary", "mcq")
+#: answer length of the bounds, as the evaluation's question task (``task_files/questions.yaml``)
+ANSWER_TOKENS = 16
 
 
 def question_family(question: str, answer: str) -> str | None:
@@ -255,16 +263,85 @@ def text_upper_bound(
             scene = Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"])
             convs.append([Message("user", with_context(scene, q.meta["question"], brief))])
         answers = generate_answers(
-            model, processor, convs, [[] for _ in convs], max_new_tokens=16, batch_size=batch_size
+            model, processor, convs, [[] for _ in convs], max_new_tokens=ANSWER_TOKENS, batch_size=batch_size
         )
-        right = [
-            score_answer(a, q.target, q.meta.get("choices"))[1]
-            for q, a in zip(questions, answers, strict=True)
-        ]
-        out[f"{family}/accuracy_text"] = sum(right) / max(len(right), 1)
-        if per_type:
-            by_type: dict[str, list[bool]] = {}
-            for q, r in zip(questions, right, strict=True):
-                by_type.setdefault(q.meta["qtype"], []).append(r)
-            out |= {f"qtype/{family}_{t}/accuracy_text": sum(v) / len(v) for t, v in sorted(by_type.items())}
+        out |= _accuracy(family, "text", questions, answers, per_type)
+    return out
+
+
+def _accuracy(
+    family: str, how: str, questions: list[Any], answers: list[str], per_type: bool
+) -> dict[str, float]:
+    """``{family}/accuracy_{how}`` of ``answers`` to ``questions`` (and with ``per_type`` each
+    question type's, ``qtype/{family}_{type}/accuracy_{how}``)."""
+    right = [
+        score_answer(a, q.target, q.meta.get("choices"))[1] for q, a in zip(questions, answers, strict=True)
+    ]
+    out = {f"{family}/accuracy_{how}": sum(right) / max(len(right), 1)}
+    if per_type:
+        by_type: dict[str, list[bool]] = {}
+        for q, r in zip(questions, right, strict=True):
+            by_type.setdefault(q.meta["qtype"], []).append(r)
+        out |= {f"qtype/{family}_{t}/accuracy_{how}": sum(v) / len(v) for t, v in sorted(by_type.items())}
+    return out
+
+
+@contextmanager
+def _image_tokens(model: Any, tokens: torch.Tensor) -> Iterator[None]:
+    """``model`` hands its LLM ``tokens`` ``[N, image_seq_length, d]`` for the N images of a
+    forward pass in place of its connector's (a hook on the instance's ``get_image_features``,
+    removed on exit)."""
+    own = model.get_image_features
+
+    def given(pixel_values: Any = None, vision_features: Any = None, **context: Any) -> torch.Tensor:
+        computed = own(pixel_values, vision_features, **context)
+        if computed.shape != tokens.shape:
+            raise ValueError(f"tokens {tuple(tokens.shape)} given for image tokens {tuple(computed.shape)}")
+        return tokens.to(computed)
+
+    model.get_image_features = given
+    try:
+        yield
+    finally:
+        del model.get_image_features
+
+
+def exact_token_bound(
+    model: Any,
+    processor: Any,
+    world_dir: str | os.PathLike,
+    limit: int | None = 200,
+    batch_size: int = 32,
+    cells: str = CELLS,
+    per_type: bool = False,
+) -> dict[str, float]:
+    """Held-out binary and multiple-choice accuracy with the grounding's exact target tokens
+    (``graft.world.grounding``, cells naming the object of ``cells``) in place of the connector's
+    (``{family}/accuracy_exact_tokens``): what the LLM makes of perfect perception in the
+    grounding's token design. Beside the model's own accuracy, the gap is what perception still
+    costs and the rest is how the LLM reads the tokens. For a connector whose tokens are the cells
+    of a square grid (a projector's)."""
+    world = Path(world_dir)
+    scenes = _test_scenes(world)
+    table = model.get_input_embeddings().weight.detach().float()
+    out: dict[str, float] = {}
+    for family in QUESTION_FAMILIES:
+        questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
+        answers: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            batch = questions[start : start + batch_size]
+            shown = [Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"]) for q in batch]
+            targets = grounding_targets(
+                shown, model.config.image_seq_length, processor.tokenizer, table, cells
+            )
+            with _image_tokens(model, targets):
+                answers += generate_answers(
+                    model,
+                    processor,
+                    [[Message("user", q.prompt)] for q in batch],
+                    [[load_image(path) for path in q.images] for q in batch],
+                    max_new_tokens=ANSWER_TOKENS,
+                    batch_size=len(batch),
+                )
+        out |= _accuracy(family, "exact_tokens", questions, answers, per_type)
     return out
