@@ -313,7 +313,6 @@ def exact_token_bound(
     limit: int | None = 200,
     batch_size: int = 32,
     cells: str = CELLS,
-    per_type: bool = False,
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy with the grounding's exact target tokens
     (``graft.world.grounding``, cells naming the object of ``cells``) in place of the connector's
@@ -343,5 +342,5 @@ def exact_token_bound(
                     max_new_tokens=ANSWER_TOKENS,
                     batch_size=len(batch),
                 )
-        out |= _accuracy(family, "exact_tokens", questions, answers, per_type)
+        out |= _accuracy(family, "exact_tokens", questions, answers, per_type=False)
     return out
