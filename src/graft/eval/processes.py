@@ -10,7 +10,6 @@ repeating an answer.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -18,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from graft.eval.predict import done_ids
+from graft.process_group import close_at_exit, multi_cpu
 from graft.record_files import RecordError
 
 logger = logging.getLogger(__name__)
@@ -34,36 +33,11 @@ EXPECTED = (RecordError, FileNotFoundError, ValueError, KeyError)
 def process_state() -> PartialState:
     """accelerate's view of the processes. Several processes and no accelerator run together
     (gloo) only when accelerate is told ``cpu=True``; without it, torchrun's processes would each
-    answer everything alone."""
-    multi_cpu = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        current = getattr(torch, "accelerator", None)
-        if current is not None and hasattr(current, "current_accelerator"):
-            multi_cpu = current.current_accelerator() is None
-        else:
-            multi_cpu = not torch.cuda.is_available()
-    state = PartialState(cpu=multi_cpu)
-    if state.num_processes > 1 and not _closing:
-        _closing.append(True)
-        atexit.register(_close_process_group)
+    answer everything alone. Several processes leave together at exit (``close_at_exit``)."""
+    state = PartialState(cpu=multi_cpu())
+    if state.num_processes > 1:
+        close_at_exit()
     return state
-
-
-_closing: list[bool] = []
-
-
-def _close_process_group() -> None:
-    """Leave together and close the process group before the interpreter tears down: a process
-    that exits while its peer still holds the gloo connection can abort ("terminate called
-    without an active exception"), which torchrun reports as a failed run although every answer
-    was written."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    try:
-        torch.distributed.barrier()
-    except RuntimeError as err:  # a peer already gone: nothing to wait for
-        logger.debug("no exit barrier: %s", err)
-    torch.distributed.destroy_process_group()
 
 
 class OtherProcessError(ValueError):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from graft.process_group import close_at_exit, multi_cpu, no_device
 from graft.train.distributed_spec import ZERO_STAGES, DistributedSpec
 
 if TYPE_CHECKING:
@@ -48,21 +49,7 @@ class DistributedError(RuntimeError, ValueError):
     too, so that ``graft train`` reports it as a one-line error, not a traceback."""
 
 
-# --- the process group ------------------------------------------------------------------------------
-def no_device() -> bool:
-    """No GPU (or other accelerator) here: processes run on CPU and talk over gloo."""
-    current = getattr(torch, "accelerator", None)
-    if current is not None and hasattr(current, "current_accelerator"):
-        return current.current_accelerator() is None
-    return not torch.cuda.is_available()
-
-
-def multi_cpu() -> bool:
-    """Several processes and no accelerator: accelerate runs them together (gloo) only when told
-    ``cpu=True``; without it, torchrun's processes would each train alone."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and no_device()
-
-
+# --- the launch and the process group --------------------------------------------------------------
 def _launched_with(flag: str) -> bool:
     return os.environ.get(flag, "false").lower() == "true"
 
@@ -114,7 +101,8 @@ def check_launch(spec: DistributedSpec) -> None:
 
 
 def start(spec: DistributedSpec) -> PartialState:
-    """Set up the process group for ``spec`` (before anything asks which process is the main one)."""
+    """Set up the process group for ``spec`` (before anything asks which process is the main one);
+    several processes leave it together at exit (``close_at_exit``)."""
     from accelerate import PartialState
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
@@ -137,10 +125,14 @@ def start(spec: DistributedSpec) -> PartialState:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ["GRAFT_DEEPSPEED"] = "1"  # set by graft, not by a launcher (check_launch)
         launched = int(os.environ.get("LOCAL_RANK", "-1")) != -1
-        return PartialState(backend="gloo") if launched and no_device() else PartialState()
-    if os.environ.pop("GRAFT_DEEPSPEED", None):
-        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
-    return PartialState(cpu=multi_cpu())
+        state = PartialState(backend="gloo") if launched and no_device() else PartialState()
+    else:
+        if os.environ.pop("GRAFT_DEEPSPEED", None):
+            os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+        state = PartialState(cpu=multi_cpu())
+    if state.num_processes > 1:
+        close_at_exit()
+    return state
 
 
 def accelerator_for(
