@@ -342,7 +342,7 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
         return m is not None and f"\n{m[2]}. {m[1]}\n" in question
 
     for family in ("mcq", "binary"):
-        records = text_question_records(world, brief=True, family=family)
+        records = text_question_records(world, layout="brief", family=family)
         assert records and all(answers(family, *(t["value"] for t in r["conversations"])) for r in records)
         want = sum(
             answers(family, q["value"], t["value"])
@@ -359,6 +359,30 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
             assert gpt == source["conversations"][2 * int(turn) + 1]
     with pytest.raises(ValueError, match="'yesno'"):
         text_question_records(world, family="yesno")
+
+
+def test_the_grid_layout_writes_the_grounding_targets_as_words():
+    from graft.world.diagnostics import with_context
+    from graft.world.grounding import grounding_classes
+
+    # centres in cells (row 0, col 1), (2, 3) and (2, 3) again: the larger object keeps that cell
+    objects = [
+        Obj("circle", "red", "small", x=0.3, y=0.1),
+        Obj("square", "blue", "large", x=0.9, y=0.6),
+        Obj("triangle", "green", "small", x=0.85, y=0.55),
+    ]
+    scene = Scene(objects=objects, image_size=64)
+    lines = with_context(scene, "Is the circle red?", layout="grid").split("\n")
+    assert lines[0] == "Image:" and lines[-1] == "Is the circle red?"
+    assert lines[1] == "background, red circle, background, background"
+    assert lines[3] == "background, background, background, blue square"
+    assert lines[2] == lines[4] == ", ".join(["background"] * 4)
+    # the same cells as the grounding's target classes, in the same order
+    cells = ", ".join(lines[1:5]).split(", ")
+    classes = grounding_classes([scene], 16)[0].tolist()
+    assert [c == "background" for c in cells] == [k == 0 for k in classes]
+    with pytest.raises(ValueError, match="'boxes'"):
+        with_context(scene, "?", layout="boxes")
 
 
 def test_image_twin_records_keep_the_image_and_the_question(world):
@@ -505,7 +529,7 @@ def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypa
         return ["wrong" if k % 3 == 0 else a for k, a in enumerate(found)]
 
     monkeypatch.setattr(diagnostics, "generate_answers", fake_generate)
-    scores = diagnostics.text_upper_bound(None, None, world, limit=12, brief=True, per_type=True)
+    scores = diagnostics.text_upper_bound(None, None, world, limit=12, layout="brief", per_type=True)
     for family in ("binary", "mcq"):
         rows = _read_jsonl(world / "eval" / f"{family}.jsonl")[:12]
         right = [k % 3 != 0 for k in range(len(rows))]

@@ -18,8 +18,9 @@ Measurements beside the held-out accuracy (the vision probe is ``probe.py``):
   colours is in the image?), to train and score a perception warm-up before stage 2
   (``benchmarks/perception_warmup.py``, the demo's ``perceive`` step).
 
-Both take ``brief``: the description cut to one sentence naming every object's size, colour,
-shape and place (the second reference caption) instead of five captions and the boxes.
+Both take ``layout`` (``with_context``): the captions and boxes, the one sentence naming every
+object's size, colour, shape and place (the second reference caption), or the grounding's grid
+in words, two per object: the image tokens' text twin.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from graft.processing import load_image
 from graft.templates import Message
 
 from .describe import captions, context_text
-from .grounding import CELLS, grounding_targets
+from .grounding import CELLS, cell_names, grounding_targets
 from .instructions import BRIEF_PROMPTS
-from .questions import MCQ_SUFFIX, SHORT_SUFFIX, presence, presence_choice, reply
+from .questions import MCQ_SUFFIX, READING_ROWS, SHORT_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -131,10 +132,22 @@ def word_readout(
     return out
 
 
-def with_context(scene: Scene, question: str, brief: bool = False) -> str:
-    """A question with the scene's symbolic description where the image stood (``brief``: the
-    one sentence that names every object's size, colour, shape and place)."""
-    return f"Context: {captions(scene)[1] if brief else context_text(scene)}\n{question}"
+#: how a question's context describes the scene (``with_context``)
+LAYOUTS = ("context", "brief", "grid")
+
+
+def with_context(scene: Scene, question: str, layout: str = "context") -> str:
+    """A question with the scene's symbolic description where the image stood: ``context``, its
+    captions and one box line per object; ``brief``, the one sentence that names every object's
+    size, colour, shape and place; ``grid``, the grounding's 4x4 cells in words ("background" or
+    "red circle"), cells joined by commas and rows by lines, the text twin of the image tokens."""
+    if layout == "grid":
+        names = cell_names(scene, READING_ROWS)
+        rows = [", ".join(names[r : r + READING_ROWS]) for r in range(0, len(names), READING_ROWS)]
+        return "Image:\n" + "\n".join(rows) + f"\n{question}"
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    return f"Context: {captions(scene)[1] if layout == 'brief' else context_text(scene)}\n{question}"
 
 
 #: the held-out question families (``eval/{family}.jsonl``)
@@ -156,7 +169,7 @@ def question_family(question: str, answer: str) -> str | None:
 def text_question_records(
     world_dir: str | os.PathLike,
     image_token: str = "<image>",
-    brief: bool = False,
+    layout: str = "context",
     family: str | None = None,
     with_image: bool = False,
 ) -> list[dict[str, Any]]:
@@ -183,7 +196,7 @@ def text_question_records(
         turns = [dict(t) for t in record["conversations"]]
         turns[0]["value"] = turns[0]["value"].replace(image_token, "", 1).lstrip("\n")
         if family is None:
-            turns[0]["value"] = with_context(scene, turns[0]["value"], brief)
+            turns[0]["value"] = with_context(scene, turns[0]["value"], layout)
             out.append({"id": record["id"], "conversations": turns})
             continue
         for k in range(0, len(turns) - 1, 2):
@@ -195,7 +208,7 @@ def text_question_records(
                 human = {"from": "human", "value": f"{image_token}\n{question}"}
                 out.append({"id": rid, "image": record["image"], "conversations": [human, turns[k + 1]]})
             else:
-                human = {"from": "human", "value": with_context(scene, question, brief)}
+                human = {"from": "human", "value": with_context(scene, question, layout)}
                 out.append({"id": rid, "conversations": [human, turns[k + 1]]})
     return out
 
@@ -248,7 +261,7 @@ def text_upper_bound(
     world_dir: str | os.PathLike,
     limit: int | None = 200,
     batch_size: int = 32,
-    brief: bool = False,
+    layout: str = "context",
     per_type: bool = False,
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy with the scene's description in place of the
@@ -261,7 +274,7 @@ def text_upper_bound(
         convs = []
         for q in questions:
             scene = Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"])
-            convs.append([Message("user", with_context(scene, q.meta["question"], brief))])
+            convs.append([Message("user", with_context(scene, q.meta["question"], layout))])
         answers = generate_answers(
             model, processor, convs, [[] for _ in convs], max_new_tokens=ANSWER_TOKENS, batch_size=batch_size
         )

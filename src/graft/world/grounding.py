@@ -89,6 +89,17 @@ def grounding_targets(
     return cell_words(tokenizer, embeddings)[grounding_classes(scenes, tokens_per_image, cells)]
 
 
+def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
+    """What each cell of a ``side`` x ``side`` grid names, in words, row-major: "background" or
+    its object's "colour shape" (``cells``: which object a cell names, as ``grounding_classes``):
+    the grounding's target tokens written as text, two words per object."""
+    names = []
+    for k in cell_labeller(cells)(scene, side).tolist():
+        shape, colour = divmod(k - 1, len(COLORS))
+        names.append(BACKGROUND_WORD.strip() if k == 0 else f"{list(COLORS)[colour]} {SHAPES[shape]}")
+    return names
+
+
 def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor) -> dict[str, float]:
     """How often a token is nearest (by distance) to its target's cell words: over every cell
     (``cell_acc``) and, on the cells of objects, the shape's and the colour's share."""
