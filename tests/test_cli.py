@@ -1,3 +1,4 @@
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -98,6 +99,20 @@ def test_compose_unknown_connector_names_valid_ones(tmp_path):
     )
     assert result.exit_code != 0
     assert "valid connectors" in result.output
+
+
+def test_compose_writes_the_tokens_per_group_it_is_asked_for(tmp_path):
+    from tiny import save_tiny_backbones
+
+    vision, llm = save_tiny_backbones(tmp_path)
+    base = ["compose", "--vision", str(vision), "--llm", str(llm), "--reduction", "pixel_shuffle"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "m"), "--tokens-per-group", "2"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["connector"]["tokens_per_group"] == 2 and "tokens per image" in result.output
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "n"), "--tokens-per-group", "0"])
+    assert result.exit_code == 2 and "tokens_per_group must be a positive integer, got 0" in result.output
+    assert not (tmp_path / "n").exists()
 
 
 def test_compose_says_which_backbone_failed_to_load(tmp_path):

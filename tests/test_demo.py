@@ -125,3 +125,20 @@ def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_ce
     assert DemoSettings().cells() == "centre"
     assert DemoSettings(vision="train").cells() == DemoSettings(vision="/my/tower").cells() == "cover"
     assert DemoSettings(vision="train", ground_cells="centre").cells() == "centre"
+
+
+def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
+    from graft.pipelines.demo import connector_spec
+
+    assert "tokens_per_group" not in connector_spec("swiglu", None, 1)
+    assert connector_spec("swiglu", None, 2) == {
+        "name": "swiglu",
+        "reduction": "pixel_shuffle",
+        "reduction_factor": 4,
+        "layer_norm": True,
+        "tokens_per_group": 2,
+    }
+    with pytest.raises(ValueError, match="one token or two"):
+        connector_spec("swiglu", None, 3)
+    with pytest.raises(ValueError, match="queries, not cells"):
+        connector_spec("qformer", None, 2)

@@ -16,6 +16,8 @@ from graft.world.grounding import (
     grid_side,
     grounding_targets,
     scenes_of_images,
+    split_classes,
+    tokens_per_cell,
     word_embedding,
 )
 from graft.world.labels import cell_classes, cell_labeller, centre_classes, object_class
@@ -49,6 +51,41 @@ def test_each_cell_says_its_objects_colour_and_shape_words_or_background():
     ids = tokenizer.encode(" background", add_special_tokens=False)
     assert torch.allclose(word_embedding(tokenizer, table, " background"), table[ids].mean(0))
     assert {int(c) for c in classes} == {0, int(classes[0]), int(classes[11])}
+
+
+def test_two_tokens_per_cell_say_the_colour_word_then_the_shape_word():
+    tokenizer = tiny_tokenizer()
+    table = torch.randn(len(tokenizer), 8)
+    targets = grounding_targets([_scene()], 32, tokenizer, table, per_cell=2)
+    assert targets.shape == (1, 32, 8)
+
+    def word(name: str) -> torch.Tensor:
+        return word_embedding(tokenizer, table, f" {name}")
+
+    # cell 0 holds the red circle, cell 11 the blue square, cell 1 nothing
+    for token, name in ((0, "red"), (1, "circle"), (22, "blue"), (23, "square"), (2, "background")):
+        assert torch.allclose(targets[0, token], word(name)), name
+    assert torch.allclose(targets[0, 3], word("background"))
+    words = cell_words(tokenizer, table, per_cell=2)
+    assert len(words) == 1 + len(COLORS) + len(SHAPES)
+    classes = centre_classes(_scene(), 4)
+    assert torch.equal(words[split_classes(classes)], targets[0])
+    assert tokens_per_cell({"name": "swiglu", "tokens_per_group": 2}) == 2
+    assert tokens_per_cell({"name": "swiglu"}) == 1
+    with pytest.raises(ValueError, match="gives 3 per cell"):
+        tokens_per_cell({"name": "swiglu", "tokens_per_group": 3})
+    with pytest.raises(ValueError, match="2 token\\(s\\) per cell of a square grid; this connector gives 33"):
+        grid_side(33, per_cell=2)
+
+
+def test_a_cell_of_two_tokens_is_right_only_when_both_are():
+    words = torch.eye(1 + len(COLORS) + len(SHAPES))
+    truth = split_classes(torch.tensor([[0, 1, 2, 1 + len(COLORS)]]))  # background, then three objects
+    said = truth.clone()
+    said[0, 3] = 1 + len(COLORS) + 1  # the second object's shape wrong, its colour right
+    said[0, 6] = 2  # the third object's colour wrong, its shape right
+    result = cell_accuracy(words[said], words[truth], words, per_cell=2)
+    assert result == pytest.approx({"cell_acc": 0.5, "object_shape_acc": 2 / 3, "object_colour_acc": 2 / 3})
 
 
 def test_centre_cells_name_each_object_once_and_cover_cells_once_per_cell_it_covers():

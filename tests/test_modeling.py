@@ -104,6 +104,28 @@ def test_reduced_connector_model_runs_with_fewer_tokens():
     assert torch.isfinite(model(**batch).loss)
 
 
+@pytest.mark.parametrize("name", ["linear", "mlp2x_gelu", "swiglu"])
+def test_a_projector_writes_each_groups_tokens_one_after_another(name):
+    """tokens_per_group=2: two tokens per patch group, group g's at 2g and 2g + 1, each from that
+    group's patches alone; a model with it holds twice the placeholders and trains."""
+    spec = {"name": name, "reduction": "pixel_shuffle", "tokens_per_group": 2}
+    connector = build_connector(spec, 8, 6)
+    features = torch.randn(3, 16, 8)
+    tokens = connector(features)
+    assert tokens.shape == (3, 8, 6) and connector.num_tokens(16) == 8
+    moved = features.clone()
+    moved[:, [10, 11, 14, 15]] += 1.0  # the patches of group 3 (bottom right)
+    changed = (connector(moved) - tokens).abs().sum((0, 2)) > 0
+    assert changed.nonzero().flatten().tolist() == [6, 7]
+    model, processor = tiny_model_and_processor(spec)
+    assert model.config.image_seq_length == 2 * model.num_patches // 4
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    assert torch.isfinite(model(**batch).loss)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=f"tokens_per_group must be a positive integer, got {bad}"):
+            build_connector(dict(spec, tokens_per_group=bad), 8, 6)
+
+
 def test_unknown_connector_lists_valid_names():
     with pytest.raises(UnknownConnectorError, match="valid connectors: lexical, linear, mlp2x_gelu"):
         build_connector({"name": "mlp3x"}, 8, 8)

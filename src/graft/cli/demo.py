@@ -59,6 +59,13 @@ def demo_cmd(
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
     ] = None,
+    cell_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Tokens per image cell of a projector: 2 (an object's colour word, then its shape word) "
+            "or 1 (one token blending both; what Aya Vision's export represents)."
+        ),
+    ] = DemoSettings.cell_tokens,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
     ] = DemoSettings.eval_limit,
@@ -121,7 +128,7 @@ def demo_cmd(
     if ground_cells is not None and ground_cells not in CELL_TARGETS:
         fail(f"--ground-cells {ground_cells}: give one of {', '.join(CELL_TARGETS)}")
     try:  # before any work: a bad choice fails in a second, not after pretraining
-        connector_spec(connector, reduction)
+        connector_spec(connector, reduction, cell_tokens)
         check_alignment(connector, alignment)
         check_llm(llm)
     except (ValueError, OSError) as err:
@@ -135,6 +142,7 @@ def demo_cmd(
         alignment=alignment,
         ground_cells=ground_cells,
         reduction=reduction,
+        cell_tokens=cell_tokens,
         eval_limit=eval_limit,
         vision_steps=vision_steps,
         llm_steps=llm_steps,

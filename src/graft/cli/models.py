@@ -36,6 +36,13 @@ def compose_cmd(
             "does (swiglu with it exports to AyaVisionForConditionalGeneration)."
         ),
     ] = False,
+    tokens_per_group: Annotated[
+        int,
+        typer.Option(
+            help="Tokens a projector writes per (reduced) patch group, one after another (1: as "
+            "LLaVA and Aya Vision, the only count that exports)."
+        ),
+    ] = 1,
     template: Annotated[
         str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
@@ -56,6 +63,8 @@ def compose_cmd(
         spec.update(reduction=reduction, reduction_factor=reduction_factor)
     if layer_norm:
         spec["layer_norm"] = True
+    if tokens_per_group != 1:
+        spec["tokens_per_group"] = tokens_per_group
     try:  # names first, so a typo fails before any weights load
         get_template(template)
         connector_class(connector)

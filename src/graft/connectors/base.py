@@ -26,7 +26,8 @@ class Connector(nn.Module):
     #: wants to act on the LLM's hidden states (installs hooks through ``attach``)
     needs_llm_hidden: ClassVar[bool] = False
     #: its tokens are the cells of a square grid over the image, row-major, each from its own
-    #: patches (a projector's; grounding targets, ``graft.world.grounding``, rely on it)
+    #: patches, a cell's ``tokens_per_group`` tokens one after another (a projector's; grounding
+    #: targets, ``graft.world.grounding``, rely on it)
     spatial: ClassVar[bool] = False
 
     def __init__(self, vision_hidden_size: int, text_hidden_size: int, **options: Any) -> None:

@@ -4,7 +4,11 @@ Parameter names follow transformers' ``LlavaMultiModalProjector`` (``linear_1``,
 so export to ``LlavaForConditionalGeneration`` is a rename of the prefix only. ``layer_norm=True``
 layer-norms the (reduced) features first, as Aya Vision's and InternVL's adapters do after their
 pixel shuffle; ``swiglu`` with it is exactly ``AyaVisionMultiModalProjector``, which is how a
-token-reducing projector exports (``graft.export``).
+token-reducing projector exports (``graft.export``). ``tokens_per_group=k`` has the last layer
+write k tokens for each (reduced) patch group, one after another (k x d_llm outputs read as k
+tokens): a cell of the shapes world's grid then says its object's colour and its shape as two
+words, not one blend of both (``graft.world.grounding``). No transformers architecture writes
+several tokens per group, so such a model does not export.
 """
 
 from __future__ import annotations
@@ -32,11 +36,18 @@ class _Projector(Connector):
         bias: bool = True,
         layer_norm: bool = False,
         layer_norm_eps: float = 1e-5,
+        tokens_per_group: int = 1,
         **options: Any,
     ) -> None:
         super().__init__(vision_hidden_size, text_hidden_size)
         if options:
             raise ValueError(f"connector {self.name!r} got unknown options: {', '.join(sorted(options))}")
+        if not isinstance(tokens_per_group, int) or tokens_per_group < 1:
+            wanted = "tokens_per_group must be a positive integer"
+            raise ValueError(f"connector {self.name!r}: {wanted}, got {tokens_per_group!r}")
+        self.tokens_per_group = tokens_per_group
+        #: the last layer's width: ``tokens_per_group`` tokens of d_llm
+        self.out_features = text_hidden_size * tokens_per_group
         self.reduction = TokenReduction(reduction, reduction_factor)
         self.in_features = vision_hidden_size * self.reduction.channel_multiplier()
         self.bias = bias
@@ -46,8 +57,12 @@ class _Projector(Connector):
         """The projector's input: reduced, then layer-normed where asked."""
         return self.layer_norm(self.reduction(image_features))
 
+    def tokens(self, groups: torch.Tensor) -> torch.Tensor:
+        """The last layer's ``[N, G, k * d_llm]`` -> ``[N, G * k, d_llm]``: each group's k tokens in turn."""
+        return groups.reshape(groups.shape[0], -1, self.text_hidden_size)
+
     def num_tokens(self, num_patches: int) -> int:
-        return self.reduction.num_tokens(num_patches)
+        return self.reduction.num_tokens(num_patches) * self.tokens_per_group
 
 
 @register_connector("linear")
@@ -56,10 +71,10 @@ class LinearProjector(_Projector):
 
     def __init__(self, vision_hidden_size: int, text_hidden_size: int, **options: Any) -> None:
         super().__init__(vision_hidden_size, text_hidden_size, **options)
-        self.linear_1 = nn.Linear(self.in_features, text_hidden_size, bias=self.bias)
+        self.linear_1 = nn.Linear(self.in_features, self.out_features, bias=self.bias)
 
     def forward(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
-        return self.linear_1(self.features(image_features))
+        return self.tokens(self.linear_1(self.features(image_features)))
 
 
 @register_connector("mlp2x_gelu")
@@ -70,10 +85,10 @@ class MLPProjector(_Projector):
         super().__init__(vision_hidden_size, text_hidden_size, **options)
         self.linear_1 = nn.Linear(self.in_features, text_hidden_size, bias=self.bias)
         self.act = nn.GELU()
-        self.linear_2 = nn.Linear(text_hidden_size, text_hidden_size, bias=self.bias)
+        self.linear_2 = nn.Linear(text_hidden_size, self.out_features, bias=self.bias)
 
     def forward(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(self.features(image_features))))
+        return self.tokens(self.linear_2(self.act(self.linear_1(self.features(image_features)))))
 
 
 @register_connector("swiglu")
@@ -96,8 +111,8 @@ class SwiGLUProjector(_Projector):
                 f"connector 'swiglu': intermediate_size must be even, got {self.intermediate_size}"
             )
         self.linear_1 = nn.Linear(self.in_features, self.intermediate_size, bias=self.bias)
-        self.linear_2 = nn.Linear(self.intermediate_size // 2, text_hidden_size, bias=self.bias)
+        self.linear_2 = nn.Linear(self.intermediate_size // 2, self.out_features, bias=self.bias)
 
     def forward(self, image_features: torch.Tensor, **context: Any) -> torch.Tensor:
         value, gate = self.linear_1(self.features(image_features)).chunk(2, dim=-1)
-        return self.linear_2(F.silu(gate) * value)
+        return self.tokens(self.linear_2(F.silu(gate) * value))

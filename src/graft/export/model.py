@@ -49,6 +49,12 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
     head = model.language_model.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None:
         raise ExportError("language_model's output head: transformers' lm_head is a Linear without bias")
+    if spec.get("tokens_per_group", 1) != 1:
+        raise ExportError(
+            f"config.connector.tokens_per_group={spec['tokens_per_group']}: transformers' projectors "
+            "(LLaVA's, Aya Vision's) write one token per patch group (`graft demo --cell-tokens 1`, "
+            "the default, grafts one that exports)"
+        )
     if name == "swiglu":
         if not layer_norm:
             raise ExportError(

@@ -44,14 +44,16 @@ DEMO_CONNECTORS = ("swiglu", "lexical", "mlp2x_gelu", "linear", "qformer")
 DEMO_REDUCTION = 4
 
 
-def connector_spec(connector: str, reduction: str | None = None) -> dict[str, Any]:
+def connector_spec(connector: str, reduction: str | None = None, cell_tokens: int = 1) -> dict[str, Any]:
     """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
     space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
-    Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``) or the
-    shapes-sized Q-Former."""
+    Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
+    tokens per cell) or the shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
+        if cell_tokens != 1:
+            raise ValueError("the qformer connector's tokens are queries, not cells: use --cell-tokens 1")
         return dict(SHAPES_QFORMER)
     if connector not in DEMO_CONNECTORS:
         hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
@@ -61,6 +63,10 @@ def connector_spec(connector: str, reduction: str | None = None) -> dict[str, An
         spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
     if connector in ("swiglu", "lexical"):
         spec["layer_norm"] = True
+    if cell_tokens not in (1, 2):
+        raise ValueError(f"a cell gives one token or two (colour, then shape), not {cell_tokens}")
+    if cell_tokens != 1:
+        spec["tokens_per_group"] = cell_tokens
     return spec
 
 
@@ -91,6 +97,10 @@ class DemoSettings:
     #: other tower)
     ground_cells: str | None = None
     reduction: str | None = None
+    #: tokens per image cell of a projector (``tokens_per_group``): 2 says an object's colour and
+    #: shape as two tokens (the grounding's colour word, then its shape word), 1 as one blend of
+    #: both (what Aya Vision's export can represent)
+    cell_tokens: int = 1
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -245,7 +255,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     use_bf16(s.bf16, device)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
-    spec = connector_spec(s.connector, s.reduction)
+    spec = connector_spec(s.connector, s.reduction, s.cell_tokens)
     composed = out / "composed"
 
     clock.run(

@@ -50,7 +50,14 @@ def ground_step(
     features of ``records``' images; saved with the rest of the model into ``dst``."""
     from graft.inference import load_for_inference
     from graft.train.snap import FitSettings, TokenClasses, cached_features, fit_connector, save_fitted
-    from graft.world.grounding import CELLS, cell_accuracy, cell_words, grounding_classes, scenes_of_images
+    from graft.world.grounding import (
+        CELLS,
+        cell_accuracy,
+        cell_words,
+        grounding_classes,
+        scenes_of_images,
+        tokens_per_cell,
+    )
 
     settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed, contrast=GROUND_CONTRAST)
     cells = cells or CELLS
@@ -64,15 +71,16 @@ def ground_step(
     settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
     table = model.get_input_embeddings().weight.detach().float()
     scenes = scenes_of_images(world, files)
-    labels = grounding_classes(scenes, model.config.image_seq_length, cells)
-    words = cell_words(processor.tokenizer, table)
+    per_cell = tokens_per_cell(model.config.connector)
+    labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell)
+    words = cell_words(processor.tokenizer, table, per_cell)
     result = fit_connector(
         model.connector,
         features,
         words[labels],
         table,
         settings,
-        partial(cell_accuracy, words=words),
+        partial(cell_accuracy, words=words, per_cell=per_cell),
         TokenClasses(labels, words),
     )
     save_fitted(

@@ -14,6 +14,11 @@ shape bound in one token, at its place: the dense, region-level supervision that
 get from grounded caption data, here exact. The word alignment from captions
 (``graft.word_alignment``) only ever learned colour words at the objects and a blur of shape
 words around them (docs/demo-history.md).
+
+With two tokens per cell (the projector's ``tokens_per_group=2``) a cell says its object's colour
+word, then its shape word, each exactly (a background cell says ``BACKGROUND_WORD`` twice): the
+text grid's two words per object (``cell_names``), where one blended token per object left
+SmolLM2 well below what the same grid in words taught it (docs/demo-history.md).
 """
 
 from __future__ import annotations
@@ -43,39 +48,68 @@ def word_embedding(tokenizer: Any, embeddings: torch.Tensor, word: str) -> torch
     return embeddings[ids].mean(0)
 
 
-def grid_side(tokens_per_image: int) -> int:
-    """The side of the square token grid, or a ValueError for a token count that is not one."""
-    side = math.isqrt(tokens_per_image)
-    if side * side != tokens_per_image:
+def grid_side(tokens_per_image: int, per_cell: int = 1) -> int:
+    """The side of the square grid of cells, each ``per_cell`` tokens, or a ValueError for a
+    token count that is not one."""
+    cells = tokens_per_image // per_cell
+    side = math.isqrt(cells)
+    if side * side != cells or cells * per_cell != tokens_per_image:
         raise ValueError(
-            f"grounding needs one token per cell of a square grid; this connector gives {tokens_per_image} "
-            "tokens per image"
+            f"grounding needs {per_cell} token(s) per cell of a square grid; this connector gives "
+            f"{tokens_per_image} tokens per image"
         )
     return side
 
 
-def cell_words(tokenizer: Any, embeddings: torch.Tensor) -> torch.Tensor:
-    """``[1 + shapes * colours, d]``: what a cell can say, the background word first, then each
-    shape's words with each colour's (``labels.class_of``' order), from ``embeddings`` ``[V, d]``,
-    the LLM's input embedding table."""
+def tokens_per_cell(connector: dict[str, Any]) -> int:
+    """How many tokens a cell gives with this connector spec (``GraftConfig.connector``): the
+    projector's ``tokens_per_group``."""
+    per_cell = connector.get("tokens_per_group", 1)
+    if per_cell not in (1, 2):
+        raise ValueError(
+            f"grounding writes one token per cell (colour and shape blended) or two (colour, then "
+            f"shape); this connector gives {per_cell} per cell"
+        )
+    return per_cell
+
+
+def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1) -> torch.Tensor:
+    """``[K, d]``: what a token can say, from ``embeddings`` ``[V, d]``, the LLM's input
+    embedding table. One token per cell: the background word first, then the mean of each shape's
+    and each colour's word (``labels.class_of``' order). Two: the background word, each colour's
+    word, each shape's word."""
     table = embeddings.detach().float()
     background = word_embedding(tokenizer, table, BACKGROUND_WORD)
     shapes = torch.stack([word_embedding(tokenizer, table, f" {s}") for s in SHAPES])
     colours = torch.stack([word_embedding(tokenizer, table, f" {c}") for c in COLORS])
+    if per_cell == 2:
+        return torch.cat([background[None], colours, shapes])
     objects = 0.5 * (shapes[:, None] + colours[None, :])
     return torch.cat([background[None], objects.reshape(-1, table.shape[1])])
+
+
+def split_classes(classes: torch.Tensor) -> torch.Tensor:
+    """Cell classes ``[..., cells]`` (``labels.class_of``) -> the two tokens' ``[..., 2 * cells]``
+    (``cell_words(per_cell=2)``): each cell's colour word, then its shape word; background twice."""
+    shape, colour = (classes - 1).div(len(COLORS), rounding_mode="floor"), (classes - 1) % len(COLORS)
+    pair = torch.stack([1 + colour, 1 + len(COLORS) + shape], dim=-1)
+    pair = torch.where((classes > 0)[..., None], pair, 0)
+    return pair.flatten(-2)
 
 
 #: what a cell names by default (module docstring): what the packaged tower was refined for
 CELLS = "centre"
 
 
-def grounding_classes(scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS) -> torch.Tensor:
-    """``[len(scenes), tokens_per_image]``: each cell's class (``labels.CELL_TARGETS[cells]``),
-    indexing ``cell_words``."""
+def grounding_classes(
+    scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS, per_cell: int = 1
+) -> torch.Tensor:
+    """``[len(scenes), tokens_per_image]``: each token's class, indexing ``cell_words`` (a cell
+    names the object of ``labels.CELL_TARGETS[cells]``)."""
     classes_of = cell_labeller(cells)
-    side = grid_side(tokens_per_image)
-    return torch.stack([classes_of(scene, side) for scene in scenes])
+    side = grid_side(tokens_per_image, per_cell)
+    classes = torch.stack([classes_of(scene, side) for scene in scenes])
+    return split_classes(classes) if per_cell == 2 else classes
 
 
 def grounding_targets(
@@ -84,9 +118,11 @@ def grounding_targets(
     tokenizer: Any,
     embeddings: torch.Tensor,
     cells: str = CELLS,
+    per_cell: int = 1,
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
-    return cell_words(tokenizer, embeddings)[grounding_classes(scenes, tokens_per_image, cells)]
+    words = cell_words(tokenizer, embeddings, per_cell)
+    return words[grounding_classes(scenes, tokens_per_image, cells, per_cell)]
 
 
 def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
@@ -100,21 +136,30 @@ def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
     return names
 
 
-def cell_accuracy(tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor) -> dict[str, float]:
-    """How often a token is nearest (by distance) to its target's cell words: over every cell
-    (``cell_acc``) and, on the cells of objects, the shape's and the colour's share."""
+def cell_accuracy(
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, per_cell: int = 1
+) -> dict[str, float]:
+    """How often a cell's tokens are each nearest (by distance) to their targets' words
+    (``cell_words(per_cell=...)``): over every cell (``cell_acc``) and, on the cells of objects,
+    how often the shape and the colour are said right."""
 
     def classify(x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1)
+        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1).view(-1, per_cell)
 
     truth, said = classify(targets), classify(tokens)
-    objects = truth > 0
-    shape = (truth[objects] - 1) // len(COLORS) == (said[objects] - 1) // len(COLORS)
-    colour = (truth[objects] - 1) % len(COLORS) == (said[objects] - 1) % len(COLORS)
+    objects = truth[:, 0] > 0
+    if per_cell == 2:  # (colour word, shape word)
+        colour, shape = (truth[objects] == said[objects]).unbind(-1)
+    else:
+        truth, said = truth[:, 0], said[:, 0]
+        named = said[objects] > 0
+        shape = named & ((truth[objects] - 1) // len(COLORS) == (said[objects] - 1) // len(COLORS))
+        colour = named & ((truth[objects] - 1) % len(COLORS) == (said[objects] - 1) % len(COLORS))
+    right = (truth == said).reshape(len(truth), -1).all(-1)
     return {
-        "cell_acc": float((truth == said).float().mean()),
-        "object_shape_acc": float((shape & (said[objects] > 0)).float().mean()),
-        "object_colour_acc": float((colour & (said[objects] > 0)).float().mean()),
+        "cell_acc": float(right.float().mean()),
+        "object_shape_acc": float(shape.float().mean()),
+        "object_colour_acc": float(colour.float().mean()),
     }
 
 
