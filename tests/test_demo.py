@@ -142,3 +142,20 @@ def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
         connector_spec("swiglu", None, 3)
     with pytest.raises(ValueError, match="queries, not cells"):
         connector_spec("qformer", None, 2)
+
+
+def test_stage_2_can_train_on_some_kinds_of_records_alone(tmp_path):
+    from graft.pipelines.demo import check_stage2_kinds, records_of_kinds
+
+    path = tmp_path / "stage2.json"
+    records = [{"id": str(i), "qtype": kind} for i, kind in enumerate(["questions", "caption", "questions"])]
+    path.write_text(json.dumps(records))
+    assert [r["id"] for r in records_of_kinds(path, "questions")] == ["0", "2"]
+    assert len(records_of_kinds(path, " questions, caption ")) == 3
+    with pytest.raises(ValueError, match="stage-2 record kinds question: give one or more of questions"):
+        check_stage2_kinds("question")
+    with pytest.raises(ValueError, match="stage2.json: no records of kind detail; it has caption, questions"):
+        records_of_kinds(path, "questions,detail")
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--stage2-kinds", "chat"])
+    assert result.exit_code == 2 and "stage-2 record kinds chat" in result.output
+    assert not (tmp_path / "d").exists()

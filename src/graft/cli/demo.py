@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, check_alignment, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, check_alignment, check_stage2_kinds, connector_spec, run_demo
 from graft.pipelines.demo_fits import GROUND_STEPS
 from graft.pipelines.run_folder import RunFolderError
 
@@ -58,6 +58,13 @@ def demo_cmd(
     ] = None,
     reduction: Annotated[
         str | None, typer.Option(help="Projectors' token reduction: none, pool, pixel_shuffle (default).")
+    ] = None,
+    stage2_kinds: Annotated[
+        str | None,
+        typer.Option(
+            help="Kinds of the world's stage-2 records stage 2 trains on, comma-separated: questions, "
+            "conversation, reasoning, detail, which_image, difference, caption (default: all)."
+        ),
     ] = None,
     cell_tokens: Annotated[
         int,
@@ -130,6 +137,8 @@ def demo_cmd(
     try:  # before any work: a bad choice fails in a second, not after pretraining
         connector_spec(connector, reduction, cell_tokens)
         check_alignment(connector, alignment)
+        if stage2_kinds is not None:
+            check_stage2_kinds(stage2_kinds)
         check_llm(llm)
     except (ValueError, OSError) as err:
         fail(str(err))
@@ -143,6 +152,7 @@ def demo_cmd(
         ground_cells=ground_cells,
         reduction=reduction,
         cell_tokens=cell_tokens,
+        stage2_kinds=stage2_kinds,
         eval_limit=eval_limit,
         vision_steps=vision_steps,
         llm_steps=llm_steps,

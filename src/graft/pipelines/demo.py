@@ -97,6 +97,10 @@ class DemoSettings:
     #: other tower)
     ground_cells: str | None = None
     reduction: str | None = None
+    #: the kinds of ``stage2.json`` records stage 2 trains on (their ``qtype``: questions,
+    #: conversation, reasoning, detail, which_image, difference, caption), comma-separated; all by
+    #: default
+    stage2_kinds: str | None = None
     #: tokens per image cell of a projector (``tokens_per_group``): 2 says an object's colour and
     #: shape as two tokens (the grounding's colour word, then its shape word), 1 as one blend of
     #: both (what Aya Vision's export can represent)
@@ -192,6 +196,33 @@ def own_data(
     if not path.exists():
         write_text_atomic(path, json.dumps(records(world, seed)))
     return path
+
+
+#: the kinds (``qtype``) of the world's stage-2 records (``graft.world.instructions``, ``multi_image``)
+STAGE2_KINDS = ("questions", "conversation", "reasoning", "detail", "which_image", "difference", "caption")
+
+
+def check_stage2_kinds(kinds: str) -> set[str]:
+    """The kinds named in ``kinds`` (comma-separated), or a ValueError naming one that is none of
+    ``STAGE2_KINDS``."""
+    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    unknown = sorted(wanted - set(STAGE2_KINDS))
+    if not wanted or unknown:
+        named = ", ".join(unknown) or repr(kinds)
+        raise ValueError(f"stage-2 record kinds {named}: give one or more of {', '.join(STAGE2_KINDS)}")
+    return wanted
+
+
+def records_of_kinds(path: Path, kinds: str) -> list[dict[str, Any]]:
+    """The records of a records file whose ``qtype`` is one of ``kinds`` (comma-separated); a
+    ValueError names a kind the file has no record of, and the kinds it has."""
+    wanted = check_stage2_kinds(kinds)
+    records = json.loads(path.read_text())
+    present = {r.get("qtype") for r in records}
+    if wanted - present:
+        known = ", ".join(sorted(str(k) for k in present))
+        raise ValueError(f"{path}: no records of kind {', '.join(sorted(wanted - present))}; it has {known}")
+    return [r for r in records if r.get("qtype") in wanted]
 
 
 def demo_recipe(llm: str, stage: str) -> str:
@@ -313,7 +344,13 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         (name, data_of[name](), counts[name], None)
         for name in stages_wanted(check_alignment(s.connector, s.alignment), counts)
     ]
-    stages.append(("stage2", world / "stage2.json", s.stage2_steps, curve))
+    stage2_data = world / "stage2.json"
+    if s.stage2_kinds:
+        kinds = s.stage2_kinds
+        stage2_data = own_data(
+            out / "stage2.json", lambda w, _: records_of_kinds(w / "stage2.json", kinds), world, s.seed
+        )
+    stages.append(("stage2", stage2_data, s.stage2_steps, curve))
     src = composed
     for name, data, steps, hook in stages:
         dst = out / name
