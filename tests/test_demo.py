@@ -145,7 +145,7 @@ def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
 
 
 def test_stage_2_can_train_on_some_kinds_of_records_alone(tmp_path):
-    from graft.pipelines.demo import check_stage2_kinds, records_of_kinds
+    from graft.world.record_kinds import check_stage2_kinds, records_of_kinds
 
     path = tmp_path / "stage2.json"
     records = [{"id": str(i), "qtype": kind} for i, kind in enumerate(["questions", "caption", "questions"])]

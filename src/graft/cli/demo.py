@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, check_alignment, check_stage2_kinds, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, check_alignment, connector_spec, run_demo
 from graft.pipelines.demo_fits import GROUND_STEPS
 from graft.pipelines.run_folder import RunFolderError
 
@@ -138,6 +138,8 @@ def demo_cmd(
         connector_spec(connector, reduction, cell_tokens)
         check_alignment(connector, alignment)
         if stage2_kinds is not None:
+            from graft.world.record_kinds import check_stage2_kinds
+
             check_stage2_kinds(stage2_kinds)
         check_llm(llm)
     except (ValueError, OSError) as err:

@@ -198,33 +198,6 @@ def own_data(
     return path
 
 
-#: the kinds (``qtype``) of the world's stage-2 records (``graft.world.instructions``, ``multi_image``)
-STAGE2_KINDS = ("questions", "conversation", "reasoning", "detail", "which_image", "difference", "caption")
-
-
-def check_stage2_kinds(kinds: str) -> set[str]:
-    """The kinds named in ``kinds`` (comma-separated), or a ValueError naming one that is none of
-    ``STAGE2_KINDS``."""
-    wanted = {k.strip() for k in kinds.split(",") if k.strip()}
-    unknown = sorted(wanted - set(STAGE2_KINDS))
-    if not wanted or unknown:
-        named = ", ".join(unknown) or repr(kinds)
-        raise ValueError(f"stage-2 record kinds {named}: give one or more of {', '.join(STAGE2_KINDS)}")
-    return wanted
-
-
-def records_of_kinds(path: Path, kinds: str) -> list[dict[str, Any]]:
-    """The records of a records file whose ``qtype`` is one of ``kinds`` (comma-separated); a
-    ValueError names a kind the file has no record of, and the kinds it has."""
-    wanted = check_stage2_kinds(kinds)
-    records = json.loads(path.read_text())
-    present = {r.get("qtype") for r in records}
-    if wanted - present:
-        known = ", ".join(sorted(str(k) for k in present))
-        raise ValueError(f"{path}: no records of kind {', '.join(sorted(wanted - present))}; it has {known}")
-    return [r for r in records if r.get("qtype") in wanted]
-
-
 def demo_recipe(llm: str, stage: str) -> str:
     """The packaged recipe of a stage: the tiny Llama has its own rates and template."""
     return f"shapes-tiny-{stage}" if llm == "tiny" else f"shapes-{stage}"
@@ -278,6 +251,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     from graft.world.naming import naming_records
     from graft.world.perception import perception_records
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
+    from graft.world.record_kinds import records_of_kinds
 
     claim_folder(out, s)
     # a CPU that only emulates bf16 trains in fp32, several times slower: say so before the
