@@ -128,10 +128,10 @@ def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_ce
 
 
 def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
-    from graft.pipelines.demo import connector_spec
+    from graft.pipelines.demo_connector import demo_connector_spec
 
-    assert "tokens_per_group" not in connector_spec("swiglu", None, 1)
-    assert connector_spec("swiglu", None, 2) == {
+    assert "tokens_per_group" not in demo_connector_spec("swiglu", None, 1)
+    assert demo_connector_spec("swiglu", None, 2) == {
         "name": "swiglu",
         "reduction": "pixel_shuffle",
         "reduction_factor": 4,
@@ -139,9 +139,9 @@ def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
         "tokens_per_group": 2,
     }
     with pytest.raises(ValueError, match="one token or two"):
-        connector_spec("swiglu", None, 3)
+        demo_connector_spec("swiglu", None, 3)
     with pytest.raises(ValueError, match="queries, not cells"):
-        connector_spec("qformer", None, 2)
+        demo_connector_spec("qformer", None, 2)
 
 
 def test_stage_2_can_train_on_some_kinds_of_records_alone(tmp_path):

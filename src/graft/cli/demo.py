@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, check_alignment, connector_spec, run_demo
+from graft.pipelines.demo import DemoSettings, check_alignment, run_demo
+from graft.pipelines.demo_connector import demo_connector_spec
 from graft.pipelines.demo_fits import GROUND_STEPS
 from graft.pipelines.run_folder import RunFolderError
 
@@ -135,7 +136,7 @@ def demo_cmd(
     if ground_cells is not None and ground_cells not in CELL_TARGETS:
         fail(f"--ground-cells {ground_cells}: give one of {', '.join(CELL_TARGETS)}")
     try:  # before any work: a bad choice fails in a second, not after pretraining
-        connector_spec(connector, reduction, cell_tokens)
+        demo_connector_spec(connector, reduction, cell_tokens)
         check_alignment(connector, alignment)
         if stage2_kinds is not None:
             from graft.world.record_kinds import check_stage2_kinds

@@ -21,53 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from graft.files import write_text_atomic
+from graft.pipelines.demo_connector import demo_connector_spec
 from graft.pipelines.demo_fits import FITS
 from graft.pipelines.demo_measure import LearningCurve, diagnose, evaluate_demo, last_step, summary_markdown
 from graft.pipelines.run_folder import StepClock, claim_folder
 from graft.report.demo import read_curve
-
-#: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
-#: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
-SHAPES_QFORMER: dict[str, Any] = {
-    "name": "qformer",
-    "num_query_tokens": 16,
-    "qformer_config": {
-        "hidden_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 384,
-        "cross_attention_frequency": 1,
-    },
-}
-DEMO_CONNECTORS = ("swiglu", "lexical", "mlp2x_gelu", "linear", "qformer")
-#: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
-DEMO_REDUCTION = 4
-
-
-def connector_spec(connector: str, reduction: str | None = None, cell_tokens: int = 1) -> dict[str, Any]:
-    """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
-    space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
-    Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
-    tokens per cell) or the shapes-sized Q-Former."""
-    if connector == "qformer":
-        if reduction not in (None, "none"):
-            raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
-        if cell_tokens != 1:
-            raise ValueError("the qformer connector's tokens are queries, not cells: use --cell-tokens 1")
-        return dict(SHAPES_QFORMER)
-    if connector not in DEMO_CONNECTORS:
-        hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
-        raise ValueError(f"the demo grafts with one of {', '.join(DEMO_CONNECTORS)}, not {connector!r}{hint}")
-    spec: dict[str, Any] = {"name": connector}
-    if (reduction or "pixel_shuffle") != "none":
-        spec.update(reduction=reduction or "pixel_shuffle", reduction_factor=DEMO_REDUCTION)
-    if connector in ("swiglu", "lexical"):
-        spec["layer_norm"] = True
-    if cell_tokens not in (1, 2):
-        raise ValueError(f"a cell gives one token or two (colour, then shape), not {cell_tokens}")
-    if cell_tokens != 1:
-        spec["tokens_per_group"] = cell_tokens
-    return spec
 
 
 @dataclass
@@ -82,7 +40,7 @@ class DemoSettings:
     #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
-    #: the final model's connector (``connector_spec``): swiglu exports to Aya Vision; lexical
+    #: the final model's connector (``demo_connector_spec``): swiglu exports to Aya Vision; lexical
     #: (soft tokens that are mixtures of the LLM's words) is snapped onto swiglu to export
     connector: str = "swiglu"
     #: how the connector first learns to hand the LLM the image (``ALIGNMENTS``; default
@@ -260,7 +218,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     use_bf16(s.bf16, device)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
-    spec = connector_spec(s.connector, s.reduction, s.cell_tokens)
+    spec = demo_connector_spec(s.connector, s.reduction, s.cell_tokens)
     composed = out / "composed"
 
     clock.run(
