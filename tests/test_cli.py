@@ -52,7 +52,7 @@ def test_command_list_reflows_docstrings_and_keeps_angle_brackets():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
     lines = [line for line in result.output.splitlines() if line.startswith("│ ") and line.split()[1:]]
     rows = {line.split()[1]: line for line in lines}
-    assert "then a perception warm-up; or a caption stage 1" in rows["demo"]
+    assert "snap and a perception warm-up; or a caption stage 1" in rows["demo"]
     assert "Refer to images with <image> in a turn" in rows["chat"]
 
 

@@ -127,6 +127,21 @@ def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_ce
     assert DemoSettings(vision="train", ground_cells="centre").cells() == "centre"
 
 
+def test_the_grounding_defaults_to_two_tokens_per_cell_with_their_stage_2_mix_and_no_warm_up():
+    from graft.pipelines.demo import DemoSettings
+
+    two = DemoSettings()
+    assert two.tokens_per_cell() == 2 and not two.warms_up("ground")
+    assert two.stage2_kinds_or_default() == "questions,conversation"
+    one = DemoSettings(cell_tokens=1)
+    assert one.tokens_per_cell() == 1 and one.warms_up("ground") and one.stage2_kinds_or_default() == "all"
+    assert DemoSettings(stage2_kinds="questions").stage2_kinds_or_default() == "questions"
+    # the connectors whose tokens are no grounded cells keep one token and the whole mix
+    for other in (DemoSettings(connector="qformer"), DemoSettings(connector="lexical")):
+        assert other.tokens_per_cell() == 1 and other.stage2_kinds_or_default() == "all"
+    assert DemoSettings(connector="lexical").warms_up("words")
+
+
 def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
     from graft.pipelines.demo_connector import demo_connector_spec
 
@@ -152,7 +167,8 @@ def test_stage_2_can_train_on_some_kinds_of_records_alone(tmp_path):
     path.write_text(json.dumps(records))
     assert [r["id"] for r in records_of_kinds(path, "questions")] == ["0", "2"]
     assert len(records_of_kinds(path, " questions, caption ")) == 3
-    with pytest.raises(ValueError, match="stage-2 record kinds question: give one or more of questions"):
+    assert records_of_kinds(path, "all") == records and len(check_stage2_kinds("all")) == 7
+    with pytest.raises(ValueError, match="record kinds question: give one or more of questions.*, or all"):
         check_stage2_kinds("question")
     with pytest.raises(ValueError, match="stage2.json: no records of kind detail; it has caption, questions"):
         records_of_kinds(path, "questions,detail")

@@ -36,8 +36,8 @@ def demo_cmd(
     connector: Annotated[
         str,
         typer.Option(
-            help="Connector: swiglu (exports to Aya Vision), lexical (the LLM's words, snapped onto "
-            "swiglu to export), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
+            help="Connector: swiglu (exports to Aya Vision with --cell-tokens 1), lexical (the LLM's "
+            "words, snapped onto swiglu to export), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
         ),
     ] = DemoSettings.connector,
     alignment: Annotated[
@@ -46,7 +46,7 @@ def demo_cmd(
             help="How the connector first learns: ground (each image cell's token onto the LLM's words "
             "for what the world's annotations put there, LLM-free; the projectors' default), words (the "
             "lexical connector's word alignment and snap; its default) or captions (LLaVA's stage 1; "
-            "the qformer's default). ground and words end with a perception warm-up."
+            "the qformer's default). words, and ground with --cell-tokens 1, end with a perception warm-up."
         ),
     ] = None,
     ground_cells: Annotated[
@@ -64,16 +64,18 @@ def demo_cmd(
         str | None,
         typer.Option(
             help="Kinds of the world's stage-2 records stage 2 trains on, comma-separated: questions, "
-            "conversation, reasoning, detail, which_image, difference, caption (default: all)."
+            "conversation, reasoning, detail, which_image, difference, caption; or all (default: "
+            "questions,conversation with two tokens per cell, else all)."
         ),
     ] = None,
     cell_tokens: Annotated[
-        int,
+        int | None,
         typer.Option(
-            help="Tokens per image cell of a projector: 2 (an object's colour word, then its shape word) "
-            "or 1 (one token blending both; what Aya Vision's export represents)."
+            help="Tokens per image cell of a projector: 2 (an object's colour word, then its shape word; "
+            "the default with --alignment ground) or 1 (one token blending both: what Aya Vision's "
+            "export represents, so graft export-hf takes the model)."
         ),
-    ] = DemoSettings.cell_tokens,
+    ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
     ] = DemoSettings.eval_limit,
@@ -113,7 +115,7 @@ def demo_cmd(
         int | None,
         typer.Option(
             help="Perception warm-up steps before stage 2 (colour-presence questions; default: the "
-            "recipe's for --alignment ground or words, else none; 0: skip it)."
+            "recipe's for --alignment words, and for ground with --cell-tokens 1, else none; 0: skip it)."
         ),
     ] = None,
     stage2_steps: Annotated[int | None, typer.Option(help="Stage-2 steps (default: the recipe's).")] = None,
@@ -124,7 +126,7 @@ def demo_cmd(
         int | None, typer.Option(help="Samples per benchmark run of the world's suite (graft eval --bench).")
     ] = DemoSettings.bench_limit,
 ) -> None:
-    """World, backbones, the alignment (grounding or word alignment and snap, then a perception
+    """World, backbones, the alignment (the grounding, or word alignment and snap and a perception
     warm-up; or a caption stage 1), stage 2, held-out evaluation, learning curve and diagnostics;
     prints the results table."""
     from graft.world.build import world_size_problem
@@ -135,16 +137,6 @@ def demo_cmd(
         fail(problem)
     if ground_cells is not None and ground_cells not in CELL_TARGETS:
         fail(f"--ground-cells {ground_cells}: give one of {', '.join(CELL_TARGETS)}")
-    try:  # before any work: a bad choice fails in a second, not after pretraining
-        demo_connector_spec(connector, reduction, cell_tokens)
-        check_alignment(connector, alignment)
-        if stage2_kinds is not None:
-            from graft.world.record_kinds import check_stage2_kinds
-
-            check_stage2_kinds(stage2_kinds)
-        check_llm(llm)
-    except (ValueError, OSError) as err:
-        fail(str(err))
     settings = DemoSettings(
         images=images,
         seed=seed,
@@ -168,6 +160,16 @@ def demo_cmd(
         curve_points=curve_points,
         bench_limit=bench_limit,
     )
+    try:  # before any work: a bad choice fails in a second, not after pretraining
+        check_alignment(connector, alignment)
+        demo_connector_spec(connector, reduction, settings.tokens_per_cell())
+        if stage2_kinds is not None:
+            from graft.world.record_kinds import check_stage2_kinds
+
+            check_stage2_kinds(stage2_kinds)
+        check_llm(llm)
+    except (ValueError, OSError) as err:
+        fail(str(err))
     try:
         summary = run_demo(out, settings)
     except RunFolderError as err:

@@ -52,8 +52,8 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
     if spec.get("tokens_per_group", 1) != 1:
         raise ExportError(
             f"config.connector.tokens_per_group={spec['tokens_per_group']}: transformers' projectors "
-            "(LLaVA's, Aya Vision's) write one token per patch group (`graft demo --cell-tokens 1`, "
-            "the default, grafts one that exports)"
+            "(LLaVA's, Aya Vision's) write one token per patch group (`graft demo --cell-tokens 1 "
+            "--perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
         )
     if name == "swiglu":
         if not layer_norm:

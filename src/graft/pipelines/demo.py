@@ -40,8 +40,9 @@ class DemoSettings:
     #: packaged (the vision tower graft ships), train (pretrain one on the world: ~28 min on 2 cores) or a
     #: vision-tower folder
     vision: str = "packaged"
-    #: the final model's connector (``demo_connector_spec``): swiglu exports to Aya Vision; lexical
-    #: (soft tokens that are mixtures of the LLM's words) is snapped onto swiglu to export
+    #: the final model's connector (``demo_connector_spec``): swiglu exports to Aya Vision with one
+    #: token per cell; lexical (soft tokens that are mixtures of the LLM's words) is snapped onto
+    #: swiglu to export
     connector: str = "swiglu"
     #: how the connector first learns to hand the LLM the image (``ALIGNMENTS``; default
     #: ``default_alignment``): ground (LLM-free, each image cell's token onto the LLM's words for
@@ -56,13 +57,13 @@ class DemoSettings:
     ground_cells: str | None = None
     reduction: str | None = None
     #: the kinds of ``stage2.json`` records stage 2 trains on (their ``qtype``: questions,
-    #: conversation, reasoning, detail, which_image, difference, caption), comma-separated; all by
-    #: default
+    #: conversation, reasoning, detail, which_image, difference, caption), comma-separated, or all;
+    #: default ``stage2_kinds_or_default``
     stage2_kinds: str | None = None
-    #: tokens per image cell of a projector (``tokens_per_group``): 2 says an object's colour and
-    #: shape as two tokens (the grounding's colour word, then its shape word), 1 as one blend of
-    #: both (what Aya Vision's export can represent)
-    cell_tokens: int = 1
+    #: tokens per image cell of a projector (``tokens_per_group``; default ``tokens_per_cell``): 2
+    #: says an object's colour and shape as two tokens (the grounding's colour word, then its shape
+    #: word), 1 as one blend of both (what Aya Vision's export can represent)
+    cell_tokens: int | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -106,6 +107,25 @@ class DemoSettings:
 
         return self.ground_cells or (CELLS if self.vision == "packaged" else "cover")
 
+    def tokens_per_cell(self) -> int:
+        """``cell_tokens``, or its default: two where the grounding teaches a projector's cells
+        (held-out binary 0.85 against one token's 0.78: README), else one."""
+        if self.cell_tokens is not None:
+            return self.cell_tokens
+        return 2 if check_alignment(self.connector, self.alignment) == "ground" else 1
+
+    def stage2_kinds_or_default(self) -> str:
+        """``stage2_kinds``, or its default: with two tokens per cell the question and conversation
+        records (``TWO_TOKEN_KINDS``), else all."""
+        from graft.world.record_kinds import ALL_KINDS, TWO_TOKEN_KINDS
+
+        return self.stage2_kinds or (TWO_TOKEN_KINDS if self.tokens_per_cell() == 2 else ALL_KINDS)
+
+    def warms_up(self, alignment: str) -> bool:
+        """Whether the perception warm-up runs unless ``perceive_steps`` says: after the word
+        alignment, and after the grounding with one token per cell (two answer better without it)."""
+        return alignment == "words" or (alignment == "ground" and self.tokens_per_cell() == 1)
+
 
 #: how a demo's connector first learns (``DemoSettings.alignment``)
 ALIGNMENTS = ("ground", "words", "captions")
@@ -115,7 +135,7 @@ ALIGNMENT_STAGES = {
     "align": ("words",),
     "stage1": ("captions",),
     "snap": ("words",),
-    "perceive": ("ground", "words"),
+    "perceive": ("ground", "words"),  # unless DemoSettings.warms_up says not
 }
 
 
@@ -209,7 +229,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     from graft.world.naming import naming_records
     from graft.world.perception import perception_records
     from graft.world.pretrain import backbones_finished, llm_folder, pretrain_backbones, vision_folder
-    from graft.world.record_kinds import records_of_kinds
+    from graft.world.record_kinds import ALL_KINDS, records_of_kinds
 
     claim_folder(out, s)
     # a CPU that only emulates bf16 trains in fp32, several times slower: say so before the
@@ -218,7 +238,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     use_bf16(s.bf16, device)
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
-    spec = demo_connector_spec(s.connector, s.reduction, s.cell_tokens)
+    alignment = check_alignment(s.connector, s.alignment)
+    spec = demo_connector_spec(s.connector, s.reduction, s.tokens_per_cell())
     composed = out / "composed"
 
     clock.run(
@@ -262,7 +283,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         "align": s.align_steps,
         "stage1": s.stage1_steps,
         "snap": s.snap_steps,
-        "perceive": s.perceive_steps,
+        "perceive": s.perceive_steps if s.perceive_steps is not None or s.warms_up(alignment) else 0,
     }
     data_of = {
         "ground": lambda: world / "stage1.json",
@@ -273,12 +294,10 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     }
     # each stage starts from the one before it
     stages: list[tuple[str, Path, int | None, Callable[..., None] | None]] = [
-        (name, data_of[name](), counts[name], None)
-        for name in stages_wanted(check_alignment(s.connector, s.alignment), counts)
+        (name, data_of[name](), counts[name], None) for name in stages_wanted(alignment, counts)
     ]
     stage2_data = world / "stage2.json"
-    if s.stage2_kinds:
-        kinds = s.stage2_kinds
+    if (kinds := s.stage2_kinds_or_default()) != ALL_KINDS:
         stage2_data = own_data(
             out / "stage2.json", lambda w, _: records_of_kinds(w / "stage2.json", kinds), world, s.seed
         )
