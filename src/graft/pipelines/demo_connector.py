@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 #: the shapes world's Q-Former: BLIP-2's design at the tiny backbones' scale (16 queries, as many
-#: tokens as the MLP demo's 16x16 grid after 4x4 pixel shuffle)
+#: tokens as a projector's one token per cell of the 4x4 grid)
 SHAPES_QFORMER: dict[str, Any] = {
     "name": "qformer",
     "num_query_tokens": 16,
