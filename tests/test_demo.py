@@ -131,15 +131,15 @@ def test_the_grounding_defaults_to_two_tokens_per_cell_with_their_stage_2_mix_an
     from graft.pipelines.demo import DemoSettings
 
     two = DemoSettings()
-    assert two.tokens_per_cell() == 2 and not two.warms_up("ground")
+    assert two.tokens_per_cell() == 2 and not two.warms_up()
     assert two.stage2_kinds_or_default() == "questions,conversation"
     one = DemoSettings(cell_tokens=1)
-    assert one.tokens_per_cell() == 1 and one.warms_up("ground") and one.stage2_kinds_or_default() == "all"
+    assert one.tokens_per_cell() == 1 and one.warms_up() and one.stage2_kinds_or_default() == "all"
     assert DemoSettings(stage2_kinds="questions").stage2_kinds_or_default() == "questions"
     # the connectors whose tokens are no grounded cells keep one token and the whole mix
     for other in (DemoSettings(connector="qformer"), DemoSettings(connector="lexical")):
         assert other.tokens_per_cell() == 1 and other.stage2_kinds_or_default() == "all"
-    assert DemoSettings(connector="lexical").warms_up("words")
+    assert DemoSettings(connector="lexical").warms_up() and not DemoSettings(connector="qformer").warms_up()
 
 
 def test_the_demo_connector_gives_one_or_two_tokens_per_cell():

@@ -121,9 +121,10 @@ class DemoSettings:
 
         return self.stage2_kinds or (TWO_TOKEN_KINDS if self.tokens_per_cell() == 2 else ALL_KINDS)
 
-    def warms_up(self, alignment: str) -> bool:
+    def warms_up(self) -> bool:
         """Whether the perception warm-up runs unless ``perceive_steps`` says: after the word
         alignment, and after the grounding with one token per cell (two answer better without it)."""
+        alignment = check_alignment(self.connector, self.alignment)
         return alignment == "words" or (alignment == "ground" and self.tokens_per_cell() == 1)
 
 
@@ -283,7 +284,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         "align": s.align_steps,
         "stage1": s.stage1_steps,
         "snap": s.snap_steps,
-        "perceive": s.perceive_steps if s.perceive_steps is not None or s.warms_up(alignment) else 0,
+        "perceive": s.perceive_steps if s.perceive_steps is not None or s.warms_up() else 0,
     }
     data_of = {
         "ground": lambda: world / "stage1.json",
