@@ -99,8 +99,17 @@ def diagnose(
         model, processor = load_for_inference(out / stage, bf16)
         result.update(measure(model, processor, world, limit))
         if stage == "stage2" and grounding.exists():  # the grounding's token design, made exact
-            cells = json.loads(grounding.read_text())["cells"]
-            result.update(exact_token_bound(model, processor, world, eval_limit, cells=cells))
+            record = json.loads(grounding.read_text())
+            result.update(
+                exact_token_bound(
+                    model,
+                    processor,
+                    world,
+                    eval_limit,
+                    cells=record["cells"],
+                    position=record.get("position", 0.0),
+                )
+            )
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
     if grounding.exists():  # measured on the grounding's held-out images when it ran
