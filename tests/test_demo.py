@@ -36,6 +36,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
         "mcq/accuracy_exact_tokens",
         "words/shape_recall",
         "ground/object_shape_acc",
+        "place/accuracy",
     ):
         assert key in summary
     for stage in ("stage1", "stage2"):

@@ -834,3 +834,37 @@ def test_closest_to_an_edge_is_judged_by_the_shapes_edge_not_its_centre():
             asked += 1
             assert a.startswith("The green circle is closest to the top edge"), a
     assert asked
+
+
+def test_place_accuracy_reads_the_place_each_where_reply_names(world, monkeypatch):
+    import graft.world.place as place
+
+    assert place.place_said("The circle is in the top left of the image.") == "in the top left"
+    assert place.place_said("The square is on the right.") == "on the right"
+    assert place.place_said("It is in the center of the image.") == "in the center"
+    assert place.place_said("at the bottom, left of the circle") == "in the bottom left"
+    assert place.place_said("A red square.") is None
+    assert len(place.PLACES) == 9
+    scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+
+    class Processor:
+        image_token = "<image>"
+
+    def fake_generate(model, processor, convs, images, **kwargs):
+        replies = []
+        for k, (conv, (image,)) in enumerate(zip(convs, images, strict=True)):
+            ref = conv[0].content.removeprefix("<image>\nWhere is the ").removesuffix("?")
+            scene = next(s for name, s in scenes.items() if image.name == Path(name).name)
+            obj = next(o for o in scene.objects if place.refer(scene, o) == ref)
+            # right on every other image, no place at all on the rest
+            replies.append(f"The {ref} is {place.where(obj)}." if k % 2 == 0 else "I cannot tell.")
+        return replies
+
+    monkeypatch.setattr(place, "generate_answers", fake_generate)
+    monkeypatch.setattr(place, "load_image", lambda path: path)  # the fake reads the file's name
+    scores = place.place_accuracy(None, Processor(), world, limit=10)
+    n = scores["place/n"]
+    nameable = [s for s in list(scenes.values())[:10] if any(place.refer(s, o) for o in s.objects)]
+    assert n == len(nameable) > 1 and scores["place/accuracy"] == pytest.approx(((n + 1) // 2) / n)
+    assert scores["place/replies_placed"] == scores["place/accuracy"]
+    assert 1 / 9 <= scores["place/majority"] <= 1

@@ -13,7 +13,7 @@ from graft.report.demo import CHANCE, read_curve
 #: the stages whose output is the aligned model, latest first
 ALIGNED_STAGES = ("snap", "stage1", "align", "ground")
 #: what the grounding's record (``ground/ground.json``) tells of its held-out cells
-GROUNDING_KEYS = ("cell_acc", "object_shape_acc", "object_colour_acc", "cosine")
+GROUNDING_KEYS = ("cell_acc", "object_shape_acc", "object_colour_acc", "object_place_acc", "cosine")
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 32
 
@@ -73,7 +73,8 @@ def diagnose(
     accuracy, how well the grounding's tokens name each cell's object, and the words the
     aligned model's soft tokens say (alignment), the text upper bound
     (the LLM's reasoning without perception), the exact-token bound (the grounded model given
-    the grounding's exact tokens: its reasoning with perfect perception) and, for both stages,
+    the grounding's exact tokens: its reasoning with perfect perception), whether the stage-2
+    model says where an object is (``graft.world.place``) and, for both stages,
     how much the loss of training records grows when each gets another record's image (does the
     model use the image at all). ``limit`` questions or images per measurement; the exact-token
     bound answers ``eval_limit`` questions per family, the held-out evaluation's, to be read
@@ -81,6 +82,7 @@ def diagnose(
     from graft.eval.image_reliance import image_reliance
     from graft.inference import load_for_inference
     from graft.world.diagnostics import caption_accuracy, exact_token_bound, text_upper_bound, word_readout
+    from graft.world.place import place_accuracy
     from graft.world.probe import probe_vision_features
 
     probe = probe_vision_features(vision, world, train_images=1000, test_images=limit)
@@ -98,6 +100,8 @@ def diagnose(
             continue
         model, processor = load_for_inference(out / stage, bf16)
         result.update(measure(model, processor, world, limit))
+        if stage == "stage2":
+            result.update(place_accuracy(model, processor, world, limit))
         if stage == "stage2" and grounding.exists():  # the grounding's token design, made exact
             record = json.loads(grounding.read_text())
             result.update(
@@ -114,7 +118,7 @@ def diagnose(
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
     if grounding.exists():  # measured on the grounding's held-out images when it ran
         fidelity = json.loads(grounding.read_text())["fidelity"]
-        result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS})
+        result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS if k in fidelity})
     # the model the question stages start from: the snapped, word-aligned, caption-aligned or
     # grounded one
     aligned = next((out / s for s in ALIGNED_STAGES if (out / s / "config.json").exists()), None)
