@@ -15,8 +15,6 @@ from graft.world.grounding import (
     cell_words,
     grid_side,
     grounding_targets,
-    placed_classes,
-    position_words,
     scenes_of_images,
     split_classes,
     tokens_per_cell,
@@ -205,68 +203,3 @@ def test_the_class_loss_separates_words_that_lie_close_together():
     assert accuracy[0.3] > 0.9 > accuracy[0.0] + 0.5
     with pytest.raises(ValueError, match="contrast needs the targets' classes"):
         fit_connector(model.connector, features, words[labels], table, FitSettings(contrast=0.3))
-
-
-def test_a_cells_place_blends_left_and_right_by_its_column_and_top_and_bottom_by_its_row():
-    tokenizer = tiny_tokenizer()
-    table = torch.randn(len(tokenizer), 8)
-
-    def word(name: str) -> torch.Tensor:
-        return word_embedding(tokenizer, table, f" {name}")
-
-    places = position_words(tokenizer, table, 4, per_cell=2, weight=0.5)
-    assert places.shape == (32, 8)
-    assert torch.allclose(places[0], 0.5 * (word("top") + word("left")))  # cell (0, 0), colour token
-    assert torch.equal(places[0], places[1])  # its shape token says the same place
-    assert torch.allclose(places[2 * 3], 0.5 * (word("top") + word("right")))  # cell (0, 3)
-    assert torch.allclose(places[2 * 15 + 1], 0.5 * (word("bottom") + word("right")))  # cell (3, 3)
-    across = 0.5 * (2 / 3 * word("left") + 1 / 3 * word("right"))
-    down = 0.5 * (1 / 3 * word("top") + 2 / 3 * word("bottom"))
-    assert torch.allclose(places[2 * (2 * 4 + 1)], across + down, atol=1e-6)  # cell (2, 1)
-    plain = grounding_targets([_scene()], 32, tokenizer, table, per_cell=2)
-    placed = grounding_targets([_scene()], 32, tokenizer, table, per_cell=2, position=0.5)
-    assert torch.allclose(placed, plain + places)
-    with pytest.raises(ValueError, match="at least 2 x 2 cells, not 1 x 1"):
-        position_words(tokenizer, table, 1)
-
-
-def test_a_token_at_another_cells_place_counts_against_its_place_not_its_word():
-    words = torch.eye(1 + len(COLORS) + len(SHAPES))
-    places = 0.05 * torch.randn(4, len(words), generator=torch.Generator().manual_seed(0))
-    truth = torch.tensor([[0, 3, 7, 0]])  # a 2 x 2 grid: two object cells
-    labels, table = placed_classes(truth, words, places)
-    assert torch.equal(labels, torch.tensor([[0, 3 * 4 + 1, 7 * 4 + 2, 3]]))
-    targets = table[labels]
-    assert torch.allclose(targets, words[truth] + places)
-    said = targets.clone()
-    said[0, 2] = words[7] + places[1]  # the second object's word at the first's place
-    result = cell_accuracy(said, targets, words, places=places)
-    assert result == pytest.approx(
-        {"object_place_acc": 0.5, "cell_acc": 1.0, "object_shape_acc": 1.0, "object_colour_acc": 1.0}
-    )
-    with pytest.raises(ValueError, match="4 tokens per image but places for 3"):
-        placed_classes(truth, words, places[:3])
-
-
-def test_a_projector_learns_to_say_each_cells_place_where_its_features_tell_it():
-    """Toy cells whose features carry their class and, weaker, their place (as a ViT's keep its
-    position embedding): fitted to the placed targets with the (word, place) class loss, the
-    projector's held-out tokens say both."""
-    model, processor, features, classes, table, g = _toy_cells(0.05)
-    side = grid_side(model.config.image_seq_length)
-    grid = torch.arange(side * side).view(side, side).repeat_interleave(2, 0).repeat_interleave(2, 1)
-    features = features + 0.5 * torch.randn(side * side, features.shape[-1], generator=g)[grid.flatten()]
-    words = cell_words(processor.tokenizer, table)
-    places = position_words(processor.tokenizer, table, side, weight=0.3)
-    labels, placed = placed_classes(classes, words, places)
-    settings = FitSettings(steps=300, batch_size=32, heldout=64, lr=3e-3, contrast=0.3)
-    result = fit_connector(
-        model.connector,
-        features,
-        placed[labels],
-        table,
-        settings,
-        lambda t, y: cell_accuracy(t, y, words, places=places),
-        TokenClasses(labels, placed),
-    )
-    assert result["cell_acc"] > 0.9 and result["object_place_acc"] > 0.9

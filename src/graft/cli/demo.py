@@ -76,14 +76,6 @@ def demo_cmd(
             "export represents, so graft export-hf takes the model)."
         ),
     ] = None,
-    cell_position: Annotated[
-        float,
-        typer.Option(
-            help="Weight of each image cell's place in the grounding's target tokens (the words "
-            "left/right blended by the cell's column, top/bottom by its row), so the LLM can tell where "
-            "an object is; 0: none (--alignment ground only)."
-        ),
-    ] = DemoSettings.cell_position,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
     ] = DemoSettings.eval_limit,
@@ -143,8 +135,6 @@ def demo_cmd(
 
     if problem := world_size_problem(images):
         fail(problem)
-    if cell_position < 0:
-        fail(f"--cell-position {cell_position}: give a weight of 0 or more")
     if ground_cells is not None and ground_cells not in CELL_TARGETS:
         fail(f"--ground-cells {ground_cells}: give one of {', '.join(CELL_TARGETS)}")
     settings = DemoSettings(
@@ -157,7 +147,6 @@ def demo_cmd(
         ground_cells=ground_cells,
         reduction=reduction,
         cell_tokens=cell_tokens,
-        cell_position=cell_position,
         stage2_kinds=stage2_kinds,
         eval_limit=eval_limit,
         vision_steps=vision_steps,

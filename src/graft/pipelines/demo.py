@@ -64,9 +64,6 @@ class DemoSettings:
     #: says an object's colour and shape as two tokens (the grounding's colour word, then its shape
     #: word), 1 as one blend of both (what Aya Vision's export can represent)
     cell_tokens: int | None = None
-    #: weight of each cell's place in the grounding's target tokens (``grounding.position_words``:
-    #: " left"/" right" blended by the cell's column, " top"/" bottom" by its row); 0 for none
-    cell_position: float = 0.0
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -311,8 +308,8 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
         dst = out / name
         work: Callable[[], Any]
         if name in FITS:  # LLM-free: no recipe
-            grounding = {"cells": s.cells(), "position": s.cell_position} if name == "ground" else {}
-            work = partial(FITS[name], src, dst, data, world, cache, steps, s.seed, **grounding)
+            cells = {"cells": s.cells()} if name == "ground" else {}
+            work = partial(FITS[name], src, dst, data, world, cache, steps, s.seed, **cells)
             clock.run(name, lambda dst=dst: (dst / "config.json").exists(), work)
             src = dst
             continue

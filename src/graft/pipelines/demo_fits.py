@@ -43,23 +43,18 @@ def ground_step(
     steps: int | None,
     seed: int,
     cells: str | None = None,
-    position: float = 0.0,
 ) -> None:
     """The demo's grounding: the connector of the model in ``src`` learns, LLM-free, to write
     each image cell's words from the world's annotations (``graft.world.grounding``; a cell names
-    the object of ``cells``, ``labels.CELL_TARGETS``, by default ``grounding.CELLS``; with
-    ``position`` > 0 each token also says its cell's place, ``grounding.position_words``), on the
-    cached features of ``records``' images; saved with the rest of the model into ``dst``."""
+    the object of ``cells``, ``labels.CELL_TARGETS``, by default ``grounding.CELLS``), on the cached
+    features of ``records``' images; saved with the rest of the model into ``dst``."""
     from graft.inference import load_for_inference
     from graft.train.snap import FitSettings, TokenClasses, cached_features, fit_connector, save_fitted
     from graft.world.grounding import (
         CELLS,
         cell_accuracy,
         cell_words,
-        grid_side,
         grounding_classes,
-        placed_classes,
-        position_words,
         scenes_of_images,
         tokens_per_cell,
     )
@@ -77,25 +72,20 @@ def ground_step(
     table = model.get_input_embeddings().weight.detach().float()
     scenes = scenes_of_images(world, files)
     per_cell = tokens_per_cell(model.config.connector)
-    tokens = model.config.image_seq_length
-    labels = grounding_classes(scenes, tokens, cells, per_cell)
+    labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell)
     words = cell_words(processor.tokenizer, table, per_cell)
-    places = None
-    classes = TokenClasses(labels, words)
-    if position:
-        places = position_words(processor.tokenizer, table, grid_side(tokens, per_cell), per_cell, position)
-        classes = TokenClasses(*placed_classes(labels, words, places))
     result = fit_connector(
         model.connector,
         features,
-        classes.words[classes.labels],
+        words[labels],
         table,
         settings,
-        partial(cell_accuracy, words=words, per_cell=per_cell, places=places),
-        classes,
+        partial(cell_accuracy, words=words, per_cell=per_cell),
+        TokenClasses(labels, words),
     )
-    record = {"settings": asdict(settings), "cells": cells, "position": position, "fidelity": result}
-    save_fitted(model, processor, dst, record, "ground")
+    save_fitted(
+        model, processor, dst, {"settings": asdict(settings), "cells": cells, "fidelity": result}, "ground"
+    )
 
 
 #: the stages that fit the connector alone, LLM-free, without a recipe

@@ -103,17 +103,8 @@ def diagnose(
         if stage == "stage2":
             result.update(place_accuracy(model, processor, world, limit))
         if stage == "stage2" and grounding.exists():  # the grounding's token design, made exact
-            record = json.loads(grounding.read_text())
-            result.update(
-                exact_token_bound(
-                    model,
-                    processor,
-                    world,
-                    eval_limit,
-                    cells=record["cells"],
-                    position=record.get("position", 0.0),
-                )
-            )
+            cells = json.loads(grounding.read_text())["cells"]
+            result.update(exact_token_bound(model, processor, world, eval_limit, cells=cells))
         reliance = image_reliance(model, processor, world / data, world, limit=RELIANCE_RECORDS)
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
     if grounding.exists():  # measured on the grounding's held-out images when it ran

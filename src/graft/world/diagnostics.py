@@ -326,14 +326,13 @@ def exact_token_bound(
     limit: int | None = 200,
     batch_size: int = 32,
     cells: str = CELLS,
-    position: float = 0.0,
 ) -> dict[str, float]:
     """Held-out binary and multiple-choice accuracy with the grounding's exact target tokens
-    (``graft.world.grounding``, cells naming the object of ``cells``, places of weight
-    ``position``) in place of the connector's (``{family}/accuracy_exact_tokens``): what the LLM
-    makes of perfect perception in the grounding's token design. Beside the model's own accuracy,
-    the gap is what perception still costs and the rest is how the LLM reads the tokens. For a
-    connector whose tokens are the cells of a square grid (a projector's)."""
+    (``graft.world.grounding``, cells naming the object of ``cells``) in place of the connector's
+    (``{family}/accuracy_exact_tokens``): what the LLM makes of perfect perception in the
+    grounding's token design. Beside the model's own accuracy, the gap is what perception still
+    costs and the rest is how the LLM reads the tokens. For a connector whose tokens are the cells
+    of a square grid (a projector's)."""
     world = Path(world_dir)
     scenes = _test_scenes(world)
     table = model.get_input_embeddings().weight.detach().float()
@@ -346,7 +345,7 @@ def exact_token_bound(
             batch = questions[start : start + batch_size]
             shown = [Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"]) for q in batch]
             targets = grounding_targets(
-                shown, model.config.image_seq_length, processor.tokenizer, table, cells, per_cell, position
+                shown, model.config.image_seq_length, processor.tokenizer, table, cells, per_cell
             )
             with _image_tokens(model, targets):
                 answers += generate_answers(

@@ -19,14 +19,6 @@ With two tokens per cell (the projector's ``tokens_per_group=2``) a cell says it
 word, then its shape word, each exactly (a background cell says ``BACKGROUND_WORD`` twice): the
 text grid's two words per object (``cell_names``), where one blended token per object left
 SmolLM2 well below what the same grid in words taught it (docs/demo-history.md).
-
-With ``position`` > 0 every token of a cell also says where the cell is (``position_words``): the
-LLM's words " left" and " right" blended by the cell's column, " top" and " bottom" by its row,
-times ``position``, added to what the cell names. The LLM reads its input tokens' order through
-RoPE alone, which tells how far apart two tokens are but hardly where a token is: SmolLM2 tuned
-on tokens without it answered "Where is the circle?" with "top left" or "bottom left" whatever
-the image (0.37 of 60 test images right). The tower's features do know the place (a projector
-fitted to write it reads an object cell's place among the 16 at 0.78, its words at 0.91).
 """
 
 from __future__ import annotations
@@ -54,39 +46,6 @@ def word_embedding(tokenizer: Any, embeddings: torch.Tensor, word: str) -> torch
     if not ids:
         raise ValueError(f"the LLM's tokenizer gives no token for {word!r}")
     return embeddings[ids].mean(0)
-
-
-def position_words(
-    tokenizer: Any, embeddings: torch.Tensor, side: int, per_cell: int = 1, weight: float = 1.0
-) -> torch.Tensor:
-    """``[side * side * per_cell, d]``: what each token of a ``side`` x ``side`` grid of cells
-    (row-major, ``per_cell`` tokens each) says of the cell's place, from ``embeddings`` ``[V, d]``:
-    ``weight`` times the blend of " left" and " right" by the cell's column plus that of " top"
-    and " bottom" by its row (a corner cell says two whole words, the others their mixtures)."""
-    if side < 2:
-        raise ValueError(f"a cell's place needs a grid of at least 2 x 2 cells, not {side} x {side}")
-    table = embeddings.detach().float()
-    left, right, top, bottom = (
-        word_embedding(tokenizer, table, w) for w in (" left", " right", " top", " bottom")
-    )
-    steps = torch.linspace(0, 1, side)[:, None]
-    across, down = (1 - steps) * left + steps * right, (1 - steps) * top + steps * bottom
-    places = weight * (down[:, None] + across[None, :]).reshape(side * side, -1)
-    return places.repeat_interleave(per_cell, dim=0)
-
-
-def placed_classes(
-    labels: torch.Tensor, words: torch.Tensor, places: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each token's class among (word, place) pairs: ``labels`` ``[N, M]`` indexing ``words``
-    ``[K, d]``, ``places`` ``[M, d]`` (``position_words``) -> labels ``[N, M]`` indexing the
-    ``[K * M, d]`` table of every word at every token's place, so that the grounding's class loss
-    asks a token for its place as well as its word (``train.snap.TokenClasses``)."""
-    tokens = places.shape[0]
-    if labels.shape[-1] != tokens:
-        raise ValueError(f"{labels.shape[-1]} tokens per image but places for {tokens}")
-    table = (words[:, None] + places[None]).reshape(-1, words.shape[-1])
-    return labels * tokens + torch.arange(tokens), table
 
 
 def grid_side(tokens_per_image: int, per_cell: int = 1) -> int:
@@ -160,17 +119,10 @@ def grounding_targets(
     embeddings: torch.Tensor,
     cells: str = CELLS,
     per_cell: int = 1,
-    position: float = 0.0,
 ) -> torch.Tensor:
-    """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring; ``position`` the
-    weight of each cell's place, 0 for none)."""
+    """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
     words = cell_words(tokenizer, embeddings, per_cell)
-    targets = words[grounding_classes(scenes, tokens_per_image, cells, per_cell)]
-    if position:
-        targets = targets + position_words(
-            tokenizer, embeddings, grid_side(tokens_per_image, per_cell), per_cell, position
-        )
-    return targets
+    return words[grounding_classes(scenes, tokens_per_image, cells, per_cell)]
 
 
 def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
@@ -185,37 +137,17 @@ def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
 
 
 def cell_accuracy(
-    tokens: torch.Tensor,
-    targets: torch.Tensor,
-    words: torch.Tensor,
-    per_cell: int = 1,
-    places: torch.Tensor | None = None,
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, per_cell: int = 1
 ) -> dict[str, float]:
     """How often a cell's tokens are each nearest (by distance) to their targets' words
     (``cell_words(per_cell=...)``): over every cell (``cell_acc``) and, on the cells of objects,
-    how often the shape and the colour are said right. With ``places`` (``position_words``, which
-    the targets include) the words are read once each token's own place is taken off, and
-    ``object_place_acc`` says how often an object cell's tokens are nearest their own place's
-    version of their word among every place's."""
-    raw = tokens
-    if places is not None:
-        tokens, targets = tokens - places.to(tokens), targets - places.to(targets)
+    how often the shape and the colour are said right."""
 
     def classify(x: torch.Tensor) -> torch.Tensor:
         return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1).view(-1, per_cell)
 
     truth, said = classify(targets), classify(tokens)
     objects = truth[:, 0] > 0
-    out: dict[str, float] = {}
-    if places is not None:
-        table = (words[:, None] + places[None].to(words)).reshape(-1, words.shape[-1]).float()
-        where = (torch.cdist(raw.reshape(-1, raw.shape[-1]).float(), table).argmin(-1) % len(places)).view(
-            -1, per_cell
-        ) // per_cell
-        cell = (
-            torch.arange(len(places), device=where.device).repeat(len(tokens)).view(-1, per_cell) // per_cell
-        )
-        out["object_place_acc"] = float((where == cell)[objects].float().mean())
     if per_cell == 2:  # (colour word, shape word)
         colour, shape = (truth[objects] == said[objects]).unbind(-1)
     else:
@@ -224,7 +156,7 @@ def cell_accuracy(
         shape = named & ((truth[objects] - 1) // len(COLORS) == (said[objects] - 1) // len(COLORS))
         colour = named & ((truth[objects] - 1) % len(COLORS) == (said[objects] - 1) % len(COLORS))
     right = (truth == said).reshape(len(truth), -1).all(-1)
-    return out | {
+    return {
         "cell_acc": float(right.float().mean()),
         "object_shape_acc": float(shape.float().mean()),
         "object_colour_acc": float(colour.float().mean()),
