@@ -13,7 +13,7 @@ from graft.report.demo import CHANCE, read_curve
 #: the stages whose output is the aligned model, latest first
 ALIGNED_STAGES = ("snap", "stage1", "align", "ground")
 #: what the grounding's record (``ground/ground.json``) tells of its held-out cells
-GROUNDING_KEYS = ("cell_acc", "object_shape_acc", "object_colour_acc", "object_place_acc", "cosine")
+GROUNDING_KEYS = ("cell_acc", "object_shape_acc", "object_colour_acc", "cosine")
 #: training records whose loss with their own and with another image says whether a model sees
 RELIANCE_RECORDS = 32
 
@@ -109,7 +109,7 @@ def diagnose(
         result.update({f"reliance/{stage}_{k}": v for k, v in reliance.items() if k != "records"})
     if grounding.exists():  # measured on the grounding's held-out images when it ran
         fidelity = json.loads(grounding.read_text())["fidelity"]
-        result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS if k in fidelity})
+        result.update({f"ground/{k}": fidelity[k] for k in GROUNDING_KEYS})
     # the model the question stages start from: the snapped, word-aligned, caption-aligned or
     # grounded one
     aligned = next((out / s for s in ALIGNED_STAGES if (out / s / "config.json").exists()), None)
