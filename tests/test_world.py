@@ -842,7 +842,8 @@ def test_place_accuracy_reads_the_place_each_where_reply_names(world, monkeypatc
     assert place.place_said("The circle is in the top left of the image.") == "in the top left"
     assert place.place_said("The square is on the right.") == "on the right"
     assert place.place_said("It is in the center of the image.") == "in the center"
-    assert place.place_said("at the bottom, left of the circle") == "in the bottom left"
+    assert place.place_said("at the bottom, left of the circle") == "at the bottom"
+    assert place.place_said("It is at the bottom left.") == "in the bottom left"
     assert place.place_said("A red square.") is None
     assert len(place.PLACES) == 9
     scenes = {r["image"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ PLACES: tuple[str, ...] = tuple(
 def place_said(reply: str) -> str | None:
     """The place a reply names (one of ``PLACES``, by its last two words: "top left", "right",
     "center"), or None."""
-    text = " ".join(reply.lower().replace(".", " ").replace(",", " ").split())
+    text = " ".join(re.findall(r"[a-z]+|[^\sa-z]", reply.lower()))  # "bottom, left": no "bottom left"
     for place in PLACES:
         key = " ".join(place.split()[2:])
         if f" {key} " in f" {text} ":
