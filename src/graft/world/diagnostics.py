@@ -52,7 +52,8 @@ from .scene import COLORS, SHAPES, Scene
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
 
 
-def _test_scenes(world: Path) -> dict[str, dict]:
+def heldout_scenes(world: Path) -> dict[str, dict]:
+    """The world's test images' rows (``meta/test.jsonl``: id, image, scene), by id."""
     rows = [json.loads(line) for line in (world / "meta" / "test.jsonl").read_text().splitlines()]
     return {r["id"]: r for r in rows}
 
@@ -68,7 +69,7 @@ def caption_accuracy(
     """Held-out captions of a stage-1 model: the share naming exactly the scene's objects
     (``caption/exact``), and object recall and precision over all images."""
     world = Path(world_dir)
-    rows = list(_test_scenes(world).values())[:limit]
+    rows = list(heldout_scenes(world).values())[:limit]
     convs = [[Message("user", f"{processor.image_token}\n{BRIEF_PROMPTS[0]}")] for _ in rows]
     images = [[load_image(world / r["image"])] for r in rows]
     answers = generate_answers(model, processor, convs, images, max_new_tokens=64, batch_size=batch_size)
@@ -103,7 +104,7 @@ def word_readout(
     if model.connector.needs_instruction or model.connector.needs_llm_hidden:
         return {}
     world = Path(world_dir)
-    rows = list(_test_scenes(world).values())[:limit]
+    rows = list(heldout_scenes(world).values())[:limit]
     table = F.normalize(model.get_input_embeddings().weight.detach().float(), dim=-1)
     words = [processor.tokenizer.decode([i]).strip().lower() for i in range(table.shape[0])]
     found = {"colour": [0, 0, 0], "shape": [0, 0, 0]}  # hits, read, in the scene
@@ -267,7 +268,7 @@ def text_upper_bound(
     """Held-out binary and multiple-choice accuracy with the scene's description in place of the
     image (``{family}/accuracy_text``; ``per_type``: also ``qtype/{family}_{qtype}/accuracy_text``)."""
     world = Path(world_dir)
-    scenes = _test_scenes(world)
+    scenes = heldout_scenes(world)
     out: dict[str, float] = {}
     for family in QUESTION_FAMILIES:
         questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
@@ -334,7 +335,7 @@ def exact_token_bound(
     costs and the rest is how the LLM reads the tokens. For a connector whose tokens are the cells
     of a square grid (a projector's)."""
     world = Path(world_dir)
-    scenes = _test_scenes(world)
+    scenes = heldout_scenes(world)
     table = model.get_input_embeddings().weight.detach().float()
     per_cell = tokens_per_cell(model.config.connector)
     out: dict[str, float] = {}

@@ -22,7 +22,7 @@ from graft.processing import load_image
 from graft.templates import Message
 
 from .describe import where
-from .diagnostics import _test_scenes
+from .diagnostics import heldout_scenes
 from .questions import refer
 from .scene import Obj, Scene
 
@@ -62,7 +62,7 @@ def place_accuracy(
     world = Path(world_dir)
     rng = random.Random(seed)
     asked: list[tuple[dict, Obj, str]] = []
-    for row in list(_test_scenes(world).values())[:limit]:
+    for row in list(heldout_scenes(world).values())[:limit]:
         scene = Scene.from_dict(row["scene"])
         named = [(o, ref) for o in scene.objects if (ref := refer(scene, o))]
         if named:
