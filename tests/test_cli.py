@@ -113,6 +113,11 @@ def test_compose_writes_the_tokens_per_group_it_is_asked_for(tmp_path):
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "n"), "--tokens-per-group", "0"])
     assert result.exit_code == 2 and "tokens_per_group must be a positive integer, got 0" in result.output
     assert not (tmp_path / "n").exists()
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "w"), "--reduction-margin", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["connector"]["reduction_margin"] == 1
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "v"), "--reduction-margin", "-1"])
+    assert result.exit_code == 2 and "reduction margin -1" in result.output
 
 
 def test_compose_says_which_backbone_failed_to_load(tmp_path):

@@ -143,6 +143,22 @@ def test_the_grounding_defaults_to_two_tokens_per_cell_with_their_stage_2_mix_an
     assert DemoSettings(connector="lexical").warms_up() and not DemoSettings(connector="qformer").warms_up()
 
 
+def test_two_tokens_per_cell_read_a_margin_around_each_cell_by_default():
+    from graft.pipelines.demo import DemoSettings
+
+    assert DemoSettings().cell_margin_or_default() == 1
+    assert DemoSettings().connector_spec()["reduction_margin"] == 1
+    # one token per cell exports as Aya Vision, whose pixel shuffle has no margin
+    others = (DemoSettings(cell_tokens=1), DemoSettings(connector="qformer"), DemoSettings(reduction="pool"))
+    for other in others:
+        assert other.cell_margin_or_default() == 0 and "reduction_margin" not in other.connector_spec()
+    assert DemoSettings(cell_tokens=1, cell_margin=2).connector_spec()["reduction_margin"] == 2
+    with pytest.raises(ValueError, match="widens pixel_shuffle's cells, not reduction 'pool'"):
+        DemoSettings(reduction="pool", cell_margin=1).connector_spec()
+    with pytest.raises(ValueError, match="use --cell-margin 0"):
+        DemoSettings(connector="qformer", cell_margin=1).connector_spec()
+
+
 def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
     from graft.pipelines.demo_connector import demo_connector_spec
 

@@ -97,6 +97,30 @@ def test_token_reduction_shapes(kind, channels):
         assert torch.equal(out[:, 0], features[:, [0, 1, 4, 5]].reshape(3, -1))
 
 
+def test_a_margin_widens_each_pixel_shuffle_group_to_the_patches_around_it():
+    """margin 1 on a 4x4 grid in 2x2 groups: each group reads a 4x4 window (zeros beyond the image)
+    whose centre is its own pixel-shuffled block; still one group per 2x2 block."""
+    features = torch.randn(3, 16, 8)
+    plain, wide = TokenReduction("pixel_shuffle", 2), TokenReduction("pixel_shuffle", 2, margin=1)
+    out = wide(features)
+    assert out.shape == (3, 4, 8 * 16) and wide.num_tokens(16) == 4 and wide.channel_multiplier() == 16
+    window = out.view(3, 4, 4, 4, 8)  # [n, group, row, column, channel]
+    assert torch.equal(window[:, :, 1:3, 1:3].reshape(3, 4, -1), plain(features))
+    # the top-left group's window: a ring of zeros above and left, then patches 0-2, 4-6, 8-10
+    assert window[:, 0, 0].abs().sum() == 0 and window[:, 0, :, 0].abs().sum() == 0
+    assert torch.equal(window[:, 0, 1:, 1:].reshape(3, 9, 8), features[:, [0, 1, 2, 4, 5, 6, 8, 9, 10]])
+    # group 3 (bottom right) reads patches 5 and 15 too: both change its token, and only its
+    connector = build_connector({"name": "linear", "reduction": "pixel_shuffle", "reduction_margin": 1}, 8, 6)
+    for patch, groups in ((15, [3]), (5, [0, 1, 2, 3]), (0, [0])):
+        moved = features.clone()
+        moved[:, patch] += 1.0
+        changed = (connector(moved) - connector(features)).abs().sum((0, 2)) > 0
+        assert changed.nonzero().flatten().tolist() == groups
+    for kind, margin in (("pool", 1), ("pixel_shuffle", -1), ("pixel_shuffle", 1.5)):
+        with pytest.raises(ValueError, match=f"reduction margin {margin!r}"):
+            TokenReduction(kind, 2, margin)
+
+
 def test_reduced_connector_model_runs_with_fewer_tokens():
     model, processor = tiny_model_and_processor({"name": "mlp2x_gelu", "reduction": "pixel_shuffle"})
     assert model.config.image_seq_length == model.num_patches // 4

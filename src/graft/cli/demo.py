@@ -9,7 +9,6 @@ import typer
 
 from graft.cli.app import app, fail
 from graft.pipelines.demo import DemoSettings, check_alignment, run_demo
-from graft.pipelines.demo_connector import demo_connector_spec
 from graft.pipelines.demo_fits import GROUND_STEPS
 from graft.pipelines.run_folder import RunFolderError
 
@@ -74,6 +73,14 @@ def demo_cmd(
             help="Tokens per image cell of a projector: 2 (an object's colour word, then its shape word; "
             "the default with --alignment ground) or 1 (one token blending both: what Aya Vision's "
             "export represents, so graft export-hf takes the model)."
+        ),
+    ] = None,
+    cell_margin: Annotated[
+        int | None,
+        typer.Option(
+            help="Rings of patches around its own that each image cell's projector input also reads, "
+            "so an object crossing a cell's border is seen whole (default: 1 with two tokens per cell, "
+            "else 0; a margin does not export)."
         ),
     ] = None,
     eval_limit: Annotated[
@@ -147,6 +154,7 @@ def demo_cmd(
         ground_cells=ground_cells,
         reduction=reduction,
         cell_tokens=cell_tokens,
+        cell_margin=cell_margin,
         stage2_kinds=stage2_kinds,
         eval_limit=eval_limit,
         vision_steps=vision_steps,
@@ -162,7 +170,7 @@ def demo_cmd(
     )
     try:  # before any work: a bad choice fails in a second, not after pretraining
         check_alignment(connector, alignment)
-        demo_connector_spec(connector, reduction, settings.tokens_per_cell())
+        settings.connector_spec()
         if stage2_kinds is not None:
             from graft.world.record_kinds import check_stage2_kinds
 

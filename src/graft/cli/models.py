@@ -29,6 +29,13 @@ def compose_cmd(
         str, typer.Option(help="Token reduction before the connector: none, pool, pixel_shuffle.")
     ] = "none",
     reduction_factor: Annotated[int, typer.Option(help="k for k x k token reduction.")] = 2,
+    reduction_margin: Annotated[
+        int,
+        typer.Option(
+            help="Rings of patches around each pixel_shuffle group that it also reads (overlapping "
+            "windows; 0, as transformers' pixel shuffle, is the only margin that exports)."
+        ),
+    ] = 0,
     layer_norm: Annotated[
         bool,
         typer.Option(
@@ -61,6 +68,8 @@ def compose_cmd(
     spec = {"name": connector}
     if reduction != "none":
         spec.update(reduction=reduction, reduction_factor=reduction_factor)
+    if reduction_margin:
+        spec["reduction_margin"] = reduction_margin
     if layer_norm:
         spec["layer_norm"] = True
     if tokens_per_group != 1:

@@ -33,6 +33,7 @@ class _Projector(Connector):
         text_hidden_size: int,
         reduction: str = "none",
         reduction_factor: int = 2,
+        reduction_margin: int = 0,
         bias: bool = True,
         layer_norm: bool = False,
         layer_norm_eps: float = 1e-5,
@@ -48,7 +49,7 @@ class _Projector(Connector):
         self.tokens_per_group = tokens_per_group
         #: the last layer's width: ``tokens_per_group`` tokens of d_llm
         self.out_features = text_hidden_size * tokens_per_group
-        self.reduction = TokenReduction(reduction, reduction_factor)
+        self.reduction = TokenReduction(reduction, reduction_factor, reduction_margin)
         self.in_features = vision_hidden_size * self.reduction.channel_multiplier()
         self.bias = bias
         self.layer_norm = nn.LayerNorm(self.in_features, eps=layer_norm_eps) if layer_norm else nn.Identity()

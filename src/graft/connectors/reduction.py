@@ -2,7 +2,10 @@
 
 - ``pool``: k x k average pooling over the patch grid (channels unchanged).
 - ``pixel_shuffle``: nanoVLM's space-to-depth, k x k neighbouring patches are concatenated
-  along channels (channels x k^2), so no information is averaged away.
+  along channels (channels x k^2), so no information is averaged away. With ``margin`` m > 0 a
+  group also reads the m rings of patches around its k x k block (zeros beyond the image), so
+  windows of (k + 2m)^2 patches overlap and a group sees the objects that cross its borders: still
+  one group per k x k block, channels x (k + 2m)^2.
 """
 
 from __future__ import annotations
@@ -17,17 +20,23 @@ REDUCTIONS = ("none", "pool", "pixel_shuffle")
 
 
 class TokenReduction(nn.Module):
-    def __init__(self, kind: str = "none", factor: int = 2) -> None:
+    def __init__(self, kind: str = "none", factor: int = 2, margin: int = 0) -> None:
         super().__init__()
         if kind not in REDUCTIONS:
             raise ValueError(f"unknown token reduction {kind!r}; valid: {', '.join(REDUCTIONS)}")
         if kind != "none" and factor < 2:
             raise ValueError(f"token reduction {kind!r} needs factor >= 2, got {factor}")
+        if margin and kind != "pixel_shuffle" or not isinstance(margin, int) or margin < 0:
+            raise ValueError(
+                f"reduction margin {margin!r}: a count (>= 0) of rings of patches around each "
+                f"pixel_shuffle group; reduction {kind!r}"
+            )
         self.kind = kind
         self.factor = factor if kind != "none" else 1
+        self.margin = margin
 
     def channel_multiplier(self) -> int:
-        return self.factor**2 if self.kind == "pixel_shuffle" else 1
+        return (self.factor + 2 * self.margin) ** 2 if self.kind == "pixel_shuffle" else 1
 
     def num_tokens(self, num_patches: int) -> int:
         side = self._side(num_patches)
@@ -52,6 +61,9 @@ class TokenReduction(nn.Module):
         if self.kind == "pool":
             pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=k)
             return pooled.flatten(2).transpose(1, 2)
+        if self.margin:  # overlapping windows: [n, d * (k + 2m)^2, (s/k)^2], channels first
+            window = F.unfold(grid.permute(0, 3, 1, 2), k + 2 * self.margin, padding=self.margin, stride=k)
+            return window.view(n, d, -1, window.shape[-1]).permute(0, 3, 2, 1).flatten(2)
         # pixel shuffle: [n, s/k, k, s/k, k, d] -> [n, s/k, s/k, k, k, d] -> [n, (s/k)^2, k*k*d]
         blocks = grid.reshape(n, side // k, k, side // k, k, d).permute(0, 1, 3, 2, 4, 5)
         return blocks.reshape(n, (side // k) ** 2, k * k * d)

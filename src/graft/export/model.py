@@ -55,6 +55,12 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
             "(LLaVA's, Aya Vision's) write one token per patch group (`graft demo --cell-tokens 1 "
             "--perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
         )
+    if spec.get("reduction_margin"):
+        raise ExportError(
+            f"config.connector.reduction_margin={spec['reduction_margin']}: transformers' pixel shuffle "
+            "(Aya Vision's) reads each patch group alone, not the patches around it (`graft demo "
+            "--cell-tokens 1 --perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
+        )
     if name == "swiglu":
         if not layer_norm:
             raise ExportError(

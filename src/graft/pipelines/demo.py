@@ -64,6 +64,11 @@ class DemoSettings:
     #: says an object's colour and shape as two tokens (the grounding's colour word, then its shape
     #: word), 1 as one blend of both (what Aya Vision's export can represent)
     cell_tokens: int | None = None
+    #: rings of patches around its own 4 x 4 that a cell's projector input also reads
+    #: (``reduction_margin``; default ``cell_margin_or_default``): an object whose centre lies near
+    #: a cell's border is then named in its own cell, not lost (the grounding's object cells:
+    #: README)
+    cell_margin: int | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -113,6 +118,19 @@ class DemoSettings:
         if self.cell_tokens is not None:
             return self.cell_tokens
         return 2 if check_alignment(self.connector, self.alignment) == "ground" else 1
+
+    def cell_margin_or_default(self) -> int:
+        """``cell_margin``, or its default: 1 for two tokens per cell by pixel shuffle (such a
+        model does not export anyway), else 0 (Aya Vision's export has no margin)."""
+        if self.cell_margin is not None:
+            return self.cell_margin
+        return int(self.tokens_per_cell() == 2 and (self.reduction or "pixel_shuffle") == "pixel_shuffle")
+
+    def connector_spec(self) -> dict[str, Any]:
+        """The connector this run composes (``demo_connector_spec``)."""
+        return demo_connector_spec(
+            self.connector, self.reduction, self.tokens_per_cell(), self.cell_margin_or_default()
+        )
 
     def stage2_kinds_or_default(self) -> str:
         """``stage2_kinds``, or its default: with two tokens per cell the question and conversation
@@ -240,7 +258,7 @@ def train_demo(out: Path, s: DemoSettings, curve: Callable[..., None] | None = N
     clock = StepClock(out / "steps.json")
     world, backbones = s.world_dir(out), s.backbones or out / "backbones"
     alignment = check_alignment(s.connector, s.alignment)
-    spec = demo_connector_spec(s.connector, s.reduction, s.tokens_per_cell())
+    spec = s.connector_spec()
     composed = out / "composed"
 
     clock.run(

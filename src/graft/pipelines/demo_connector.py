@@ -24,16 +24,21 @@ DEMO_CONNECTORS = ("swiglu", "lexical", "mlp2x_gelu", "linear", "qformer")
 DEMO_REDUCTION = 4
 
 
-def demo_connector_spec(connector: str, reduction: str | None = None, cell_tokens: int = 1) -> dict[str, Any]:
+def demo_connector_spec(
+    connector: str, reduction: str | None = None, cell_tokens: int = 1, margin: int = 0
+) -> dict[str, Any]:
     """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
     space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
     Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
-    tokens per cell) or the shapes-sized Q-Former."""
+    tokens per cell; a cell's input also reads ``margin`` rings of patches around it) or the
+    shapes-sized Q-Former."""
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
         if cell_tokens != 1:
             raise ValueError("the qformer connector's tokens are queries, not cells: use --cell-tokens 1")
+        if margin:
+            raise ValueError("the qformer connector reads every patch: use --cell-margin 0")
         return dict(SHAPES_QFORMER)
     if connector not in DEMO_CONNECTORS:
         hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
@@ -47,4 +52,8 @@ def demo_connector_spec(connector: str, reduction: str | None = None, cell_token
         raise ValueError(f"a cell gives one token or two (colour, then shape), not {cell_tokens}")
     if cell_tokens != 1:
         spec["tokens_per_group"] = cell_tokens
+    if margin:
+        if spec.get("reduction") != "pixel_shuffle":
+            raise ValueError(f"a cell margin widens pixel_shuffle's cells, not reduction {reduction!r}")
+        spec["reduction_margin"] = margin
     return spec
