@@ -157,6 +157,8 @@ def test_two_tokens_per_cell_read_a_margin_around_each_cell_by_default():
         DemoSettings(reduction="pool", cell_margin=1).connector_spec()
     with pytest.raises(ValueError, match="use --cell-margin 0"):
         DemoSettings(connector="qformer", cell_margin=1).connector_spec()
+    with pytest.raises(ValueError, match="a cell margin is a count of rings of patches"):
+        DemoSettings(cell_margin=-1).connector_spec()
 
 
 def test_the_demo_connector_gives_one_or_two_tokens_per_cell():

@@ -32,6 +32,8 @@ def demo_connector_spec(
     Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
     tokens per cell; a cell's input also reads ``margin`` rings of patches around it) or the
     shapes-sized Q-Former."""
+    if not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"a cell margin is a count of rings of patches (>= 0), not {margin!r}")
     if connector == "qformer":
         if reduction not in (None, "none"):
             raise ValueError("the qformer connector sets its own token count (queries): use --reduction none")
