@@ -91,7 +91,7 @@ def test_step_clock_reuses_a_step_another_run_did(tmp_path):
 
 def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
     """A rerun reuses finished steps: with another seed it would report the old model."""
-    from graft.pipelines.demo import DemoSettings
+    from graft.pipelines.demo_settings import DemoSettings
     from graft.pipelines.run_folder import RunFolderError, claim_folder
 
     claim_folder(tmp_path, DemoSettings(llm="tiny"))
@@ -104,7 +104,7 @@ def test_a_run_folder_refuses_other_settings_before_any_work(tmp_path):
 
 
 def test_the_alignment_picks_the_stages_before_stage_2():
-    from graft.pipelines.demo import check_alignment, stages_wanted
+    from graft.pipelines.demo_settings import check_alignment, stages_wanted
 
     assert check_alignment("swiglu", None) == "ground" and check_alignment("lexical", None) == "words"
     assert check_alignment("qformer", None) == "captions"
@@ -121,7 +121,7 @@ def test_the_alignment_picks_the_stages_before_stage_2():
 
 
 def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_cells_with_others():
-    from graft.pipelines.demo import DemoSettings
+    from graft.pipelines.demo_settings import DemoSettings
 
     assert DemoSettings().cells() == "centre"
     assert DemoSettings(vision="train").cells() == DemoSettings(vision="/my/tower").cells() == "cover"
@@ -129,7 +129,7 @@ def test_the_grounding_names_centre_cells_with_the_packaged_tower_and_covered_ce
 
 
 def test_the_grounding_defaults_to_two_tokens_per_cell_with_their_stage_2_mix_and_no_warm_up():
-    from graft.pipelines.demo import DemoSettings
+    from graft.pipelines.demo_settings import DemoSettings
 
     two = DemoSettings()
     assert two.tokens_per_cell() == 2 and not two.warms_up()
@@ -144,7 +144,7 @@ def test_the_grounding_defaults_to_two_tokens_per_cell_with_their_stage_2_mix_an
 
 
 def test_two_tokens_per_cell_read_a_margin_around_each_cell_by_default():
-    from graft.pipelines.demo import DemoSettings
+    from graft.pipelines.demo_settings import DemoSettings
 
     assert DemoSettings().cell_margin_or_default() == 1
     assert DemoSettings().connector_spec()["reduction_margin"] == 1

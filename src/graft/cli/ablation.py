@@ -9,7 +9,7 @@ import typer
 
 from graft.cli.app import app, fail
 from graft.pipelines.ablation import AblationSettings, run_ablation
-from graft.pipelines.demo import DemoSettings
+from graft.pipelines.demo_settings import DemoSettings
 from graft.pipelines.run_folder import RunFolderError
 
 

@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from graft.cli.app import app, fail
-from graft.pipelines.demo import DemoSettings, check_alignment, run_demo
+from graft.pipelines.demo import run_demo
 from graft.pipelines.demo_fits import GROUND_STEPS
+from graft.pipelines.demo_settings import DemoSettings, check_alignment
 from graft.pipelines.run_folder import RunFolderError
 
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from graft.files import write_text_atomic
-from graft.pipelines.demo import BUILD_STEPS, DemoSettings, train_demo
+from graft.pipelines.demo import BUILD_STEPS, train_demo
+from graft.pipelines.demo_settings import DemoSettings
 from graft.pipelines.run_folder import StepClock, check_folder, claim_folder
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
