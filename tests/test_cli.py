@@ -118,6 +118,11 @@ def test_compose_writes_the_tokens_per_group_it_is_asked_for(tmp_path):
     assert json.loads((tmp_path / "w" / "config.json").read_text())["connector"]["reduction_margin"] == 1
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "v"), "--reduction-margin", "-1"])
     assert result.exit_code == 2 and "reduction margin -1" in result.output
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "k"), "--marker-grid", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "k" / "config.json").read_text())["connector"]["marker_grid"] == 2
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "j"), "--marker-grid", "3"])
+    assert result.exit_code == 2 and "marker_grid=3 marks a 3x3 grid of groups" in result.output
 
 
 def test_compose_says_which_backbone_failed_to_load(tmp_path):

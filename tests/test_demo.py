@@ -178,6 +178,17 @@ def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
         demo_connector_spec("qformer", None, 2)
 
 
+def test_cell_markers_mark_the_demo_projectors_grid_of_cells():
+    from graft.pipelines.demo_settings import DemoSettings
+
+    assert "marker_grid" not in DemoSettings().connector_spec()
+    assert DemoSettings(cell_markers=True).connector_spec()["marker_grid"] == 4
+    with pytest.raises(ValueError, match="drop --cell-markers"):
+        DemoSettings(connector="qformer", cell_markers=True).connector_spec()
+    with pytest.raises(ValueError, match="mark pixel_shuffle's grid of cells, not reduction 'pool'"):
+        DemoSettings(reduction="pool", cell_markers=True).connector_spec()
+
+
 def test_stage_2_can_train_on_some_kinds_of_records_alone(tmp_path):
     from graft.world.record_kinds import check_stage2_kinds, records_of_kinds
 

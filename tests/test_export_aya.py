@@ -110,6 +110,7 @@ def test_aya_export_key_names_and_zero_biases_for_a_biasless_projector(tmp_path)
         ({"name": "mlp2x_gelu", "reduction": "pixel_shuffle"}, "config.connector.reduction='pixel_shuffle'"),
         (dict(SWIGLU, tokens_per_group=2), "config.connector.tokens_per_group=2"),
         (dict(SWIGLU, reduction_margin=1), "config.connector.reduction_margin=1"),
+        (dict(SWIGLU, marker_grid=2), "config.connector.marker_grid=2"),
     ],
 )
 def test_export_names_the_field_no_architecture_represents(tmp_path, connector, field):

@@ -12,8 +12,10 @@ import torch
 from graft.train.snap import FitSettings, TokenClasses, fit_connector
 from graft.world.grounding import (
     cell_accuracy,
+    cell_markers,
     cell_words,
     grid_side,
+    grounding_classes,
     grounding_targets,
     scenes_of_images,
     split_classes,
@@ -76,6 +78,37 @@ def test_two_tokens_per_cell_say_the_colour_word_then_the_shape_word():
         tokens_per_cell({"name": "swiglu", "tokens_per_group": 3})
     with pytest.raises(ValueError, match="2 token\\(s\\) per cell of a square grid; this connector gives 33"):
         grid_side(33, per_cell=2)
+
+
+def test_markers_say_each_cells_row_and_column_as_digits_before_its_words():
+    tokenizer = tiny_tokenizer()
+    table = torch.randn(len(tokenizer), 8)
+    targets = grounding_targets([_scene()], 64, tokenizer, table, per_cell=2, markers=4)
+
+    def word(name: str) -> torch.Tensor:
+        return word_embedding(tokenizer, table, name)
+
+    # cell 0 (row 1, column 1) holds the red circle, cell 11 (row 3, column 4) the blue square
+    said = {0: "1", 1: "1", 2: " red", 3: " circle", 4: "1", 5: "2", 6: " background", 44: "3", 45: "4"}
+    said |= {46: " blue", 47: " square"}
+    for token, name in said.items():
+        assert torch.allclose(targets[0, token], word(name)), (token, name)
+    words = cell_words(tokenizer, table, per_cell=2, markers=4)
+    assert len(words) == 1 + len(COLORS) + len(SHAPES) + 4
+    assert cell_markers({"name": "swiglu", "marker_grid": 4}) == 4 and cell_markers({"name": "swiglu"}) == 0
+    with pytest.raises(ValueError, match="markers of a 3x3 grid on a 4x4 grid of cells"):
+        grounding_targets([_scene()], 64, tokenizer, table, per_cell=2, markers=3)
+    with pytest.raises(ValueError, match="4 token\\(s\\) per cell of a square grid; this connector gives 32"):
+        grounding_targets([_scene()], 32, tokenizer, table, per_cell=2, markers=4)
+    # a marker wrong counts in marker_acc alone, a word wrong in the cell's accuracy alone
+    classes = grounding_classes([_scene()], 64, per_cell=2, markers=4)
+    wrong = classes.clone()
+    wrong[0, 5] = wrong[0, 4]  # cell 1's column marker says "1", not "2"
+    wrong[0, 47] = wrong[0, 3]  # the blue square's shape word says circle
+    result = cell_accuracy(words[wrong], words[classes], words, per_cell=2, markers=4)
+    assert result == pytest.approx(
+        {"cell_acc": 15 / 16, "object_shape_acc": 1 / 2, "object_colour_acc": 1.0, "marker_acc": 31 / 32}
+    )
 
 
 def test_a_cell_of_two_tokens_is_right_only_when_both_are():

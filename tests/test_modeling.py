@@ -150,6 +150,36 @@ def test_a_projector_writes_each_groups_tokens_one_after_another(name):
             build_connector(dict(spec, tokens_per_group=bad), 8, 6)
 
 
+def test_markers_precede_each_groups_tokens_with_its_row_and_its_column():
+    """marker_grid=2: each of the 2 x 2 groups' two tokens after its row's marker and its column's,
+    the same tokens as without markers; a model with them holds four tokens per group and trains."""
+    spec = {"name": "mlp2x_gelu", "reduction": "pixel_shuffle", "tokens_per_group": 2}
+    plain, marked = build_connector(spec, 8, 6), build_connector(dict(spec, marker_grid=2), 8, 6)
+    marked.load_state_dict(plain.state_dict(), strict=False)
+    features = torch.randn(3, 16, 8)
+    tokens, with_markers = plain(features), marked(features)
+    assert with_markers.shape == (3, 16, 6) and marked.num_tokens(16) == 16
+    rows, cols = marked.markers.detach()
+    for group in range(4):
+        row, col = divmod(group, 2)
+        cell = with_markers[:, 4 * group : 4 * group + 4]
+        assert torch.equal(cell[:, 0], rows[row].expand(3, -1)) and torch.equal(
+            cell[:, 1], cols[col].expand(3, -1)
+        )
+        assert torch.equal(cell[:, 2:], tokens[:, 2 * group : 2 * group + 2])
+    with pytest.raises(
+        ValueError, match="marker_grid=3 marks a 3x3 grid of groups, but the image gives 4 groups"
+    ):
+        build_connector(dict(spec, marker_grid=3), 8, 6)(features)
+    for bad in (-1, 2.0):
+        with pytest.raises(ValueError, match=f"marker_grid must be the side .*, got {bad}"):
+            build_connector(dict(spec, marker_grid=bad), 8, 6)
+    model, processor = tiny_model_and_processor(dict(spec, marker_grid=2))
+    assert model.config.image_seq_length == 4 * model.num_patches // 4
+    batch = _batch(processor, [Message("user", "<image> hi"), Message("assistant", "yo")], [random_image()])
+    assert torch.isfinite(model(**batch).loss)
+
+
 def test_unknown_connector_lists_valid_names():
     with pytest.raises(UnknownConnectorError, match="valid connectors: lexical, linear, mlp2x_gelu"):
         build_connector({"name": "mlp3x"}, 8, 8)

@@ -84,6 +84,14 @@ def demo_cmd(
             "else 0; a margin does not export)."
         ),
     ] = None,
+    cell_markers: Annotated[
+        bool,
+        typer.Option(
+            "--cell-markers",
+            help="Precede each image cell's tokens with two learned markers, its row's and its column's, "
+            "taught the LLM's digits, so the LLM reads where an object is (markers do not export).",
+        ),
+    ] = False,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
     ] = DemoSettings.eval_limit,
@@ -156,6 +164,7 @@ def demo_cmd(
         reduction=reduction,
         cell_tokens=cell_tokens,
         cell_margin=cell_margin,
+        cell_markers=cell_markers,
         stage2_kinds=stage2_kinds,
         eval_limit=eval_limit,
         vision_steps=vision_steps,

@@ -50,6 +50,13 @@ def compose_cmd(
             "LLaVA and Aya Vision, the only count that exports)."
         ),
     ] = 1,
+    marker_grid: Annotated[
+        int,
+        typer.Option(
+            help="Side of the pixel_shuffle grid of groups whose row and column two learned markers "
+            "say before each group's tokens (0: none, the only setting that exports)."
+        ),
+    ] = 0,
     template: Annotated[
         str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
@@ -74,6 +81,8 @@ def compose_cmd(
         spec["layer_norm"] = True
     if tokens_per_group != 1:
         spec["tokens_per_group"] = tokens_per_group
+    if marker_grid:
+        spec["marker_grid"] = marker_grid
     try:  # names first, so a typo fails before any weights load
         get_template(template)
         connector_class(connector)

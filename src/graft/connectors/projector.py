@@ -8,7 +8,11 @@ token-reducing projector exports (``graft.export``). ``tokens_per_group=k`` has 
 write k tokens for each (reduced) patch group, one after another (k x d_llm outputs read as k
 tokens): a cell of the shapes world's grid then says its object's colour and its shape as two
 words, not one blend of both (``graft.world.grounding``). No transformers architecture writes
-several tokens per group, so such a model does not export.
+several tokens per group, so such a model does not export. ``marker_grid=S`` has each group's tokens
+preceded by two learned tokens, its row's and its column's on the S x S grid of groups (row-major),
+as Idefics3's ``<row_r_col_c>`` text precedes each of its tiles: the LLM then reads where a cell is
+from what its tokens say, not from counting its place in the sequence (the grounding teaches them
+the LLM's digits, ``graft.world.grounding``). No transformers architecture has them either.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class _Projector(Connector):
         layer_norm: bool = False,
         layer_norm_eps: float = 1e-5,
         tokens_per_group: int = 1,
+        marker_grid: int = 0,
         **options: Any,
     ) -> None:
         super().__init__(vision_hidden_size, text_hidden_size)
@@ -46,7 +51,13 @@ class _Projector(Connector):
         if not isinstance(tokens_per_group, int) or tokens_per_group < 1:
             wanted = "tokens_per_group must be a positive integer"
             raise ValueError(f"connector {self.name!r}: {wanted}, got {tokens_per_group!r}")
+        if not isinstance(marker_grid, int) or marker_grid < 0:
+            wanted = "marker_grid must be the side (>= 1) of the grid of groups, or 0 for no markers"
+            raise ValueError(f"connector {self.name!r}: {wanted}, got {marker_grid!r}")
         self.tokens_per_group = tokens_per_group
+        self.marker_grid = marker_grid
+        if marker_grid:  # [2, S, d_llm]: each row's token, each column's token
+            self.markers = nn.Parameter(torch.randn(2, marker_grid, text_hidden_size) * 0.02)
         #: the last layer's width: ``tokens_per_group`` tokens of d_llm
         self.out_features = text_hidden_size * tokens_per_group
         self.reduction = TokenReduction(reduction, reduction_factor, reduction_margin)
@@ -59,11 +70,31 @@ class _Projector(Connector):
         return self.layer_norm(self.reduction(image_features))
 
     def tokens(self, groups: torch.Tensor) -> torch.Tensor:
-        """The last layer's ``[N, G, k * d_llm]`` -> ``[N, G * k, d_llm]``: each group's k tokens in turn."""
-        return groups.reshape(groups.shape[0], -1, self.text_hidden_size)
+        """The last layer's ``[N, G, k * d_llm]`` -> ``[N, G * k, d_llm]``: each group's k tokens in
+        turn, after its row's and its column's marker where ``marker_grid`` asks."""
+        n, g = groups.shape[:2]
+        tokens = groups.reshape(n, g, self.tokens_per_group, self.text_hidden_size)
+        if self.marker_grid:
+            self._check_grid(g)
+            side = self.marker_grid
+            rows, cols = self.markers.to(tokens.dtype).unbind(0)
+            where = torch.stack([rows.repeat_interleave(side, 0), cols.repeat(side, 1)], dim=1)
+            tokens = torch.cat([where.expand(n, -1, -1, -1), tokens], dim=2)
+        return tokens.reshape(n, -1, self.text_hidden_size)
+
+    def _check_grid(self, groups: int) -> None:
+        side = self.marker_grid
+        if groups != side * side:
+            raise ValueError(
+                f"connector {self.name!r}: marker_grid={side} marks a {side}x{side} grid of groups, "
+                f"but the image gives {groups} groups"
+            )
 
     def num_tokens(self, num_patches: int) -> int:
-        return self.reduction.num_tokens(num_patches) * self.tokens_per_group
+        groups = self.reduction.num_tokens(num_patches)
+        if self.marker_grid:
+            self._check_grid(groups)
+        return groups * (self.tokens_per_group + 2 * bool(self.marker_grid))
 
 
 @register_connector("linear")

@@ -37,6 +37,21 @@ PROJECTOR_ACTS = {"mlp2x_gelu": "gelu", "linear": "linear"}
 LLAVA, AYA_VISION = "LlavaForConditionalGeneration", "AyaVisionForConditionalGeneration"
 
 
+#: what only the demo's cell connectors have: the field, the value a transformers projector
+#: implies, and why none has another
+CELL_ONLY = {
+    "tokens_per_group": (
+        1,
+        "transformers' projectors (LLaVA's, Aya Vision's) write one token per patch group",
+    ),
+    "reduction_margin": (
+        0,
+        "transformers' pixel shuffle (Aya Vision's) reads each patch group alone, not the patches around it",
+    ),
+    "marker_grid": (0, "transformers' projectors write no row and column markers before a group's tokens"),
+}
+
+
 class ExportError(ValueError):
     """The graft model uses something no transformers architecture graft exports to represents."""
 
@@ -49,18 +64,12 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
     head = model.language_model.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None:
         raise ExportError("language_model's output head: transformers' lm_head is a Linear without bias")
-    if spec.get("tokens_per_group", 1) != 1:
-        raise ExportError(
-            f"config.connector.tokens_per_group={spec['tokens_per_group']}: transformers' projectors "
-            "(LLaVA's, Aya Vision's) write one token per patch group (`graft demo --cell-tokens 1 "
-            "--perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
-        )
-    if spec.get("reduction_margin"):
-        raise ExportError(
-            f"config.connector.reduction_margin={spec['reduction_margin']}: transformers' pixel shuffle "
-            "(Aya Vision's) reads each patch group alone, not the patches around it (`graft demo "
-            "--cell-tokens 1 --perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
-        )
+    for field, (plain, why) in CELL_ONLY.items():
+        if spec.get(field, plain) != plain:
+            raise ExportError(
+                f"config.connector.{field}={spec[field]}: {why} (`graft demo --cell-tokens 1 "
+                "--perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
+            )
     if name == "swiglu":
         if not layer_norm:
             raise ExportError(

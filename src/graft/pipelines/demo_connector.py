@@ -22,16 +22,18 @@ SHAPES_QFORMER: dict[str, Any] = {
 DEMO_CONNECTORS = ("swiglu", "lexical", "mlp2x_gelu", "linear", "qformer")
 #: k x k token reduction of the demo's projectors: the packaged tower's 16 x 16 patches -> 16 tokens
 DEMO_REDUCTION = 4
+#: the side of the grid of cells that reduction leaves (the packaged tower's 16 patches a side / 4)
+DEMO_GRID = 4
 
 
 def demo_connector_spec(
-    connector: str, reduction: str | None = None, cell_tokens: int = 1, margin: int = 0
+    connector: str, reduction: str | None = None, cell_tokens: int = 1, margin: int = 0, markers: bool = False
 ) -> dict[str, Any]:
     """The demo's connector: a projector (4x4 pixel shuffle unless told: nanoVLM's and SmolVLM's
     space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
     Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
-    tokens per cell; a cell's input also reads ``margin`` rings of patches around it) or the
-    shapes-sized Q-Former."""
+    tokens per cell; a cell's input also reads ``margin`` rings of patches around it; with
+    ``markers`` its tokens follow its row's and column's markers) or the shapes-sized Q-Former."""
     if not isinstance(margin, int) or margin < 0:
         raise ValueError(f"a cell margin is a count of rings of patches (>= 0), not {margin!r}")
     if connector == "qformer":
@@ -41,6 +43,8 @@ def demo_connector_spec(
             raise ValueError("the qformer connector's tokens are queries, not cells: use --cell-tokens 1")
         if margin:
             raise ValueError("the qformer connector reads every patch: use --cell-margin 0")
+        if markers:
+            raise ValueError("the qformer connector's tokens are queries, not cells: drop --cell-markers")
         return dict(SHAPES_QFORMER)
     if connector not in DEMO_CONNECTORS:
         hint = " (VPG-C guides a trained Q-Former: run `graft ablation`)" if connector == "vpgc" else ""
@@ -58,4 +62,8 @@ def demo_connector_spec(
         if spec.get("reduction") != "pixel_shuffle":
             raise ValueError(f"a cell margin widens pixel_shuffle's cells, not reduction {reduction!r}")
         spec["reduction_margin"] = margin
+    if markers:
+        if spec.get("reduction") != "pixel_shuffle":
+            raise ValueError(f"cell markers mark pixel_shuffle's grid of cells, not reduction {reduction!r}")
+        spec["marker_grid"] = DEMO_GRID
     return spec

@@ -57,6 +57,7 @@ def ground_step(
     from graft.world.grounding import (
         CELLS,
         cell_accuracy,
+        cell_markers,
         cell_words,
         grounding_classes,
         scenes_of_images,
@@ -77,16 +78,16 @@ def ground_step(
     settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
     table = model.get_input_embeddings().weight.detach().float()
     scenes = scenes_of_images(world, files)
-    per_cell = tokens_per_cell(model.config.connector)
-    labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell)
-    words = cell_words(processor.tokenizer, table, per_cell)
+    per_cell, markers = tokens_per_cell(model.config.connector), cell_markers(model.config.connector)
+    labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell, markers)
+    words = cell_words(processor.tokenizer, table, per_cell, markers)
     result = fit_connector(
         model.connector,
         features,
         words[labels],
         table,
         settings,
-        partial(cell_accuracy, words=words, per_cell=per_cell),
+        partial(cell_accuracy, words=words, per_cell=per_cell, markers=markers),
         TokenClasses(labels, words),
     )
     save_fitted(

@@ -52,6 +52,10 @@ class DemoSettings:
     #: a cell's border is then named in its own cell, not lost (the grounding's object cells:
     #: README)
     cell_margin: int | None = None
+    #: each cell's tokens follow two learned markers, its row's and its column's, which the
+    #: grounding teaches the LLM's digits (the projector's ``marker_grid``): where a cell lies is
+    #: then something its tokens say, not something the LLM counts
+    cell_markers: bool = False
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -112,7 +116,11 @@ class DemoSettings:
     def connector_spec(self) -> dict[str, Any]:
         """The connector this run composes (``demo_connector_spec``)."""
         return demo_connector_spec(
-            self.connector, self.reduction, self.tokens_per_cell(), self.cell_margin_or_default()
+            self.connector,
+            self.reduction,
+            self.tokens_per_cell(),
+            self.cell_margin_or_default(),
+            self.cell_markers,
         )
 
     def stage2_kinds_or_default(self) -> str:

@@ -19,6 +19,10 @@ With two tokens per cell (the projector's ``tokens_per_group=2``) a cell says it
 word, then its shape word, each exactly (a background cell says ``BACKGROUND_WORD`` twice): the
 text grid's two words per object (``cell_names``), where one blended token per object left
 SmolLM2 well below what the same grid in words taught it (docs/demo-history.md).
+
+With the projector's ``marker_grid`` each cell's tokens follow two markers, its row's and its
+column's, taught the LLM's digits ("1" to "4" on the 4 x 4 grid: "2", "3", "red", "circle" is the
+red circle in the second row, third column), so where a cell lies is something its tokens say.
 """
 
 from __future__ import annotations
@@ -73,19 +77,40 @@ def tokens_per_cell(connector: dict[str, Any]) -> int:
     return per_cell
 
 
-def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1) -> torch.Tensor:
+def cell_markers(connector: dict[str, Any]) -> int:
+    """The side of the grid whose rows and columns mark each cell's tokens with this connector spec
+    (the projector's ``marker_grid``), or 0 for none."""
+    return int(connector.get("marker_grid", 0))
+
+
+def marker_digits(side: int) -> list[str]:
+    """The words the markers of a ``side`` x ``side`` grid say: row (or column) r is the digit r."""
+    if not 0 <= side <= 9:
+        raise ValueError(f"cell markers say one digit per row and column: a grid of at most 9, not {side}")
+    return [str(r + 1) for r in range(side)]
+
+
+def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1, markers: int = 0) -> torch.Tensor:
     """``[K, d]``: what a token can say, from ``embeddings`` ``[V, d]``, the LLM's input
     embedding table. One token per cell: the background word first, then the mean of each shape's
     and each colour's word (``labels.class_of``' order). Two: the background word, each colour's
-    word, each shape's word."""
+    word, each shape's word. With ``markers`` (a grid's side) the digits its markers say last."""
     table = embeddings.detach().float()
     background = word_embedding(tokenizer, table, BACKGROUND_WORD)
     shapes = torch.stack([word_embedding(tokenizer, table, f" {s}") for s in SHAPES])
     colours = torch.stack([word_embedding(tokenizer, table, f" {c}") for c in COLORS])
     if per_cell == 2:
-        return torch.cat([background[None], colours, shapes])
-    objects = 0.5 * (shapes[:, None] + colours[None, :])
-    return torch.cat([background[None], objects.reshape(-1, table.shape[1])])
+        words = torch.cat([background[None], colours, shapes])
+    else:
+        objects = 0.5 * (shapes[:, None] + colours[None, :])
+        words = torch.cat([background[None], objects.reshape(-1, table.shape[1])])
+    digits = [word_embedding(tokenizer, table, d) for d in marker_digits(markers)]
+    return torch.cat([words, *(d[None] for d in digits)])
+
+
+def _object_words(per_cell: int) -> int:
+    """How many of ``cell_words`` come before the markers' digits."""
+    return 1 + len(COLORS) + len(SHAPES) if per_cell == 2 else 1 + len(COLORS) * len(SHAPES)
 
 
 def split_classes(classes: torch.Tensor) -> torch.Tensor:
@@ -102,14 +127,23 @@ CELLS = "centre"
 
 
 def grounding_classes(
-    scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS, per_cell: int = 1
+    scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS, per_cell: int = 1, markers: int = 0
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image]``: each token's class, indexing ``cell_words`` (a cell
-    names the object of ``labels.CELL_TARGETS[cells]``)."""
+    names the object of ``labels.CELL_TARGETS[cells]``; with ``markers``, after its row's digit
+    and its column's)."""
     classes_of = cell_labeller(cells)
-    side = grid_side(tokens_per_image, per_cell)
+    side = grid_side(tokens_per_image, per_cell + 2 * bool(markers))
+    if markers and markers != side:
+        raise ValueError(f"markers of a {markers}x{markers} grid on a {side}x{side} grid of cells")
     classes = torch.stack([classes_of(scene, side) for scene in scenes])
-    return split_classes(classes) if per_cell == 2 else classes
+    classes = split_classes(classes) if per_cell == 2 else classes
+    if not markers:
+        return classes
+    first = _object_words(per_cell)
+    row, col = torch.arange(side * side).div(side, rounding_mode="floor"), torch.arange(side * side) % side
+    where = (first + torch.stack([row, col], dim=-1)).expand(len(scenes), -1, -1)
+    return torch.cat([where, classes.view(len(scenes), side * side, per_cell)], dim=-1).flatten(1)
 
 
 def grounding_targets(
@@ -119,10 +153,11 @@ def grounding_targets(
     embeddings: torch.Tensor,
     cells: str = CELLS,
     per_cell: int = 1,
+    markers: int = 0,
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
-    words = cell_words(tokenizer, embeddings, per_cell)
-    return words[grounding_classes(scenes, tokens_per_image, cells, per_cell)]
+    words = cell_words(tokenizer, embeddings, per_cell, markers)
+    return words[grounding_classes(scenes, tokens_per_image, cells, per_cell, markers)]
 
 
 def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
@@ -137,16 +172,20 @@ def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
 
 
 def cell_accuracy(
-    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, per_cell: int = 1
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, per_cell: int = 1, markers: int = 0
 ) -> dict[str, float]:
     """How often a cell's tokens are each nearest (by distance) to their targets' words
-    (``cell_words(per_cell=...)``): over every cell (``cell_acc``) and, on the cells of objects,
-    how often the shape and the colour are said right."""
+    (``cell_words(per_cell=..., markers=...)``): over every cell (``cell_acc``, markers aside) and,
+    on the cells of objects, how often the shape and the colour are said right; with ``markers``
+    how often a marker says its row's or column's digit (``marker_acc``)."""
+    width = per_cell + 2 * bool(markers)
 
     def classify(x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1).view(-1, per_cell)
+        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1).view(-1, width)
 
     truth, said = classify(targets), classify(tokens)
+    marked = {"marker_acc": float((truth[:, :2] == said[:, :2]).float().mean())} if markers else {}
+    truth, said = truth[:, width - per_cell :], said[:, width - per_cell :]
     objects = truth[:, 0] > 0
     if per_cell == 2:  # (colour word, shape word)
         colour, shape = (truth[objects] == said[objects]).unbind(-1)
@@ -160,7 +199,7 @@ def cell_accuracy(
         "cell_acc": float(right.float().mean()),
         "object_shape_acc": float(shape.float().mean()),
         "object_colour_acc": float(colour.float().mean()),
-    }
+    } | marked
 
 
 def scenes_of_images(world_dir: str | os.PathLike, images: Sequence[str | os.PathLike]) -> list[Scene]:
