@@ -17,6 +17,7 @@ from graft.world.grounding import (
     grid_side,
     grounding_classes,
     grounding_targets,
+    marker_words,
     scenes_of_images,
     split_classes,
     tokens_per_cell,
@@ -236,3 +237,26 @@ def test_the_class_loss_separates_words_that_lie_close_together():
     assert accuracy[0.3] > 0.9 > accuracy[0.0] + 0.5
     with pytest.raises(ValueError, match="contrast needs the targets' classes"):
         fit_connector(model.connector, features, words[labels], table, FitSettings(contrast=0.3))
+
+
+def test_the_grounding_sets_the_markers_to_their_digits_and_keeps_them_there(tmp_path):
+    """ground_step with a marker_grid: the markers leave it as exactly the LLM's digits (fitted
+    with the rest they stayed half their size), and the held-out markers are all read right."""
+    from graft.modeling import GraftForConditionalGeneration
+    from graft.pipelines.demo_fits import ground_step
+    from graft.world import build_world
+
+    world = tmp_path / "world"
+    build_world(world, num_images=40, seed=0)
+    spec = {"name": "mlp2x_gelu", "reduction": "pixel_shuffle", "tokens_per_group": 2, "marker_grid": 2}
+    model, processor = tiny_model_and_processor(spec)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    ground_step(tmp_path / "m", tmp_path / "g", world / "stage1.json", world, str(tmp_path / "cache"), 20, 0)
+    grounded = GraftForConditionalGeneration.from_pretrained(tmp_path / "g")
+    digits = marker_words(processor.tokenizer, grounded.get_input_embeddings().weight, 2)
+    assert torch.equal(grounded.connector.markers.detach(), digits)
+    assert torch.equal(
+        digits[1, 1], word_embedding(processor.tokenizer, grounded.get_input_embeddings().weight, "2")
+    )
+    assert json.loads((tmp_path / "g" / "ground.json").read_text())["fidelity"]["marker_acc"] == 1.0

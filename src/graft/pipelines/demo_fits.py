@@ -60,6 +60,7 @@ def ground_step(
         cell_markers,
         cell_words,
         grounding_classes,
+        marker_words,
         scenes_of_images,
         tokens_per_cell,
     )
@@ -81,6 +82,9 @@ def ground_step(
     per_cell, markers = tokens_per_cell(model.config.connector), cell_markers(model.config.connector)
     labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell, markers)
     words = cell_words(processor.tokenizer, table, per_cell, markers)
+    if markers:  # constants: set to their digits and kept there (fitted, they stayed half their size)
+        model.connector.markers.data.copy_(marker_words(processor.tokenizer, table, markers))
+        model.connector.markers.requires_grad_(False)
     result = fit_connector(
         model.connector,
         features,
@@ -90,6 +94,7 @@ def ground_step(
         partial(cell_accuracy, words=words, per_cell=per_cell, markers=markers),
         TokenClasses(labels, words),
     )
+    model.connector.requires_grad_(True)
     save_fitted(
         model, processor, dst, {"settings": asdict(settings), "cells": cells, "fidelity": result}, "ground"
     )

@@ -108,6 +108,15 @@ def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1, mark
     return torch.cat([words, *(d[None] for d in digits)])
 
 
+def marker_words(tokenizer: Any, embeddings: torch.Tensor, side: int) -> torch.Tensor:
+    """``[2, side, d]``: what the projector's markers (``marker_grid``) say, each row's digit and
+    each column's (the same digits: which is which is their order before a cell's words)."""
+    digits = torch.stack(
+        [word_embedding(tokenizer, embeddings.detach().float(), d) for d in marker_digits(side)]
+    )
+    return torch.stack([digits, digits])
+
+
 def _object_words(per_cell: int) -> int:
     """How many of ``cell_words`` come before the markers' digits."""
     return 1 + len(COLORS) + len(SHAPES) if per_cell == 2 else 1 + len(COLORS) * len(SHAPES)
