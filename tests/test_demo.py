@@ -181,8 +181,13 @@ def test_the_demo_connector_gives_one_or_two_tokens_per_cell():
 def test_cell_markers_mark_the_demo_projectors_grid_of_cells():
     from graft.pipelines.demo_settings import DemoSettings
 
-    assert "marker_grid" not in DemoSettings().connector_spec()
-    assert DemoSettings(cell_markers=True).connector_spec()["marker_grid"] == 4
+    assert DemoSettings().connector_spec()["marker_grid"] == 4
+    assert "marker_grid" not in DemoSettings(cell_markers=False).connector_spec()
+    # one token per cell exports as Aya Vision, which has no markers
+    others = (DemoSettings(cell_tokens=1), DemoSettings(connector="qformer"), DemoSettings(reduction="pool"))
+    for other in others:
+        assert not other.cell_markers_or_default() and "marker_grid" not in other.connector_spec()
+    assert DemoSettings(cell_tokens=1, cell_markers=True).connector_spec()["marker_grid"] == 4
     with pytest.raises(ValueError, match="drop --cell-markers"):
         DemoSettings(connector="qformer", cell_markers=True).connector_spec()
     with pytest.raises(ValueError, match="mark pixel_shuffle's grid of cells, not reduction 'pool'"):

@@ -85,13 +85,14 @@ def demo_cmd(
         ),
     ] = None,
     cell_markers: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--cell-markers",
-            help="Precede each image cell's tokens with two learned markers, its row's and its column's, "
-            "taught the LLM's digits, so the LLM reads where an object is (markers do not export).",
+            "--cell-markers/--no-cell-markers",
+            help="Precede each image cell's tokens with two markers, its row's and its column's, set to the "
+            "LLM's digits, so the LLM reads where an object is (default: with two tokens per cell; markers "
+            "do not export).",
         ),
-    ] = False,
+    ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N questions per file.")
     ] = DemoSettings.eval_limit,

@@ -52,10 +52,10 @@ class DemoSettings:
     #: a cell's border is then named in its own cell, not lost (the grounding's object cells:
     #: README)
     cell_margin: int | None = None
-    #: each cell's tokens follow two learned markers, its row's and its column's, which the
-    #: grounding teaches the LLM's digits (the projector's ``marker_grid``): where a cell lies is
-    #: then something its tokens say, not something the LLM counts
-    cell_markers: bool = False
+    #: each cell's tokens follow two markers, its row's and its column's, which the grounding sets
+    #: to the LLM's digits (the projector's ``marker_grid``; default ``cell_markers_or_default``):
+    #: where a cell lies is then something its tokens say, not something the LLM counts
+    cell_markers: bool | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None
     llm_steps: int | None = None
@@ -106,12 +106,20 @@ class DemoSettings:
             return self.cell_tokens
         return 2 if check_alignment(self.connector, self.alignment) == "ground" else 1
 
+    def two_token_cells(self) -> bool:
+        """Whether the cells are two tokens each by pixel shuffle: such a model does not export
+        anyway, so the margin and the markers, which no export has either, are its defaults."""
+        return self.tokens_per_cell() == 2 and (self.reduction or "pixel_shuffle") == "pixel_shuffle"
+
     def cell_margin_or_default(self) -> int:
-        """``cell_margin``, or its default: 1 for two tokens per cell by pixel shuffle (such a
-        model does not export anyway), else 0 (Aya Vision's export has no margin)."""
-        if self.cell_margin is not None:
-            return self.cell_margin
-        return int(self.tokens_per_cell() == 2 and (self.reduction or "pixel_shuffle") == "pixel_shuffle")
+        """``cell_margin``, or its default: 1 for two tokens per cell by pixel shuffle
+        (``two_token_cells``), else 0 (Aya Vision's export has no margin)."""
+        return self.cell_margin if self.cell_margin is not None else int(self.two_token_cells())
+
+    def cell_markers_or_default(self) -> bool:
+        """``cell_markers``, or its default: with two tokens per cell by pixel shuffle
+        (``two_token_cells``; README: What the demo measures today)."""
+        return self.cell_markers if self.cell_markers is not None else self.two_token_cells()
 
     def connector_spec(self) -> dict[str, Any]:
         """The connector this run composes (``demo_connector_spec``)."""
@@ -120,7 +128,7 @@ class DemoSettings:
             self.reduction,
             self.tokens_per_cell(),
             self.cell_margin_or_default(),
-            self.cell_markers,
+            self.cell_markers_or_default(),
         )
 
     def stage2_kinds_or_default(self) -> str:
