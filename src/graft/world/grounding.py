@@ -21,7 +21,7 @@ text grid's two words per object (``cell_names``), where one blended token per o
 SmolLM2 well below what the same grid in words taught it (docs/demo-history.md).
 
 With the projector's ``marker_grid`` each cell's tokens follow two markers, its row's and its
-column's, taught the LLM's digits ("1" to "4" on the 4 x 4 grid: "2", "3", "red", "circle" is the
+column's, set to the LLM's digits ("1" to "4" on the 4 x 4 grid: "2", "3", "red", "circle" is the
 red circle in the second row, third column), so where a cell lies is something its tokens say.
 """
 
@@ -104,16 +104,19 @@ def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1, mark
     else:
         objects = 0.5 * (shapes[:, None] + colours[None, :])
         words = torch.cat([background[None], objects.reshape(-1, table.shape[1])])
-    digits = [word_embedding(tokenizer, table, d) for d in marker_digits(markers)]
-    return torch.cat([words, *(d[None] for d in digits)])
+    return torch.cat([words, _digits(tokenizer, table, markers)])
+
+
+def _digits(tokenizer: Any, table: torch.Tensor, side: int) -> torch.Tensor:
+    """``[side, d]``: the embeddings of ``marker_digits(side)`` (``[0, d]`` for no markers)."""
+    rows = [word_embedding(tokenizer, table, d) for d in marker_digits(side)]
+    return torch.stack(rows) if rows else table.new_zeros(0, table.shape[1])
 
 
 def marker_words(tokenizer: Any, embeddings: torch.Tensor, side: int) -> torch.Tensor:
     """``[2, side, d]``: what the projector's markers (``marker_grid``) say, each row's digit and
     each column's (the same digits: which is which is their order before a cell's words)."""
-    digits = torch.stack(
-        [word_embedding(tokenizer, embeddings.detach().float(), d) for d in marker_digits(side)]
-    )
+    digits = _digits(tokenizer, embeddings.detach().float(), side)
     return torch.stack([digits, digits])
 
 
