@@ -187,6 +187,9 @@ def test_cell_markers_mark_the_demo_projectors_grid_of_cells():
     others = (DemoSettings(cell_tokens=1), DemoSettings(connector="qformer"), DemoSettings(reduction="pool"))
     for other in others:
         assert not other.cell_markers_or_default() and "marker_grid" not in other.connector_spec()
+    # the tiny Llama's 512-token context holds no several-image prompt at 64 tokens an image
+    assert not DemoSettings(llm="tiny").cell_markers_or_default()
+    assert DemoSettings(llm="tiny", cell_markers=True).cell_markers_or_default()
     assert DemoSettings(cell_tokens=1, cell_markers=True).connector_spec()["marker_grid"] == 4
     with pytest.raises(ValueError, match="drop --cell-markers"):
         DemoSettings(connector="qformer", cell_markers=True).connector_spec()
