@@ -32,6 +32,10 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     assert config["connector"]["name"] == "vpgc" and config["connector"]["vpg"]["name"] == "qformer"
     assert yaml.safe_load((out / "vpgc_pairs" / "recipe.yaml").read_text())["data"]["mix"] == [3.0, 1.0]
     assert "| vpgc_pairs |" in (out / "summary.md").read_text()
+    # the frozen LLM's which-image text bound, once: the same LLM in every row
+    for key in ("accuracy_text", "accuracy_text_lenient"):
+        assert 0.0 <= summary[f"text_bound/which_image/{key}"] <= 1.0
+    assert "Which-image text bound" in (out / "summary.md").read_text()
     # the base is trained by the demo's steps and measured once, beside the VPG-C rows
     assert not (out / "qformer" / "metrics.json").exists() and not (out / "qformer" / "curve.jsonl").exists()
     base_steps = json.loads((out / "qformer" / "steps.json").read_text())

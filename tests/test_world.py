@@ -543,6 +543,42 @@ def test_text_upper_bound_scores_per_type_with_the_brief_context(world, monkeypa
     assert not any(k.startswith("qtype/") for k in diagnostics.text_upper_bound(None, None, world, limit=2))
 
 
+def test_which_image_text_bound_puts_each_images_description_where_it_stood(world, monkeypatch):
+    import graft.world.diagnostics as diagnostics
+    from graft.world.describe import context_text
+
+    scenes = {r["id"]: Scene.from_dict(r["scene"]) for r in _read_jsonl(world / "meta" / "test.jsonl")}
+    core = json.loads((world / "bench" / "demon" / "Shapes_WhichImage" / "core" / "core.json").read_text())
+    data = core["data"][:9]
+    asked = []
+
+    def fake_generate(model, processor, convs, images, **kwargs):
+        assert all(not i for i in images)  # text alone: no image reaches the model
+        asked.extend(c[0].content for c in convs)
+        replies = []
+        for k, c in enumerate(convs):
+            cat = re.search(r"Which image shows a (\w+ \w+)\?", c[0].content).group(1)
+            lines = [line for line in c[0].content.splitlines() if line.startswith("Image ")]
+            letter = next(line[6] for line in lines if cat in line)
+            # right by the rule, right only when read leniently, and wrong, in turn
+            replies.append([f"Image {letter}", f"It is Image {letter}.", "None of them."][k % 3])
+        return replies
+
+    monkeypatch.setattr(diagnostics, "generate_answers", fake_generate)
+    scores = diagnostics.which_image_text_bound(None, None, world, limit=9)
+    n = len(data)
+    assert n >= 3 and len(asked) == n
+    assert scores["which_image/accuracy_text"] == pytest.approx(len(range(0, n, 3)) / n)
+    assert scores["which_image/accuracy_text_lenient"] == pytest.approx(1 - len(range(2, n, 3)) / n)
+    assert scores["which_image/picked_none"] == len(range(2, n, 3))
+    first = data[0]["task_instance"]
+    shown = [context_text(scenes[Path(p).stem]) for p in first["images_path"]]
+    assert "<image>" not in asked[0] and all(text in asked[0] for text in shown)
+    assert asked[0].startswith(core["metadata"]["task_instruction"][0])
+    with pytest.raises(ValueError, match="unknown layout 'grid'"):
+        diagnostics.which_image_text_bound(None, None, world, layout="grid")
+
+
 def test_exact_token_bound_hands_the_llm_the_grounding_targets_of_each_batch(world, monkeypatch):
     """The bound's model, asked a batch of held-out questions, computes the grounding's exact
     target tokens of those questions' scenes as its image tokens; the hook is gone afterwards and

@@ -8,7 +8,9 @@ learns in the last two (the base stays frozen), for the same number of steps on 
 Each row is scored on held-out test images: the foundation demo's single-image binary and
 multiple-choice accuracy, multi-image "which image shows ..." accuracy (the world's DEMON-format
 Shapes_WhichImage task) and ROUGE-L (DEMON's, x 100) of difference descriptions on synthetic
-pairs made from test images. Keys: ``{row}/{metric}`` in ``summary.json``.
+pairs made from test images. Keys: ``{row}/{metric}`` in ``summary.json``. Beside them, what
+the frozen LLM (the same in every row) makes of which-image questions with each image's
+description in its place (``text_bound/which_image/...``, ``which_image_text_bound``).
 
 World, backbones and the frozen tower's feature cache come from a demo folder (built there when
 missing), so an ablation after ``make demo`` pretrains nothing and encodes only the edited images.
@@ -24,10 +26,9 @@ from graft.files import write_text_atomic
 from graft.pipelines.demo import BUILD_STEPS, train_demo
 from graft.pipelines.demo_settings import DemoSettings
 from graft.pipelines.run_folder import StepClock, check_folder, claim_folder
+from graft.world.bench_demon import WHICH_IMAGE
 
 ROWS = ("qformer", "vpgc_captions", "vpgc_pairs")
-#: the world's DEMON-format "which image shows ..." task
-WHICH_IMAGE = "Shapes_WhichImage"
 #: held-out synthetic pairs (LLaVA records: two images, a question, the one-sentence difference)
 #: as a task: the first human turn is the prompt, the first answer the reference
 DIFFERENCE_TASK = {
@@ -162,6 +163,9 @@ def run_ablation(
 
         clock.run(f"eval_{row}", path.exists, do_eval)
         summary.update({f"{row}/{k}": v for k, v in json.loads(path.read_text()).items()})
+    path = out / "metrics_text_bound.json"
+    clock.run("text_bound", path.exists, lambda: write_text_atomic(path, text_bound(base, world, eval_limit)))
+    summary.update({f"text_bound/{k}": v for k, v in json.loads(path.read_text()).items()})
     summary.update({f"time/{k}_s": v for k, v in clock.times.items()})
     summary["time/qformer_base_s"] = round(base_time, 2)
     summary["time/total_s"] = round(sum(clock.times.values()) + base_time, 2)
@@ -199,6 +203,16 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
     return metrics
 
 
+def text_bound(model_dir: Path, world: Path, limit: int | None) -> str:
+    """The which-image text bound of the rows' frozen LLM (the same in every row): the world's
+    which-image questions with each image's description in its place, as JSON."""
+    from graft.inference import load_for_inference
+    from graft.world.diagnostics import which_image_text_bound
+
+    model, processor = load_for_inference(model_dir, bf16=True)
+    return json.dumps(which_image_text_bound(model, processor, world, limit), indent=2)
+
+
 def ablation_markdown(summary: dict[str, float]) -> str:
     lines = [
         "# graft ablation: shapes world (held-out test images)",
@@ -213,6 +227,15 @@ def ablation_markdown(summary: dict[str, float]) -> str:
             + " | ".join("-" if c is None else f"{c:.3f}" if c <= 1 else f"{c:.1f}" for c in cells)
             + " |"
         )
+    official, lenient = (
+        summary.get(f"text_bound/which_image/{k}") for k in ("accuracy_text", "accuracy_text_lenient")
+    )
+    if official is not None:
+        lines += [
+            "",
+            f"Which-image text bound (the frozen LLM, each image's description in its place): {official:.3f}"
+            f" by DEMON's rule, {lenient:.3f} read leniently (the one image an answer names anywhere).",
+        ]
     lines += ["", "| step | wall time (s) |", "|---|---|"]
     lines += [f"| {k[5:-2]} | {v:.1f} |" for k, v in sorted(summary.items()) if k.startswith("time/")]
     return "\n".join(lines) + "\n"

@@ -223,11 +223,15 @@ def _in_context(world: Path, rows: list[dict], row: dict, rng: random.Random, ou
     return _sample(0, context, names, _in_context_answer(rule, scene), options)
 
 
+#: the "which image shows ..." task
+WHICH_IMAGE = "Shapes_WhichImage"
+
+
 def write_demon(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, dict[str, int]]:
     """The four tasks under ``out``; a task with no sample (too few test scenes) is left out.
     Returns (out, samples per task)."""
     tasks: dict[str, list[dict]] = {
-        "Shapes_WhichImage": [],
+        WHICH_IMAGE: [],
         "Shapes_Difference": [],
         "Shapes_SequenceCloze": [],
         "Shapes_InContext": [],
@@ -236,7 +240,7 @@ def write_demon(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Pa
         # one generator per scene and task: adding a task never changes another one's samples
         rng = random.Random(f"demon-{seed}-{row['id']}")
         made = {
-            "Shapes_WhichImage": _which_image(world, rows, row, rng, out / "Shapes_WhichImage"),
+            WHICH_IMAGE: _which_image(world, rows, row, rng, out / WHICH_IMAGE),
             "Shapes_Difference": _difference(world, row, rng, out / "Shapes_Difference"),
         }
         if n < SEQUENCE_SAMPLES:

@@ -12,6 +12,8 @@ Measurements beside the held-out accuracy (the vision probe is ``probe.py``):
 - ``exact_token_bound``: the same questions answered by the model with the grounding's exact
   target tokens in place of its connector's: what perfect perception gives it in the grounding's
   token design, so the gap to its own score is perception's and the rest the LLM's reading.
+- ``which_image_text_bound``: the world's DEMON which-image questions with each image's
+  description in its place: can the LLM choose among images at all when it perceives perfectly?
 - ``text_question_records``: the stage-2 question records with that description in place of
   the image, to train the same LLM as if it saw perfectly (``benchmarks/text_ceiling.py``).
 - ``presence_questions``: the easiest image questions (is there a red object? which of these
@@ -38,11 +40,15 @@ from typing import Any
 import torch
 
 from graft.eval.answers import parse_yesno, score_answer
+from graft.eval.metrics.demon import score_sample
+from graft.eval.readers.base import IMAGE_MARKER
+from graft.eval.readers.demon import read_demon
 from graft.eval.readers.questions import read_questions
 from graft.generate import generate_answers
 from graft.processing import load_image
 from graft.templates import Message
 
+from .bench_demon import WHICH_IMAGE
 from .describe import captions, context_text
 from .grounding import CELLS, cell_markers, cell_names, grounding_targets, tokens_per_cell
 from .instructions import BRIEF_PROMPTS
@@ -281,6 +287,53 @@ def text_upper_bound(
         )
         out |= _accuracy(family, "text", questions, answers, per_type)
     return out
+
+
+def which_image_text_bound(
+    model: Any,
+    processor: Any,
+    world_dir: str | os.PathLike,
+    limit: int | None = 100,
+    batch_size: int = 32,
+    layout: str = "context",
+    max_new_tokens: int = 32,
+) -> dict[str, float]:
+    """The world's DEMON which-image accuracy (``which_image/accuracy_text``, by DEMON's rule)
+    with each image replaced by its scene's description (``layout``: ``context``, its captions and
+    boxes, or ``brief``, its one sentence, as ``with_context``): whether the LLM chooses among
+    images when perception is perfect.
+    ``which_image/accuracy_text_lenient`` reads the image an answer names anywhere ("The image
+    with the blue square is Image B."), and ``which_image/picked_<letter>`` counts the images so
+    named (``none``: no one image)."""
+    if layout not in ("context", "brief"):
+        raise ValueError(f"unknown layout {layout!r}; valid: context, brief")
+    world = Path(world_dir)
+    scenes = heldout_scenes(world)
+    samples = read_demon(world / "bench" / "demon", tasks=[WHICH_IMAGE]).samples[:limit]
+
+    def described(path: Path) -> str:
+        scene = Scene.from_dict(scenes[path.stem]["scene"])
+        return captions(scene)[1] if layout == "brief" else context_text(scene)
+
+    convs = []
+    for s in samples:
+        parts = s.prompt.split(IMAGE_MARKER)
+        if len(parts) != len(s.images) + 1:
+            raise ValueError(f"{s.where}: {len(parts) - 1} image markers for {len(s.images)} images")
+        text = parts[0] + "".join(described(p) + rest for p, rest in zip(s.images, parts[1:], strict=True))
+        convs.append([Message("user", text)])
+    answers = generate_answers(
+        model, processor, convs, [[] for _ in convs], max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    out: dict[str, float] = {}
+    for lenient, key in ((False, "accuracy_text"), (True, "accuracy_text_lenient")):
+        results = [
+            score_sample(s.meta["kind"], a, s.target, s.meta.get("choices"), lenient)
+            for s, a in zip(samples, answers, strict=True)
+        ]
+        out[f"which_image/{key}"] = sum(r["score"] for r in results) / max(len(results), 1)
+    picked = Counter(r["picked"] or "none" for r in results)
+    return out | {f"which_image/picked_{k}": v for k, v in sorted(picked.items())}
 
 
 def _accuracy(
