@@ -89,8 +89,8 @@ def demo_cmd(
         typer.Option(
             "--cell-markers/--no-cell-markers",
             help="Precede each image cell's tokens with two markers, its row's and its column's, set to the "
-            "LLM's digits, so the LLM reads where an object is (default: with two tokens per cell; markers "
-            "do not export).",
+            "LLM's digits, so the LLM reads where an object is (default: with two tokens per cell, but not "
+            "on the tiny Llama; markers do not export).",
         ),
     ] = None,
     eval_limit: Annotated[
