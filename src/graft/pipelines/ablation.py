@@ -205,12 +205,13 @@ def evaluate_row(model_dir: Path, world: Path, test_pairs: Path, limit: int | No
 
 def text_bound(model_dir: Path, world: Path, limit: int | None) -> str:
     """The which-image text bound of the rows' frozen LLM (the same in every row): the world's
-    which-image questions with each image's description in its place, as JSON."""
+    which-image questions with each image's one-sentence description in its place (the caption
+    stage 1 teaches; the longer captions-and-boxes layout takes four times as long), as JSON."""
     from graft.inference import load_for_inference
     from graft.world.diagnostics import which_image_text_bound
 
     model, processor = load_for_inference(model_dir, bf16=True)
-    return json.dumps(which_image_text_bound(model, processor, world, limit), indent=2)
+    return json.dumps(which_image_text_bound(model, processor, world, limit, layout="brief"), indent=2)
 
 
 def ablation_markdown(summary: dict[str, float]) -> str:
