@@ -234,8 +234,9 @@ def ablation_markdown(summary: dict[str, float]) -> str:
     if official is not None:
         lines += [
             "",
-            f"Which-image text bound (the frozen LLM, each image's description in its place): {official:.3f}"
-            f" by DEMON's rule, {lenient:.3f} read leniently (the one image an answer names anywhere).",
+            "Which-image text bound (the frozen LLM, each image's one-sentence description in its "
+            f"place): {official:.3f} by DEMON's rule, {lenient:.3f} read leniently (the one image an "
+            "answer names anywhere).",
         ]
     lines += ["", "| step | wall time (s) |", "|---|---|"]
     lines += [f"| {k[5:-2]} | {v:.1f} |" for k, v in sorted(summary.items()) if k.startswith("time/")]
