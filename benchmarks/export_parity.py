@@ -1,10 +1,11 @@
 """Does the exported model answer as graft does? Export, reload in plain transformers, compare.
 
-Exports a graft model (``graft export-hf``: LLaVA or Aya Vision), loads the folder with nothing
-but transformers' Auto classes (``AutoModelForImageTextToText``, ``AutoProcessor``, the
-processor's own ``apply_chat_template``), answers the same questions greedily with both, and
-prints one JSON line: questions, answers that agree word for word, the first disagreements, and
-each side's seconds.
+Exports a graft model (``graft export-hf``: LLaVA, Aya Vision, or Aya Vision with graft's cell
+adapter as code the folder carries), loads the folder with nothing but transformers' Auto classes
+(``AutoModelForImageTextToText``, ``AutoProcessor``, the processor's own ``apply_chat_template``;
+``trust_remote_code=True`` for the code a cell export carries), answers the same questions
+greedily with both, and prints one JSON line: questions, answers that agree word for word, the
+first disagreements, and each side's seconds.
 
     python benchmarks/export_parity.py --model runs/demo/stage2 \\
         --questions runs/demo/heldout/binary/questions.jsonl --limit 100
@@ -45,8 +46,9 @@ def _questions(path: Path, limit: int) -> list[tuple[str, list[Image.Image]]]:
 
 
 def _transformers_answers(folder: Path, rows: list, max_new_tokens: int, dtype: torch.dtype) -> list[str]:
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype).eval()
-    processor = AutoProcessor.from_pretrained(folder)
+    # trust_remote_code: a cell connector's export carries its code (graft's own, just written)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     answers = []
     for question, images in rows:
         text = question.replace("<image>\n", "").replace("<image>", "")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from graft.config import DEFAULT_IMAGE_TOKEN
 from graft.files import write_text_atomic
@@ -59,9 +59,10 @@ TOKENIZER_FILES = (
 )
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str, config: PretrainedConfig | None = None) -> PreTrainedTokenizerBase:
     """The fast tokenizer of a folder or hub id; a folder without one, or a GGUF file, is a
-    ValueError that says what to do."""
+    ValueError that says what to do. ``config``: the folder's model config, already loaded, so
+    that transformers does not read its config.json again (a class there may be remote code)."""
     if str(name_or_path).endswith(".gguf"):
         raise ValueError(
             f"{name_or_path} is a GGUF file: convert it to a checkpoint folder first with "
@@ -74,7 +75,7 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
             f"{name_or_path}: no tokenizer in this folder (none of {', '.join(TOKENIZER_FILES)}); "
             "save the LLM's tokenizer beside its weights (tokenizer.save_pretrained)"
         )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **({} if config is None else {"config": config}))
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_path}: graft needs a fast tokenizer (label masks use offset mappings)")
     return tokenizer

@@ -36,7 +36,8 @@ def demo_cmd(
     connector: Annotated[
         str,
         typer.Option(
-            help="Connector: swiglu (exports to Aya Vision with --cell-tokens 1), lexical (the LLM's "
+            help="Connector: swiglu (exports to Aya Vision; with two tokens per cell, a margin or markers "
+            "as Aya Vision with graft's cell adapter, loaded with trust_remote_code), lexical (the LLM's "
             "words, snapped onto swiglu to export), mlp2x_gelu, linear or qformer (VPG-C: graft ablation)."
         ),
     ] = DemoSettings.connector,
@@ -73,7 +74,7 @@ def demo_cmd(
         typer.Option(
             help="Tokens per image cell of a projector: 2 (an object's colour word, then its shape word; "
             "the default with --alignment ground) or 1 (one token blending both: what Aya Vision's "
-            "export represents, so graft export-hf takes the model)."
+            "adapter represents, so the export needs no code of graft's)."
         ),
     ] = None,
     cell_margin: Annotated[
@@ -81,7 +82,7 @@ def demo_cmd(
         typer.Option(
             help="Rings of patches around its own that each image cell's projector input also reads, "
             "so an object crossing a cell's border is seen whole (default: 1 with two tokens per cell, "
-            "else 0; a margin does not export)."
+            "else 0; a margin exports only with graft's code, loaded with trust_remote_code)."
         ),
     ] = None,
     cell_markers: Annotated[
@@ -90,7 +91,7 @@ def demo_cmd(
             "--cell-markers/--no-cell-markers",
             help="Precede each image cell's tokens with two markers, its row's and its column's, set to the "
             "LLM's digits, so the LLM reads where an object is (default: with two tokens per cell, but not "
-            "on the tiny Llama; markers do not export).",
+            "on the tiny Llama; markers export only with graft's code, loaded with trust_remote_code).",
         ),
     ] = None,
     eval_limit: Annotated[

@@ -33,7 +33,8 @@ def compose_cmd(
         int,
         typer.Option(
             help="Rings of patches around each pixel_shuffle group that it also reads (overlapping "
-            "windows; 0, as transformers' pixel shuffle, is the only margin that exports)."
+            "windows; 0, as transformers' pixel shuffle, is the only margin that exports without "
+            "graft's code)."
         ),
     ] = 0,
     layer_norm: Annotated[
@@ -47,14 +48,15 @@ def compose_cmd(
         int,
         typer.Option(
             help="Tokens a projector writes per (reduced) patch group, one after another (1: as "
-            "LLaVA and Aya Vision, the only count that exports)."
+            "LLaVA and Aya Vision, the only count that exports without graft's code)."
         ),
     ] = 1,
     marker_grid: Annotated[
         int,
         typer.Option(
             help="Side of the pixel_shuffle grid of groups whose row and column two learned markers "
-            "say before each group's tokens (0: none, the only setting that exports)."
+            "say before each group's tokens (0: none, the only setting that exports without graft's "
+            "code)."
         ),
     ] = 0,
     template: Annotated[
@@ -162,8 +164,10 @@ def export_hf_cmd(
     ] = False,
 ) -> None:
     """Write a transformers checkpoint (config, weights, processor) that AutoModelForImageTextToText
-    loads: LlavaForConditionalGeneration (linear, mlp2x_gelu) or AyaVisionForConditionalGeneration
-    (swiglu with layer_norm, token reduction by pixel shuffle)."""
+    loads: LlavaForConditionalGeneration (linear, mlp2x_gelu), AyaVisionForConditionalGeneration
+    (swiglu with layer_norm, token reduction by pixel shuffle), or, for the demo's cell connectors
+    (several tokens per cell, a margin, markers), Aya Vision with graft's cell adapter as code the
+    folder carries: load that one with trust_remote_code=True."""
     from graft.export import export_hf
 
     check_out_folder(out, overwrite, "the transformers checkpoint")
@@ -173,8 +177,9 @@ def export_hf_cmd(
         fail(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     except (ValueError, OSError) as err:  # OSError: a model folder that is missing files
         fail(str(err))
-    architecture = json.loads((written / "config.json").read_text())["architectures"][0]
-    typer.echo(f"exported {model} -> {out} ({architecture})")
+    config = json.loads((written / "config.json").read_text())
+    remote = "; its code is in the folder: load it with trust_remote_code=True" * ("auto_map" in config)
+    typer.echo(f"exported {model} -> {out} ({config['architectures'][0]}{remote})")
 
 
 @app.command("snap")

@@ -8,11 +8,13 @@ token-reducing projector exports (``graft.export``). ``tokens_per_group=k`` has 
 write k tokens for each (reduced) patch group, one after another (k x d_llm outputs read as k
 tokens): a cell of the shapes world's grid then says its object's colour and its shape as two
 words, not one blend of both (``graft.world.grounding``). No transformers architecture writes
-several tokens per group, so such a model does not export. ``marker_grid=S`` has each group's tokens
+several tokens per group, so such a model exports with its code (``graft.remote``: Aya Vision with
+graft's cell adapter, loaded with ``trust_remote_code=True``). ``marker_grid=S`` has each group's tokens
 preceded by two learned tokens, its row's and its column's on the S x S grid of groups (row-major),
 as Idefics3's ``<row_r_col_c>`` text precedes each of its tiles: the LLM then reads where a cell is
 from what its tokens say, not from counting its place in the sequence (the grounding teaches them
-the LLM's digits, ``graft.world.grounding``). No transformers architecture has them either.
+the LLM's digits, ``graft.world.grounding``). No transformers architecture has them either; the
+two steps beyond Aya Vision's adapter live in ``graft.remote.cells``, which such an export carries.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.nn import functional as F
 from graft.connectors.base import Connector
 from graft.connectors.reduction import TokenReduction
 from graft.connectors.registry import register_connector
+from graft.remote.cells import cell_tokens
 
 
 class _Projector(Connector):
@@ -72,15 +75,9 @@ class _Projector(Connector):
     def tokens(self, groups: torch.Tensor) -> torch.Tensor:
         """The last layer's ``[N, G, k * d_llm]`` -> ``[N, G * k, d_llm]``: each group's k tokens in
         turn, after its row's and its column's marker where ``marker_grid`` asks."""
-        n, g = groups.shape[:2]
-        tokens = groups.reshape(n, g, self.tokens_per_group, self.text_hidden_size)
         if self.marker_grid:
-            self._check_grid(g)
-            side = self.marker_grid
-            rows, cols = self.markers.to(tokens.dtype).unbind(0)
-            where = torch.stack([rows.repeat_interleave(side, 0), cols.repeat(side, 1)], dim=1)
-            tokens = torch.cat([where.expand(n, -1, -1, -1), tokens], dim=2)
-        return tokens.reshape(n, -1, self.text_hidden_size)
+            self._check_grid(groups.shape[1])
+        return cell_tokens(groups, self.tokens_per_group, self.markers if self.marker_grid else None)
 
     def _check_grid(self, groups: int) -> None:
         side = self.marker_grid

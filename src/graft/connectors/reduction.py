@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from graft.remote.cells import pixel_shuffle
+
 REDUCTIONS = ("none", "pool", "pixel_shuffle")
 
 
@@ -57,13 +59,7 @@ class TokenReduction(nn.Module):
             return features
         n, p, d = features.shape
         side, k = self._side(p), self.factor
-        grid = features.reshape(n, side, side, d)
         if self.kind == "pool":
-            pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=k)
+            pooled = F.avg_pool2d(features.reshape(n, side, side, d).permute(0, 3, 1, 2), kernel_size=k)
             return pooled.flatten(2).transpose(1, 2)
-        if self.margin:  # overlapping windows: [n, d * (k + 2m)^2, (s/k)^2], channels first
-            window = F.unfold(grid.permute(0, 3, 1, 2), k + 2 * self.margin, padding=self.margin, stride=k)
-            return window.view(n, d, -1, window.shape[-1]).permute(0, 3, 2, 1).flatten(2)
-        # pixel shuffle: [n, s/k, k, s/k, k, d] -> [n, s/k, s/k, k, k, d] -> [n, (s/k)^2, k*k*d]
-        blocks = grid.reshape(n, side // k, k, side // k, k, d).permute(0, 1, 3, 2, 4, 5)
-        return blocks.reshape(n, (side // k) ** 2, k * k * d)
+        return pixel_shuffle(features, side, k, self.margin)

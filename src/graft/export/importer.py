@@ -1,5 +1,7 @@
 """A transformers checkpoint folder -> graft: LLaVA (llava-hf's published layout or the current
-one) or Aya Vision (what ``graft export-hf`` writes for a ``swiglu`` model, or a published one).
+one), Aya Vision (what ``graft export-hf`` writes for a ``swiglu`` model, or a published one) or
+what it writes for a cell connector (Aya Vision with graft's cell adapter, read by graft's own
+copy of the code the folder carries).
 
 transformers' own ``from_pretrained`` reads either key layout; the modules then move into a graft
 model (nothing big is copied) and the projector becomes a ``mlp2x_gelu`` or ``linear`` connector
@@ -19,7 +21,6 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AyaVisionConfig,
     AyaVisionForConditionalGeneration,
@@ -35,12 +36,23 @@ from graft.export.processor import chat_template_problem, template_of
 from graft.files import atomic_dir
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor, load_image_processor, load_tokenizer
+from graft.remote.modeling_graft_cells import (
+    CELL_FIELDS,
+    GraftCellsConfig,
+    GraftCellsForConditionalGeneration,
+    cell_field,
+)
 from graft.templates import DEFAULT_TEMPLATE, get_template
 
 logger = logging.getLogger(__name__)
 
-#: config.json's model_type -> the transformers class graft imports it through
-IMPORTABLE = {"llava": LlavaForConditionalGeneration, "aya_vision": AyaVisionForConditionalGeneration}
+#: config.json's model_type -> the transformers class graft imports it through (graft's own copy
+#: of the code a cell export carries, so no remote code runs)
+IMPORTABLE = {
+    "llava": LlavaForConditionalGeneration,
+    "aya_vision": AyaVisionForConditionalGeneration,
+    "graft_cells": GraftCellsForConditionalGeneration,
+}
 
 
 def _llava_spec(config: LlavaConfig, projector: nn.Module) -> dict[str, Any]:
@@ -68,10 +80,12 @@ def _connector_spec(config: LlavaConfig | AyaVisionConfig, projector: nn.Module)
         "name": "swiglu",
         "layer_norm": True,
         "layer_norm_eps": config.adapter_layer_norm_eps,
-        "intermediate_size": projector.alignment_intermediate_size,
+        "intermediate_size": projector.linear_1.out_features,
     }
     if config.downsample_factor > 1:
         spec.update(reduction="pixel_shuffle", reduction_factor=config.downsample_factor)
+    if isinstance(config, GraftCellsConfig):
+        spec.update({field: cell_field(config, field) for field in CELL_FIELDS})
     return spec
 
 
@@ -85,7 +99,11 @@ def _read_checkpoint(folder: Path, dtype: torch.dtype | None) -> PreTrainedModel
         raise NotADirectoryError(f"{folder} is a file, not a folder; {wanted}")
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: no config.json in this folder; {wanted}")
-    model_type = AutoConfig.from_pretrained(folder).model_type
+    # config.json itself, not AutoConfig: a cell export's config class is remote code
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ExportError(f"{folder / 'config.json'}: not a JSON object ({err})") from None
     if model_type not in IMPORTABLE:
         raise ExportError(
             f"{folder / 'config.json'}: model_type={model_type!r}; graft imports "
@@ -150,7 +168,7 @@ def import_from_hf(
     setattr(llm, llm.base_model_prefix, hf.model.language_model)
     llm.set_output_embeddings(hf.lm_head)
 
-    tokenizer = load_tokenizer(str(folder))
+    tokenizer = load_tokenizer(str(folder), config)
     image_token = _image_token(folder)
     token_id = tokenizer.convert_tokens_to_ids(image_token)
     if token_id != config.image_token_index:
@@ -174,6 +192,8 @@ def import_from_hf(
             if isinstance(ours, (nn.Linear, nn.LayerNorm)):
                 theirs = getattr(projector, "layernorm" if name == "layer_norm" else name)
                 ours.load_state_dict(theirs.state_dict())
+        if getattr(projector, "markers", None) is not None:
+            model.connector.markers.copy_(projector.markers)
     seq_length = getattr(config, "image_seq_length", model.config.image_seq_length)  # LLaVA's field
     if model.config.image_seq_length != seq_length:
         raise ExportError(

@@ -6,6 +6,9 @@
 - ``AyaVisionForConditionalGeneration``: the ``swiglu`` projector with ``layer_norm`` (pixel
   shuffle or none). Aya Vision takes any vision tower and LLM through the Auto classes, drops CLS
   as LLaVA does, and its pixel shuffle orders tokens and channels as graft's ``TokenReduction``.
+- ``GraftCellsForConditionalGeneration`` (``graft.remote.modeling_graft_cells``): the same with
+  what only the demo's cell connectors have (``CELL_FIELDS``), which no transformers architecture
+  represents: Aya Vision with graft's cell adapter, as remote code the folder carries.
 
 The conversion moves modules instead of copying state dicts (as ``backbones.compose`` does), so a
 7B model is never held twice; only the projector is new.
@@ -31,24 +34,25 @@ from transformers.models.aya_vision.modeling_aya_vision import AyaVisionMultiMod
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from graft.modeling import GraftForConditionalGeneration
+from graft.remote.modeling_graft_cells import (
+    CELL_FIELDS,
+    GraftCellsConfig,
+    GraftCellsForConditionalGeneration,
+    GraftCellsProjector,
+)
 
 #: graft connector name -> LLaVA ``projector_hidden_act``
 PROJECTOR_ACTS = {"mlp2x_gelu": "gelu", "linear": "linear"}
 LLAVA, AYA_VISION = "LlavaForConditionalGeneration", "AyaVisionForConditionalGeneration"
 
 
-#: what only the demo's cell connectors have: the field, the value a transformers projector
-#: implies, and why none has another
-CELL_ONLY = {
-    "tokens_per_group": (
-        1,
-        "transformers' projectors (LLaVA's, Aya Vision's) write one token per patch group",
-    ),
-    "reduction_margin": (
-        0,
-        "transformers' pixel shuffle (Aya Vision's) reads each patch group alone, not the patches around it",
-    ),
-    "marker_grid": (0, "transformers' projectors write no row and column markers before a group's tokens"),
+#: what only the demo's cell connectors have (``CELL_FIELDS``: each with the value that Aya
+#: Vision's adapter implies): a model with another exports as ``GRAFT_CELLS``, whose code the folder carries
+GRAFT_CELLS = "GraftCellsForConditionalGeneration"
+MODEL_CLASSES: dict[type, type[PreTrainedModel]] = {
+    LlavaConfig: LlavaForConditionalGeneration,
+    AyaVisionConfig: AyaVisionForConditionalGeneration,
+    GraftCellsConfig: GraftCellsForConditionalGeneration,
 }
 
 
@@ -64,12 +68,7 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
     head = model.language_model.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None:
         raise ExportError("language_model's output head: transformers' lm_head is a Linear without bias")
-    for field, (plain, why) in CELL_ONLY.items():
-        if spec.get(field, plain) != plain:
-            raise ExportError(
-                f"config.connector.{field}={spec[field]}: {why} (`graft demo --cell-tokens 1 "
-                "--perceive-steps 300 --stage2-kinds all` grafts and trains one that exports)"
-            )
+    cells = {field: spec[field] for field, plain in CELL_FIELDS.items() if spec.get(field, plain) != plain}
     if name == "swiglu":
         if not layer_norm:
             raise ExportError(
@@ -80,7 +79,13 @@ def export_architecture(model: GraftForConditionalGeneration) -> str:
             raise ExportError(
                 f"config.connector.reduction={reduction!r}: Aya Vision reduces tokens by pixel_shuffle only"
             )
-        return AYA_VISION
+        return GRAFT_CELLS if cells else AYA_VISION
+    if cells:
+        field, value = next(iter(cells.items()))
+        raise ExportError(
+            f"config.connector.{field}={value}: only the swiglu projector with layer_norm exports it "
+            "(as Aya Vision with graft's cell adapter)"
+        )
     if name == "lexical":
         raise ExportError(
             "config.connector.name='lexical': no transformers architecture has its word head; snap it "
@@ -129,8 +134,10 @@ def transformers_config(model: GraftForConditionalGeneration) -> PretrainedConfi
             multimodal_projector_bias=bool(spec.get("bias", True)),
         )
     else:
-        config = AyaVisionConfig(
+        cells = {field: spec.get(field, plain) for field, plain in CELL_FIELDS.items()}
+        config = (AyaVisionConfig if architecture == AYA_VISION else GraftCellsConfig)(
             **_shared_fields(model),
+            **({} if architecture == AYA_VISION else cells),
             image_token_index=model.config.image_token_id,
             downsample_factor=model.connector.reduction.factor,
             adapter_layer_norm_eps=model.connector.layer_norm.eps,
@@ -150,8 +157,13 @@ def _projector(model: GraftForConditionalGeneration, config: PretrainedConfig) -
     """transformers' projector holding the graft connector's weights (absent biases as zeros)."""
     connector = model.connector
     ref = connector.linear_1.weight
-    if isinstance(config, AyaVisionConfig):
-        projector: nn.Module = AyaVisionMultiModalProjector(config)
+    if isinstance(config, GraftCellsConfig):
+        projector: nn.Module = GraftCellsProjector(config)
+        projector.layernorm.load_state_dict(connector.layer_norm.state_dict())
+        if projector.markers is not None:
+            projector.markers.copy_(connector.markers)
+    elif isinstance(config, AyaVisionConfig):
+        projector = AyaVisionMultiModalProjector(config)
         projector.layernorm.load_state_dict(connector.layer_norm.state_dict())
     else:
         projector = LlavaMultiModalProjector(config)
@@ -175,9 +187,8 @@ def to_transformers(model: GraftForConditionalGeneration) -> PreTrainedModel:
     """The transformers model (``export_architecture``) that *shares* the graft model's backbone
     modules (nothing big is copied; the projector is new). Deep-copy it to train both independently."""
     config = transformers_config(model)
-    llava = isinstance(config, LlavaConfig)
     with init_empty_weights():
-        hf_model = (LlavaForConditionalGeneration if llava else AyaVisionForConditionalGeneration)(config)
+        hf_model = MODEL_CLASSES[type(config)](config)
     hf_model.model.vision_tower = model.vision_tower
     hf_model.model.language_model = model.language_model.base_model
     hf_model.lm_head = model.language_model.get_output_embeddings()

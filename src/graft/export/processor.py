@@ -6,8 +6,9 @@ square before the image processor. Both differences are moved into the exported 
 the chat template is checked against graft's renderer before it ships.
 
 The Aya Vision export ships a ``LlavaProcessor`` too, counting one placeholder per k x k patches
-of a k x k token reduction: graft's prompt is ``<image>`` expanded to the soft tokens, which is
-LLaVA's. Aya Vision's own processor tiles the image and frames it in tokens graft never trained on.
+of a k x k token reduction (and a cell connector's further tokens per group as LLaVA's
+``num_additional_image_tokens``): graft's prompt is ``<image>`` expanded to the soft tokens, which
+is LLaVA's. Aya Vision's own processor tiles the image and frames it in tokens graft never trained on.
 """
 
 from __future__ import annotations
@@ -143,12 +144,14 @@ def llava_processor(model: GraftForConditionalGeneration, processor: GraftProces
         )
     vision = model.vision_tower.config
     grid = (vision.image_size // vision.patch_size) ** 2
-    # tokens the tower emits beyond the patch grid (CLS and the like)
     dropped = 1 if model.config.vision_feature_select_strategy == "default" else 0
-    extra = model.num_patches + dropped - grid
     # one placeholder per k x k patches where the connector reduces tokens k x k
     patch_size = vision.patch_size * model.connector.reduction.factor
-    counted = (vision.image_size // patch_size) ** 2 + extra - dropped
+    groups = (vision.image_size // patch_size) ** 2
+    # tokens beyond one per group: the tower's beyond its patch grid (CLS and the like), and a
+    # cell connector's beyond one per group (its second token, its markers)
+    extra = model.num_patches + dropped - grid + model.connector.num_tokens(grid) - groups
+    counted = groups + extra - dropped
     if counted != model.config.image_seq_length:
         raise ExportError(
             f"LlavaProcessor would count {counted} placeholders per image, the model makes "

@@ -1,4 +1,5 @@
-"""Write a graft model as a transformers folder (LLaVA or Aya Vision), atomically."""
+"""Write a graft model as a transformers folder (LLaVA, Aya Vision, or Aya Vision with graft's
+cell adapter as remote code), atomically."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from graft.files import atomic_dir
 from graft.inference import load_model_folder
 from graft.modeling import GraftForConditionalGeneration
 from graft.processing import GraftProcessor
+from graft.remote.modeling_graft_cells import GraftCellsForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +37,15 @@ def _convert(
 
 
 def _save(hf_model: PreTrainedModel, llava_proc: LlavaProcessor, folder: Path, out_dir: Path) -> None:
+    remote = isinstance(hf_model, GraftCellsForConditionalGeneration)
+    if remote:  # the folder carries the code (modeling_graft_cells.py, cells.py), config.json its auto_map
+        type(hf_model.config).register_for_auto_class()
+        type(hf_model).register_for_auto_class("AutoModelForImageTextToText")
     # the module's own key names (model.vision_tower.*, ...), not the legacy llava-hf ones
     hf_model.save_pretrained(folder, save_original_format=False)
     llava_proc.save_pretrained(folder)
-    logger.info("exported %s checkpoint to %s", type(hf_model).__name__, out_dir)
+    how = " (its code in the folder: load it with trust_remote_code=True)" if remote else ""
+    logger.info("exported %s checkpoint to %s%s", type(hf_model).__name__, out_dir, how)
 
 
 def export_to_transformers(
@@ -49,8 +56,9 @@ def export_to_transformers(
 ) -> Path:
     """Write ``model`` + ``processor`` as a transformers folder that ``AutoModelForImageTextToText``
     and ``AutoProcessor`` load (config, safetensors weights, ``LlavaProcessor``, generation
-    config): ``LlavaForConditionalGeneration`` or ``AyaVisionForConditionalGeneration``
-    (``export_architecture``). Raises ``ExportError`` (a ValueError) naming the field neither
+    config): ``LlavaForConditionalGeneration``, ``AyaVisionForConditionalGeneration``, or
+    ``GraftCellsForConditionalGeneration`` whose code the folder carries (``trust_remote_code=True``;
+    ``export_architecture``). Raises ``ExportError`` (a ValueError) naming the field neither
     represents, and ``FileExistsError`` for a non-empty ``out_dir`` unless ``overwrite``."""
     hf_model, llava_proc = _convert(model, processor)
     with atomic_dir(out_dir, overwrite) as tmp:

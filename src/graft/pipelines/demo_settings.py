@@ -107,13 +107,14 @@ class DemoSettings:
         return 2 if check_alignment(self.connector, self.alignment) == "ground" else 1
 
     def two_token_cells(self) -> bool:
-        """Whether the cells are two tokens each by pixel shuffle: such a model does not export
-        anyway, so the margin and the markers, which no export has either, are its defaults."""
+        """Whether the cells are two tokens each by pixel shuffle: such a model exports only with
+        graft's code (``graft.remote``) anyway, so the margin and the markers, which need the same,
+        are its defaults."""
         return self.tokens_per_cell() == 2 and (self.reduction or "pixel_shuffle") == "pixel_shuffle"
 
     def cell_margin_or_default(self) -> int:
         """``cell_margin``, or its default: 1 for two tokens per cell by pixel shuffle
-        (``two_token_cells``), else 0 (Aya Vision's export has no margin)."""
+        (``two_token_cells``), else 0 (Aya Vision's adapter has no margin)."""
         return self.cell_margin if self.cell_margin is not None else int(self.two_token_cells())
 
     def cell_markers_or_default(self) -> bool:
