@@ -121,15 +121,26 @@ def test_export_names_the_field_no_architecture_represents(tmp_path, connector, 
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_export_hf_names_the_architecture(tmp_path):
-    model, processor = _tiny()
+@pytest.mark.parametrize(
+    "connector,says",
+    [
+        (SWIGLU, "(AyaVisionForConditionalGeneration)"),
+        (  # the demo's cells: Aya Vision with graft's cell adapter, its code in the folder
+            dict(SWIGLU, tokens_per_group=2, marker_grid=2),
+            "(GraftCellsForConditionalGeneration; its code is in the folder: load it with "
+            "trust_remote_code=True)",
+        ),
+    ],
+)
+def test_cli_export_hf_names_the_architecture(tmp_path, connector, says):
+    model, processor = _tiny(connector)
     model.save_pretrained(tmp_path / "graft")
     processor.save_pretrained(tmp_path / "graft")
     result = CliRunner().invoke(
         app, ["export-hf", "--model", str(tmp_path / "graft"), "--out", str(tmp_path / "aya")]
     )
     assert result.exit_code == 0, result.output
-    assert "(AyaVisionForConditionalGeneration)" in result.output
+    assert says in " ".join(result.output.split())
 
 
 # --- import ---------------------------------------------------------------------------------------

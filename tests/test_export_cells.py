@@ -8,9 +8,7 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor
-from typer.testing import CliRunner
 
-from graft.cli import app
 from graft.export import export_architecture, export_to_transformers, import_from_hf
 from graft.modeling import GraftForConditionalGeneration
 from graft.templates import Message
@@ -141,15 +139,3 @@ def test_cell_export_imports_back_as_the_same_graft_model(tmp_path, capsys):
     assert (_graft_logits(model, ours) - _graft_logits(back, ours)).abs().max().item() <= TOL
     again = GraftForConditionalGeneration.from_pretrained(tmp_path / "graft").eval()
     assert (_graft_logits(model, ours) - _graft_logits(again, ours)).abs().max().item() <= TOL
-
-
-def test_cli_export_hf_says_the_cell_export_needs_trust_remote_code(tmp_path):
-    model, processor = _tiny()
-    model.save_pretrained(tmp_path / "graft")
-    processor.save_pretrained(tmp_path / "graft")
-    result = CliRunner().invoke(
-        app, ["export-hf", "--model", str(tmp_path / "graft"), "--out", str(tmp_path / "hf")]
-    )
-    assert result.exit_code == 0, result.output
-    assert "(GraftCellsForConditionalGeneration; " in result.output
-    assert "trust_remote_code=True" in result.output
