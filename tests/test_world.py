@@ -14,9 +14,20 @@ import pytest
 
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
-from graft.world.instructions import YES_SHARE
+from graft.world.instructions import LLAVA_SHARE, YES_SHARE
 from graft.world.pretrain import PACKAGED_VISION
-from graft.world.questions import LETTERS, MARGIN, MCQ_SUFFIX, SHORT_SUFFIX, mcq, refer, relation, yesno
+from graft.world.questions import (
+    LETTERS,
+    MARGIN,
+    MCQ_SUFFIX,
+    NAMED_SUFFIX,
+    SEEN_SUFFIX,
+    SHORT_SUFFIX,
+    mcq,
+    refer,
+    relation,
+    yesno,
+)
 from graft.world.scene import BACKGROUND, Obj, Scene
 
 N = 60
@@ -187,11 +198,12 @@ def test_multi_image_records_are_true(world):
 def test_eval_formats_and_balance(world):
     binary = _read_jsonl(world / "eval" / "binary.jsonl")
     assert Counter(r["answer"] for r in binary) == {"Yes": len(binary) // 2, "No": len(binary) // 2}
-    assert all(r["question"].endswith(SHORT_SUFFIX) for r in binary)
+    # held out, the questions ask for the world's own replies, as most stage-2 turns do
+    assert all(r["question"].endswith(SEEN_SUFFIX) for r in binary)
     assert SHORT_SUFFIX == "\nAnswer the question using a single word or phrase."
+    assert MCQ_SUFFIX == "\nAnswer with the option's letter from the given choices directly."
     for r in _read_jsonl(world / "eval" / "mcq.jsonl"):
-        assert r["question"].endswith(MCQ_SUFFIX)
-        assert MCQ_SUFFIX == "\nAnswer with the option's letter from the given choices directly."
+        assert r["question"].endswith(NAMED_SUFFIX)
         assert r["answer"] in LETTERS and len(r["choices"]) == 4 == len(set(r["choices"]))
         for letter, choice in zip(LETTERS, r["choices"], strict=True):
             assert f"\n{letter}. {choice}\n" in r["question"]
@@ -206,6 +218,31 @@ def test_eval_formats_and_balance(world):
     )
     assert set(yn) == {"yes", "no"} and sum(yn.values()) > 50
     assert abs(yn["yes"] / sum(yn.values()) - YES_SHARE) < 0.1
+
+
+def test_a_share_of_question_turns_is_asked_and_answered_as_llava_asks(world):
+    """Asked with LLaVA's instructions a turn answers as benchmarks' rules read it ("No"; "red.
+    The answer is B."); asked with the world's own, it names what decides the answer first
+    ("circle, so no", "red (B)")."""
+    turns = Counter()
+    for r in json.loads((world / "stage2.json").read_text()):
+        if r["qtype"] != "questions":
+            continue
+        for human, gpt in zip(r["conversations"][::2], r["conversations"][1::2], strict=True):
+            q, a = human["value"], gpt["value"]
+            if q.endswith(SEEN_SUFFIX):
+                assert re.fullmatch(r"[a-z0-9 ,:]+, so (yes|no)", a), a
+            elif q.endswith(NAMED_SUFFIX):
+                assert re.fullmatch(r"[a-z0-9 ]+ \([ABCD]\)", a), a
+            elif q.endswith(MCQ_SUFFIX):
+                m = re.fullmatch(r"([a-z0-9 ]+)\. The answer is ([ABCD])\.", a)
+                assert m and f"\n{m[2]}. {m[1]}\n" in q, a
+            elif a in ("Yes", "No"):
+                assert q.endswith(SHORT_SUFFIX)
+            else:  # a short answer, asked as LLaVA asks already
+                continue
+            turns[q.endswith((SHORT_SUFFIX, MCQ_SUFFIX))] += 1
+    assert turns[True] and turns[False] and abs(turns[True] / sum(turns.values()) - LLAVA_SHARE) < 0.1
 
 
 def _resolve(scene: Scene, ref: str):
@@ -397,7 +434,7 @@ def test_image_twin_records_keep_the_image_and_the_question(world):
         human, gpt = twin["conversations"]
         assert twin["image"] == source["image"] and re.fullmatch(r"[a-z ,:]+, so (yes|no)", gpt["value"])
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
-        assert "Context:" not in human["value"] and human["value"].endswith(SHORT_SUFFIX)
+        assert "Context:" not in human["value"] and human["value"].endswith(SEEN_SUFFIX)
     with pytest.raises(ValueError, match="with_image needs a family"):
         text_question_records(world, with_image=True)
 
@@ -451,7 +488,7 @@ def test_letter_presence_questions_have_one_present_value_among_four(world):
     for row in rows:
         have = {o.color for o in scenes[row["image"]].objects}
         assert row["question"].startswith("Which of these colors is in the image?\nA. ")
-        assert row["question"].endswith(MCQ_SUFFIX) and len(row["choices"]) == 4
+        assert row["question"].endswith(NAMED_SUFFIX) and len(row["choices"]) == 4
         assert [c in have for c in row["choices"]].count(True) == 1
         assert row["choices"][LETTERS.index(row["answer"])] in have and row["id"].endswith("-pc")
     # letters spread over the four positions; scenes with three or more colours get no question

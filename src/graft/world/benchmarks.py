@@ -44,7 +44,7 @@ from .bench_demon import write_demon
 from .bench_files import jsonl, place_image
 from .describe import boxes, detailed_description
 from .instructions import DETAIL_PROMPTS, conversation, reasoning
-from .questions import SHORT_SUFFIX, yesno
+from .questions import SEEN_SUFFIX, yesno
 from .scene import COLORS, SHAPES, Scene
 
 BENCH_VERSION = "bench-3"  # 2: runs {task, path}; binary, mmbench, scienceqa, 2 DEMON tasks
@@ -87,7 +87,7 @@ def _coco(world: Path, rows: list[dict], out: Path) -> Path:
 
 def _mme_question(qa_text: str) -> str:
     # MME's own wording: the question, then "Please answer yes or no."
-    return qa_text.removesuffix(SHORT_SUFFIX) + MME_SUFFIX
+    return qa_text.removesuffix(SEEN_SUFFIX) + MME_SUFFIX
 
 
 def _mme(world: Path, rows: list[dict], out: Path, seed: int) -> tuple[Path, dict[str, int]]:

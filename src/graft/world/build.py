@@ -34,7 +34,8 @@ from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 # a train image, "closest to the edge" by the shape's edge, alike objects told apart in differences;
 # 6: a count yes/no reply lists the objects counted before their number ("red circle and blue circle: two");
 # 7: those lists, and a presence or existence reply's, joined by commas alone ("red circle, blue circle: two")
-WORLD_VERSION = "shapes-7"
+# 8: the world's own replies asked for by their own instructions, a share of stage-2 turns as LLaVA asks
+WORLD_VERSION = "shapes-8"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3
 #: the smallest image side at which the smallest object's box is over a pixel wide (the renderer
@@ -183,6 +184,7 @@ def build_world(
     pix_sum = np.zeros(3)
     pix_sq = np.zeros(3)
     n_train_pix = 0
+    llava_rng = random.Random(f"llava-{seed}")  # which question turns are asked as LLaVA asks
     for i in tqdm(range(num_images), desc="render shapes world", unit="img"):
         split, iid = split_of[i], f"{i:06d}"
         rng, scene = _draw(seed, i, args, None if split == "train" else taken)
@@ -212,7 +214,8 @@ def build_world(
             # stage 1 aligns on the caption that names every object's size, colour, shape and place
             stage1.append(stage1_record(iid, rel, caps[1], rng))
             stage2.append(rich_record(f"{iid}-r", rel, scene, rng))
-            stage2.append(qa_record(f"{iid}-q", rel, single_questions(scene, rng, args.questions_per_image)))
+            questions = single_questions(scene, rng, args.questions_per_image, llava_rng)
+            stage2.append(qa_record(f"{iid}-q", rel, questions))
             docs.extend(corpus_docs(scene, caps, rng, args.corpus_qa_per_image))
         elif split == "test":
             for j, qa in enumerate(_binary_pair(scene, rng)):

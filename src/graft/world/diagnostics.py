@@ -52,7 +52,7 @@ from .bench_demon import WHICH_IMAGE
 from .describe import captions, context_text
 from .grounding import CELLS, cell_markers, cell_names, grounding_targets, tokens_per_cell
 from .instructions import BRIEF_PROMPTS
-from .questions import MCQ_SUFFIX, READING_ROWS, SHORT_SUFFIX, presence, presence_choice, reply
+from .questions import NAMED_SUFFIX, READING_ROWS, SEEN_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -164,11 +164,12 @@ ANSWER_TOKENS = 16
 
 
 def question_family(question: str, answer: str) -> str | None:
-    """``binary`` (a yes/no question: its reply ends in a verdict, "square, so no"), ``mcq`` (a
-    letter answer) or None for other turns."""
-    if question.endswith(MCQ_SUFFIX):
+    """``binary`` (a yes/no question asked for the world's own reply, which ends in a verdict:
+    "square, so no"), ``mcq`` (asked for the option's text and letter) or None for other turns,
+    those asked as LLaVA asks (``QA.as_llava``) included: the held-out questions' formats."""
+    if question.endswith(NAMED_SUFFIX):
         return "mcq"
-    if question.endswith(SHORT_SUFFIX) and parse_yesno(answer) in ("yes", "no"):
+    if question.endswith(SEEN_SUFFIX) and parse_yesno(answer) in ("yes", "no"):
         return "binary"
     return None
 

@@ -224,11 +224,19 @@ def caption_record(rid: str, image: str, caption: str) -> dict:
 # the time, copying pays less than looking: binary shape 0.818 (docs/demo-history.md). The
 # verdict itself follows from the named value, so the share sets no prior on it.
 YES_SHARE = 1 / 3
+# A share of the yes/no and multiple-choice turns is asked with LLaVA's instructions
+# (``SHORT_ANSWER``, ``MC_ANSWER``) and answered as benchmarks' rules read an answer ("No"; "red.
+# The answer is B."), the rest for the world's own replies (``QA.as_llava``,
+# ``questions.SEEN_SUFFIX``): asked as a benchmark asks, the model answers in a form its rule reads.
+LLAVA_SHARE = 1 / 4
 
 
-def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
+def single_questions(
+    scene: Scene, rng: random.Random, k: int, llava: random.Random | None = None
+) -> list[QA]:
     """k questions: half yes/no (answered yes with odds ``YES_SHARE``), a quarter MCQ, a quarter
-    short."""
+    short; with ``llava`` (its own generator, so ``rng`` draws as without it) each is asked as
+    LLaVA asks with odds ``LLAVA_SHARE``."""
     out = []
     for _ in range(k):
         u = rng.random()
@@ -238,6 +246,8 @@ def single_questions(scene: Scene, rng: random.Random, k: int) -> list[QA]:
             out.append(sample_qa(scene, rng, "mcq"))
         else:
             out.append(sample_qa(scene, rng, "short"))
+    if llava is not None:
+        out = [qa.as_llava() if llava.random() < LLAVA_SHARE else qa for qa in out]
     return out
 
 

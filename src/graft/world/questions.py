@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from graft.prompts import MC_ANSWER, SHORT_ANSWER
 
@@ -18,6 +18,12 @@ from .scene import COLORS, SHAPES, Obj, Scene
 
 SHORT_SUFFIX = "\n" + SHORT_ANSWER
 MCQ_SUFFIX = "\n" + MC_ANSWER
+#: what the world's own replies are asked with: a yes/no reply names what decides the answer
+#: before it ("circle, so no"), a multiple-choice reply the option's text before its letter
+#: ("red (B)"). LLaVA's instructions above are what benchmarks ask with, and a share of stage-2
+#: turns answers them as benchmarks' rules read an answer (``QA.as_llava``)
+SEEN_SUFFIX = "\nSay what decides it, then answer yes or no."
+NAMED_SUFFIX = "\nAnswer with the option's text, then its letter."
 LETTERS = "ABCD"
 #: bands of the reading order in which a presence reply lists the objects: the demo's image
 #: tokens come row by row from a 4x4 grid over the image (``graft.world.grounding``)
@@ -52,11 +58,28 @@ class QA:
     hard: bool = False  # a yes/no negative built from attributes present in the image
     axis: str | None = None  # position questions: the axis ("x" or "y") the answer depends on
     seen: str | None = None  # yes/no: what the image shows that decides the answer ("circle")
+    llava: bool = False  # asked with LLaVA's instructions (``as_llava``)
 
     @property
     def reply(self) -> str:
-        """The training target (``reply``): the answer, led by what decides it."""
-        return reply(self.answer, self.choices, self.seen)
+        """The training target: the answer led by what decides it (``reply``), or as ``as_llava``."""
+        if not self.llava:
+            return reply(self.answer, self.choices, self.seen)
+        if self.choices:  # ScienceQA's answer sentence after the option's text
+            return f"{self.choices[LETTERS.index(self.answer)]}. The answer is {self.answer}."
+        return self.answer
+
+    def as_llava(self) -> QA:
+        """The question asked with LLaVA's instructions (``SHORT_ANSWER``, ``MC_ANSWER``), as
+        benchmarks ask, and answered as their rules read an answer: yes/no alone ("No": MME reads
+        the first word), multiple choice with the option's text and then ScienceQA's answer
+        sentence ("red. The answer is B.": LLaVA's ScienceQA rule reads the sentence, MMBench's
+        the one letter; a bare letter, SmolLM2-135M answers at chance). A short-answer question
+        is asked so already."""
+        for own, plain in ((SEEN_SUFFIX, SHORT_SUFFIX), (NAMED_SUFFIX, MCQ_SUFFIX)):
+            if self.question.endswith(own):
+                return replace(self, question=self.question.removesuffix(own) + plain, llava=True)
+        return self
 
 
 def plural(shape: str) -> str:
@@ -191,11 +214,11 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
         hard = not answer
         q = f"Is the {ra} {REL_PHRASE[rel if answer else OPPOSITE[rel]]} the {rb}?"
         return QA(
-            q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, axis=AXIS[rel], seen=rel
+            q + SEEN_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, axis=AXIS[rel], seen=rel
         )
     else:
         raise ValueError(qtype)
-    return QA(q + SHORT_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, seen=seen)
+    return QA(q + SEEN_SUFFIX, "Yes" if answer else "No", qtype, "yesno", hard=hard, seen=seen)
 
 
 def _attribute_pool(attribute: str) -> list[str]:
@@ -240,7 +263,7 @@ def presence(scene: Scene, rng: random.Random, answer: bool, attribute: str) -> 
     )
     verdict = "Yes" if answer else "No"
     seen = listing([o.category for o in reading_order(scene)])
-    return QA(q + SHORT_SUFFIX, verdict, "existence", "yesno", seen=seen)
+    return QA(q + SEEN_SUFFIX, verdict, "existence", "yesno", seen=seen)
 
 
 def presence_choice(scene: Scene, rng: random.Random, attribute: str) -> QA | None:
@@ -264,7 +287,7 @@ def _mcq(rng: random.Random, stem: str, correct: str, distractors: list[str], qt
     pos = rng.randrange(4)  # uniform answer position
     options.insert(pos, correct)
     body = "\n".join(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))
-    return QA(f"{stem}\n{body}{MCQ_SUFFIX}", LETTERS[pos], qtype, "mcq", choices=options)
+    return QA(f"{stem}\n{body}{NAMED_SUFFIX}", LETTERS[pos], qtype, "mcq", choices=options)
 
 
 def mcq(scene: Scene, rng: random.Random, qtype: str) -> QA | None:
