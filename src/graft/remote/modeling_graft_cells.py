@@ -9,6 +9,8 @@ loads the folder with ``trust_remote_code=True``. Imports torch and transformers
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -49,13 +51,15 @@ class GraftCellsProjector(nn.Module):
         self.markers = nn.Parameter(torch.zeros(2, marker_grid, d_llm)) if marker_grid else None
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        side = int(image_features.shape[1] ** 0.5)
+        side = math.isqrt(image_features.shape[1])
         groups = self.layernorm(pixel_shuffle(image_features, side, self.factor, self.margin))
         value, gate = self.linear_1(groups).chunk(2, dim=-1)
         return cell_tokens(self.linear_2(F.silu(gate) * value), self.tokens_per_group, self.markers)
 
 
 class GraftCellsForConditionalGeneration(AyaVisionForConditionalGeneration):
+    """``AyaVisionForConditionalGeneration`` whose adapter is ``GraftCellsProjector``."""
+
     config_class = GraftCellsConfig
 
     def __init__(self, config: GraftCellsConfig) -> None:
