@@ -14,7 +14,7 @@ import pytest
 
 from graft.world import build_world, sample_scene
 from graft.world.describe import captions
-from graft.world.instructions import LLAVA_SHARE, YES_SHARE
+from graft.world.instructions import LLAVA_SHARE, LLAVA_YES_SHARE, YES_SHARE
 from graft.world.pretrain import PACKAGED_VISION
 from graft.world.questions import (
     LETTERS,
@@ -224,7 +224,7 @@ def test_a_share_of_question_turns_is_asked_and_answered_as_llava_asks(world):
     """Asked with LLaVA's instructions a turn answers as benchmarks' rules read it ("No"; "red.
     The answer is B."); asked with the world's own, it names what decides the answer first
     ("circle, so no", "red (B)")."""
-    turns = Counter()
+    turns, bare = Counter(), Counter()
     for r in json.loads((world / "stage2.json").read_text()):
         if r["qtype"] != "questions":
             continue
@@ -239,10 +239,13 @@ def test_a_share_of_question_turns_is_asked_and_answered_as_llava_asks(world):
                 assert m and f"\n{m[2]}. {m[1]}\n" in q, a
             elif a in ("Yes", "No"):
                 assert q.endswith(SHORT_SUFFIX)
+                bare[a] += 1
             else:  # a short answer, asked as LLaVA asks already
                 continue
             turns[q.endswith((SHORT_SUFFIX, MCQ_SUFFIX))] += 1
     assert turns[True] and turns[False] and abs(turns[True] / sum(turns.values()) - LLAVA_SHARE) < 0.1
+    # a bare verdict follows from nothing named before it: yes as often as a benchmark's answer is
+    assert sum(bare.values()) > 20 and abs(bare["Yes"] / sum(bare.values()) - LLAVA_YES_SHARE) < 0.15
 
 
 def _resolve(scene: Scene, ref: str):
