@@ -23,6 +23,7 @@ from graft.world.questions import (
     NAMED_SUFFIX,
     SEEN_SUFFIX,
     SHORT_SUFFIX,
+    cell_of,
     mcq,
     refer,
     relation,
@@ -342,9 +343,15 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
                 assert qa.seen == (f"{qa.seen.split(': ')[0]}: {number_word(n)}" if n else "none")
                 assert len(qa.seen.split(": ")[0].replace(" and ", ", ").split(", ")) == max(n, 1)
-            else:
-                a, b = [o for o in scene.objects if f" {refer(scene, o)} " in f" {stem} "][:2]
-                assert qa.seen in {relation(a, b), relation(b, a)}
+            else:  # the subject's and the reference's rows or columns, then where the subject is
+                named = sorted((f" {stem} ".find(f" {refer(scene, o)} "), id(o), o) for o in scene.objects)
+                a, b = [o for at, _, o in named if at >= 0][:2]
+                rel = relation(a, b)
+                (ra, ca), (rb, cb) = cell_of(a), cell_of(b)
+                cells = {"above": (ra, rb), "below": (rb, ra), "left": (ca, cb), "right": (cb, ca)}[rel]
+                assert cells[0] < cells[1]  # the cells named decide the relation
+                axis = f"row {ra}, row {rb}" if rel in ("above", "below") else f"column {ca}, column {cb}"
+                assert qa.seen == f"{axis}: {rel}"
     assert all(asked[fam] > 50 for fam in ("existence", "color", "shape", "count", "position"))
 
 
@@ -375,8 +382,11 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
     }
 
     def answers(family: str, question: str, value: str) -> bool:
-        if family == "binary":  # what decides it, then the verdict: "square, so no", "red circle: one, so no"
-            return re.fullmatch(r"[a-z ,:]+, so (yes|no)", value) is not None
+        if (
+            family == "binary"
+        ):  # what decides it, then the verdict: "square, so no", "red circle: one, so no",
+            # "row 3, row 1: below, so no"
+            return re.fullmatch(r"[a-z0-9 ,:]+, so (yes|no)", value) is not None
         # the option's text, then its letter: "red circle (B)", the option the question lists as B
         m = re.fullmatch(r"(.+) \(([ABCD])\)", value)
         return m is not None and f"\n{m[2]}. {m[1]}\n" in question
@@ -435,7 +445,7 @@ def test_image_twin_records_keep_the_image_and_the_question(world):
     for twin in twins:
         source = sources[twin["id"].rsplit("-", 1)[0]]
         human, gpt = twin["conversations"]
-        assert twin["image"] == source["image"] and re.fullmatch(r"[a-z ,:]+, so (yes|no)", gpt["value"])
+        assert twin["image"] == source["image"] and re.fullmatch(r"[a-z0-9 ,:]+, so (yes|no)", gpt["value"])
         assert human["value"].startswith("<image>\n") and human["value"].count("<image>") == 1
         assert "Context:" not in human["value"] and human["value"].endswith(SEEN_SUFFIX)
     with pytest.raises(ValueError, match="with_image needs a family"):
