@@ -36,7 +36,7 @@ from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 # 7: those lists, and a presence or existence reply's, joined by commas alone ("red circle, blue circle: two")
 # 8: the world's own replies asked for by their own instructions, a share of stage-2 turns as LLaVA asks
 # 9: a yes/no turn asked as LLaVA asks answered yes half the time (a bare verdict's share is a prior)
-# 10: a position reply names the two objects' cells, as the image tokens' markers say them, first
+# 10: a position yes/no reply names the two objects' rows or columns first, as the image tokens' markers do
 WORLD_VERSION = "shapes-10"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3
