@@ -44,6 +44,7 @@ from graft.eval.metrics.demon import score_sample
 from graft.eval.readers.base import IMAGE_MARKER
 from graft.eval.readers.demon import read_demon
 from graft.eval.readers.questions import read_questions
+from graft.eval.tasks import get_task
 from graft.generate import generate_answers
 from graft.processing import load_image
 from graft.templates import Message
@@ -159,8 +160,8 @@ def with_context(scene: Scene, question: str, layout: str = "context") -> str:
 
 #: the held-out question families (``eval/{family}.jsonl``)
 QUESTION_FAMILIES = ("binary", "mcq")
-#: answer length of the bounds, as the evaluation's question task (``task_files/questions.yaml``)
-ANSWER_TOKENS = 16
+#: answer length of the bounds: the evaluation's question task's (``task_files/questions.yaml``)
+ANSWER_TOKENS: int = get_task("questions").generation["max_new_tokens"]
 
 
 def question_family(question: str, answer: str) -> str | None:

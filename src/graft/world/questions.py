@@ -247,9 +247,9 @@ def _attribute_pool(attribute: str) -> list[str]:
 
 
 def reading_order(scene: Scene) -> list[Obj]:
-    """The scene's objects row by row (``READING_ROWS`` bands of the image, by centre), left to
+    """The scene's objects row by row (the ``GRID`` rows of cells, by centre: ``cell_of``), left to
     right within a row: the order of the image tokens that show them."""
-    return sorted(scene.objects, key=lambda o: (min(int(o.y * READING_ROWS), READING_ROWS - 1), o.x))
+    return sorted(scene.objects, key=lambda o: (cell_of(o)[0], o.x))
 
 
 def listing(items: list[str]) -> str:
