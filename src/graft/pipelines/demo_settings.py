@@ -73,7 +73,7 @@ class DemoSettings:
     frozen_llm: bool = False
     #: points of the learning curve: held-out accuracy (with images and blind) at this many
     #: evenly spaced steps of stage 2 besides step 0, on ``curve_limit`` questions per family (also
-    #: the text upper bound's; 50, not 100, keeps `make demo` with 120 stage-2 steps within 20 min)
+    #: the text upper bound's; 50, not 100, keeps `make demo` with its stage-2 steps within 20 min)
     curve_points: int = 2
     curve_limit: int | None = 50
     #: answer every task of the world's benchmark suite (``graft eval --bench``)
