@@ -47,7 +47,7 @@ def ablation_cmd(
     ] = "packaged",
     llm_steps: Annotated[int | None, typer.Option(help="Tiny Llama pretraining steps, if not built.")] = None,
     stage1_steps: Annotated[int, typer.Option(help="The base's stage-1 steps (half the demo's 100).")] = 50,
-    stage2_steps: Annotated[int, typer.Option(help="The base's stage-2 steps (the demo's: 150).")] = 40,
+    stage2_steps: Annotated[int, typer.Option(help="The base's stage-2 steps (fewer than the demo's).")] = 40,
 ) -> None:
     """Q-Former base vs + VPG-C on captions vs + VPG-C with synthetic pairs; prints the table."""
     from graft.world.build import world_size_problem

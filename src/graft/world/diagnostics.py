@@ -53,7 +53,7 @@ from .bench_demon import WHICH_IMAGE
 from .describe import captions, context_text
 from .grounding import CELLS, cell_markers, cell_names, grounding_targets, tokens_per_cell
 from .instructions import BRIEF_PROMPTS
-from .questions import NAMED_SUFFIX, READING_ROWS, SEEN_SUFFIX, presence, presence_choice, reply
+from .questions import GRID, NAMED_SUFFIX, SEEN_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
 
 _MENTION = re.compile(rf"\b({'|'.join(COLORS)}) (?:(?:small|large) )?({'|'.join(SHAPES)})s?\b")
@@ -150,8 +150,8 @@ def with_context(scene: Scene, question: str, layout: str = "context") -> str:
     size, colour, shape and place; ``grid``, the grounding's 4x4 cells in words ("background" or
     "red circle"), cells joined by commas and rows by lines, the text twin of the image tokens."""
     if layout == "grid":
-        names = cell_names(scene, READING_ROWS)
-        rows = [", ".join(names[r : r + READING_ROWS]) for r in range(0, len(names), READING_ROWS)]
+        names = cell_names(scene, GRID)
+        rows = [", ".join(names[r : r + GRID]) for r in range(0, len(names), GRID)]
         return "Image:\n" + "\n".join(rows) + f"\n{question}"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")

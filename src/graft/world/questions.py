@@ -28,8 +28,6 @@ LETTERS = "ABCD"
 #: the side of the demo's grid of image cells (``graft.world.grounding``): its tokens come row by
 #: row, each cell's after its row's and its column's markers, the digits 1 to ``GRID``
 GRID = 4
-#: bands of the reading order in which a presence reply lists the objects: the image tokens' rows
-READING_ROWS = GRID
 
 
 def reply(answer: str, choices: list[str] | None = None, seen: str | None = None) -> str:
