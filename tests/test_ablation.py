@@ -14,7 +14,7 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # relative folders, as the README's `graft ablation` after `make demo`
     args = ["-q", "ablation", "--out", "ablation", "--demo", "demo", "--images", "60"]
     args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2 --train-pairs 12 --test-pairs 6".split()
-    args += "--vpgc-steps 2 --stage1-steps 2 --stage2-steps 2 --eval-limit 6 --mix 3:1".split()
+    args += "--vpgc-steps 2 --stage1-steps 2 --stage2-steps 2 --eval-limit 6 --mix 3:1:1".split()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (demo / "world" / "world.json").exists() and (demo / "backbones" / "llm").is_dir()
@@ -28,9 +28,16 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     pairs = [json.loads(line) for line in (out / "pairs" / "train" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["edit"]["selection"] == "attention" for p in pairs)
     assert (demo / "world" / pairs[0]["images"][1]).exists()  # paths relative to the world
+    # the pairs row's third source: which of a pair's two images shows what the edit left in one
+    which = [json.loads(line) for line in (out / "pairs" / "train" / "which.jsonl").read_text().splitlines()]
+    edited = [p for p in pairs if p["edit"]["only_in"] != [[], []]]
+    assert len(which) == len(edited) > 0 and {w["id"] for w in which} == {f"{p['id']}-which" for p in edited}
+    assert yaml.safe_load((out / "vpgc_pairs" / "recipe.yaml").read_text())["data"]["train"][2].endswith(
+        "which.jsonl"
+    )
     config = json.loads((out / "vpgc_pairs" / "config.json").read_text())
     assert config["connector"]["name"] == "vpgc" and config["connector"]["vpg"]["name"] == "qformer"
-    assert yaml.safe_load((out / "vpgc_pairs" / "recipe.yaml").read_text())["data"]["mix"] == [3.0, 1.0]
+    assert yaml.safe_load((out / "vpgc_pairs" / "recipe.yaml").read_text())["data"]["mix"] == [3.0, 1.0, 1.0]
     assert "| vpgc_pairs |" in (out / "summary.md").read_text()
     # the frozen LLM's which-image text bound, once: the same LLM in every row
     for key in ("accuracy_text", "accuracy_text_lenient"):
@@ -57,10 +64,10 @@ def test_ablation_runs_every_row_and_reuses_the_demo_world(tmp_path, monkeypatch
     assert other.exit_code == 2 and "qformer holds" in other.output and not (out / "settings.json").exists()
 
 
-@pytest.mark.parametrize("mix", ["64", "a:b", "0:1", "1:-2", "1:2:3"])
+@pytest.mark.parametrize("mix", ["64", "a:b", "0:1:1", "1:-2:1", "1:2", "1:2:3:4"])
 def test_ablation_refuses_a_bad_mix_before_any_work(tmp_path, mix):
     result = CliRunner().invoke(app, ["ablation", "--out", str(tmp_path / "a"), "--mix", mix])
-    assert result.exit_code == 2 and "--mix" in result.output and "CAPTIONS:PAIRS" in result.output
+    assert result.exit_code == 2 and "--mix" in result.output and "CAPTIONS:PAIRS:WHICH" in result.output
     assert not any(tmp_path.iterdir())
 
 

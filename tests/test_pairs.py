@@ -126,6 +126,55 @@ def test_shapes_edits_rerender_exactly(world):
         assert result.description.endswith(".")
 
 
+def test_shapes_edits_name_what_one_image_shows_and_the_other_does_not(world):
+    source = next(
+        s
+        for s in world_sources(world, "train")
+        if len(s.regions) >= 2
+        and len({o.category for o in Scene.from_dict(s.meta["scene"]).objects}) == len(s.regions)
+    )
+    scene = Scene.from_dict(source.meta["scene"])
+    image, editor = Image.open(world / source.image).convert("RGB"), ShapesEditor()
+    assert editor.edit(image, source, 0, "delete", random.Random(0)).only_in == (
+        (scene.objects[0].category,),
+        (),
+    )
+    for seed in range(6):
+        modified = editor.edit(image, source, 0, "modify", random.Random(seed))
+        first, second = modified.only_in
+        new = modified.description.rsplit(" is ", 1)[1]  # "blue in the second image", "a triangle ..."
+        assert first == (scene.objects[0].category,) and len(second) <= 1  # none: another has it
+        others = {o.category for o in scene.objects[1:]}
+        assert all(c not in others and c != first[0] and set(c.split()) & set(new.split()) for c in second)
+        swapped = editor.edit(image, source, 0, "swap", random.Random(seed))
+        assert swapped is None or swapped.only_in == ((), ())
+
+
+def test_a_pair_asks_which_image_shows_what_its_edit_left_in_one(world):
+    from graft.world.multi_image import pair_which_record
+
+    pair = {"id": "p", "images": ["a.png", "b.png"], "edit": {"only_in": [["red circle"], ["blue circle"]]}}
+    others = [("c.png", frozenset({"red circle"})), ("d.png", frozenset({"blue circle", "red square"}))]
+    seen = set()
+    for seed in range(40):
+        record = pair_which_record(pair, random.Random(seed), others)
+        question, answer = (t["value"] for t in record["conversations"])
+        category = question.rsplit("Which image shows a ", 1)[1].rstrip("?")
+        images = record["images"]
+        assert question.count("<image>") == len(images) and record["id"] == "p-which"
+        # the one image that shows the category is the answer: a third never shows it
+        assert images["ABC".index(answer.removeprefix("Image "))] == (
+            "a.png" if category == "red circle" else "b.png"
+        )
+        assert {"a.png", "b.png"} <= set(images) and set(images) - {"a.png", "b.png"} <= {
+            "d.png" if category == "red circle" else "c.png"
+        }
+        seen.add((category, answer, len(images)))
+    assert {(c, n) for c, _, n in seen} == {(c, n) for c in ("red circle", "blue circle") for n in (2, 3)}
+    assert {a for _, a, _ in seen} == {"Image A", "Image B", "Image C"}
+    assert pair_which_record({**pair, "edit": {"only_in": [[], []]}}, random.Random(0)) is None
+
+
 def test_make_pairs_writes_llava_records_and_resumes(world, tmp_path, caplog):
     sources = world_sources(world, "train")[:6]
     with caplog.at_level(logging.WARNING):

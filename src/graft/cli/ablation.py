@@ -33,8 +33,12 @@ def ablation_cmd(
         int, typer.Option(help="Optimizer steps of each VPG-C row.")
     ] = AblationSettings.vpgc_steps,
     mix: Annotated[
-        str, typer.Option(help="Captions : synthetic pairs per batch of the pairs row (Cheetah's 64:24).")
-    ] = "1:1",
+        str,
+        typer.Option(
+            help="Captions : synthetic pairs : their which-image questions per batch of the pairs row "
+            "(Cheetah's captions : pairs is 64:24)."
+        ),
+    ] = ":".join(f"{share:g}" for share in AblationSettings.mix),
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 100,
     vision_steps: Annotated[
         int | None, typer.Option(help="Vision-tower pretraining steps, if not built.")
@@ -81,13 +85,15 @@ def ablation_cmd(
     typer.echo(f"summary: {out / 'summary.json'} (total {summary['time/total_s']:.0f}s)")
 
 
-def parse_mix(text: str) -> tuple[float, float]:
-    """``--mix CAPTIONS:PAIRS``: two shares, the captions' above zero."""
+def parse_mix(text: str) -> tuple[float, float, float]:
+    """``--mix CAPTIONS:PAIRS:WHICH``: three shares, the captions' above zero, none below."""
     parts = text.split(":")
     try:
         shares = tuple(float(p) for p in parts)
     except ValueError:
         shares = ()
-    if len(shares) != 2 or shares[0] <= 0 or shares[1] < 0:
-        raise ValueError(f"--mix {text!r}: expected CAPTIONS:PAIRS, two numbers, captions > 0 (e.g. 64:24)")
-    return shares[0], shares[1]
+    if len(shares) != 3 or shares[0] <= 0 or min(shares) < 0:
+        raise ValueError(
+            f"--mix {text!r}: expected CAPTIONS:PAIRS:WHICH, three numbers, captions > 0 (e.g. 64:24:0)"
+        )
+    return shares[0], shares[1], shares[2]

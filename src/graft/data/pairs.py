@@ -6,7 +6,9 @@ patches), pick one of the least-attended objects, apply one edit to it — modif
 or add — and write a LLaVA-format sample: both images, an instruction from a pool of
 paraphrases of "Describe the difference between the images", and the editor's one-sentence
 description of the edit as the answer. Training on such pairs teaches VPG-C to look for the
-details the Q-Former's first pass missed.
+details the Q-Former's first pass missed. An editor that knows exactly what each image shows
+also records the labels one image shows and the other does not (``edit.only_in``), from which a
+"which image shows ..." question can be asked (``graft.world.multi_image.pair_which_record``).
 
 Editors are pluggable (``Editor``): the shapes world re-renders its scene exactly
 (``graft.world.edits``), real photos get OpenCV edits (``graft.data.photo_edit``), and a
@@ -82,6 +84,10 @@ class EditResult:
     image: Image.Image
     #: one sentence: what changed from the first image to the second
     description: str
+    #: the labels of what one image shows and the other does not, (the first's, the second's), when
+    #: the editor knows them exactly (a recolour: the old colour's label, the new one's): a
+    #: "which image shows ..." question can then be asked of the pair
+    only_in: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
 
 class Editor(Protocol):
@@ -333,5 +339,6 @@ def _one_pair(
             "target": source.regions[target].label,
             "selection": "attention" if scores is not None else "random",
             "scores": [round(s, 6) for s in scores] if scores is not None else None,
+            "only_in": [list(result.only_in[0]), list(result.only_in[1])],
         },
     }

@@ -2,8 +2,11 @@
 
 Rows (as the paper's): the Q-Former base (the demo's two stages with a Q-Former, the LLM frozen
 in both, as in BLIP-2, on which Cheetah builds); + VPG-C trained on captions only; + VPG-C
-trained on captions mixed per batch with synthetic discriminative pairs. Only VPG-C's guidance
-learns in the last two (the base stays frozen), for the same number of steps on the same captions.
+trained on captions mixed per batch with synthetic discriminative pairs and, from the same pairs,
+"which image shows ..." questions about what an edit left in one image only (with a third
+training image half the time, as the world's which-image task asks among two or three). Only
+VPG-C's guidance learns in the last two (the base stays frozen), for the same number of steps on
+the same captions.
 
 Each row is scored on held-out test images: the foundation demo's single-image binary and
 multiple-choice accuracy, multi-image "which image shows ..." accuracy (the world's DEMON-format
@@ -19,6 +22,7 @@ missing), so an ablation after ``make demo`` pretrains nothing and encodes only 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -54,9 +58,10 @@ class AblationSettings:
     #: +4.5 ROUGE-L over the base and 225 steps +14.3, the ablation taking 13 min 18 s and
     #: 17 min 41 s on a 2-core Zen 5 EPYC (README, "The VPG-C ablation")
     vpgc_steps: int = 225
-    #: captions : synthetic pairs per batch of the pairs row (Cheetah's is 64 : 24; in few steps an
-    #: even mix shows the pairs' effect on fewer captions)
-    mix: tuple[float, float] = (1, 1)
+    #: captions : synthetic pairs : which-image questions of those pairs per batch of the pairs
+    #: row (Cheetah's captions : pairs is 64 : 24; in few steps an even mix shows the pairs' effect
+    #: on fewer captions)
+    mix: tuple[float, float, float] = (2, 2, 1)
 
 
 def run_ablation(
@@ -72,6 +77,8 @@ def run_ablation(
     from graft.train import load_recipe, train
     from graft.train.recipe import packaged_recipe
     from graft.world.edits import ShapesEditor, world_sources
+    from graft.world.multi_image import pair_which_record
+    from graft.world.scene import Scene
 
     # absolute: the difference task's image_root is read relative to its pairs file, not the CWD
     out, demo = out.resolve(), demo.resolve()
@@ -117,12 +124,24 @@ def run_ablation(
         )
         (out / "pairs" / split / "done").touch()
 
+    def which(path: Path) -> None:
+        rng = random.Random(f"which-{seed}")
+        shows = [
+            (s.image, Scene.from_dict(s.meta["scene"]).categories) for s in world_sources(world, "train")
+        ]
+        lines = pairs_file.read_text(encoding="utf-8").splitlines()
+        records = [pair_which_record(json.loads(line), rng, shows) for line in lines]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records if r is not None))
+
     for split, count in (("train", ablation.train_pairs), ("test", ablation.test_pairs)):
         clock.run(
             f"pairs_{split}",
             lambda s=split: (out / "pairs" / s / "done").exists(),
             lambda s=split, c=count: pairs(s, c),
         )
+
+    pairs_file, which_file = out / "pairs" / "train" / "pairs.jsonl", out / "pairs" / "train" / "which.jsonl"
+    clock.run("which_train", which_file.exists, lambda: which(which_file))
 
     def wrap() -> None:
         model = wrap_with_vpgc(GraftForConditionalGeneration.from_pretrained(base))
@@ -133,7 +152,7 @@ def run_ablation(
     captions = str(world / "stage1.json")
     for row, files, mix in (
         ("vpgc_captions", [captions], None),
-        ("vpgc_pairs", [captions, str(out / "pairs" / "train" / "pairs.jsonl")], list(ablation.mix)),
+        ("vpgc_pairs", [captions, str(pairs_file), str(which_file)], list(ablation.mix)),
     ):
         overrides = {
             "model.init_from": str(out / "vpgc_init"),

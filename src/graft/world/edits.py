@@ -55,7 +55,9 @@ class ShapesEditor:
         if edited is None:
             return None
         new_scene, description = edited
-        return EditResult(new_scene.render(), description)
+        before, after = scene.categories, new_scene.categories
+        only_in = (tuple(sorted(before - after)), tuple(sorted(after - before)))
+        return EditResult(new_scene.render(), description, only_in)
 
     @staticmethod
     def _modify(scene: Scene, i: int, rng: random.Random) -> tuple[Scene, str] | None:

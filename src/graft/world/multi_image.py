@@ -11,6 +11,7 @@ They are drawn from train images only; the benchmark's tasks use test images.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from .bench_demon import DIFF_INSTRUCTION, WHICH_INSTRUCTION
@@ -30,13 +31,42 @@ def which_image_record(rid: str, rows: list[dict], row: dict, rng: random.Random
     if not only:
         return None
     rng.shuffle(group)
-    letter = LETTERS[group.index(row)]
-    listing = "".join(f"Image {LETTERS[i]}: {IMAGE}\n" for i in range(len(group)))
-    question = f"{WHICH_INSTRUCTION}{listing}Which image shows a {rng.choice(only)}?"
+    return _which_record(rid, [r["image"] for r in group], group.index(row), rng.choice(only))
+
+
+def pair_which_record(
+    pair: dict, rng: random.Random, others: Sequence[tuple[str, frozenset[str]]] = ()
+) -> dict | None:
+    """A which-image record from a synthetic pair (``graft.data.pairs``) whose edit left a category
+    in one of its two images only (``edit.only_in``: a recolour, a deletion, an addition); None
+    when the edit left none (a swap). Half the records add a third image, one of ``others``
+    (image path, the categories it shows) without that category, as the world's task asks among
+    two or three; the images come in any order."""
+    first, second = pair.get("edit", {}).get("only_in", ([], []))
+    asked = [(0, c) for c in first] + [(1, c) for c in second]
+    if not asked:
+        return None
+    side, category = rng.choice(asked)
+    images = list(pair["images"])
+    shown = images[side]
+    if others and rng.random() < 0.5:
+        images.append(rng.choice([image for image, shows in others if category not in shows]))
+    rng.shuffle(images)
+    return _which_record(f"{pair['id']}-which", images, images.index(shown), category)
+
+
+def _which_record(rid: str, images: list[str], answer: int, category: str) -> dict:
+    """Worded as the world's DEMON which-image task asks: its instruction, then the images, each
+    after its letter, then the question; answered with the letter of image ``answer``."""
+    listing = "".join(f"Image {LETTERS[i]}: {IMAGE}\n" for i in range(len(images)))
+    question = f"{WHICH_INSTRUCTION}{listing}Which image shows a {category}?"
     return {
         "id": rid,
-        "images": [r["image"] for r in group],
-        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": f"Image {letter}"}],
+        "images": images,
+        "conversations": [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": f"Image {LETTERS[answer]}"},
+        ],
         "qtype": "which_image",
     }
 

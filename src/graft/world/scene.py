@@ -101,6 +101,11 @@ class Scene:
             return False
         return all(not obj.overlaps(o) for i, o in enumerate(self.objects) if i != ignore)
 
+    @property
+    def categories(self) -> frozenset[str]:
+        """The "colour shape" categories the scene shows."""
+        return frozenset(o.category for o in self.objects)
+
     def with_objects(self, objects: list[Obj]) -> Scene:
         return replace(self, objects=list(objects))
 
