@@ -35,8 +35,8 @@ def ablation_cmd(
     mix: Annotated[
         str,
         typer.Option(
-            help="Captions : synthetic pairs : their which-image questions per batch of the pairs row "
-            "(Cheetah's captions : pairs is 64:24)."
+            help="Captions : synthetic pairs : which-image questions made from the pairs, per batch of "
+            "the pairs row (Cheetah's captions : pairs is 64:24; the questions are off at 0)."
         ),
     ] = ":".join(f"{share:g}" for share in AblationSettings.mix),
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N samples per task.")] = 100,
