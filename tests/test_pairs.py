@@ -130,8 +130,7 @@ def test_shapes_edits_name_what_one_image_shows_and_the_other_does_not(world):
     source = next(
         s
         for s in world_sources(world, "train")
-        if len(s.regions) >= 2
-        and len({o.category for o in Scene.from_dict(s.meta["scene"]).objects}) == len(s.regions)
+        if len(s.regions) >= 2 and len(Scene.from_dict(s.meta["scene"]).categories) == len(s.regions)
     )
     scene = Scene.from_dict(source.meta["scene"])
     image, editor = Image.open(world / source.image).convert("RGB"), ShapesEditor()
@@ -173,6 +172,9 @@ def test_a_pair_asks_which_image_shows_what_its_edit_left_in_one(world):
     assert {(c, n) for c, _, n in seen} == {(c, n) for c in ("red circle", "blue circle") for n in (2, 3)}
     assert {a for _, a, _ in seen} == {"Image A", "Image B", "Image C"}
     assert pair_which_record({**pair, "edit": {"only_in": [[], []]}}, random.Random(0)) is None
+    # no other image lacks the category: two images, never a third that shows it
+    crowded = [("e.png", frozenset({"red circle", "blue circle"}))]
+    assert all(len(pair_which_record(pair, random.Random(k), crowded)["images"]) == 2 for k in range(10))
 
 
 def test_make_pairs_writes_llava_records_and_resumes(world, tmp_path, caplog):

@@ -6,6 +6,8 @@
   an object gone or added), answered with one sentence.
 
 They are drawn from train images only; the benchmark's tasks use test images.
+``pair_which_record`` asks the first of a synthetic pair (``graft.data.pairs``), for ``graft
+ablation``'s pairs row.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def pair_which_record(
     side, category = rng.choice(asked)
     images = list(pair["images"])
     shown = images[side]
-    if others and rng.random() < 0.5:
-        images.append(rng.choice([image for image, shows in others if category not in shows]))
+    free = [image for image, shows in others if category not in shows]
+    if free and rng.random() < 0.5:
+        images.append(rng.choice(free))
     rng.shuffle(images)
     return _which_record(f"{pair['id']}-which", images, images.index(shown), category)
 
