@@ -8,13 +8,12 @@ from typer.testing import CliRunner
 
 from graft.cli import app
 
+from tiny import SMOKE_DEMO
+
 
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
-    args = ["-q", "demo", "--out", str(tmp_path), "--images", "60"]
-    args += "--llm tiny --vision train --vision-steps 2 --llm-steps 2".split()
-    # every stage: the default alignment's (ground), the word alignment's and the caption stage 1
-    args += "--bench-limit 4 --ground-steps 2 --align-steps 2 --stage1-steps 2 --snap-steps 2".split()
-    args += ["--perceive-steps", "2"]
+    # two steps of every stage: the default alignment's (ground), the word alignment's, stage 1
+    args = ["-q", "demo", "--out", str(tmp_path), *SMOKE_DEMO]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tiny import SMOKE_DEMO
+
 ROOT = Path(__file__).resolve().parents[1]
-#: tests/test_demo.py's smoke settings
-SMOKE = "--images 60 --llm tiny --vision train --vision-steps 2 --llm-steps 2 --bench-limit 4".split()
 
 
 def _run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -69,7 +69,7 @@ def test_wheel_installs_and_runs_the_smoke_demo_outside_the_source_tree(tmp_path
     assert "shapes-tiny-stage1" in where[1] and "llava-1.5-7b-stage1" in where[1]
     assert "model.safetensors" in where[2] and "config.json" in where[2]  # the packaged vision tower
 
-    _run([graft, "-q", "demo", "--out", "demo", *SMOKE], work, env)
+    _run([graft, "-q", "demo", "--out", "demo", *SMOKE_DEMO], work, env)
     summary = json.loads((work / "demo" / "summary.json").read_text())
     assert 0.0 <= summary["binary/accuracy"] <= 1.0
     pope = work / "demo" / "world" / "bench" / "pope"

@@ -30,6 +30,12 @@ CORPUS = [
 ]
 IMAGE_SIZE = 32
 
+#: ``graft demo``'s smoke settings: a tiny world and two steps of every stage (seconds, not minutes)
+SMOKE_DEMO = [
+    *"--images 60 --llm tiny --vision train --vision-steps 2 --llm-steps 2 --bench-limit 4".split(),
+    *"--ground-steps 2 --align-steps 2 --stage1-steps 2 --snap-steps 2 --perceive-steps 2".split(),
+]
+
 
 def tiny_tokenizer(extra_special: list[str] | None = None) -> PreTrainedTokenizerFast:
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
