@@ -74,6 +74,17 @@ def test_a_source_with_a_share_but_no_samples_is_an_error():
         MixedBatchSampler([0, 0, 0], [1, 1], 2)
 
 
+def test_training_names_the_file_that_has_a_share_but_no_samples(tmp_path):
+    world = _two_files(tmp_path)
+    empty = tmp_path / "w" / "which.jsonl"
+    empty.write_text("")
+    raw = tiny_recipe(
+        world, tmp_path / "run", **{"data.train": [world["captions"], str(empty)], "data.mix": [1, 1]}
+    )
+    with pytest.raises(ValueError, match=r"source 1 \(.*which\.jsonl\) has a share"):
+        train(recipe_from_dict(raw))
+
+
 def _two_files(tmp_path: Path) -> dict[str, str]:
     world = tiny_world(tmp_path / "w")
     records = json.loads(Path(world["data"]).read_text())

@@ -57,14 +57,17 @@ class MixedBatchSampler(EpochBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         start_batch: int = 0,
+        source_names: Sequence[str] | None = None,
     ) -> None:
+        """``source_names``: what each source is (its file), for the errors."""
         super().__init__(batch_size, seed, num_replicas, rank, start_batch)
         self.source_of = np.asarray(source_of, dtype=np.int64)
         self.counts = batch_counts(shares, batch_size)
         self.members = [np.flatnonzero(self.source_of == s) for s in range(len(shares))]
         for s, (count, members) in enumerate(zip(self.counts, self.members, strict=True)):
             if count and not len(members):
-                raise ValueError(f"data source {s} has a share in the mix but no samples")
+                name = f" ({source_names[s]})" if source_names else ""
+                raise ValueError(f"data source {s}{name} has a share in the mix but no samples")
 
     @property
     def _global_batches(self) -> int:

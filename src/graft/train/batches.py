@@ -58,7 +58,12 @@ def data_loader(
     shard = {"num_replicas": accelerator.num_processes, "rank": accelerator.process_index}
     if recipe.data.mix is not None:
         sampler = MixedBatchSampler(
-            dataset.source_index, recipe.data.mix, recipe.batch_size, seed=recipe.seed, **shard
+            dataset.source_index,
+            recipe.data.mix,
+            recipe.batch_size,
+            seed=recipe.seed,
+            source_names=[str(p) for p in recipe.data.train],
+            **shard,
         )
         logger.info("per-batch mix of the data.train files: %s", sampler.counts)
     else:
