@@ -46,7 +46,8 @@ def batch_counts(shares: Sequence[float], batch_size: int) -> list[int]:
 
 
 class MixedBatchSampler(EpochBatchSampler):
-    """Batches of dataset indices with a fixed count from each source (see the module doc)."""
+    """Batches of dataset indices with a fixed count from each source (see the module doc);
+    ``source_names`` (each source's file) name a source in the errors."""
 
     def __init__(
         self,
@@ -59,7 +60,6 @@ class MixedBatchSampler(EpochBatchSampler):
         start_batch: int = 0,
         source_names: Sequence[str] | None = None,
     ) -> None:
-        """``source_names``: what each source is (its file), for the errors."""
         super().__init__(batch_size, seed, num_replicas, rank, start_batch)
         self.source_of = np.asarray(source_of, dtype=np.int64)
         self.counts = batch_counts(shares, batch_size)
