@@ -278,7 +278,8 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, world):
     assert ckpt.losses == pytest.approx(plain.losses, abs=1e-6)
 
 
-def test_the_shared_prefix_gives_the_same_losses_and_weights(tmp_path, world, monkeypatch):
+def shared_prefix_runs(monkeypatch) -> list[int]:
+    """The shared prefix's length each time a forward runs it once for its batch, from now on."""
     import graft.modeling
 
     calls = []
@@ -286,6 +287,11 @@ def test_the_shared_prefix_gives_the_same_losses_and_weights(tmp_path, world, mo
     monkeypatch.setattr(
         graft.modeling, "decode_after_shared_prefix", lambda *a, **k: calls.append(a[4]) or run_once(*a, **k)
     )
+    return calls
+
+
+def test_the_shared_prefix_gives_the_same_losses_and_weights(tmp_path, world, monkeypatch):
+    calls = shared_prefix_runs(monkeypatch)
     shared = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
     # the micro-batches of two samples ran Vicuna's system prompt once (a sample alone has no one
     # to share it with: the text-only record and the seventh image record come alone)
@@ -297,12 +303,16 @@ def test_the_shared_prefix_gives_the_same_losses_and_weights(tmp_path, world, mo
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
-def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp_path, world):
+def test_compiled_decoder_layers_give_the_same_losses_and_a_plain_checkpoint(tmp_path, world, monkeypatch):
     from torch._dynamo.utils import counters
 
     plain = train(recipe_from_dict(tiny_recipe(world, tmp_path / "a", max_steps=3)))
+    calls = shared_prefix_runs(monkeypatch)
     compiled = train(recipe_from_dict(tiny_recipe(world, tmp_path / "b", max_steps=3, compile=True)))
     assert compiled.losses == pytest.approx(plain.losses, abs=1e-5)
+    # compiled layers run every sample's opening: with the prefix's cache, whose update reads the
+    # layer's index, each layer would compile its own graph (share_prefix is on by default)
+    assert calls == []
     # the saved folder is an ordinary model: same keys (no compile wrapper), same weights
     a = GraftForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
     b = GraftForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()

@@ -95,6 +95,19 @@ class TrainResult:
 
 
 # --- set-up ---------------------------------------------------------------------------------------
+def may_share_prefix(recipe: Recipe, log: bool = False) -> bool:
+    """The recipe's ``share_prefix`` where it can act: under DDP or one process
+    (``dist.may_share_prefix``) and not with compiled decoder layers, whose cache update reads the
+    layer's index, so that each layer compiles its own graph and dynamo stops compiling after
+    eight (on the Xeon with AMX, stage 2's batches: x1.04 compiled with the prefix, x1.12 without
+    it; benchmarks/smollm2_speed.py). With ``log``, says when ``compile`` turns it off."""
+    if not (recipe.share_prefix and dist.may_share_prefix(recipe.distributed)):
+        return False
+    if recipe.compile and log:
+        logger.info("share_prefix: off with compile (compiled layers run every sample's opening)")
+    return not recipe.compile
+
+
 def _grad_accum(recipe: Recipe, num_processes: int) -> int:
     if recipe.global_batch_size is None:
         return recipe.grad_accum or 1
@@ -252,7 +265,7 @@ def _train(
     if resume_from is not None and sharded is not None:  # restored into the sharded weights
         state = load_checkpoint(resume_from, model, optimizer, scheduler, rank, world, sharded)
     unused_image = dist.unused_image_input(recipe.distributed, cache is not None)
-    share_prefix = recipe.share_prefix and dist.may_share_prefix(recipe.distributed)
+    share_prefix = may_share_prefix(recipe, is_main)
     trainable = [p for p in model.parameters() if p.requires_grad]
     content = None
     if recipe.objective == "word_alignment":

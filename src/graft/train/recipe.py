@@ -158,8 +158,9 @@ class Recipe:
     #: x1.2 warm-up and x1.1 stage-2 samples/s in the demo (benchmarks/smollm2_speed.py); under
     #: DDP or one process only (``graft.train.distributed.may_share_prefix``)
     share_prefix: bool = True
-    #: torch.compile every decoder layer of the LLM (dynamic shapes): x1.35 stage-2 samples/s on a
-    #: 2-core Xeon in bf16 once compiled (benchmarks/smollm2_speed.py); its first steps compile
+    #: torch.compile every decoder layer of the LLM (dynamic shapes; turns ``share_prefix`` off):
+    #: stage-2 samples/s on a 2-core Xeon with AMX in bf16 once compiled x1.35 (2026-12-05), x1.12
+    #: (2026-12-07; benchmarks/smollm2_speed.py); its first steps compile
     compile: bool = False
     feature_cache: FeatureCacheSpec = field(default_factory=FeatureCacheSpec)
     seed: int = 0
