@@ -56,7 +56,14 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path):
     )
     assert all(summary[f"time/{s}_s"] >= 0 for s in steps)
     assert (tmp_path / "summary.md").read_text().startswith("# graft demo")
-    assert "ground/object_shape_acc" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    assert "ground/object_shape_acc" in md
+    types = [k.split("/")[1] for k in summary if k.startswith("qtype/") and k.endswith("/accuracy")]
+    # every question type's row says how many questions it was asked, as many as the file holds
+    for family in ("binary", "mcq"):
+        counts = [summary[f"qtype/{t}/n"] for t in types if t.startswith(family + "_")]
+        assert sum(counts) == summary[f"{family}/n"]
+    assert types and all(f"| {t} | {summary[f'qtype/{t}/n']} | " in md for t in types)
     # a tower trained on the world, not refined for centre cells: its cells name what covers them
     assert json.loads((tmp_path / "ground" / "ground.json").read_text())["cells"] == "cover"
     assert (tmp_path / "report" / "report.html").exists()

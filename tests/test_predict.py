@@ -297,6 +297,7 @@ def test_evaluate_question_files_bookkeeping(tiny, tmp_path, monkeypatch):
     assert result["q/accuracy"] == pytest.approx(3 / 5)
     assert result["qtype/q_existence/accuracy"] == 1.0 and result["qtype/q_color/accuracy"] == 0.0
     assert result["qtype/q_count/accuracy"] == 1.0
+    assert result["qtype/q_existence/n"] == 2 and result["qtype/q_count/n"] == 1
     answered = {r["id"]: r["prediction"] for r in map(json.loads, (out / "q" / "predictions.jsonl").open())}
     assert answered == {"b0": "yes.", "b1": "Yes", "m0": "B", "m1": "C. green", "s0": "3"}
     first = next(c for c in seen if c[0][-1].content.endswith("red circle?"))

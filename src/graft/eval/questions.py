@@ -23,8 +23,8 @@ def evaluate_question_files(
     settings: EvalSettings | None = None,
     blind: bool = True,
 ) -> dict[str, float]:
-    """``{stem}/accuracy`` and ``{stem}/n`` per file, ``qtype/{stem}_{qtype}/accuracy`` per
-    question type, and the same with ``_blind`` appended for the blank-image runs; each run in
+    """``{stem}/accuracy`` and ``{stem}/n`` per file, ``qtype/{stem}_{qtype}/accuracy`` and
+    ``/n`` per question type, and the same with ``_blind`` appended for the blank-image runs; each run in
     its own folder under ``out`` (``{stem}``, ``{stem}_blind``). Image paths are relative to
     ``image_root`` (default: each file's folder)."""
     task = get_task("questions")
@@ -46,7 +46,9 @@ def evaluate_question_files(
             metrics[f"{stem}/accuracy{suffix}"] = res["accuracy"]
             metrics[f"{stem}/n"] = res["n"]
             for key, value in res.items():
-                if key.startswith("qtype/") and key.endswith("/accuracy"):
-                    # question types repeat across files (colour yes/no, colour MCQ)
-                    metrics[key.replace("qtype/", f"qtype/{stem}_", 1) + suffix] = value
+                # question types repeat across files (colour yes/no, colour MCQ); how many of each
+                # were asked is the same with the images and blind
+                if key.startswith("qtype/") and key.endswith(("/accuracy", "/n")):
+                    own = key.replace("qtype/", f"qtype/{stem}_", 1)
+                    metrics[own + suffix if key.endswith("/accuracy") else own] = value
     return metrics
