@@ -24,9 +24,9 @@ def evaluate_question_files(
     blind: bool = True,
 ) -> dict[str, float]:
     """``{stem}/accuracy`` and ``{stem}/n`` per file, ``qtype/{stem}_{qtype}/accuracy`` and
-    ``/n`` per question type, and the same with ``_blind`` appended for the blank-image runs; each run in
-    its own folder under ``out`` (``{stem}``, ``{stem}_blind``). Image paths are relative to
-    ``image_root`` (default: each file's folder)."""
+    ``/n`` per question type, the accuracies again with ``_blind`` appended for the blank-image
+    runs; each run in its own folder under ``out`` (``{stem}``, ``{stem}_blind``). Image paths are
+    relative to ``image_root`` (default: each file's folder)."""
     task = get_task("questions")
     if image_root is not None:
         task = replace(task, reader_kwargs={"image_root": str(image_root)})
