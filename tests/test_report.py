@@ -214,7 +214,7 @@ def test_demo_report_curve_diagnostics_and_blind_bars(tmp_path):
     assert "| 20 | 0.750 | 0.520 | 0.500 | 0.280 |" in md
     assert "| 40 | 0.900 | 0.550 | 0.700 | 0.300 |" in md
     assert "| all | 0.900 | 0.550 | 0.50 |" in md  # with images, blind, chance side by side
-    assert "| shape | 0.800 | 0.200 | 0.25 |" in md
+    assert "| shape (40) | 0.800 | 0.200 | 0.25 |" in md  # the type's count beside its name
     assert "| probe/shape_acc | 0.970 (chance 0.340) | vision probe" in md
     assert "| binary/accuracy_text | 0.980 (with images 0.900) | text upper bound" in md
     assert "| binary/accuracy_exact_tokens | 0.880 (with images 0.900) | exact-token bound" in md
@@ -243,11 +243,14 @@ def test_demo_bar_series_put_blind_beside_seeing_against_chance(tmp_path):
     assert blind.blind and blind.values[0] == 0.55 and all(v != v for v in blind.values[1:])
     mcq = bar_series("mcq", [run])
     assert mcq.chance == 0.25 and mcq.groups == ["all", "shape"]
+    # a type's count where the summary has it: "shape (40)"; the format's whole file has none here
+    assert mcq.labels == ["all", "shape (40)"] and binary.labels == binary.groups
     assert [s.values for s in mcq.series] == [[0.7, 0.8], [0.3, 0.2]]
     other = load_run(_tiny_demo(tmp_path / "other"))
     both = bar_series("binary", [run, other])
     assert [s.label for s in both.series][::2] == ["demo: with images", "other: with images"]
     assert [s.run for s in both.series] == [0, 0, 1, 1]  # a run's two series share a colour
+    assert bar_series("mcq", [run, other]).labels == ["all", "shape"]  # "other" holds no count
     assert bar_series("mcq", [load_run(_tiny_pope_run(tmp_path, {}))]) is None
 
     lines = {label: (steps, values, style) for label, steps, values, style in curve_series(run.curve)}

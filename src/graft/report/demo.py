@@ -122,11 +122,22 @@ class Series(NamedTuple):
 
 
 class Bars(NamedTuple):
-    """One demo format's chart: groups on the x axis, per series one value per group, and chance."""
+    """One demo format's chart: groups on the x axis, per series one value per group, and chance;
+    ``labels`` name the groups for a reader (``group_label``)."""
 
     groups: list[str]
     series: list[Series]
     chance: float
+    labels: list[str]
+
+
+def group_label(runs: list[RunReport], family: str, group: str) -> str:
+    """The group's name with how many questions it holds when every run asked as many ("position
+    (15)"): a type asked 15 times moves by 0.067 a question."""
+    key = f"{family}/n" if group == "all" else f"qtype/{family}_{group}/n"
+    counts = {r.summary.get(key) for r in runs}
+    n = counts.pop() if len(counts) == 1 else None
+    return group if n is None else f"{group} ({n:.0f})"
 
 
 def group_value(summary: dict[str, float], family: str, group: str, blind: bool = False) -> float | None:
@@ -152,7 +163,7 @@ def bar_series(family: str, runs: list[RunReport]) -> Bars | None:
             values = [group_value(run.summary, family, g, blind) for g in groups]
             if any(v is not None for v in values):
                 series.append(Series(label + what, [_NAN if v is None else v for v in values], blind, i))
-    return Bars(groups, series, CHANCE[family])
+    return Bars(groups, series, CHANCE[family], [group_label(demos, family, g) for g in groups])
 
 
 def curve_series(curve: list[dict[str, float]]) -> list[tuple[str, list[int], list[float], str]]:
@@ -192,7 +203,7 @@ def bar_chart_png(family: str, runs: list[RunReport]) -> bytes | None:
     )
     if n > 1:
         ax.axvline(0.5, color="0.8", linewidth=0.8)  # "all" apart from the question types
-    ax.set_xticks(range(n), bars.groups, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(n), bars.labels, rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("held-out accuracy", fontsize=8)
@@ -266,10 +277,10 @@ def category_table(column: str, runs: list[RunReport]) -> tuple[list[str], list[
     blinds = _blind_columns(demos, family)
     head = ["category", *(r.name for r in demos), *(f"{r.name} blind" for r in blinds), "chance"]
     rows = [
-        [group, *(fmt(group_value(r.summary, family, group)) for r in demos)]
+        [label, *(fmt(group_value(r.summary, family, group)) for r in demos)]
         + [fmt(group_value(r.summary, family, group, blind=True)) for r in blinds]
         + [f"{CHANCE[family]:.2f}"]
-        for group in bars.groups
+        for group, label in zip(bars.groups, bars.labels, strict=True)
     ]
     return head, rows
 
