@@ -8,7 +8,11 @@ wording (``graft.world.questions``), and answers them with the images and blind:
 
     python benchmarks/family_questions.py --model runs/demo/stage2 --world runs/demo/world
 
-Prints one JSON line: ``{binary,mcq}/accuracy``, ``_blind`` and ``/n``, and the chance levels.
+Prints one JSON line: ``{binary,mcq}/accuracy``, ``_blind`` and ``/n``, the chance levels, and
+how often a yes/no reply (with the images) names what decides it as the scene does
+(``binary/seen_exact``: "row 2, row 4: above" before ", so yes"); for position also each object's
+digit alone (``binary/seen_first``, ``binary/seen_second``: the first object's row or column, the
+second's; chance about 1 in 4 each).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from graft.files import write_text_atomic
 from graft.inference import load_for_inference
 from graft.logs import configure_logging
 from graft.world.diagnostics import heldout_scenes
-from graft.world.questions import FAMILIES, mcq, yesno
+from graft.world.questions import FAMILIES, mcq, seen_of, yesno
 from graft.world.scene import Scene
 
 
@@ -41,12 +46,26 @@ def family_questions(world: Path, family: str, per_image: int) -> dict[str, list
                 if qa is None or (name, qa.question) in asked:
                     continue
                 asked.add((name, qa.question))
-                extra = {"choices": qa.choices} if qa.choices else {}
+                extra = {"choices": qa.choices} if qa.choices else {"seen": qa.seen} if qa.seen else {}
                 out[name].append(
                     {"id": f"{iid}-{name}{k}", "image": row["image"], "question": qa.question}
                     | {"answer": qa.answer, "qtype": family}
                     | extra
                 )
+    return out
+
+
+def seen_scores(rows: list[dict], predictions: dict[str, str], digits: bool) -> dict[str, float]:
+    """How often the replies to yes/no ``rows`` name their row's ``seen`` exactly, and with
+    ``digits`` how often their first and their second digit are the ``seen`` value's."""
+    asked = [(row["seen"], seen_of(predictions[row["id"]]) or "") for row in rows if row.get("seen")]
+    n = max(len(asked), 1)
+    out = {"binary/seen_exact": sum(said == truth for truth, said in asked) / n}
+    if digits:
+        pairs = [(re.findall(r"\d", truth), re.findall(r"\d", said)) for truth, said in asked]
+        for i, name in enumerate(("first", "second")):
+            right = sum(len(t) > i and len(s) > i and t[i] == s[i] for t, s in pairs)
+            out[f"binary/seen_{name}"] = right / n
     return out
 
 
@@ -71,6 +90,10 @@ def main() -> None:
     model, processor = load_for_inference(args.model, bf16=True)
     settings = EvalSettings(batch_size=32, max_new_tokens=args.max_new_tokens)
     metrics = evaluate_question_files(model, processor, files, out / "answers", args.world, settings)
+    answers = out / "answers" / "binary" / "predictions.jsonl"
+    said = {r["id"]: r["prediction"] for r in map(json.loads, answers.read_text().splitlines())}
+    rows = [json.loads(line) for line in (out / "binary.jsonl").read_text().splitlines()]
+    metrics |= seen_scores(rows, said, digits=args.family == "position")
     keep = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if "qtype/" not in k}
     print(json.dumps({"family": args.family, **keep, "chance": {"binary": 0.5, "mcq": 0.25}}))
 

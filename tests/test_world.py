@@ -27,6 +27,7 @@ from graft.world.questions import (
     mcq,
     refer,
     relation,
+    seen_of,
     yesno,
 )
 from graft.world.scene import BACKGROUND, Obj, Scene
@@ -887,6 +888,22 @@ def test_an_existence_reply_lists_the_asked_colours_objects_by_commas_alone():
     replies = {yesno(scene, random.Random(seed), False, "existence").reply for seed in range(80)}
     assert "yellow diamond, yellow triangle, so no" in replies
     assert not any(" and " in r for r in replies)
+
+
+def test_seen_of_reads_back_what_every_yes_no_reply_names_before_its_verdict():
+    rng, read = random.Random(0), 0
+    for _ in range(200):
+        scene = sample_scene(rng)
+        for family in ("existence", "color", "shape", "count", "position"):
+            qa = yesno(scene, rng, rng.random() < 0.5, family)
+            if qa is None:
+                continue
+            assert seen_of(qa.reply) == qa.seen, qa.reply
+            assert seen_of(qa.as_llava().reply) is None  # "Yes": nothing named
+            read += 1
+    assert read > 500
+    assert seen_of(" row 2, row 4: above, so yes ") == "row 2, row 4: above"
+    assert seen_of("red circle, blue square: two, so no") == "red circle, blue square: two"
 
 
 def test_no_held_out_image_renders_like_a_train_image(tmp_path, monkeypatch):

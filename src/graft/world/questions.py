@@ -30,6 +30,9 @@ LETTERS = "ABCD"
 GRID = 4
 
 
+SO = ", so "  # between a yes/no reply's seen value and its verdict (``reply``)
+
+
 def reply(answer: str, choices: list[str] | None = None, seen: str | None = None) -> str:
     """What a training record answers: the answer led by what the image shows that decides it,
     so the LLM names what it sees before it answers. For multiple choice the option's text and
@@ -40,8 +43,15 @@ def reply(answer: str, choices: list[str] | None = None, seen: str | None = None
     if choices:
         return f"{choices[LETTERS.index(answer)]} ({answer})"
     if seen:
-        return f"{seen}, so {answer.lower()}"
+        return f"{seen}{SO}{answer.lower()}"
     return answer
+
+
+def seen_of(text: str) -> str | None:
+    """What a yes/no reply in ``reply``'s form names before its verdict ("row 2, row 4: above" of
+    "row 2, row 4: above, so yes"), stripped; None for a reply without one ("Yes")."""
+    head, so, _ = text.strip().rpartition(SO)
+    return head.strip() if so else None
 
 
 FAMILIES = ("existence", "color", "shape", "count", "position")
