@@ -10,9 +10,9 @@ wording (``graft.world.questions``), and answers them with the images and blind:
 
 Prints one JSON line: ``{binary,mcq}/accuracy``, ``_blind`` and ``/n``, the chance levels, and
 how often a yes/no reply (with the images) names what decides it as the scene does
-(``binary/seen_exact``: "row 2, row 4: above" before ", so yes"); for position also each object's
-digit alone (``binary/seen_first``, ``binary/seen_second``: the first object's row or column, the
-second's; chance about 1 in 4 each).
+(``binary/seen_exact``: "red circle 2 1, blue square 4 1: row 2, row 4: above" before ", so
+yes"); for position also each object's digit alone on the axis named (``binary/seen_first``,
+``binary/seen_second``: the first object's row or column, the second's; chance about 1 in 4 each).
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ def family_questions(world: Path, family: str, per_image: int) -> dict[str, list
     return out
 
 
+def _axis_digits(text: str) -> list[str]:
+    """The two digits of the last "row r, row s" (or "column c, column d") in a reply."""
+    found = re.findall(r"(?:row|column) (\d), (?:row|column) (\d)", text)
+    return list(found[-1]) if found else []
+
+
 def seen_scores(rows: list[dict], predictions: dict[str, str], digits: bool) -> dict[str, float]:
     """How often the replies to yes/no ``rows`` name their row's ``seen`` exactly, and with
     ``digits`` how often their first and their second digit are the ``seen`` value's."""
@@ -62,7 +68,7 @@ def seen_scores(rows: list[dict], predictions: dict[str, str], digits: bool) -> 
     n = max(len(asked), 1)
     out = {"binary/seen_exact": sum(said == truth for truth, said in asked) / n}
     if digits:
-        pairs = [(re.findall(r"\d", truth), re.findall(r"\d", said)) for truth, said in asked]
+        pairs = [(_axis_digits(truth), _axis_digits(said)) for truth, said in asked]
         for i, name in enumerate(("first", "second")):
             right = sum(len(t) > i and len(s) > i and t[i] == s[i] for t, s in pairs)
             out[f"binary/seen_{name}"] = right / n

@@ -59,6 +59,7 @@ def _graft_logits(model, ours):
     "cells",
     [
         {},
+        {"markers_after": True},
         {"marker_grid": 0},
         {"tokens_per_group": 1},
         {"reduction_margin": 0},

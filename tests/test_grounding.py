@@ -9,8 +9,11 @@ import json
 import pytest
 import torch
 
+from graft.connectors.registry import build_connector
+from graft.remote.cells import cell_tokens
 from graft.train.snap import FitSettings, TokenClasses, fit_connector
 from graft.world.grounding import (
+    CellLayout,
     cell_accuracy,
     cell_markers,
     cell_words,
@@ -59,7 +62,7 @@ def test_each_cell_says_its_objects_colour_and_shape_words_or_background():
 def test_two_tokens_per_cell_say_the_colour_word_then_the_shape_word():
     tokenizer = tiny_tokenizer()
     table = torch.randn(len(tokenizer), 8)
-    targets = grounding_targets([_scene()], 32, tokenizer, table, per_cell=2)
+    targets = grounding_targets([_scene()], 32, tokenizer, table, layout=CellLayout(2))
     assert targets.shape == (1, 32, 8)
 
     def word(name: str) -> torch.Tensor:
@@ -69,7 +72,7 @@ def test_two_tokens_per_cell_say_the_colour_word_then_the_shape_word():
     for token, name in ((0, "red"), (1, "circle"), (22, "blue"), (23, "square"), (2, "background")):
         assert torch.allclose(targets[0, token], word(name)), name
     assert torch.allclose(targets[0, 3], word("background"))
-    words = cell_words(tokenizer, table, per_cell=2)
+    words = cell_words(tokenizer, table, layout=CellLayout(2))
     assert len(words) == 1 + len(COLORS) + len(SHAPES)
     classes = centre_classes(_scene(), 4)
     assert torch.equal(words[split_classes(classes)], targets[0])
@@ -84,7 +87,7 @@ def test_two_tokens_per_cell_say_the_colour_word_then_the_shape_word():
 def test_markers_say_each_cells_row_and_column_as_digits_before_its_words():
     tokenizer = tiny_tokenizer()
     table = torch.randn(len(tokenizer), 8)
-    targets = grounding_targets([_scene()], 64, tokenizer, table, per_cell=2, markers=4)
+    targets = grounding_targets([_scene()], 64, tokenizer, table, layout=CellLayout(2, 4))
 
     def word(name: str) -> torch.Tensor:
         return word_embedding(tokenizer, table, name)
@@ -94,22 +97,55 @@ def test_markers_say_each_cells_row_and_column_as_digits_before_its_words():
     said |= {46: " blue", 47: " square"}
     for token, name in said.items():
         assert torch.allclose(targets[0, token], word(name)), (token, name)
-    words = cell_words(tokenizer, table, per_cell=2, markers=4)
+    words = cell_words(tokenizer, table, layout=CellLayout(2, 4))
     assert len(words) == 1 + len(COLORS) + len(SHAPES) + 4
     assert cell_markers({"name": "swiglu", "marker_grid": 4}) == 4 and cell_markers({"name": "swiglu"}) == 0
     with pytest.raises(ValueError, match="markers of a 3x3 grid on a 4x4 grid of cells"):
-        grounding_targets([_scene()], 64, tokenizer, table, per_cell=2, markers=3)
+        grounding_targets([_scene()], 64, tokenizer, table, layout=CellLayout(2, 3))
     with pytest.raises(ValueError, match="4 token\\(s\\) per cell of a square grid; this connector gives 32"):
-        grounding_targets([_scene()], 32, tokenizer, table, per_cell=2, markers=4)
+        grounding_targets([_scene()], 32, tokenizer, table, layout=CellLayout(2, 4))
     # a marker wrong counts in marker_acc alone, a word wrong in the cell's accuracy alone
-    classes = grounding_classes([_scene()], 64, per_cell=2, markers=4)
+    classes = grounding_classes([_scene()], 64, layout=CellLayout(2, 4))
     wrong = classes.clone()
     wrong[0, 5] = wrong[0, 4]  # cell 1's column marker says "1", not "2"
     wrong[0, 47] = wrong[0, 3]  # the blue square's shape word says circle
-    result = cell_accuracy(words[wrong], words[classes], words, per_cell=2, markers=4)
+    result = cell_accuracy(words[wrong], words[classes], words, layout=CellLayout(2, 4))
     assert result == pytest.approx(
         {"cell_acc": 15 / 16, "object_shape_acc": 1 / 2, "object_colour_acc": 1.0, "marker_acc": 31 / 32}
     )
+
+
+def test_markers_after_follow_each_cells_words_as_the_projector_writes_them():
+    tokenizer = tiny_tokenizer()
+    table = torch.randn(len(tokenizer), 8)
+    after = CellLayout(2, 4, markers_after=True)
+    spec = {"name": "swiglu", "tokens_per_group": 2, "marker_grid": 4, "markers_after": True}
+    assert CellLayout.of(spec) == after
+    assert CellLayout.of({"name": "swiglu", "marker_grid": 4}) == CellLayout(1, 4)
+    targets = grounding_targets([_scene()], 64, tokenizer, table, layout=after)
+    said = {0: " red", 1: " circle", 2: "1", 3: "1", 4: " background", 6: "1", 7: "2"}
+    said |= {44: " blue", 45: " square", 46: "3", 47: "4"}
+    for token, name in said.items():
+        assert torch.allclose(targets[0, token], word_embedding(tokenizer, table, name)), (token, name)
+    # the projector writes the same order: markers set to the digits, each group's words its targets'
+    projector = build_connector(
+        {"name": "linear", "tokens_per_group": 2, "marker_grid": 4, "markers_after": True}, 8, 8
+    )
+    projector.markers.data.copy_(marker_words(tokenizer, table, 4))
+    words = targets[0].view(16, 4, 8)[:, :2].reshape(1, 16, 16)
+    assert torch.allclose(cell_tokens(words, 2, projector.markers, projector.markers_after), targets)
+    # a marker wrong counts in marker_acc alone, a word wrong in the cell's accuracy alone
+    vocabulary = cell_words(tokenizer, table, after)
+    classes = grounding_classes([_scene()], 64, layout=after)
+    wrong = classes.clone()
+    wrong[0, 7] = wrong[0, 6]  # cell 1's column marker says "1", not "2"
+    wrong[0, 45] = wrong[0, 1]  # the blue square's shape word says circle
+    result = cell_accuracy(vocabulary[wrong], vocabulary[classes], vocabulary, after)
+    assert result == pytest.approx(
+        {"cell_acc": 15 / 16, "object_shape_acc": 1 / 2, "object_colour_acc": 1.0, "marker_acc": 31 / 32}
+    )
+    with pytest.raises(ValueError, match="markers_after .* needs them"):
+        build_connector({"name": "linear", "markers_after": True}, 8, 8)
 
 
 def test_a_cell_of_two_tokens_is_right_only_when_both_are():
@@ -118,7 +154,7 @@ def test_a_cell_of_two_tokens_is_right_only_when_both_are():
     said = truth.clone()
     said[0, 3] = 1 + len(COLORS) + 1  # the second object's shape wrong, its colour right
     said[0, 6] = 2  # the third object's colour wrong, its shape right
-    result = cell_accuracy(words[said], words[truth], words, per_cell=2)
+    result = cell_accuracy(words[said], words[truth], words, layout=CellLayout(2))
     assert result == pytest.approx({"cell_acc": 0.5, "object_shape_acc": 2 / 3, "object_colour_acc": 2 / 3})
 
 

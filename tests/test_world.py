@@ -21,6 +21,7 @@ from graft.world.questions import (
     MARGIN,
     MCQ_SUFFIX,
     NAMED_SUFFIX,
+    REL_PHRASE,
     SEEN_SUFFIX,
     SHORT_SUFFIX,
     cell_of,
@@ -235,7 +236,7 @@ def test_a_share_of_question_turns_is_asked_and_answered_as_llava_asks(world):
             if q.endswith(SEEN_SUFFIX):
                 assert re.fullmatch(r"[a-z0-9 ,:]+, so (yes|no)", a), a
             elif q.endswith(NAMED_SUFFIX):
-                assert re.fullmatch(r"[a-z0-9 ]+ \([ABCD]\)", a), a
+                assert re.fullmatch(r"([a-z0-9 ,]+: )*[a-z0-9 ]+ \([ABCD]\)", a), a  # position: cells first
             elif q.endswith(MCQ_SUFFIX):
                 m = re.fullmatch(r"([a-z0-9 ]+)\. The answer is ([ABCD])\.", a)
                 assert m and f"\n{m[2]}. {m[1]}\n" in q, a
@@ -344,7 +345,7 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
                 assert qa.seen == (f"{qa.seen.split(': ')[0]}: {number_word(n)}" if n else "none")
                 assert len(qa.seen.split(": ")[0].replace(" and ", ", ").split(", ")) == max(n, 1)
-            else:  # the subject's and the reference's rows or columns, then where the subject is
+            else:  # both objects with their cells, their rows or columns, then where the subject is
                 named = sorted((f" {stem} ".find(f" {refer(scene, o)} "), id(o), o) for o in scene.objects)
                 a, b = [o for at, _, o in named if at >= 0][:2]
                 rel = relation(a, b)
@@ -352,7 +353,7 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 cells = {"above": (ra, rb), "below": (rb, ra), "left": (ca, cb), "right": (cb, ca)}[rel]
                 assert cells[0] < cells[1]  # the cells named decide the relation
                 axis = f"row {ra}, row {rb}" if rel in ("above", "below") else f"column {ca}, column {cb}"
-                assert qa.seen == f"{axis}: {rel}"
+                assert qa.seen == f"{a.category} {ra} {ca}, {b.category} {rb} {cb}: {axis}: {rel}"
     assert all(asked[fam] > 50 for fam in ("existence", "color", "shape", "count", "position"))
 
 
@@ -386,10 +387,12 @@ def test_text_question_records_of_one_family_are_single_questions_with_a_brief_c
         if (
             family == "binary"
         ):  # what decides it, then the verdict: "square, so no", "red circle: one, so no",
-            # "row 3, row 1: below, so no"
+            # "red circle 3 2, blue square 1 2: row 3, row 1: below, so no"
             return re.fullmatch(r"[a-z0-9 ,:]+, so (yes|no)", value) is not None
-        # the option's text, then its letter: "red circle (B)", the option the question lists as B
-        m = re.fullmatch(r"(.+) \(([ABCD])\)", value)
+        # the option's text, then its letter: "red circle (B)", the option the question lists as B;
+        # for position after the cells that decide it ("red circle 3 2, blue square 1 2: row 3,
+        # row 1: below the square (A)")
+        m = re.fullmatch(r"(?:[a-z0-9 ,:]+: )?([^:]+) \(([ABCD])\)", value)
         return m is not None and f"\n{m[2]}. {m[1]}\n" in question
 
     for family in ("mcq", "binary"):
@@ -972,3 +975,29 @@ def test_place_accuracy_reads_the_place_each_where_reply_names(world, monkeypatc
     assert n == len(nameable) > 1 and scores["place/accuracy"] == pytest.approx(((n + 1) // 2) / n)
     assert scores["place/replies_placed"] == scores["place/accuracy"]
     assert 1 / 9 <= scores["place/majority"] <= 1
+
+
+def test_multiple_choice_position_replies_name_both_cells_and_the_axis_on_which_they_differ_more():
+    pattern = re.compile(r"(\w+ \w+) (\d) (\d), (\w+ \w+) (\d) (\d): (row|column) (\d), (?:row|column) (\d)")
+    rng, asked, decided = random.Random(0), 0, 0
+    for _ in range(300):
+        scene = sample_scene(rng)
+        qa = mcq(scene, rng, "position")
+        if qa is None:
+            continue
+        m = pattern.fullmatch(qa.seen)
+        assert m, qa.seen
+        cells = {(o.category, *map(str, cell_of(o))) for o in scene.objects}
+        assert {(m[1], m[2], m[3]), (m[4], m[5], m[6])} <= cells  # as the image tokens say them
+        axis = 1 if m[7] == "row" else 2  # the digits named again are that axis'
+        assert (m[8], m[9]) == (m[1 + axis], m[4 + axis])
+        apart, across = abs(int(m[8]) - int(m[9])), abs(int(m[4 - axis]) - int(m[7 - axis]))
+        assert apart >= across
+        assert qa.reply.startswith(f"{qa.seen}: ") and qa.reply.endswith(f" ({qa.answer})")
+        if apart > across:  # the cells decide it (not a tie): the option named is the true relation
+            said = ("above", "below") if m[7] == "row" else ("left", "right")
+            said = said[0] if int(m[8]) < int(m[9]) else said[1]
+            assert qa.choices[LETTERS.index(qa.answer)].startswith(REL_PHRASE[said])
+            decided += 1
+        asked += 1
+    assert asked > 100 and decided > 0.8 * asked

@@ -89,7 +89,7 @@ def demo_cmd(
         bool | None,
         typer.Option(
             "--cell-markers/--no-cell-markers",
-            help="Precede each image cell's tokens with two markers, its row's and its column's, set to the "
+            help="Follow each image cell's tokens with two markers, its row's and its column's, set to the "
             "LLM's digits, so the LLM reads where an object is (default: with two tokens per cell, but not "
             "on the tiny Llama; markers export only with graft's code, loaded with trust_remote_code).",
         ),

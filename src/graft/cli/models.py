@@ -59,6 +59,13 @@ def compose_cmd(
             "code)."
         ),
     ] = 0,
+    markers_after: Annotated[
+        bool,
+        typer.Option(
+            help="Put --marker-grid's markers after each group's tokens, not before them (the demo's "
+            "layout: a reply that names an object then copies its digits)."
+        ),
+    ] = False,
     template: Annotated[
         str, typer.Option(help=f"Conversation template: {TEMPLATE_NAMES}.")
     ] = DEFAULT_TEMPLATE,
@@ -85,6 +92,10 @@ def compose_cmd(
         spec["tokens_per_group"] = tokens_per_group
     if marker_grid:
         spec["marker_grid"] = marker_grid
+    if markers_after:
+        if not marker_grid:
+            fail("--markers-after places --marker-grid's markers: give --marker-grid too")
+        spec["markers_after"] = True
     try:  # names first, so a typo fails before any weights load
         get_template(template)
         connector_class(connector)

@@ -13,7 +13,8 @@ graft's cell adapter, loaded with ``trust_remote_code=True``). ``marker_grid=S``
 preceded by two learned tokens, its row's and its column's on the S x S grid of groups (row-major),
 as Idefics3's ``<row_r_col_c>`` text precedes each of its tiles: the LLM then reads where a cell is
 from what its tokens say, not from counting its place in the sequence (the grounding teaches them
-the LLM's digits, ``graft.world.grounding``). No transformers architecture has them either; the
+the LLM's digits, ``graft.world.grounding``); ``markers_after=True`` puts them after the group's
+tokens instead. No transformers architecture has them either; the
 two steps beyond Aya Vision's adapter live in ``graft.remote.cells``, which such an export carries.
 """
 
@@ -46,6 +47,7 @@ class _Projector(Connector):
         layer_norm_eps: float = 1e-5,
         tokens_per_group: int = 1,
         marker_grid: int = 0,
+        markers_after: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(vision_hidden_size, text_hidden_size)
@@ -57,8 +59,12 @@ class _Projector(Connector):
         if not isinstance(marker_grid, int) or marker_grid < 0:
             wanted = "marker_grid must be the side (>= 1) of the grid of groups, or 0 for no markers"
             raise ValueError(f"connector {self.name!r}: {wanted}, got {marker_grid!r}")
+        if markers_after not in (False, True, 0, 1) or (markers_after and not marker_grid):
+            wanted = "markers_after (true or false) places marker_grid's markers, so it needs them"
+            raise ValueError(f"connector {self.name!r}: {wanted}, got {markers_after!r}")
         self.tokens_per_group = tokens_per_group
         self.marker_grid = marker_grid
+        self.markers_after = bool(markers_after)
         if marker_grid:  # [2, S, d_llm]: each row's token, each column's token
             self.markers = nn.Parameter(torch.randn(2, marker_grid, text_hidden_size) * 0.02)
         #: the last layer's width: ``tokens_per_group`` tokens of d_llm
@@ -74,10 +80,12 @@ class _Projector(Connector):
 
     def tokens(self, groups: torch.Tensor) -> torch.Tensor:
         """The last layer's ``[N, G, k * d_llm]`` -> ``[N, G * k, d_llm]``: each group's k tokens in
-        turn, after its row's and its column's marker where ``marker_grid`` asks."""
+        turn, after its row's and its column's marker where ``marker_grid`` asks (before them with
+        ``markers_after``)."""
         if self.marker_grid:
             self._check_grid(groups.shape[1])
-        return cell_tokens(groups, self.tokens_per_group, self.markers if self.marker_grid else None)
+        markers = self.markers if self.marker_grid else None
+        return cell_tokens(groups, self.tokens_per_group, markers, self.markers_after)
 
     def _check_grid(self, groups: int) -> None:
         side = self.marker_grid

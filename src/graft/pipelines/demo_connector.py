@@ -33,7 +33,7 @@ def demo_connector_spec(
     space-to-depth, which keeps every patch's features; ``swiglu`` layer-normed first, as Aya
     Vision's adapter, so the model exports to ``AyaVisionForConditionalGeneration``; ``cell_tokens``
     tokens per cell; a cell's input also reads ``margin`` rings of patches around it; with
-    ``markers`` its tokens follow its row's and column's markers) or the shapes-sized Q-Former."""
+    ``markers`` its row's and column's markers follow its tokens) or the shapes-sized Q-Former."""
     if not isinstance(margin, int) or margin < 0:
         raise ValueError(f"a cell margin is a count of rings of patches (>= 0), not {margin!r}")
     if connector == "qformer":
@@ -65,5 +65,7 @@ def demo_connector_spec(
     if markers:
         if spec.get("reduction") != "pixel_shuffle":
             raise ValueError(f"cell markers mark pixel_shuffle's grid of cells, not reduction {reduction!r}")
-        spec["marker_grid"] = DEMO_GRID
+        # after each cell's words, where the world's position replies copy them from (an object's
+        # words, then its digits: ``graft.world.questions.cells_named``)
+        spec.update(marker_grid=DEMO_GRID, markers_after=True)
     return spec

@@ -56,13 +56,12 @@ def ground_step(
     from graft.train.snap import FitSettings, TokenClasses, cached_features, fit_connector, save_fitted
     from graft.world.grounding import (
         CELLS,
+        CellLayout,
         cell_accuracy,
-        cell_markers,
         cell_words,
         grounding_classes,
         marker_words,
         scenes_of_images,
-        tokens_per_cell,
     )
 
     settings = FitSettings(steps=steps or GROUND_STEPS, seed=seed, contrast=GROUND_CONTRAST)
@@ -79,10 +78,11 @@ def ground_step(
     settings.heldout = min(settings.heldout, len(features) // 4)  # a small world's
     table = model.get_input_embeddings().weight.detach().float()
     scenes = scenes_of_images(world, files)
-    per_cell, markers = tokens_per_cell(model.config.connector), cell_markers(model.config.connector)
-    labels = grounding_classes(scenes, model.config.image_seq_length, cells, per_cell, markers)
-    words = cell_words(processor.tokenizer, table, per_cell, markers)
-    if markers:  # constants: set to their digits and kept there (fitted, they stayed half their size)
+    layout = CellLayout.of(model.config.connector)
+    labels = grounding_classes(scenes, model.config.image_seq_length, cells, layout)
+    words = cell_words(processor.tokenizer, table, layout)
+    # the markers are constants: set to their digits and kept there (fitted, they stayed half their size)
+    if markers := layout.markers:
         model.connector.markers.data.copy_(marker_words(processor.tokenizer, table, markers))
         model.connector.markers.requires_grad_(False)
     result = fit_connector(
@@ -91,7 +91,7 @@ def ground_step(
         words[labels],
         table,
         settings,
-        partial(cell_accuracy, words=words, per_cell=per_cell, markers=markers),
+        partial(cell_accuracy, words=words, layout=layout),
         TokenClasses(labels, words),
     )
     model.connector.requires_grad_(True)

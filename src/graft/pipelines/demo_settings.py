@@ -52,9 +52,10 @@ class DemoSettings:
     #: a cell's border is then named in its own cell, not lost (the grounding's object cells:
     #: README)
     cell_margin: int | None = None
-    #: each cell's tokens follow two markers, its row's and its column's, which the grounding sets
-    #: to the LLM's digits (the projector's ``marker_grid``; default ``cell_markers_or_default``):
-    #: where a cell lies is then something its tokens say, not something the LLM counts
+    #: each cell's tokens are followed by two markers, its row's and its column's, which the
+    #: grounding sets to the LLM's digits (the projector's ``marker_grid``, ``markers_after``;
+    #: default ``cell_markers_or_default``): where a cell lies is then something its tokens say,
+    #: not something the LLM counts
     cell_markers: bool | None = None
     eval_limit: int | None = 200
     vision_steps: int | None = None

@@ -6,7 +6,7 @@
   of (k + 2m)^2 patches overlap.
 - ``cell_tokens``: the last layer's ``[N, G, t * d]`` read as t tokens per group, each group's
   after its row's and its column's marker on the S x S grid of groups (row-major) where markers
-  are given.
+  are given, or before them.
 
 Imports torch only: graft's connectors call these, and ``graft export-hf`` ships this file in
 the folders transformers loads with ``trust_remote_code=True`` (``modeling_graft_cells``).
@@ -32,10 +32,11 @@ def pixel_shuffle(features: torch.Tensor, side: int, factor: int, margin: int = 
 
 
 def cell_tokens(
-    groups: torch.Tensor, tokens_per_group: int, markers: torch.Tensor | None = None
+    groups: torch.Tensor, tokens_per_group: int, markers: torch.Tensor | None = None, after: bool = False
 ) -> torch.Tensor:
     """``[N, G, t * d]`` -> ``[N, G * (t + 2), d]`` with ``markers`` ``[2, S, d]`` (each row's
-    token, each column's; G = S^2), else ``[N, G * t, d]``."""
+    token, each column's; G = S^2) before each group's tokens, or after them with ``after``; else
+    ``[N, G * t, d]``."""
     n, g, width = groups.shape
     d = width // tokens_per_group
     tokens = groups.reshape(n, g, tokens_per_group, d)
@@ -43,5 +44,6 @@ def cell_tokens(
         side = markers.shape[1]
         rows, cols = markers.to(tokens.dtype).unbind(0)
         where = torch.stack([rows.repeat_interleave(side, 0), cols.repeat(side, 1)], dim=1)
-        tokens = torch.cat([where.expand(n, -1, -1, -1), tokens], dim=2)
+        where = where.expand(n, -1, -1, -1)
+        tokens = torch.cat([tokens, where] if after else [where, tokens], dim=2)
     return tokens.reshape(n, -1, d)

@@ -1,7 +1,8 @@
 """Aya Vision with graft's cell connector: transformers' ``AyaVisionForConditionalGeneration``
 whose adapter reads overlapping windows of patches (``reduction_margin``), writes several tokens
 per group (``tokens_per_group``) and puts a learned row and column marker before each group's
-tokens (``marker_grid``). With all three at their plain values it is Aya Vision's adapter.
+tokens (``marker_grid``), or after them (``markers_after``). With all four at their plain values it
+is Aya Vision's adapter.
 
 ``graft export-hf`` ships this file (and ``cells.py``) with a model that needs it; transformers
 loads the folder with ``trust_remote_code=True``. Imports torch and transformers only.
@@ -19,7 +20,7 @@ from transformers import AyaVisionConfig, AyaVisionForConditionalGeneration
 from .cells import cell_tokens, pixel_shuffle
 
 #: the fields beyond Aya Vision's, each with the value that is Aya Vision's adapter
-CELL_FIELDS = {"tokens_per_group": 1, "reduction_margin": 0, "marker_grid": 0}
+CELL_FIELDS = {"tokens_per_group": 1, "reduction_margin": 0, "marker_grid": 0, "markers_after": 0}
 
 
 class GraftCellsConfig(AyaVisionConfig):
@@ -49,12 +50,14 @@ class GraftCellsProjector(nn.Module):
         self.linear_1 = nn.Linear(d_in, width)
         self.linear_2 = nn.Linear(width // 2, d_llm * self.tokens_per_group)
         self.markers = nn.Parameter(torch.zeros(2, marker_grid, d_llm)) if marker_grid else None
+        self.markers_after = bool(cell_field(config, "markers_after"))
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         side = math.isqrt(image_features.shape[1])
         groups = self.layernorm(pixel_shuffle(image_features, side, self.factor, self.margin))
         value, gate = self.linear_1(groups).chunk(2, dim=-1)
-        return cell_tokens(self.linear_2(F.silu(gate) * value), self.tokens_per_group, self.markers)
+        groups = self.linear_2(F.silu(gate) * value)
+        return cell_tokens(groups, self.tokens_per_group, self.markers, self.markers_after)
 
 
 class GraftCellsForConditionalGeneration(AyaVisionForConditionalGeneration):

@@ -37,7 +37,9 @@ from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 # 8: the world's own replies asked for by their own instructions, a share of stage-2 turns as LLaVA asks
 # 9: a yes/no turn asked as LLaVA asks answered yes half the time (a bare verdict's share is a prior)
 # 10: a position yes/no reply names the two objects' rows or columns first, as the image tokens' markers do
-WORLD_VERSION = "shapes-10"
+# 11: position replies name both objects with their cells first ("red circle 3 2, blue square 1 2: row 3,
+#     row 1"), the multiple-choice ones too, as the image tokens say them with the markers after the words
+WORLD_VERSION = "shapes-11"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3
 #: the smallest image side at which the smallest object's box is over a pixel wide (the renderer

@@ -51,7 +51,7 @@ from graft.templates import Message
 
 from .bench_demon import WHICH_IMAGE
 from .describe import captions, context_text
-from .grounding import CELLS, cell_markers, cell_names, grounding_targets, tokens_per_cell
+from .grounding import CELLS, CellLayout, cell_names, grounding_targets
 from .instructions import BRIEF_PROMPTS
 from .questions import GRID, NAMED_SUFFIX, SEEN_SUFFIX, presence, presence_choice, reply
 from .scene import COLORS, SHAPES, Scene
@@ -392,7 +392,7 @@ def exact_token_bound(
     world = Path(world_dir)
     scenes = heldout_scenes(world)
     table = model.get_input_embeddings().weight.detach().float()
-    per_cell, markers = tokens_per_cell(model.config.connector), cell_markers(model.config.connector)
+    layout = CellLayout.of(model.config.connector)
     out: dict[str, float] = {}
     for family in QUESTION_FAMILIES:
         questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
@@ -401,7 +401,7 @@ def exact_token_bound(
             batch = questions[start : start + batch_size]
             shown = [Scene.from_dict(scenes[str(q.id).split("-")[0]]["scene"]) for q in batch]
             targets = grounding_targets(
-                shown, model.config.image_seq_length, processor.tokenizer, table, cells, per_cell, markers
+                shown, model.config.image_seq_length, processor.tokenizer, table, cells, layout
             )
             with _image_tokens(model, targets):
                 answers += generate_answers(

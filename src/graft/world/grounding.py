@@ -23,6 +23,11 @@ SmolLM2 well below what the same grid in words taught it (docs/demo-history.md).
 With the projector's ``marker_grid`` each cell's tokens follow two markers, its row's and its
 column's, set to the LLM's digits ("1" to "4" on the 4 x 4 grid: "2", "3", "red", "circle" is the
 red circle in the second row, third column), so where a cell lies is something its tokens say.
+With ``markers_after`` the markers follow the cell's words instead ("red", "circle", "2", "3"): a
+causal LLM copies what followed a word it has just written (an induction head), so a reply that
+names the object ("red circle") then finds its digits, where with the markers before the words it
+found them about half the time (docs/demo-history.md). ``CellLayout`` is the one description of
+this layout that the grounding, its accuracy and the diagnostics read.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +89,46 @@ def cell_markers(connector: dict[str, Any]) -> int:
     return int(connector.get("marker_grid", 0))
 
 
+def markers_after(connector: dict[str, Any]) -> bool:
+    """Whether this connector spec's markers follow each cell's words (the projector's
+    ``markers_after``) rather than precede them."""
+    return bool(connector.get("markers_after", False))
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """What a projector's image tokens say of each cell, in order: ``per_cell`` word tokens (one:
+    colour and shape blended; two: colour, then shape) and, on a grid of side ``markers`` (0 for
+    none), the row's and the column's digit, before the words or, with ``markers_after``, after."""
+
+    per_cell: int = 1
+    markers: int = 0
+    markers_after: bool = False
+
+    @classmethod
+    def of(cls, connector: dict[str, Any]) -> CellLayout:
+        """The layout of a connector spec (``GraftConfig.connector``)."""
+        return cls(tokens_per_cell(connector), cell_markers(connector), markers_after(connector))
+
+    @property
+    def width(self) -> int:
+        """Tokens per cell, markers included."""
+        return self.per_cell + 2 * bool(self.markers)
+
+    @property
+    def words(self) -> slice:
+        """Where a cell's word tokens lie among its ``width``."""
+        start = 0 if self.markers_after or not self.markers else 2
+        return slice(start, start + self.per_cell)
+
+    @property
+    def digits(self) -> slice:
+        """Where a cell's two markers lie among its ``width`` (empty without markers)."""
+        if not self.markers:
+            return slice(0, 0)
+        return slice(self.per_cell, self.per_cell + 2) if self.markers_after else slice(0, 2)
+
+
 def marker_digits(side: int) -> list[str]:
     """The words the markers of a ``side`` x ``side`` grid say: row (or column) r is the digit r."""
     if not 0 <= side <= 9:
@@ -90,11 +136,13 @@ def marker_digits(side: int) -> list[str]:
     return [str(r + 1) for r in range(side)]
 
 
-def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1, markers: int = 0) -> torch.Tensor:
+def cell_words(tokenizer: Any, embeddings: torch.Tensor, layout: CellLayout = CellLayout()) -> torch.Tensor:
     """``[K, d]``: what a token can say, from ``embeddings`` ``[V, d]``, the LLM's input
     embedding table. One token per cell: the background word first, then the mean of each shape's
     and each colour's word (``labels.class_of``' order). Two: the background word, each colour's
-    word, each shape's word. With ``markers`` (a grid's side) the digits its markers say last."""
+    word, each shape's word. With markers (on a grid of side ``layout.markers``) the digits they
+    say last."""
+    per_cell = layout.per_cell
     table = embeddings.detach().float()
     background = word_embedding(tokenizer, table, BACKGROUND_WORD)
     shapes = torch.stack([word_embedding(tokenizer, table, f" {s}") for s in SHAPES])
@@ -104,7 +152,7 @@ def cell_words(tokenizer: Any, embeddings: torch.Tensor, per_cell: int = 1, mark
     else:
         objects = 0.5 * (shapes[:, None] + colours[None, :])
         words = torch.cat([background[None], objects.reshape(-1, table.shape[1])])
-    return torch.cat([words, _digits(tokenizer, table, markers)])
+    return torch.cat([words, _digits(tokenizer, table, layout.markers)])
 
 
 def _digits(tokenizer: Any, table: torch.Tensor, side: int) -> torch.Tensor:
@@ -139,13 +187,14 @@ CELLS = "centre"
 
 
 def grounding_classes(
-    scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS, per_cell: int = 1, markers: int = 0
+    scenes: Sequence[Scene], tokens_per_image: int, cells: str = CELLS, layout: CellLayout = CellLayout()
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image]``: each token's class, indexing ``cell_words`` (a cell
-    names the object of ``labels.CELL_TARGETS[cells]``; with ``markers``, after its row's digit
-    and its column's)."""
+    names the object of ``labels.CELL_TARGETS[cells]``; with markers, its row's digit and its
+    column's before or after its words, as ``layout`` says)."""
     classes_of = cell_labeller(cells)
-    side = grid_side(tokens_per_image, per_cell + 2 * bool(markers))
+    per_cell, markers = layout.per_cell, layout.markers
+    side = grid_side(tokens_per_image, layout.width)
     if markers and markers != side:
         raise ValueError(f"markers of a {markers}x{markers} grid on a {side}x{side} grid of cells")
     classes = torch.stack([classes_of(scene, side) for scene in scenes])
@@ -155,7 +204,8 @@ def grounding_classes(
     first = _object_words(per_cell)
     row, col = torch.arange(side * side).div(side, rounding_mode="floor"), torch.arange(side * side) % side
     where = (first + torch.stack([row, col], dim=-1)).expand(len(scenes), -1, -1)
-    return torch.cat([where, classes.view(len(scenes), side * side, per_cell)], dim=-1).flatten(1)
+    words = classes.view(len(scenes), side * side, per_cell)
+    return torch.cat([words, where] if layout.markers_after else [where, words], dim=-1).flatten(1)
 
 
 def grounding_targets(
@@ -164,12 +214,11 @@ def grounding_targets(
     tokenizer: Any,
     embeddings: torch.Tensor,
     cells: str = CELLS,
-    per_cell: int = 1,
-    markers: int = 0,
+    layout: CellLayout = CellLayout(),
 ) -> torch.Tensor:
     """``[len(scenes), tokens_per_image, d]`` target tokens (module docstring)."""
-    words = cell_words(tokenizer, embeddings, per_cell, markers)
-    return words[grounding_classes(scenes, tokens_per_image, cells, per_cell, markers)]
+    words = cell_words(tokenizer, embeddings, layout)
+    return words[grounding_classes(scenes, tokens_per_image, cells, layout)]
 
 
 def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
@@ -184,20 +233,23 @@ def cell_names(scene: Scene, side: int, cells: str = CELLS) -> list[str]:
 
 
 def cell_accuracy(
-    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, per_cell: int = 1, markers: int = 0
+    tokens: torch.Tensor, targets: torch.Tensor, words: torch.Tensor, layout: CellLayout = CellLayout()
 ) -> dict[str, float]:
     """How often a cell's tokens are each nearest (by distance) to their targets' words
-    (``cell_words(per_cell=..., markers=...)``): over every cell (``cell_acc``, markers aside) and,
-    on the cells of objects, how often the shape and the colour are said right; with ``markers``
-    how often a marker says its row's or column's digit (``marker_acc``)."""
-    width = per_cell + 2 * bool(markers)
+    (``cell_words(layout=...)``): over every cell (``cell_acc``, markers aside) and, on the cells
+    of objects, how often the shape and the colour are said right; with markers how often a
+    marker says its row's or column's digit (``marker_acc``)."""
+    per_cell, digits = layout.per_cell, layout.digits
 
     def classify(x: torch.Tensor) -> torch.Tensor:
-        return torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1).view(-1, width)
+        nearest = torch.cdist(x.reshape(-1, x.shape[-1]).float(), words.float()).argmin(-1)
+        return nearest.view(-1, layout.width)
 
     truth, said = classify(targets), classify(tokens)
-    marked = {"marker_acc": float((truth[:, :2] == said[:, :2]).float().mean())} if markers else {}
-    truth, said = truth[:, width - per_cell :], said[:, width - per_cell :]
+    marked = {}
+    if layout.markers:
+        marked["marker_acc"] = float((truth[:, digits] == said[:, digits]).float().mean())
+    truth, said = truth[:, layout.words], said[:, layout.words]
     objects = truth[:, 0] > 0
     if per_cell == 2:  # (colour word, shape word)
         colour, shape = (truth[objects] == said[objects]).unbind(-1)
