@@ -55,8 +55,8 @@ def compose_cmd(
         int,
         typer.Option(
             help="Side of the pixel_shuffle grid of groups whose row and column two learned markers "
-            "say before each group's tokens (0: none, the only setting that exports without graft's "
-            "code)."
+            "say before each group's tokens, or after them with --markers-after (0: none, the only "
+            "setting that exports without graft's code)."
         ),
     ] = 0,
     markers_after: Annotated[

@@ -163,7 +163,7 @@ def _digits(tokenizer: Any, table: torch.Tensor, side: int) -> torch.Tensor:
 
 def marker_words(tokenizer: Any, embeddings: torch.Tensor, side: int) -> torch.Tensor:
     """``[2, side, d]``: what the projector's markers (``marker_grid``) say, each row's digit and
-    each column's (the same digits: which is which is their order before a cell's words)."""
+    each column's (the same digits: which is which is their order beside a cell's words)."""
     digits = _digits(tokenizer, embeddings.detach().float(), side)
     return torch.stack([digits, digits])
 
@@ -246,7 +246,7 @@ def cell_accuracy(
         return nearest.view(-1, layout.width)
 
     truth, said = classify(targets), classify(tokens)
-    marked = {}
+    marked: dict[str, float] = {}
     if layout.markers:
         marked["marker_acc"] = float((truth[:, digits] == said[:, digits]).float().mean())
     truth, said = truth[:, layout.words], said[:, layout.words]

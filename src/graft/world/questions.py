@@ -26,7 +26,7 @@ SEEN_SUFFIX = "\nSay what decides it, then answer yes or no."
 NAMED_SUFFIX = "\nAnswer with the option's text, then its letter."
 LETTERS = "ABCD"
 #: the side of the demo's grid of image cells (``graft.world.grounding``): its tokens come row by
-#: row, each cell's after its row's and its column's markers, the digits 1 to ``GRID``
+#: row, each cell's words followed by its row's and its column's markers, the digits 1 to ``GRID``
 GRID = 4
 
 
