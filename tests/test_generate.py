@@ -46,12 +46,36 @@ def test_batched_greedy_equals_one_by_one(sensitive):
     model, processor = sensitive
     batched = generate_answers(model, processor, CONVS, IMAGES, max_new_tokens=12, batch_size=5)
     uneven = generate_answers(model, processor, CONVS, IMAGES, max_new_tokens=12, batch_size=2)
+    given = generate_answers(
+        model, processor, CONVS, IMAGES, max_new_tokens=12, batch_size=2, by_length=False
+    )
     single = [
         generate_answers(model, processor, [c], [i], max_new_tokens=12)[0]
         for c, i in zip(CONVS, IMAGES, strict=True)
     ]
-    assert batched == single == uneven
+    assert batched == single == uneven == given
     assert len(set(single)) >= 4, "answers should differ between prompts, or the comparison proves nothing"
+
+
+def test_length_order_batches_the_longest_prompts_first(sensitive, monkeypatch):
+    model, processor = sensitive
+    order = generate.length_order(processor, CONVS, [len(i) for i in IMAGES])
+    # two image blocks, one image block and a question, the two one-letter prompts (tie: given
+    # order), no image
+    assert order == [2, 1, 3, 4, 0]
+    batches = []
+    real = processor.prompts
+
+    def spy(convs, images):
+        batches.append([CONVS.index(c) for c in convs])
+        return real(convs, images)
+
+    monkeypatch.setattr(processor, "prompts", spy)
+    generate_answers(model, processor, CONVS, IMAGES, max_new_tokens=2, batch_size=2)
+    assert batches == [[2, 1], [3, 4], [0]]
+    batches.clear()
+    generate_answers(model, processor, CONVS, IMAGES, max_new_tokens=2, batch_size=2, by_length=False)
+    assert batches == [[0, 1], [2, 3], [4]]
 
 
 def test_images_change_the_answer(sensitive):

@@ -5,8 +5,11 @@ the chat session all go through it (``generate_answers`` when only the text is w
 says whether it was cut at ``max_new_tokens`` before its turn ended. Prompts are left-padded
 (``GraftProcessor.prompts``) so every row's last prompt token sits in the same column and the KV
 cache is shared by the batch; greedy answers do not depend on the batch they were generated in.
-``GenerationSettings`` holds every knob of it (answer length, batch size, sampling), passed as one
-object.
+Prompts are batched longest first (``length_order``): a batch pads less, and since a batch decodes
+until its longest answer ends, answers of like length ending together save most of the decoding
+where long questions ask for long answers (``benchmarks/eval_order.py`` measures both orders).
+``GenerationSettings`` holds every knob of it (answer length, batch size, sampling, order), passed as
+one object.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class GenerationSettings:
     #: with ``do_sample``: the same seed and batching give the same answers
     seed: int | None = None
     use_cache: bool = True
+    #: answer the longest prompts first, in batches of like length (``length_order``); the answers
+    #: still come back in the given order
+    by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -56,6 +62,19 @@ class GenerationSettings:
     def replace(self, **changes: Any) -> GenerationSettings:
         """A copy with ``changes`` (field names; an unknown one is a TypeError)."""
         return dataclasses.replace(self, **changes)
+
+
+def length_order(
+    processor: GraftProcessor, conversations: list[list[Message]], num_images: list[int]
+) -> list[int]:
+    """The conversations' indices, longest prompt (in tokens, image blocks included) first; equal
+    lengths keep their given order. Deterministic, so processes that share a question file agree
+    on it."""
+    lengths = [
+        len(processor.encode_text(conv, n, True, f"prompt {i + 1}", max_length=1 << 62)[0])
+        for i, (conv, n) in enumerate(zip(conversations, num_images, strict=True))
+    ]
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
 def answer_stops(model: Any, processor: GraftProcessor) -> tuple[list[int], list[str]]:
@@ -182,20 +201,22 @@ def generate_replies(
     if stops:
         gen_kwargs.update(stop_strings=stops, tokenizer=tokenizer)
 
-    answers: list[Reply] = []
-    batch_size = s.batch_size
-    starts = range(0, len(conversations), batch_size)
+    order = list(range(len(conversations)))
+    if s.by_length and len(conversations) > s.batch_size:
+        order = length_order(processor, conversations, [len(imgs) for imgs in images])
+    answers: dict[int, Reply] = {}
+    starts = range(0, len(order), s.batch_size)
     bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) <= 1)
     with _eval_mode(model), torch.inference_mode(), _seeded(s.seed, model.device):
         for start in bar:
-            batch = processor.prompts(
-                conversations[start : start + batch_size], images[start : start + batch_size]
-            )
+            rows = order[start : start + s.batch_size]
+            batch = processor.prompts([conversations[i] for i in rows], [images[i] for i in rows])
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model.generate(**batch, **gen_kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :].tolist()
-            answers.extend(_decode(row, eos_ids, stops, processor, s.max_new_tokens) for row in new_tokens)
-    return answers
+            for i, tokens in zip(rows, new_tokens, strict=True):
+                answers[i] = _decode(tokens, eos_ids, stops, processor, s.max_new_tokens)
+    return [answers[i] for i in range(len(conversations))]
 
 
 ImageLike = Image.Image | str | os.PathLike

@@ -3,7 +3,8 @@
 Input rows: ``{"id", "image" | "images", "question" | "text"}``; image paths are relative to
 ``image_root``; a question places its images by ``graft.prompts.place_images`` (``{image#k}``
 placeholders, else ``<image>`` markers, else the images first). Output rows: ``{"id",
-"prediction"}``, appended and flushed after every batch. A rerun skips the ids already written,
+"prediction"}``, appended and flushed after every batch, longest question first
+(``EvalSettings.by_length``). A rerun skips the ids already written,
 so a run killed at any moment loses at most the batch in flight and never writes an id twice (a
 half-written last line is cut off before resuming). What a run does (batch size, answer length,
 bad rows, blind images) comes as one ``EvalSettings``.
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from graft.eval.readers.base import Collector, Sample, need
 from graft.eval.settings import EvalSettings
 from graft.files import FileLock, cut_partial_last_line
-from graft.generate import GenerationSettings, Reply, generate_replies
+from graft.generate import GenerationSettings, Reply, generate_replies, length_order
 from graft.processing import GraftProcessor, ImageLoadError, SampleTooLongError, load_image
 from graft.prompts import ImageMarkerError, place_images
 from graft.record_files import RecordError, check_id, iter_jsonl
@@ -198,6 +199,9 @@ def predict_jsonl(
             logger.info(
                 "%s: %d of %d questions already answered, resuming", out_path, already_done, len(rows)
             )
+        if gen.by_length:  # before sharding: every process orders the same pending rows alike
+            convs = [[Message("user", row.prompt)] for row in pending]
+            pending = [pending[i] for i in length_order(processor, convs, [len(r.images) for r in pending])]
         if shard is not None:
             rank, world = shard
             if not 0 <= rank < world:

@@ -28,6 +28,9 @@ class EvalSettings:
     blind: bool = False
     #: show progress bars
     progress: bool = True
+    #: answer the longest prompts first, in batches of like length (``graft.generate.length_order``);
+    #: predictions are written in that order, matched to questions by id
+    by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -51,4 +54,6 @@ class EvalSettings:
 
     def generation(self, task: Mapping[str, Any] | None = None) -> GenerationSettings:
         """The settings ``generate_answers`` gets for a task with these ``generation_kwargs``."""
-        return GenerationSettings(batch_size=self.batch_size, **self.generation_kwargs(task))
+        return GenerationSettings(
+            batch_size=self.batch_size, by_length=self.by_length, **self.generation_kwargs(task)
+        )

@@ -45,7 +45,7 @@ from graft.eval.readers.base import IMAGE_MARKER
 from graft.eval.readers.demon import read_demon
 from graft.eval.readers.questions import read_questions
 from graft.eval.tasks import get_task
-from graft.generate import generate_answers
+from graft.generate import generate_answers, length_order
 from graft.processing import load_image
 from graft.templates import Message
 
@@ -396,6 +396,12 @@ def exact_token_bound(
     out: dict[str, float] = {}
     for family in QUESTION_FAMILIES:
         questions = read_questions(world / "eval" / f"{family}.jsonl", world).samples[:limit]
+        # batches of like length end together (``generate``'s own order, kept across the batches
+        # each of which gets its own tokens)
+        prompts = [[Message("user", q.prompt)] for q in questions]
+        questions = [
+            questions[i] for i in length_order(processor, prompts, [len(q.images) for q in questions])
+        ]
         answers: list[str] = []
         for start in range(0, len(questions), batch_size):
             batch = questions[start : start + batch_size]
