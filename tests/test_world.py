@@ -343,8 +343,10 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 noun = stem.split()[-4]  # "... four objects in the image"
                 shapes = [o.shape for o in scene.objects]
                 n = len(shapes) if noun.startswith("object") else shapes.count(noun.removesuffix("s"))
-                assert qa.seen == (f"{qa.seen.split(': ')[0]}: {number_word(n)}" if n else "none")
-                assert len(qa.seen.split(": ")[0].replace(" and ", ", ").split(", ")) == max(n, 1)
+                said = f"{qa.seen.split(': ')[0]}: {number_word(n)}" if n else "none"
+                number = "none" if stem.startswith("Are there no") else stem.split()[3]  # "exactly two"
+                assert qa.seen == f"{said}, asked {number}"  # then the number the question asks
+                assert len(said.split(": ")[0].split(", ")) == max(n, 1)
             else:  # both objects with their cells, their rows or columns, then where the subject is
                 named = sorted((f" {stem} ".find(f" {refer(scene, o)} "), id(o), o) for o in scene.objects)
                 a, b = [o for at, _, o in named if at >= 0][:2]
@@ -353,7 +355,12 @@ def test_yesno_replies_name_what_decides_the_answer_then_the_verdict():
                 cells = {"above": (ra, rb), "below": (rb, ra), "left": (ca, cb), "right": (cb, ca)}[rel]
                 assert cells[0] < cells[1]  # the cells named decide the relation
                 axis = f"row {ra}, row {rb}" if rel in ("above", "below") else f"column {ca}, column {cb}"
-                assert qa.seen == f"{a.category} {ra} {ca}, {b.category} {rb} {cb}: {axis}: {rel}"
+                question = next(r for r, phrase in REL_PHRASE.items() if f" {phrase} the " in stem)
+                assert (question == rel) == (qa.answer == "Yes")
+                assert (
+                    qa.seen
+                    == f"{a.category} {ra} {ca}, {b.category} {rb} {cb}: {axis}: {rel}, asked {question}"
+                )
     assert all(asked[fam] > 50 for fam in ("existence", "color", "shape", "count", "position"))
 
 
@@ -870,7 +877,9 @@ def test_a_count_reply_lists_the_objects_counted_in_reading_order_then_their_num
     for seed in range(60):
         qa = yesno(scene, random.Random(seed), seed % 2 == 0, "count")
         assert qa.reply == f"{qa.seen}, so {qa.answer.lower()}"
-        seen.add(qa.seen)
+        said, number = qa.seen.split(", asked ")  # then the number the question asks
+        assert (said.rpartition(" ")[2] == number) == (qa.answer == "Yes")
+        seen.add(said)
     # every object (a count of objects), the circles, the square, or none of a shape it lacks
     assert seen == {
         "green circle, blue circle, red square: three",  # commas alone (``listing``)
