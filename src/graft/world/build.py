@@ -39,6 +39,8 @@ from .scene import COLORS, SHAPES, SIZES, Scene, sample_scene
 # 10: a position yes/no reply names the two objects' rows or columns first, as the image tokens' markers do
 # 11: position replies name both objects with their cells first ("red circle 3 2, blue square 1 2: row 3,
 #     row 1"), the multiple-choice ones too, as the image tokens say them with the markers after the words
+# 12: a count's and a position's yes/no reply name the value asked before the verdict ("below, asked
+#     above, so no")
 WORLD_VERSION = "shapes-12"
 #: the fewest images that give each split (test, val, train) one: fewer leave val, test and eval empty
 MIN_IMAGES = 3

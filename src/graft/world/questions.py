@@ -54,7 +54,8 @@ def asked(seen: str, value: str) -> str:
     a reply of 20 tokens naming cells and digits, the verdict followed the reply's relation in 398
     of 475 position replies, against 473 of 474 after the short "row 3, row 1: below"; the
     stage-2 records answer no two times in three (``instructions.YES_SHARE``), so a verdict that
-    loses the question's value falls to "no" (docs/demo-history.md)."""
+    loses the question's value falls to "no". With the value asked, 477 of 478 (yes/no position
+    0.703 -> 0.902; docs/demo-history.md)."""
     return f"{seen}, asked {value}"
 
 
@@ -261,9 +262,9 @@ def yesno(scene: Scene, rng: random.Random, answer: bool, qtype: str) -> QA | No
             q = f"Is there exactly one {noun_of(k)} in the image?"
         else:
             q = f"Are there exactly {number_word(k)} {noun_of(k)} in the image?"
-        # the objects counted, in reading order, then their number: "red circle, blue circle:
-        # two, so no"; the warm-up teaches the list (``presence``), the count is then the list's;
-        # then the number asked (``asked``)
+        # the objects counted, in reading order, then their number, then the number asked: "red
+        # circle, blue circle: two, asked three, so no"; the warm-up teaches the list
+        # (``presence``), the count is then the list's
         seen = f"{listing([o.category for o in counted])}: {number_word(n)}" if n else "none"
         seen = asked(seen, number_word(k) if k else "none")
     elif qtype == "position":
