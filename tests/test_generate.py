@@ -76,6 +76,9 @@ def test_length_order_batches_the_longest_prompts_first(sensitive, monkeypatch):
     batches.clear()
     generate_answers(model, processor, CONVS, IMAGES, max_new_tokens=2, batch_size=2, by_length=False)
     assert batches == [[0, 1], [2, 3], [4]]
+    # a conversation whose markers do not match its images is named by its own index
+    with pytest.raises(ImageMarkerError, match="prompt 3"):
+        generate_answers(model, processor, CONVS, IMAGES[:3] + [[]] + IMAGES[4:], batch_size=2)
 
 
 def test_images_change_the_answer(sensitive):

@@ -69,9 +69,10 @@ def length_order(
 ) -> list[int]:
     """The conversations' indices, longest prompt (in tokens, image blocks included) first; equal
     lengths keep their given order. Deterministic, so processes that share a question file agree
-    on it."""
+    on it. A conversation whose markers do not match its images raises ``ImageMarkerError`` naming
+    its index ("prompt 3"), as ``GraftProcessor.prompts`` does."""
     lengths = [
-        len(processor.encode_text(conv, n, True, f"prompt {i + 1}", max_length=1 << 62)[0])
+        len(processor.encode_text(conv, n, True, f"prompt {i}", max_length=1 << 62)[0])
         for i, (conv, n) in enumerate(zip(conversations, num_images, strict=True))
     ]
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
